@@ -1,0 +1,6 @@
+//! The agent's local API: a root-only unix socket speaking newline-delimited JSON, one
+//! request and one response per connection. The CNI plugin registers endpoints through it;
+//! the `ward` CLI reads status, endpoints and flows through it.
+
+pub mod client;
+pub mod proto;

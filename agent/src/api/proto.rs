@@ -1,0 +1,125 @@
+//! Request and response types of the local API, shared by the agent (server), the CNI
+//! plugin and the CLI (clients).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the agent listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/ward/agent.sock";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// CNI ADD: a pod's interface exists; protect it before it carries traffic. The agent
+    /// answers only once the endpoint's maps are written and its programs attached.
+    Register(EndpointRegistration),
+    /// CNI DEL: forget the endpoint (idempotent).
+    Deregister { container_id: String, ifname: String },
+    Status,
+    Endpoints,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointRegistration {
+    pub container_id: String,
+    /// Interface name inside the pod (CNI_IFNAME).
+    pub ifname: String,
+    /// Path of the pod's network namespace (CNI_NETNS).
+    pub netns: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    /// The veth's host-side name and ifindex, in the agent's network namespace.
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub ips: Vec<IpAddr>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Registered { endpoint_id: u32, identity: u32 },
+    Deregistered { existed: bool },
+    Status(Box<StatusReport>),
+    Endpoints { endpoints: Vec<EndpointStatus> },
+    Error { message: String },
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusReport {
+    pub node: String,
+    pub version: String,
+    /// Datastore kind and location, e.g. `directory:/etc/ward/manifests`.
+    pub datastore: String,
+    /// `WARD_CONFIG.policy_rev` after the last applied change.
+    pub policy_revision: u32,
+    /// Every manifest file whose content is in force in the kernel maps: file name (relative
+    /// to the directory) to the FNV-1a 64 hash of its bytes, 16 lowercase hex digits. A client
+    /// that wrote a file knows its change is enforced once its hash shows here.
+    pub applied_files: BTreeMap<String, String>,
+    pub namespaces: usize,
+    pub pods: usize,
+    pub policies: usize,
+    pub endpoints: usize,
+    pub identities: usize,
+    pub map_entries: BTreeMap<String, usize>,
+    /// Objects rejected as invalid; the last valid version of each stays in force.
+    pub rejected: Vec<Rejection>,
+    /// Packets per reason code name, summed over CPUs.
+    pub reason_counters: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Rejection {
+    pub file: String,
+    /// `Kind namespace/name`, or the document index when the object could not be named.
+    pub object: String,
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointStatus {
+    pub endpoint_id: u32,
+    pub container_id: String,
+    pub pod: String,
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub ips: Vec<IpAddr>,
+    pub identity: u32,
+    pub labels: BTreeMap<String, String>,
+    pub ingress_isolated: bool,
+    pub egress_isolated: bool,
+}
+
+/// FNV-1a, 64 bits: the file hash reported in `applied_files`. Tiny and dependency-free so
+/// any client (the lab harness too) can compute it.
+pub fn fnv1a64(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a64_matches_the_published_test_vectors() {
+        assert_eq!(fnv1a64(b""), "cbf29ce484222325");
+        assert_eq!(fnv1a64(b"a"), "af63dc4c8601ec8c");
+        assert_eq!(fnv1a64(b"foobar"), "85944171f73967e8");
+    }
+
+    #[test]
+    fn requests_serialise_with_an_op_tag() {
+        let j = serde_json::to_string(&Request::Status).unwrap();
+        assert_eq!(j, r#"{"op":"status"}"#);
+        let back: Request = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, Request::Status);
+    }
+}

@@ -1,0 +1,12 @@
+//! Ward's user space: the node agent, the CNI plugin and the operator CLI share this library.
+//!
+//! Data flow: `datastore` (directory of manifests, later the Kubernetes API) feeds the pure
+//! compiler in the `ward-policy` crate; `datapath` writes the compiled contents into the pinned
+//! BPF maps and attaches the programs; `endpoint` and `cni` wire pod interfaces and register
+//! them through `api`; `cli` reads it all back.
+
+pub mod api;
+pub mod cni;
+pub mod datapath;
+pub mod datastore;
+pub mod endpoint;

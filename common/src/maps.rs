@@ -1,0 +1,323 @@
+//! Map names, sizes, keys and values. See `docs/architecture.md` for the table of maps and
+//! what happens when each one is full.
+
+use core::mem::size_of;
+
+use crate::addr::Addr16;
+use crate::ports::PortBlock;
+use crate::reason::Direction;
+
+/// Bumped whenever a map's layout changes; part of the pin path (`<bpffs>/ward/v{N}/`) and
+/// stored in `WARD_CONFIG`, so an agent never adopts maps it cannot read.
+pub const LAYOUT_VERSION: u32 = 1;
+
+pub const MAP_ENDPOINTS: &str = "WARD_ENDPOINTS";
+pub const MAP_IPCACHE: &str = "WARD_IPCACHE";
+pub const MAP_POLICY: &str = "WARD_POLICY";
+pub const MAP_CT: &str = "WARD_CT";
+pub const MAP_CONFIG: &str = "WARD_CONFIG";
+pub const MAP_EVENTS: &str = "WARD_EVENTS";
+pub const MAP_REASON_CNT: &str = "WARD_REASON_CNT";
+pub const MAP_RULE_CNT: &str = "WARD_RULE_CNT";
+
+/// Every map, for pinning and for the layout check in tests.
+pub const ALL_MAPS: [&str; 8] =
+    [MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_CT, MAP_CONFIG, MAP_EVENTS, MAP_REASON_CNT, MAP_RULE_CNT];
+
+pub const ENDPOINTS_MAX: u32 = 16 * 1024;
+pub const IPCACHE_MAX: u32 = 512 * 1024;
+pub const POLICY_MAX: u32 = 1024 * 1024;
+pub const CT_MAX: u32 = 128 * 1024;
+pub const RULE_CNT_MAX: u32 = 64 * 1024;
+/// Ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;
+
+/// `WARD_ENDPOINTS` key: the ifindex of the pod veth's host side.
+pub type EndpointKey = u32;
+
+/// `WARD_ENDPOINTS` value: who the pod behind an interface is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointInfo {
+    /// Agent-assigned id, unique per endpoint instance (ifindexes get reused).
+    pub ep_id: u32,
+    /// The pod's label identity: the policy subject.
+    pub identity: u32,
+    /// `EP_ISOLATED_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+    /// The pod's IPv4 address (IPv4-mapped), all zero if none; source check on egress.
+    pub addr_v4: Addr16,
+    /// The pod's IPv6 address, all zero if none.
+    pub addr_v6: Addr16,
+}
+
+/// A policy selects the pod for ingress: default deny for traffic entering it.
+pub const EP_ISOLATED_INGRESS: u32 = 1;
+/// A policy selects the pod for egress: default deny for traffic leaving it.
+pub const EP_ISOLATED_EGRESS: u32 = 2;
+
+impl EndpointInfo {
+    pub const fn isolated(&self, dir: Direction) -> bool {
+        let bit = match dir {
+            Direction::Ingress => EP_ISOLATED_INGRESS,
+            Direction::Egress => EP_ISOLATED_EGRESS,
+        };
+        self.flags & bit != 0
+    }
+}
+
+/// `WARD_IPCACHE` key (LPM trie): an address prefix; IPv4 is IPv4-mapped with `prefixlen + 96`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpcacheKey {
+    /// Bits of `addr` that count (host order, as the kernel's LPM trie expects).
+    pub prefixlen: u32,
+    pub addr: Addr16,
+}
+
+/// `WARD_IPCACHE` value: the two identities of every address under the prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IpcacheValue {
+    /// Label identity (`ID_WORLD` for non-pod prefixes, `ID_HOST` for node addresses).
+    pub identity: u32,
+    /// Longest policy CIDR containing the prefix (`ID_WORLD` when none).
+    pub cidr_identity: u32,
+}
+
+/// `WARD_POLICY` key (LPM trie). The data part is, in order: subject identity, peer identity,
+/// direction, protocol, port, all big-endian so prefix matching works bit by bit. A rule for
+/// one protocol and a port block stores `prefixlen = 80 + block bits`; a rule that allows every
+/// protocol (no `ports`) stores `prefixlen = 72`, covering protocol and port. Lookups use the
+/// full 96 bits, so the longest stored prefix that covers the packet answers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    pub prefixlen: u32,
+    pub subject_be: [u8; 4],
+    pub peer_be: [u8; 4],
+    pub dir: u8,
+    pub proto: u8,
+    pub port_be: [u8; 2],
+}
+
+/// Bits of `PolicyKey` data.
+pub const POLICY_KEY_BITS: u32 = 96;
+/// Prefix length of an entry that allows every protocol and port.
+pub const POLICY_ANY_PROTO_BITS: u32 = 72;
+/// Prefix length of an entry for one protocol and every port.
+pub const POLICY_PROTO_BITS: u32 = 80;
+
+impl PolicyKey {
+    /// The key a packet looks up: every field given, full length.
+    pub const fn lookup(subject: u32, peer: u32, dir: Direction, proto: u8, port: u16) -> Self {
+        PolicyKey {
+            prefixlen: POLICY_KEY_BITS,
+            subject_be: subject.to_be_bytes(),
+            peer_be: peer.to_be_bytes(),
+            dir: dir as u8,
+            proto,
+            port_be: port.to_be_bytes(),
+        }
+    }
+
+    /// An entry allowing every protocol and port from/to `peer`.
+    pub const fn any_proto(subject: u32, peer: u32, dir: Direction) -> Self {
+        PolicyKey {
+            prefixlen: POLICY_ANY_PROTO_BITS,
+            subject_be: subject.to_be_bytes(),
+            peer_be: peer.to_be_bytes(),
+            dir: dir as u8,
+            proto: 0,
+            port_be: [0, 0],
+        }
+    }
+
+    /// An entry allowing one protocol on one block of ports.
+    pub const fn port_block(subject: u32, peer: u32, dir: Direction, proto: u8, block: PortBlock) -> Self {
+        PolicyKey {
+            prefixlen: POLICY_PROTO_BITS + block.prefix_len as u32,
+            subject_be: subject.to_be_bytes(),
+            peer_be: peer.to_be_bytes(),
+            dir: dir as u8,
+            proto,
+            port_be: block.base.to_be_bytes(),
+        }
+    }
+
+    pub const fn subject(&self) -> u32 {
+        u32::from_be_bytes(self.subject_be)
+    }
+    pub const fn peer(&self) -> u32 {
+        u32::from_be_bytes(self.peer_be)
+    }
+    pub const fn port(&self) -> u16 {
+        u16::from_be_bytes(self.port_be)
+    }
+}
+
+/// `WARD_POLICY` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PolicyValue {
+    /// The rule that allows this entry (agent-assigned; `ward policy explain` names it).
+    pub rule_id: u32,
+    /// Reserved for L7 (HTTP rule set) bits; zero for plain L3/L4 allows.
+    pub flags: u32,
+}
+
+/// `WARD_CT` key: one tracked flow, as first seen, per endpoint and direction. The endpoint
+/// and direction are part of the key so that the sender's egress decision never stands in
+/// for the receiver's ingress decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub ep_id: u32,
+    pub saddr: Addr16,
+    pub daddr: Addr16,
+    pub sport_be: [u8; 2],
+    pub dport_be: [u8; 2],
+    pub proto: u8,
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+
+impl CtKey {
+    /// The key the other direction of the same flow would have.
+    pub const fn reversed(&self) -> CtKey {
+        CtKey {
+            ep_id: self.ep_id,
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport_be: self.dport_be,
+            dport_be: self.sport_be,
+            proto: self.proto,
+            dir: self.dir,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// `WARD_CT` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    /// `WARD_CONFIG.policy_rev` when the flow was last checked against policy. A flow whose
+    /// revision is stale is re-checked on its next packet, and cut if no longer allowed.
+    pub rev: u32,
+    pub rule_id: u32,
+    pub created_ns: u64,
+}
+
+/// `WARD_CONFIG` (array, one entry) value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConfigValue {
+    pub layout_version: u32,
+    /// Bumped by the agent after every batch of map changes.
+    pub policy_rev: u32,
+    /// `CFG_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Emit a flow event for every newly allowed flow.
+pub const CFG_EVENTS_ALLOWED: u32 = 1;
+/// Emit a flow event for every dropped packet.
+pub const CFG_EVENTS_DROPPED: u32 = 2;
+
+/// `WARD_REASON_CNT` (per-CPU array indexed by reason code) and `WARD_RULE_CNT` (per-CPU hash
+/// keyed by rule id) value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A flow record written into `WARD_EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowEvent {
+    pub ts_ns: u64,
+    pub saddr: Addr16,
+    pub daddr: Addr16,
+    pub sport_be: [u8; 2],
+    pub dport_be: [u8; 2],
+    pub proto: u8,
+    pub dir: u8,
+    pub verdict: u8,
+    pub reason: u8,
+    pub ifindex: u32,
+    pub ep_id: u32,
+    pub subject_identity: u32,
+    pub peer_identity: u32,
+    pub peer_cidr_identity: u32,
+    pub rule_id: u32,
+    pub tcp_flags: u8,
+    pub _pad: [u8; 7],
+}
+
+const _: () = assert!(size_of::<EndpointInfo>() == 48);
+const _: () = assert!(size_of::<IpcacheKey>() == 20);
+const _: () = assert!(size_of::<IpcacheValue>() == 8);
+const _: () = assert!(size_of::<PolicyKey>() == 16);
+const _: () = assert!(size_of::<PolicyValue>() == 8);
+const _: () = assert!(size_of::<CtKey>() == 44);
+const _: () = assert!(size_of::<CtValue>() == 16);
+const _: () = assert!(size_of::<ConfigValue>() == 16);
+const _: () = assert!(size_of::<Counter>() == 16);
+const _: () = assert!(size_of::<FlowEvent>() == 80);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), made of integers and byte arrays with explicit
+    // padding, so every bit pattern is valid and no byte is uninitialised.
+    unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for IpcacheKey {}
+    unsafe impl aya::Pod for IpcacheValue {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for ConfigValue {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for FlowEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_key_fields_are_big_endian_and_prefixes_cover_their_fields() {
+        let k = PolicyKey::lookup(0x0102_0304, 7, Direction::Egress, 6, 8080);
+        assert_eq!(k.subject_be, [1, 2, 3, 4]);
+        assert_eq!(k.port(), 8080);
+        assert_eq!(k.peer(), 7);
+        let any = PolicyKey::any_proto(1, 2, Direction::Ingress);
+        assert_eq!(any.prefixlen, 72);
+        let one = PolicyKey::port_block(1, 2, Direction::Ingress, 17, PortBlock { base: 53, prefix_len: 16 });
+        assert_eq!(one.prefixlen, 96);
+    }
+
+    #[test]
+    fn reversed_ct_key_swaps_ends_and_is_an_involution() {
+        let k = CtKey {
+            ep_id: 9,
+            saddr: [1; 16],
+            daddr: [2; 16],
+            sport_be: [0, 1],
+            dport_be: [0, 2],
+            proto: 6,
+            dir: 2,
+            _pad: [0; 2],
+        };
+        let r = k.reversed();
+        assert_eq!(r.saddr, [2; 16]);
+        assert_eq!(r.dport_be, [0, 1]);
+        assert_eq!(r.reversed(), k);
+    }
+}

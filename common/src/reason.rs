@@ -1,0 +1,177 @@
+//! Verdicts, directions and reason codes. These numbers are stable: they appear in flow
+//! records, metric labels and pinned maps, so a value is never renumbered or reused.
+
+/// What happened to a packet.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    Allow = 1,
+    Drop = 2,
+}
+
+impl TryFrom<u8> for Verdict {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        match v {
+            1 => Ok(Verdict::Allow),
+            2 => Ok(Verdict::Drop),
+            other => Err(other),
+        }
+    }
+}
+
+impl Verdict {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allowed",
+            Verdict::Drop => "dropped",
+        }
+    }
+}
+
+/// Which way a packet crosses the pod boundary, seen from the pod (the policy subject).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// Entering the pod (`to_pod` program): NetworkPolicy ingress rules apply.
+    Ingress = 1,
+    /// Leaving the pod (`from_pod` program): NetworkPolicy egress rules apply.
+    Egress = 2,
+}
+
+impl TryFrom<u8> for Direction {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        match v {
+            1 => Ok(Direction::Ingress),
+            2 => Ok(Direction::Egress),
+            other => Err(other),
+        }
+    }
+}
+
+impl Direction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+    pub const fn opposite(self) -> Direction {
+        match self {
+            Direction::Ingress => Direction::Egress,
+            Direction::Egress => Direction::Ingress,
+        }
+    }
+}
+
+/// Why a verdict was reached. Values below [`Reason::FIRST_DROP`] accompany an allow, the
+/// rest a drop. Never renumber: flow records, metrics and pinned counters use these values.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// A new flow allowed by a policy rule (the event carries the rule id).
+    PolicyAllow = 1,
+    /// A packet of a flow already allowed in this direction (conntrack hit).
+    Established = 2,
+    /// A reply of a flow allowed in the other direction (conntrack hit).
+    Reply = 3,
+    /// No policy selects the pod for this direction, so it is not isolated.
+    NotIsolated = 4,
+    /// Traffic from the pod's own node, always allowed (NetworkPolicy spec).
+    FromHost = 5,
+    /// An ICMP error about a tracked flow.
+    Related = 6,
+    /// Not IP (ARP and the like) or IPv6 neighbour discovery: not policed.
+    NotPoliced = 7,
+
+    /// The pod is isolated in this direction and no rule allows the peer/port (default deny).
+    PolicyDenied = 64,
+    /// A tracked flow whose allowing rule was removed: cut on its next packet.
+    PolicyRevoked = 65,
+    /// The interface carries Ward's program but no endpoint is registered for it.
+    UnknownEndpoint = 66,
+    /// A packet left a pod with a source address that is not the pod's.
+    SpoofedSource = 67,
+    /// The packet could not be parsed far enough to decide.
+    Malformed = 68,
+    /// A non-first IP fragment (no L4 header to decide on).
+    Fragment = 69,
+    /// A map operation needed for the decision failed.
+    MapError = 70,
+}
+
+impl Reason {
+    /// Reason codes from this value up are drops.
+    pub const FIRST_DROP: u8 = 64;
+    /// Upper bound (exclusive) of reason codes; sizes the per-reason counter array.
+    pub const COUNT: u32 = 128;
+
+    pub const ALL: [Reason; 14] = [
+        Reason::PolicyAllow,
+        Reason::Established,
+        Reason::Reply,
+        Reason::NotIsolated,
+        Reason::FromHost,
+        Reason::Related,
+        Reason::NotPoliced,
+        Reason::PolicyDenied,
+        Reason::PolicyRevoked,
+        Reason::UnknownEndpoint,
+        Reason::SpoofedSource,
+        Reason::Malformed,
+        Reason::Fragment,
+        Reason::MapError,
+    ];
+
+    pub const fn verdict(self) -> Verdict {
+        if (self as u8) < Self::FIRST_DROP { Verdict::Allow } else { Verdict::Drop }
+    }
+
+    /// Stable snake_case name, used as a metric label and in JSON flow records.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::PolicyAllow => "policy_allow",
+            Reason::Established => "established",
+            Reason::Reply => "reply",
+            Reason::NotIsolated => "not_isolated",
+            Reason::FromHost => "from_host",
+            Reason::Related => "related",
+            Reason::NotPoliced => "not_policed",
+            Reason::PolicyDenied => "policy_denied",
+            Reason::PolicyRevoked => "policy_revoked",
+            Reason::UnknownEndpoint => "unknown_endpoint",
+            Reason::SpoofedSource => "spoofed_source",
+            Reason::Malformed => "malformed",
+            Reason::Fragment => "fragment",
+            Reason::MapError => "map_error",
+        }
+    }
+}
+
+impl TryFrom<u8> for Reason {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        for r in Reason::ALL {
+            if r as u8 == v {
+                return Ok(r);
+            }
+        }
+        Err(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_round_trips_and_drops_are_above_the_line() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::try_from(r as u8), Ok(r));
+            assert!((r as u32) < Reason::COUNT);
+            assert_eq!(r.verdict() == Verdict::Drop, r as u8 >= Reason::FIRST_DROP, "{r:?}");
+        }
+        assert_eq!(Reason::try_from(0), Err(0));
+    }
+}
