@@ -11,6 +11,7 @@
 #![no_std]
 
 pub mod addr;
+pub mod hash;
 pub mod identity;
 pub mod lookup;
 pub mod maps;
