@@ -157,6 +157,25 @@ impl PolicyKey {
     }
 }
 
+impl PolicyKey {
+    /// The key without its prefix length: what the kernel's LPM trie compares.
+    pub const fn data(&self) -> PolicyKeyData {
+        PolicyKeyData { subject_be: self.subject_be, peer_be: self.peer_be, dir: self.dir, proto: self.proto, port_be: self.port_be }
+    }
+}
+
+/// The data part of [`PolicyKey`], as the map's `Key<PolicyKeyData>` (prefix length first,
+/// then these 12 bytes) stores it; the two layouts are the same bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PolicyKeyData {
+    pub subject_be: [u8; 4],
+    pub peer_be: [u8; 4],
+    pub dir: u8,
+    pub proto: u8,
+    pub port_be: [u8; 2],
+}
+
 /// `WARD_POLICY` value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -264,6 +283,7 @@ const _: () = assert!(size_of::<IpcacheKey>() == 20);
 const _: () = assert!(size_of::<IpcacheValue>() == 8);
 const _: () = assert!(size_of::<PolicyKey>() == 16);
 const _: () = assert!(size_of::<PolicyValue>() == 8);
+const _: () = assert!(size_of::<PolicyKeyData>() == 12);
 const _: () = assert!(size_of::<CtKey>() == 44);
 const _: () = assert!(size_of::<CtValue>() == 16);
 const _: () = assert!(size_of::<ConfigValue>() == 16);
@@ -279,6 +299,7 @@ mod pod {
     unsafe impl aya::Pod for IpcacheKey {}
     unsafe impl aya::Pod for IpcacheValue {}
     unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyKeyData {}
     unsafe impl aya::Pod for PolicyValue {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}

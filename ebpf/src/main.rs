@@ -1,8 +1,38 @@
+//! Ward's datapath: two TC programs on the host side of every pod veth, attached with TCX.
+//!
+//! `from_pod` (TCX ingress of the host veth) sees packets leaving the pod and applies the
+//! pod's egress policy; `to_pod` (TCX egress of the host veth) sees packets entering the pod
+//! and applies its ingress policy. Both share one pipeline (`datapath::process`): parse →
+//! endpoint → conntrack → policy (`ward_common::lookup`, the order written once) → counters
+//! and flow event. The entry points stay thin; the logic lives in the modules below.
 #![no_std]
 #![no_main]
+
+mod ct;
+mod datapath;
+mod event;
+mod maps;
+mod parse;
+
 use aya_ebpf::{macros::classifier, programs::TcContext};
+use ward_common::Direction;
+
 #[classifier]
-pub fn from_pod(_ctx: TcContext) -> i32 { 0 }
+pub fn from_pod(ctx: TcContext) -> i32 {
+    datapath::process(&ctx, Direction::Egress)
+}
+
+#[classifier]
+pub fn to_pod(ctx: TcContext) -> i32 {
+    datapath::process(&ctx, Direction::Ingress)
+}
+
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! { loop {} }
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

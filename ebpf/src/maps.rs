@@ -1,0 +1,43 @@
+//! The maps, pinned by name so a restarted agent (and the programs of links it left behind)
+//! keep using the same state. Names and sizes come from `ward_common::maps`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use ward_common::{
+    Addr16,
+    maps::{
+        CT_MAX, ConfigValue, Counter, CtKey, CtValue, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo, EndpointKey,
+        IPCACHE_MAX, IpcacheValue, POLICY_MAX, PolicyKeyData, PolicyValue, RULE_CNT_MAX,
+    },
+    reason::Reason,
+};
+
+#[map(name = "WARD_ENDPOINTS")]
+pub static ENDPOINTS: HashMap<EndpointKey, EndpointInfo> = HashMap::pinned(ENDPOINTS_MAX, 0);
+
+#[map(name = "WARD_IPCACHE")]
+pub static IPCACHE: LpmTrie<Addr16, IpcacheValue> = LpmTrie::pinned(IPCACHE_MAX, 0);
+
+#[map(name = "WARD_POLICY")]
+pub static POLICY: LpmTrie<PolicyKeyData, PolicyValue> = LpmTrie::pinned(POLICY_MAX, 0);
+
+#[map(name = "WARD_CT")]
+pub static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CT_MAX, 0);
+
+#[map(name = "WARD_CONFIG")]
+pub static CONFIG: Array<ConfigValue> = Array::pinned(1, 0);
+
+#[map(name = "WARD_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+#[map(name = "WARD_REASON_CNT")]
+pub static REASON_CNT: PerCpuArray<Counter> = PerCpuArray::pinned(Reason::COUNT, 0);
+
+/// Per-packet working memory (not pinned: it holds nothing between packets).
+#[map(name = "WARD_SCRATCH")]
+pub static SCRATCH: PerCpuArray<crate::datapath::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "WARD_RULE_CNT")]
+pub static RULE_CNT: PerCpuHashMap<u32, Counter> = PerCpuHashMap::pinned(RULE_CNT_MAX, 0);
