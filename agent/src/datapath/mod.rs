@@ -1,1 +1,138 @@
-//! placeholder
+//! The kernel side, seen from user space: loads the eBPF object with its maps pinned under
+//! `<bpffs>/ward/v{LAYOUT_VERSION}/<node>/`, attaches the programs to pod veths with pinned
+//! TCX links, and writes map contents. Nothing here decides policy: it applies what the
+//! compiler produced. Pins outlive the agent, so enforcement continues while it is down, and
+//! a restarted agent adopts them (maps by name, links by atomically replacing their program).
+
+mod attach;
+mod maps;
+
+use std::path::{Path, PathBuf};
+
+use aya::{Ebpf, EbpfLoader};
+
+pub use maps::{Maps, MirrorContents};
+
+/// The eBPF object built by `build.rs`.
+#[cfg(ward_ebpf_object)]
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ward"));
+#[cfg(not(ward_ebpf_object))]
+static OBJECT: &[u8] = &[];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("this agent was built without its eBPF object (AYA_BUILD_SKIP); rebuild without it")]
+    NoObject,
+    #[error("preparing bpffs at {path}: {source}")]
+    Bpffs { path: PathBuf, source: std::io::Error },
+    #[error("loading the eBPF object (pins in {pin_dir}): {source}")]
+    Load { pin_dir: PathBuf, source: Box<aya::EbpfError> },
+    #[error("program {program}: {source}")]
+    Program { program: &'static str, source: Box<aya::programs::ProgramError> },
+    #[error("map {map} missing from the eBPF object")]
+    MissingMap { map: &'static str },
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: Box<aya::maps::MapError> },
+    #[error("pinned maps in {pin_dir} have layout version {found}, this agent uses {expected}")]
+    Layout { pin_dir: PathBuf, found: u32, expected: u32 },
+    #[error("attaching to interface {ifname} (ifindex {ifindex}): {message}")]
+    Attach { ifname: String, ifindex: u32, message: String },
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    pub maps: Maps,
+    pin_dir: PathBuf,
+}
+
+impl Datapath {
+    /// Loads (or adopts) the datapath of `node` under `bpffs`.
+    pub fn open(bpffs: &Path, node: &str) -> Result<Self, DatapathError> {
+        if OBJECT.is_empty() {
+            return Err(DatapathError::NoObject);
+        }
+        ensure_bpffs(bpffs)?;
+        let pin_dir = pin_dir(bpffs, node);
+        for dir in [pin_dir.clone(), pin_dir.join("links")] {
+            std::fs::create_dir_all(&dir).map_err(|source| DatapathError::Bpffs { path: dir.clone(), source })?;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .load(OBJECT)
+            .map_err(|source| DatapathError::Load { pin_dir: pin_dir.clone(), source: Box::new(source) })?;
+        attach::load_programs(&mut ebpf)?;
+        let mut maps = Maps::take(&mut ebpf)?;
+        maps.check_layout(&pin_dir)?;
+        Ok(Datapath { ebpf, maps, pin_dir })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Attaches both programs to a pod veth's host side (adopting pinned links if present).
+    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+        attach::attach(&mut self.ebpf, &self.pin_dir, ifname, ifindex)
+    }
+
+    /// Detaches from an interface (idempotent; a vanished interface is fine).
+    pub fn detach(&mut self, ifindex: u32) {
+        attach::detach(&self.pin_dir, ifindex)
+    }
+
+    /// Ifindexes that have pinned links (to garbage-collect links of vanished endpoints).
+    pub fn pinned_link_ifindexes(&self) -> Vec<u32> {
+        attach::pinned_ifindexes(&self.pin_dir)
+    }
+}
+
+/// `<bpffs>/ward/v{N}/<node>`: the layout version is part of the path, so an agent never
+/// opens maps of a layout it does not know.
+pub fn pin_dir(bpffs: &Path, node: &str) -> PathBuf {
+    bpffs.join("ward").join(format!("v{}", ward_common::maps::LAYOUT_VERSION)).join(node)
+}
+
+/// Mounts bpffs at `path` unless one is mounted there already.
+fn ensure_bpffs(path: &Path) -> Result<(), DatapathError> {
+    let err = |source| DatapathError::Bpffs { path: path.to_owned(), source };
+    std::fs::create_dir_all(path).map_err(err)?;
+    let stat = nix::sys::statfs::statfs(path).map_err(|e| err(e.into()))?;
+    if stat.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC {
+        return Ok(());
+    }
+    nix::mount::mount(Some("bpf"), path, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|e| err(e.into()))
+}
+
+impl Datapath {
+    /// Runs one program on a crafted packet with `BPF_PROG_TEST_RUN`, as if it arrived on
+    /// `ifindex` (which must exist in this network namespace; 1, loopback, always does).
+    /// Returns the TC verdict (0 pass, 2 drop). Used by the kernel-logic tests.
+    pub fn run_program(&self, program: &'static str, packet: &[u8], ifindex: u32) -> Result<i32, DatapathError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(program)
+            .ok_or(DatapathError::Program {
+                program,
+                source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+            })?
+            .try_into()
+            .map_err(|source| DatapathError::Program { program, source: Box::new(source) })?;
+        // struct __sk_buff: `ifindex` is the u32 at byte 40 (after len, pkt_type, mark,
+        // queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto, priority,
+        // ingress_ifindex). The kernel accepts only a few fields of the context as input.
+        let mut ctx = vec![0u8; SK_BUFF_SIZE];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.ctx_in = Some(&ctx);
+        let r = prog.test_run(opts).map_err(|source| DatapathError::Program { program, source: Box::new(source) })?;
+        Ok(r.return_value as i32)
+    }
+}
+
+/// Size of the kernel's `struct __sk_buff` (uapi, fixed).
+const SK_BUFF_SIZE: usize = 192;
+
+use aya::programs::SchedClassifier;

@@ -1,0 +1,262 @@
+//! Typed handles on the pinned maps, and the one way user space changes them: `apply`, which
+//! moves the kernel from the contents it has to the contents the compiler wants, in an order
+//! that never opens a gap (see `apply`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+};
+use ward_common::{
+    Addr16, Reason,
+    maps::{
+        self as m, CFG_EVENTS_DROPPED, ConfigValue, Counter, CtKey, CtValue, EndpointInfo, IpcacheKey, IpcacheValue,
+        LAYOUT_VERSION, PolicyKey, PolicyKeyData, PolicyValue,
+    },
+};
+
+use super::DatapathError;
+
+/// The contents of the three maps user space owns. The agent keeps a mirror of what is in
+/// the kernel and diffs the compiler's output against it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MirrorContents {
+    pub endpoints: BTreeMap<u32, EndpointInfo>,
+    pub ipcache: BTreeMap<IpcacheKey, IpcacheValue>,
+    pub policy: BTreeMap<PolicyKey, PolicyValue>,
+}
+
+/// What one `apply` did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub upserts: usize,
+    pub deletes: usize,
+}
+
+pub struct Maps {
+    endpoints: HashMap<MapData, u32, EndpointInfo>,
+    ipcache: LpmTrie<MapData, Addr16, IpcacheValue>,
+    policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
+    config: Array<MapData, ConfigValue>,
+    reason_cnt: PerCpuArray<MapData, Counter>,
+    rule_cnt: PerCpuHashMap<MapData, u32, Counter>,
+    ct: HashMap<MapData, CtKey, CtValue>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let raw = ebpf.take_map(map).ok_or(DatapathError::MissingMap { map })?;
+    T::try_from(raw).map_err(|source| DatapathError::Map { map, source: Box::new(source) })
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, source: Box::new(source) }
+}
+
+impl Maps {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        Ok(Maps {
+            endpoints: take(ebpf, m::MAP_ENDPOINTS)?,
+            ipcache: take(ebpf, m::MAP_IPCACHE)?,
+            policy: take(ebpf, m::MAP_POLICY)?,
+            config: take(ebpf, m::MAP_CONFIG)?,
+            reason_cnt: take(ebpf, m::MAP_REASON_CNT)?,
+            rule_cnt: take(ebpf, m::MAP_RULE_CNT)?,
+            ct: take(ebpf, m::MAP_CT)?,
+        })
+    }
+
+    fn config(&self) -> Result<ConfigValue, DatapathError> {
+        self.config.get(&0, 0).map_err(map_err(m::MAP_CONFIG))
+    }
+
+    fn set_config(&mut self, c: ConfigValue) -> Result<(), DatapathError> {
+        self.config.set(0, c, 0).map_err(map_err(m::MAP_CONFIG))
+    }
+
+    /// A fresh config gets this layout's version; pinned maps of another layout are refused.
+    pub(super) fn check_layout(&mut self, pin_dir: &Path) -> Result<(), DatapathError> {
+        let c = self.config()?;
+        match c.layout_version {
+            0 => self.set_config(ConfigValue {
+                layout_version: LAYOUT_VERSION,
+                policy_rev: 1,
+                flags: CFG_EVENTS_DROPPED,
+                _pad: 0,
+            }),
+            v if v == LAYOUT_VERSION => Ok(()),
+            found => Err(DatapathError::Layout { pin_dir: pin_dir.to_owned(), found, expected: LAYOUT_VERSION }),
+        }
+    }
+
+    pub fn revision(&self) -> Result<u32, DatapathError> {
+        Ok(self.config()?.policy_rev)
+    }
+
+    /// Sets the `CFG_EVENTS_*` bits.
+    pub fn set_event_flags(&mut self, flags: u32) -> Result<(), DatapathError> {
+        let c = self.config()?;
+        self.set_config(ConfigValue { flags, ..c })
+    }
+
+    /// Tells the programs that policy changed: every tracked flow is re-decided on its next
+    /// packet (and cut if no longer allowed).
+    pub fn bump_revision(&mut self) -> Result<u32, DatapathError> {
+        let c = self.config()?;
+        let rev = match c.policy_rev.wrapping_add(1) {
+            0 => 1,
+            r => r,
+        };
+        self.set_config(ConfigValue { policy_rev: rev, ..c })?;
+        Ok(rev)
+    }
+
+    /// Reads what the kernel holds (at start-up: adopting pinned state).
+    pub fn read_all(&self) -> Result<MirrorContents, DatapathError> {
+        let mut out = MirrorContents::default();
+        for kv in self.endpoints.iter() {
+            let (k, v) = kv.map_err(map_err(m::MAP_ENDPOINTS))?;
+            out.endpoints.insert(k, v);
+        }
+        for kv in self.ipcache.iter() {
+            let (k, v) = kv.map_err(map_err(m::MAP_IPCACHE))?;
+            out.ipcache.insert(IpcacheKey { prefixlen: k.prefix_len(), addr: k.data() }, v);
+        }
+        for kv in self.policy.iter() {
+            let (k, v) = kv.map_err(map_err(m::MAP_POLICY))?;
+            out.policy.insert(PolicyKey::from_parts(k.prefix_len(), k.data()), v);
+        }
+        Ok(out)
+    }
+
+    /// Moves the kernel from `current` to `desired`, updating `current` as it goes so that it
+    /// stays the truth even when an operation fails. Order: allows are added before anything
+    /// starts using them (policy, then ipcache, then endpoints), and removed only after
+    /// (endpoints, ipcache, then policy), so no instant denies what both old and new policy
+    /// allow. Errors do not stop the pass (a failed insert only leaves traffic denied); the
+    /// first one is returned after the revision bump.
+    pub fn apply(
+        &mut self,
+        current: &mut MirrorContents,
+        desired: &MirrorContents,
+    ) -> Result<ApplyStats, DatapathError> {
+        let mut stats = ApplyStats::default();
+        let mut first_err = None;
+        let mut note = |r: Result<(), DatapathError>, stats: &mut ApplyStats, upsert: bool| match r {
+            Ok(()) => {
+                if upsert {
+                    stats.upserts += 1
+                } else {
+                    stats.deletes += 1
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "map update failed");
+                first_err.get_or_insert(e);
+                false
+            }
+        };
+
+        for (k, v) in &desired.policy {
+            if current.policy.get(k) != Some(v) {
+                let r = self.policy.insert(&Key::new(k.prefixlen, k.data()), v, 0).map_err(map_err(m::MAP_POLICY));
+                if note(r, &mut stats, true) {
+                    current.policy.insert(*k, *v);
+                }
+            }
+        }
+        for (k, v) in &desired.ipcache {
+            if current.ipcache.get(k) != Some(v) {
+                let r = self.ipcache.insert(&Key::new(k.prefixlen, k.addr), v, 0).map_err(map_err(m::MAP_IPCACHE));
+                if note(r, &mut stats, true) {
+                    current.ipcache.insert(*k, *v);
+                }
+            }
+        }
+        for (k, v) in &desired.endpoints {
+            if current.endpoints.get(k) != Some(v) {
+                let r = self.endpoints.insert(k, v, 0).map_err(map_err(m::MAP_ENDPOINTS));
+                if note(r, &mut stats, true) {
+                    current.endpoints.insert(*k, *v);
+                }
+            }
+        }
+        let stale: Vec<u32> = current.endpoints.keys().filter(|k| !desired.endpoints.contains_key(k)).copied().collect();
+        for k in stale {
+            let r = self.endpoints.remove(&k).map_err(map_err(m::MAP_ENDPOINTS));
+            if note(r, &mut stats, false) {
+                current.endpoints.remove(&k);
+            }
+        }
+        let stale: Vec<IpcacheKey> =
+            current.ipcache.keys().filter(|k| !desired.ipcache.contains_key(k)).copied().collect();
+        for k in stale {
+            let r = self.ipcache.remove(&Key::new(k.prefixlen, k.addr)).map_err(map_err(m::MAP_IPCACHE));
+            if note(r, &mut stats, false) {
+                current.ipcache.remove(&k);
+            }
+        }
+        let stale: Vec<PolicyKey> = current.policy.keys().filter(|k| !desired.policy.contains_key(k)).copied().collect();
+        for k in stale {
+            let r = self.policy.remove(&Key::new(k.prefixlen, k.data())).map_err(map_err(m::MAP_POLICY));
+            if note(r, &mut stats, false) {
+                current.policy.remove(&k);
+            }
+        }
+        if stats.upserts + stats.deletes > 0 {
+            self.bump_revision()?;
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(stats),
+        }
+    }
+
+    /// Packets and bytes per reason, summed over CPUs.
+    pub fn reason_counters(&self) -> Result<BTreeMap<Reason, Counter>, DatapathError> {
+        let mut out = BTreeMap::new();
+        for r in Reason::ALL {
+            let per_cpu = self.reason_cnt.get(&(r as u32), 0).map_err(map_err(m::MAP_REASON_CNT))?;
+            let mut sum = Counter::default();
+            for c in per_cpu.iter() {
+                sum.packets += c.packets;
+                sum.bytes += c.bytes;
+            }
+            out.insert(r, sum);
+        }
+        Ok(out)
+    }
+
+    /// Packets and bytes per allowing rule id, summed over CPUs.
+    pub fn rule_counters(&self) -> Result<BTreeMap<u32, Counter>, DatapathError> {
+        let mut out = BTreeMap::new();
+        for kv in self.rule_cnt.iter() {
+            let (k, per_cpu) = kv.map_err(map_err(m::MAP_RULE_CNT))?;
+            let mut sum = Counter::default();
+            for c in per_cpu.iter() {
+                sum.packets += c.packets;
+                sum.bytes += c.bytes;
+            }
+            out.insert(k, sum);
+        }
+        Ok(out)
+    }
+
+    /// Number of tracked flows (for status).
+    pub fn ct_entries(&self) -> usize {
+        self.ct.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// Forgets the tracked flows of one endpoint (on deregistration).
+    pub fn flush_ct(&mut self, ep_id: u32) {
+        let keys: Vec<CtKey> = self.ct.keys().filter_map(|k| k.ok()).filter(|k| k.ep_id == ep_id).collect();
+        for k in keys {
+            let _ = self.ct.remove(&k);
+        }
+    }
+}
