@@ -1,1 +1,34 @@
-//! placeholder
+//! The Ward lab: network namespaces as nodes and pods, wired by the real `ward-cni` and
+//! enforced by a real `ward-agent`, with serve-hostname servers and connection probes inside
+//! the pods. The conformance harness, `cargo xtask demo`, the privileged integration tests in
+//! `tests/tests/` and the benchmarks build on it.
+//!
+//! Flow: a [`Node`] writes Kubernetes YAML into its agent's manifests directory and waits
+//! until the agent reports exactly those file contents as enforced (`applied_files`); pods
+//! are made as a runtime makes them (Pod object, network namespace, CNI ADD, servers); a
+//! [`probe`] from inside one pod to another measures what the datapath allows.
+//!
+//! Everything the lab creates has a unique name (`ward-<pid>-<n>-...`) and is removed by a
+//! guard's `Drop`, also when a test panics.
+
+pub mod agent;
+pub mod bins;
+mod cmd;
+pub mod cni;
+pub mod conformance;
+pub mod labdir;
+pub mod manifest;
+pub mod netns;
+pub mod node;
+pub mod privileged;
+pub mod probe;
+pub mod serve;
+pub mod spec;
+
+pub use cmd::CmdError;
+pub use netns::NetNs;
+pub use node::{Node, NodeConfig, NodeError, Pod};
+pub use privileged::require_root;
+pub use probe::{Outcome, Probe};
+pub use serve::Servers;
+pub use spec::{Family, Labels, NamespaceSpec, PodRef, PodSpec, Protocol, Serve};

@@ -1,0 +1,1048 @@
+//! A lab node: one network namespace standing in for a Kubernetes node, a real `ward-agent`
+//! enforcing in it (standalone mode, reading a manifests directory), and pods made the way a
+//! runtime makes them: Pod object first, then a network namespace wired by `ward-cni`, then
+//! servers inside.
+//!
+//! Sync: the node remembers the FNV-1a hash of every manifest file it wrote. After a change it
+//! polls the agent's status until `applied_files` equals exactly that set, which means the
+//! agent has those contents in the kernel; only then do probes mean anything.
+//!
+//! Cleanup (drop, also on panic): agent stopped, pods' namespaces deleted, the node's pins
+//! under `<bpffs>/ward/v1/<node>/` removed, the node namespace and scratch directory deleted.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::{self, OpenOptions};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_yaml::Value;
+
+use crate::agent::{self, AgentError, Status, file_hash};
+use crate::bins::{Binaries, MissingBinary};
+use crate::cni::{self, Attachment, CniError, CniPlugin};
+use crate::labdir::LabDir;
+use crate::manifest::{self, ManifestError, ObjectId};
+use crate::netns::{NetNs, NetnsError, unique_name};
+use crate::probe::{self, Outcome, Probe};
+use crate::serve::{ServeError, Servers};
+use crate::spec::{Family, Labels, PodRef, PodSpec, Protocol};
+
+/// How often sync and readiness waits ask the agent.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+/// How long one status call may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a SIGTERMed agent gets before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Lines of the agent's log shown in errors and on failure.
+const LOG_TAIL_LINES: usize = 60;
+/// The dummy interface holding the node's own addresses.
+const HOST_IFACE: &str = "lab0";
+/// The interface name inside each pod.
+const POD_IFNAME: &str = "eth0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Cni(#[from] CniError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error(transparent)]
+    Binary(#[from] MissingBinary),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("node {node}: {what}: {source}")]
+    Io {
+        node: String,
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("node {node}: mounting bpffs at {path}: {source}")]
+    Bpffs {
+        node: String,
+        path: PathBuf,
+        source: nix::Error,
+    },
+    #[error("node {node}: the agent is not running")]
+    AgentNotRunning { node: String },
+    #[error("node {node}: the agent exited ({status}); its log ends:\n{log_tail}")]
+    AgentExited {
+        node: String,
+        status: ExitStatus,
+        log_tail: String,
+    },
+    #[error(
+        "node {node}: the agent did not answer on {socket} within {after:?} ({last_error}); its log ends:\n{log_tail}"
+    )]
+    AgentNotReady {
+        node: String,
+        socket: PathBuf,
+        after: Duration,
+        last_error: String,
+        log_tail: String,
+    },
+    #[error(
+        "node {node}: the agent did not apply the manifests within {after:?}: {diff}; its log ends:\n{log_tail}"
+    )]
+    SyncTimeout {
+        node: String,
+        after: Duration,
+        diff: String,
+        log_tail: String,
+    },
+    #[error("node {node}: no pod {pod}")]
+    NoSuchPod { node: String, pod: PodRef },
+    #[error("node {node}: pod {pod} exists already")]
+    PodExists { node: String, pod: PodRef },
+    #[error("node {node}: no namespace {namespace}")]
+    NoSuchNamespace { node: String, namespace: String },
+    #[error("node {node}: pod {pod} has no {family} address (has {ips:?})")]
+    NoAddress {
+        node: String,
+        pod: PodRef,
+        family: Family,
+        ips: Vec<IpAddr>,
+    },
+    #[error("node {node}: signalling the agent: {source}")]
+    Signal { node: String, source: nix::Error },
+}
+
+/// How to build a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// 1..=200: picks the node's addresses and pod CIDRs (distinct per node of one lab).
+    pub index: u8,
+    /// Ward's binaries; [`Binaries::locate`] when `None`.
+    pub bins: Option<Binaries>,
+    /// Where bpffs is (mounted if it is not).
+    pub bpffs: PathBuf,
+    /// How long the agent may take to apply a manifest change.
+    pub sync_timeout: Duration,
+    /// How long the agent may take to answer on its socket after starting.
+    pub start_timeout: Duration,
+    pub mtu: u32,
+    /// `RUST_LOG` for the agent (default `info`, or the caller's `WARD_AGENT_LOG`).
+    pub agent_log_filter: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            index: 1,
+            bins: None,
+            bpffs: PathBuf::from("/sys/fs/bpf"),
+            sync_timeout: Duration::from_secs(20),
+            start_timeout: Duration::from_secs(60),
+            mtu: 1500,
+            agent_log_filter: std::env::var("WARD_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// `10.<index>.0.0/16` and `fd77:0:0:<index>::/64`: every node's pods lie in 10.0.0.0/8,
+    /// hence in one /4 as the conformance cases require; never the machine's fd00::/64.
+    pub fn pod_cidrs(&self) -> Vec<IpNet> {
+        let k = self.index;
+        vec![
+            IpNet::V4(Ipv4Net::new(Ipv4Addr::new(10, k, 0, 0), 16).unwrap_or_default()),
+            IpNet::V6(
+                Ipv6Net::new(Ipv6Addr::new(0xfd77, 0, 0, k.into(), 0, 0, 0, 0), 64)
+                    .unwrap_or_default(),
+            ),
+        ]
+    }
+
+    /// `10.255.<index>.1` and `fd77:ffff::<index>`, outside every pod CIDR.
+    pub fn host_addrs(&self) -> Vec<IpAddr> {
+        let k = self.index;
+        vec![
+            IpAddr::V4(Ipv4Addr::new(10, 255, k, 1)),
+            IpAddr::V6(Ipv6Addr::new(0xfd77, 0xffff, 0, 0, 0, 0, 0, k.into())),
+        ]
+    }
+}
+
+/// A pod of the lab: its spec, network namespace, addresses and running servers.
+#[derive(Debug)]
+pub struct Pod {
+    spec: PodSpec,
+    container_id: String,
+    ips: Vec<IpAddr>,
+    // Declared before `netns`: servers stop before their namespace goes.
+    servers: Option<Servers>,
+    netns: NetNs,
+}
+
+impl Pod {
+    pub fn spec(&self) -> &PodSpec {
+        &self.spec
+    }
+
+    pub fn pod_ref(&self) -> PodRef {
+        self.spec.pod_ref()
+    }
+
+    pub fn netns(&self) -> &NetNs {
+        &self.netns
+    }
+
+    pub fn container_id(&self) -> &str {
+        &self.container_id
+    }
+
+    /// Every address the CNI plugin gave the pod.
+    pub fn ips(&self) -> &[IpAddr] {
+        &self.ips
+    }
+
+    /// The pod's address of `family`, if it has one.
+    pub fn ip(&self, family: Family) -> Option<IpAddr> {
+        self.ips.iter().copied().find(|ip| match family {
+            Family::IPv4 => ip.is_ipv4(),
+            Family::IPv6 => ip.is_ipv6(),
+        })
+    }
+}
+
+/// One lab node. See the module docs.
+#[derive(Debug)]
+pub struct Node {
+    name: String,
+    config: NodeConfig,
+    bins: Binaries,
+    cni: CniPlugin,
+    agent: Option<Child>,
+    /// Manifest file name to the hash of what the lab last wrote there.
+    written: BTreeMap<String, String>,
+    /// Namespaced objects other than pods (policies), by file name.
+    objects: BTreeMap<String, ObjectId>,
+    namespaces: BTreeMap<String, Labels>,
+    pods: BTreeMap<PodRef, Pod>,
+    keep: bool,
+    // Dropped last, in this order, after `Drop::drop` has stopped the agent.
+    netns: NetNs,
+    dir: LabDir,
+}
+
+impl Node {
+    /// Creates the node namespace, starts the agent in it and waits until it answers.
+    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let name = unique_name("");
+        let bins = match &config.bins {
+            Some(b) => b.clone(),
+            None => Binaries::locate()?,
+        };
+        ensure_bpffs(&name, &config.bpffs)?;
+        let dir = LabDir::create("lab")
+            .map_err(|source| io_err(&name, "creating the lab directory", source))?;
+        for sub in ["manifests", "state", "ipam", "staging"] {
+            fs::create_dir(dir.path().join(sub))
+                .map_err(|source| io_err(&name, &format!("creating {sub}/"), source))?;
+        }
+        let netns = NetNs::create(format!("{name}-node"))?;
+        netns.sysctl("net/ipv4/ip_forward", "1")?;
+        netns.sysctl("net/ipv6/conf/all/forwarding", "1")?;
+        netns.ip(&["link", "add", HOST_IFACE, "type", "dummy"])?;
+        for addr in config.host_addrs() {
+            let cidr = match addr {
+                IpAddr::V4(a) => format!("{a}/32"),
+                IpAddr::V6(a) => format!("{a}/128"),
+            };
+            let mut args = vec!["addr", "add", cidr.as_str(), "dev", HOST_IFACE];
+            if addr.is_ipv6() {
+                args.push("nodad");
+            }
+            netns.ip(&args)?;
+        }
+        netns.ip(&["link", "set", HOST_IFACE, "up"])?;
+
+        let socket = dir.path().join("agent.sock");
+        let cni = CniPlugin {
+            binary: bins.cni.clone(),
+            node_netns: netns.name().to_owned(),
+            netconf: cni::netconf(
+                &socket,
+                &config.pod_cidrs(),
+                &dir.path().join("ipam"),
+                config.mtu,
+            ),
+        };
+        let mut node = Node {
+            name,
+            config,
+            bins,
+            cni,
+            agent: None,
+            written: BTreeMap::new(),
+            objects: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            keep: false,
+            netns,
+            dir,
+        };
+        node.start_agent()?;
+        Ok(node)
+    }
+
+    /// The node name given to the agent (`ward-<pid>-<n>`), unique on the machine.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn netns(&self) -> &NetNs {
+        &self.netns
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.dir.path().join("manifests")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    pub fn binaries(&self) -> &Binaries {
+        &self.bins
+    }
+
+    /// `<bpffs>/ward/v1/<node>`: where the agent pins this node's maps and links.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.config.bpffs.join("ward/v1").join(&self.name)
+    }
+
+    // ---- the agent process ----
+
+    /// Starts the agent (if not running) and waits until it answers on its socket.
+    pub fn start_agent(&mut self) -> Result<(), NodeError> {
+        if self.agent_running() {
+            return Ok(());
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(|source| io_err(&self.name, "opening the agent log", source))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|source| io_err(&self.name, "opening the agent log", source))?;
+        let mut cmd = Command::new(&self.bins.agent);
+        cmd.arg("--node-name")
+            .arg(&self.name)
+            .arg("--manifests")
+            .arg(self.manifests_dir())
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--bpffs")
+            .arg(&self.config.bpffs)
+            .arg("--netns")
+            .arg(self.netns.name());
+        for a in self.config.host_addrs() {
+            cmd.arg("--host-addr").arg(a.to_string());
+        }
+        cmd.env("RUST_LOG", &self.config.agent_log_filter)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2));
+        let child = cmd
+            .spawn()
+            .map_err(|source| io_err(&self.name, "starting ward-agent", source))?;
+        self.agent = Some(child);
+        self.wait_agent_ready()
+    }
+
+    /// Polls the socket until the agent answers a status request.
+    fn wait_agent_ready(&mut self) -> Result<(), NodeError> {
+        let deadline = Instant::now() + self.config.start_timeout;
+        let socket = self.socket();
+        loop {
+            self.check_agent_alive()?;
+            let last_error = match agent::status(&socket, STATUS_TIMEOUT) {
+                Ok(_) => return Ok(()),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(NodeError::AgentNotReady {
+                    node: self.name.clone(),
+                    socket,
+                    after: self.config.start_timeout,
+                    last_error,
+                    log_tail: self.agent_log_tail(),
+                });
+            }
+            thread::sleep(POLL_EVERY);
+        }
+    }
+
+    /// Errors if the agent is not running, naming its exit status and log if it died.
+    fn check_agent_alive(&mut self) -> Result<(), NodeError> {
+        let Some(child) = self.agent.as_mut() else {
+            return Err(NodeError::AgentNotRunning {
+                node: self.name.clone(),
+            });
+        };
+        match child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => {
+                self.agent = None;
+                Err(NodeError::AgentExited {
+                    node: self.name.clone(),
+                    status,
+                    log_tail: self.agent_log_tail(),
+                })
+            }
+            Err(source) => Err(io_err(&self.name, "checking on the agent", source)),
+        }
+    }
+
+    pub fn agent_running(&mut self) -> bool {
+        self.check_agent_alive().is_ok()
+    }
+
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM (the agent's clean stop: pins stay, enforcement continues), then SIGKILL if it
+    /// has not exited within the grace period. Returns its exit status.
+    pub fn stop_agent(&mut self) -> Result<Option<ExitStatus>, NodeError> {
+        self.signal_agent(Signal::SIGTERM, STOP_GRACE)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill_agent(&mut self) -> Result<Option<ExitStatus>, NodeError> {
+        self.signal_agent(Signal::SIGKILL, STOP_GRACE)
+    }
+
+    /// Stops the agent cleanly, starts it again, and waits until it has re-applied every
+    /// manifest.
+    pub fn restart_agent(&mut self) -> Result<(), NodeError> {
+        self.stop_agent()?;
+        self.start_agent()?;
+        self.sync()
+    }
+
+    fn signal_agent(
+        &mut self,
+        signal: Signal,
+        grace: Duration,
+    ) -> Result<Option<ExitStatus>, NodeError> {
+        let Some(mut child) = self.agent.take() else {
+            return Ok(None);
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            return Ok(Some(status));
+        }
+        let pid = Pid::from_raw(child.id() as i32);
+        kill(pid, signal).map_err(|source| NodeError::Signal {
+            node: self.name.clone(),
+            source,
+        })?;
+        let deadline = Instant::now() + grace;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Ok(Some(status)),
+                Ok(None) if Instant::now() >= deadline => {
+                    eprintln!(
+                        "ward-lab: node {}: agent ignored {signal} for {grace:?}; killing it",
+                        self.name
+                    );
+                    let _ = child.kill();
+                    return child
+                        .wait()
+                        .map(Some)
+                        .map_err(|source| io_err(&self.name, "reaping the agent", source));
+                }
+                Ok(None) => thread::sleep(POLL_EVERY),
+                Err(source) => return Err(io_err(&self.name, "waiting for the agent", source)),
+            }
+        }
+    }
+
+    /// The agent's status report.
+    pub fn status(&self) -> Result<Status, AgentError> {
+        agent::status(&self.socket(), STATUS_TIMEOUT)
+    }
+
+    /// The last lines of the agent's log.
+    pub fn agent_log_tail(&self) -> String {
+        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+
+    /// Prints the tail of the agent's log to stderr (used when something failed).
+    pub fn dump_agent_log(&self) {
+        eprintln!(
+            "---- ward-agent log of node {} ({}), last {LOG_TAIL_LINES} lines ----\n{}\n---- end of log ----",
+            self.name,
+            self.log_path().display(),
+            self.agent_log_tail()
+        );
+    }
+
+    // ---- manifests and sync ----
+
+    /// Writes a manifest file (atomically: the agent never reads half a file). Call
+    /// [`Node::sync`] afterwards to wait until it is enforced.
+    pub fn write_manifest(&mut self, file: &str, content: &str) -> Result<(), NodeError> {
+        let staging = self.dir.path().join("staging").join(file);
+        fs::write(&staging, content)
+            .map_err(|source| io_err(&self.name, &format!("writing {file}"), source))?;
+        fs::rename(&staging, self.manifests_dir().join(file))
+            .map_err(|source| io_err(&self.name, &format!("moving {file} into place"), source))?;
+        self.written
+            .insert(file.to_owned(), file_hash(content.as_bytes()));
+        Ok(())
+    }
+
+    /// Removes a manifest file the lab wrote (no-op if absent). Call [`Node::sync`] after.
+    pub fn remove_manifest(&mut self, file: &str) -> Result<(), NodeError> {
+        match fs::remove_file(self.manifests_dir().join(file)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(io_err(&self.name, &format!("removing {file}"), source)),
+        }
+        self.written.remove(file);
+        self.objects.remove(file);
+        Ok(())
+    }
+
+    /// The files the lab has written and their hashes: what `applied_files` must equal.
+    pub fn written_manifests(&self) -> &BTreeMap<String, String> {
+        &self.written
+    }
+
+    /// Waits until the agent reports exactly the written manifests as applied (polling every
+    /// 20 ms, up to the configured sync timeout).
+    pub fn sync(&mut self) -> Result<(), NodeError> {
+        let deadline = Instant::now() + self.config.sync_timeout;
+        let socket = self.socket();
+        loop {
+            self.check_agent_alive()?;
+            let last = agent::status(&socket, STATUS_TIMEOUT);
+            if let Ok(s) = &last
+                && s.applied_files == self.written
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let diff = match &last {
+                    Ok(s) => sync_diff(&self.written, s),
+                    Err(e) => format!("last status call failed: {e}"),
+                };
+                return Err(NodeError::SyncTimeout {
+                    node: self.name.clone(),
+                    after: self.config.sync_timeout,
+                    diff,
+                    log_tail: self.agent_log_tail(),
+                });
+            }
+            thread::sleep(POLL_EVERY);
+        }
+    }
+
+    /// Rejections the agent reports for files the lab wrote (why a policy is not in force).
+    pub fn rejections(&self) -> Vec<String> {
+        match self.status() {
+            Ok(s) => s
+                .rejected
+                .iter()
+                .filter(|r| self.written.contains_key(&r.file))
+                .map(ToString::to_string)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    // ---- namespaces ----
+
+    /// Creates or replaces a namespace with exactly these labels (plus the implied
+    /// `kubernetes.io/metadata.name`) and waits for sync.
+    pub fn set_namespace(&mut self, name: &str, labels: &Labels) -> Result<(), NodeError> {
+        self.write_manifest(
+            &manifest::namespace_file(name),
+            &manifest::namespace_yaml(name, labels),
+        )?;
+        self.namespaces.insert(name.to_owned(), labels.clone());
+        self.sync()
+    }
+
+    /// Merges `labels` into a namespace's labels and waits for sync.
+    pub fn update_namespace_labels(
+        &mut self,
+        name: &str,
+        labels: &Labels,
+    ) -> Result<(), NodeError> {
+        let mut merged = self.namespace_labels(name)?.clone();
+        merged.extend(labels.clone());
+        self.set_namespace(name, &merged)
+    }
+
+    pub fn namespace_labels(&self, name: &str) -> Result<&Labels, NodeError> {
+        self.namespaces
+            .get(name)
+            .ok_or_else(|| NodeError::NoSuchNamespace {
+                node: self.name.clone(),
+                namespace: name.to_owned(),
+            })
+    }
+
+    pub fn namespaces(&self) -> &BTreeMap<String, Labels> {
+        &self.namespaces
+    }
+
+    /// Deletes a namespace object (its pods must be deleted first) and waits for sync.
+    pub fn delete_namespace(&mut self, name: &str) -> Result<(), NodeError> {
+        self.namespace_labels(name)?;
+        self.remove_manifest(&manifest::namespace_file(name))?;
+        self.namespaces.remove(name);
+        self.sync()
+    }
+
+    // ---- policies and other namespaced objects ----
+
+    /// Creates or replaces (by kind, namespace and name) each object, one file each, and waits
+    /// until all of them are in force. Returns the file names.
+    pub fn apply(&mut self, objects: &[Value]) -> Result<Vec<String>, NodeError> {
+        let mut files = Vec::new();
+        for (i, obj) in objects.iter().enumerate() {
+            let id = manifest::object_id(i, obj)?;
+            let file = manifest::object_file(&id.kind, &id.namespace, &id.name);
+            self.write_manifest(&file, &manifest::object_yaml(obj))?;
+            self.objects.insert(file.clone(), id);
+            files.push(file);
+        }
+        self.sync()?;
+        Ok(files)
+    }
+
+    /// Deletes one object applied earlier (no-op if it does not exist) and waits for sync.
+    pub fn delete_object(
+        &mut self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), NodeError> {
+        self.remove_manifest(&manifest::object_file(kind, namespace, name))?;
+        self.sync()
+    }
+
+    /// Deletes every applied object of `kind` (e.g. `NetworkPolicy`); no sync.
+    pub fn remove_objects_of_kind(&mut self, kind: &str) -> Result<(), NodeError> {
+        let files: Vec<String> = self
+            .objects
+            .iter()
+            .filter(|(_, id)| id.kind == kind)
+            .map(|(f, _)| f.clone())
+            .collect();
+        for f in files {
+            self.remove_manifest(&f)?;
+        }
+        Ok(())
+    }
+
+    /// The objects applied and not deleted.
+    pub fn objects(&self) -> impl Iterator<Item = &ObjectId> {
+        self.objects.values()
+    }
+
+    // ---- pods ----
+
+    pub fn pod(&self, pod: &PodRef) -> Result<&Pod, NodeError> {
+        self.pods.get(pod).ok_or_else(|| NodeError::NoSuchPod {
+            node: self.name.clone(),
+            pod: pod.clone(),
+        })
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
+        self.pods.values()
+    }
+
+    /// Creates one pod; see [`Node::create_pods`].
+    pub fn create_pod(&mut self, spec: &PodSpec) -> Result<&Pod, NodeError> {
+        self.create_pods(std::slice::from_ref(spec))?;
+        self.pod(&spec.pod_ref())
+    }
+
+    /// Creates pods as a runtime would: the Pod objects are written and synced first (the
+    /// agent looks a pod up when the plugin registers it), then for each pod a network
+    /// namespace, CNI ADD, and its servers.
+    pub fn create_pods(&mut self, specs: &[PodSpec]) -> Result<(), NodeError> {
+        for spec in specs {
+            self.namespace_labels(&spec.namespace)?;
+            if self.pods.contains_key(&spec.pod_ref()) {
+                return Err(NodeError::PodExists {
+                    node: self.name.clone(),
+                    pod: spec.pod_ref(),
+                });
+            }
+        }
+        for spec in specs {
+            self.write_manifest(
+                &manifest::pod_file(&spec.namespace, &spec.name),
+                &manifest::pod_yaml(spec, &self.name),
+            )?;
+        }
+        self.sync()?;
+        for spec in specs {
+            let pod = self.wire_pod(spec)?;
+            self.pods.insert(spec.pod_ref(), pod);
+        }
+        Ok(())
+    }
+
+    fn wire_pod(&mut self, spec: &PodSpec) -> Result<Pod, NodeError> {
+        let netns = NetNs::create(unique_name(&format!("{}-{}", spec.namespace, spec.name)))?;
+        let container_id = unique_name("ctr");
+        let attachment = self.attachment(spec, &container_id, netns.path());
+        let added = self.cni.add(&attachment)?;
+        let servers = Servers::start(
+            netns.name(),
+            netns.path().to_owned(),
+            &spec.name,
+            &spec.serves,
+        );
+        let servers = match servers {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.cni.del(&attachment);
+                return Err(e.into());
+            }
+        };
+        Ok(Pod {
+            spec: spec.clone(),
+            container_id,
+            ips: added.ips,
+            servers: Some(servers),
+            netns,
+        })
+    }
+
+    fn attachment(&self, spec: &PodSpec, container_id: &str, netns: &Path) -> Attachment {
+        Attachment {
+            container_id: container_id.to_owned(),
+            netns: netns.to_owned(),
+            ifname: POD_IFNAME.to_owned(),
+            pod_namespace: spec.namespace.clone(),
+            pod_name: spec.name.clone(),
+        }
+    }
+
+    /// Deletes a pod as a runtime would: servers stopped, CNI DEL, namespace deleted, then
+    /// the Pod object removed; waits for sync.
+    pub fn delete_pod(&mut self, pod: &PodRef) -> Result<(), NodeError> {
+        let mut p = self.pods.remove(pod).ok_or_else(|| NodeError::NoSuchPod {
+            node: self.name.clone(),
+            pod: pod.clone(),
+        })?;
+        if let Some(s) = p.servers.take() {
+            s.stop();
+        }
+        let attachment = self.attachment(&p.spec, &p.container_id, p.netns.path());
+        let del = self.cni.del(&attachment);
+        drop(p);
+        self.remove_manifest(&manifest::pod_file(&pod.namespace, &pod.name))?;
+        del?;
+        self.sync()
+    }
+
+    /// Replaces a pod's labels and waits for sync.
+    pub fn set_pod_labels(&mut self, pod: &PodRef, labels: &Labels) -> Result<(), NodeError> {
+        let p = self.pods.get_mut(pod).ok_or_else(|| NodeError::NoSuchPod {
+            node: self.name.clone(),
+            pod: pod.clone(),
+        })?;
+        p.spec.labels = labels.clone();
+        let (file, yaml) = (
+            manifest::pod_file(&pod.namespace, &pod.name),
+            manifest::pod_yaml(&p.spec, &self.name),
+        );
+        self.write_manifest(&file, &yaml)?;
+        self.sync()
+    }
+
+    /// Merges `labels` into a pod's labels (set or overwrite each key) and waits for sync.
+    pub fn update_pod_labels(&mut self, pod: &PodRef, labels: &Labels) -> Result<(), NodeError> {
+        let mut merged = self.pod(pod)?.spec.labels.clone();
+        merged.extend(labels.clone());
+        self.set_pod_labels(pod, &merged)
+    }
+
+    // ---- probes ----
+
+    /// The address of `pod` a probe of `family` goes to.
+    pub fn pod_ip(&self, pod: &PodRef, family: Family) -> Result<IpAddr, NodeError> {
+        let p = self.pod(pod)?;
+        p.ip(family).ok_or_else(|| NodeError::NoAddress {
+            node: self.name.clone(),
+            pod: pod.clone(),
+            family,
+            ips: p.ips.clone(),
+        })
+    }
+
+    /// A probe from `from` to `to:port/protocol` (not yet run).
+    pub fn probe_spec(
+        &self,
+        from: &PodRef,
+        to: &PodRef,
+        port: u16,
+        protocol: Protocol,
+        family: Family,
+    ) -> Result<Probe, NodeError> {
+        let ip = self.pod_ip(to, family)?;
+        let from = self.pod(from)?;
+        Ok(Probe {
+            from_netns: from.netns.name().to_owned(),
+            from_path: from.netns.path().to_owned(),
+            to: SocketAddr::new(ip, port),
+            protocol,
+            timeout: probe::DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// Probes once from `from` to `to:port/protocol`.
+    pub fn probe(
+        &self,
+        from: &PodRef,
+        to: &PodRef,
+        port: u16,
+        protocol: Protocol,
+        family: Family,
+    ) -> Result<Outcome, NodeError> {
+        Ok(probe::probe(
+            &self.probe_spec(from, to, port, protocol, family)?,
+        ))
+    }
+
+    // ---- keeping a lab for inspection ----
+
+    /// Leaves the node running after this process exits (`demo --keep`): the agent keeps
+    /// running, each pod's servers are replaced by `socat` processes, and a script that
+    /// removes everything is written. Returns the script's path.
+    pub fn keep(mut self) -> Result<PathBuf, NodeError> {
+        let mut script = String::from("#!/bin/sh\n# Removes a kept ward lab node.\n");
+        let mut pids = Vec::new();
+        for pod in self.pods.values_mut() {
+            if let Some(s) = pod.servers.take() {
+                s.stop();
+            }
+            for s in &pod.spec.serves {
+                let (listen, reply) = match s.protocol {
+                    Protocol::Tcp => (
+                        format!("TCP6-LISTEN:{},ipv6only=0,reuseaddr,fork", s.port),
+                        "SYSTEM:echo",
+                    ),
+                    Protocol::Udp => (
+                        format!("UDP6-RECVFROM:{},ipv6only=0,reuseaddr,fork", s.port),
+                        "SYSTEM:echo",
+                    ),
+                };
+                let child = Command::new("ip")
+                    .args(["netns", "exec", pod.netns.name(), "socat", &listen])
+                    .arg(format!("{reply} {}", pod.spec.name))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|source| {
+                        io_err(&self.name, "starting socat (is it installed?)", source)
+                    })?;
+                pids.push(child.id());
+            }
+            pod.netns.keep();
+            let _ = writeln!(script, "ip netns del {}", pod.netns.name());
+        }
+        if let Some(pid) = self.agent_pid() {
+            pids.push(pid);
+        }
+        let pid_list: Vec<String> = pids.iter().map(u32::to_string).collect();
+        script.insert_str(
+            script.find('\n').map_or(0, |i| i + 1),
+            &format!("kill {} 2>/dev/null\nsleep 1\n", pid_list.join(" ")),
+        );
+        let _ = writeln!(script, "ip netns del {}", self.netns.name());
+        let _ = writeln!(script, "rm -rf '{}'", self.pin_dir().display());
+        let _ = writeln!(script, "rm -rf '{}'", self.dir.path().display());
+        let path = self.dir.path().join("cleanup.sh");
+        fs::write(&path, script)
+            .map_err(|source| io_err(&self.name, "writing cleanup.sh", source))?;
+        self.keep = true;
+        self.netns.keep();
+        self.dir.keep();
+        // The agent must outlive us: forget the handle instead of stopping it.
+        self.agent = None;
+        Ok(path)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        if thread::panicking() {
+            self.dump_agent_log();
+        }
+        if let Err(e) = self.stop_agent() {
+            eprintln!("ward-lab: cleanup: {e}");
+        }
+        // Servers stop and pod namespaces go with the pods.
+        self.pods.clear();
+        let pins = self.pin_dir();
+        match fs::remove_dir_all(&pins) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!("ward-lab: cleanup: removing {}: {e}", pins.display()),
+        }
+        // Parents only if no other node uses them (rmdir fails on a non-empty directory).
+        for parent in [
+            self.config.bpffs.join("ward/v1"),
+            self.config.bpffs.join("ward"),
+        ] {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+fn io_err(node: &str, what: &str, source: std::io::Error) -> NodeError {
+    NodeError::Io {
+        node: node.to_owned(),
+        what: what.to_owned(),
+        source,
+    }
+}
+
+/// Mounts bpffs at `path` unless a bpf filesystem is mounted there already.
+pub fn ensure_bpffs(node: &str, path: &Path) -> Result<(), NodeError> {
+    let mounts = fs::read_to_string("/proc/mounts")
+        .map_err(|source| io_err(node, "reading /proc/mounts", source))?;
+    let target = path.to_string_lossy();
+    if mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        (f.nth(1), f.next()) == (Some(target.as_ref()), Some("bpf"))
+    }) {
+        return Ok(());
+    }
+    fs::create_dir_all(path)
+        .map_err(|source| io_err(node, "creating the bpffs mount point", source))?;
+    nix::mount::mount(
+        Some("bpf"),
+        path,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| NodeError::Bpffs {
+        node: node.to_owned(),
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// What differs between the files written and those the agent reports as applied.
+fn sync_diff(written: &BTreeMap<String, String>, status: &Status) -> String {
+    let mut parts = Vec::new();
+    for (file, hash) in written {
+        match status.applied_files.get(file) {
+            None => parts.push(format!("{file} not applied")),
+            Some(h) if h != hash => parts.push(format!(
+                "{file} applied at an older content ({h}, wrote {hash})"
+            )),
+            Some(_) => {}
+        }
+    }
+    for file in status
+        .applied_files
+        .keys()
+        .filter(|f| !written.contains_key(*f))
+    {
+        parts.push(format!("{file} still applied though the lab removed it"));
+    }
+    for r in &status.rejected {
+        parts.push(format!("rejected: {r}"));
+    }
+    parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::Rejection;
+
+    #[test]
+    fn pod_cidrs_lie_in_ten_slash_eight_and_avoid_the_uplink() {
+        let c = NodeConfig {
+            index: 3,
+            ..NodeConfig::default()
+        };
+        let cidrs = c.pod_cidrs();
+        assert_eq!(cidrs[0].to_string(), "10.3.0.0/16");
+        assert_eq!(cidrs[1].to_string(), "fd77:0:0:3::/64");
+        let uplink: IpNet = "fd00::/64".parse().unwrap();
+        assert!(!uplink.contains(&cidrs[1]));
+        for a in c.host_addrs() {
+            assert!(
+                !cidrs.iter().any(|n| n.contains(&a)),
+                "{a} inside a pod CIDR"
+            );
+        }
+    }
+
+    #[test]
+    fn sync_diff_names_missing_stale_leftover_and_rejected_files() {
+        let written: BTreeMap<_, _> = [
+            ("a.yaml".to_owned(), "1".to_owned()),
+            ("b.yaml".to_owned(), "2".to_owned()),
+        ]
+        .into();
+        let status = Status {
+            applied_files: [
+                ("b.yaml".to_owned(), "9".to_owned()),
+                ("c.yaml".to_owned(), "3".to_owned()),
+            ]
+            .into(),
+            rejected: vec![Rejection {
+                file: "a.yaml".into(),
+                object: "o".into(),
+                field: "f".into(),
+                message: "m".into(),
+            }],
+            raw: serde_json::Value::Null,
+        };
+        let d = sync_diff(&written, &status);
+        assert!(d.contains("a.yaml not applied"), "{d}");
+        assert!(d.contains("b.yaml applied at an older content"), "{d}");
+        assert!(d.contains("c.yaml still applied"), "{d}");
+        assert!(d.contains("rejected: a.yaml"), "{d}");
+    }
+}
