@@ -1,14 +1,24 @@
 //! `ward-cni`: the CNI plugin binary. Reads `CNI_*` from the environment and the network
 //! configuration from stdin, prints the result (or the CNI error object) on stdout and logs
-//! to stderr (level from `WARD_CNI_LOG`, default `warn`).
+//! to stderr (filter from `WARD_CNI_LOG`, default [`DEFAULT_LOG_FILTER`]).
 
 use std::io::{Read as _, Write as _};
 use std::process::ExitCode;
 
+/// Warnings and errors; netlink-packet-route warns about every attribute a newer kernel
+/// extended, which says nothing about the pod.
+const DEFAULT_LOG_FILTER: &str = "warn,netlink_packet_route=error";
+
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARD_CNI_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).with_target(false).init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    // stderr ends up in the runtime's log files: no colours.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(false)
+        .init();
 
     let mut stdin = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
