@@ -248,7 +248,10 @@ impl Added {
     }
 
     fn ip(&self, v4: bool) -> IpAddr {
-        self.ips().into_iter().find(|ip| ip.is_ipv4() == v4).unwrap_or_else(|| panic!("no {} address", if v4 { "IPv4" } else { "IPv6" }))
+        self.ips()
+            .into_iter()
+            .find(|ip| ip.is_ipv4() == v4)
+            .unwrap_or_else(|| panic!("no {} address", if v4 { "IPv4" } else { "IPv6" }))
     }
 }
 
@@ -317,8 +320,7 @@ impl Lab {
         let Ok(entries) = fs::read_dir(self.ipam_dir().join("ward")) else {
             return Vec::new();
         };
-        let mut ips: Vec<IpAddr> =
-            entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+        let mut ips: Vec<IpAddr> = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
         ips.sort();
         ips
     }
@@ -410,7 +412,8 @@ fn observe_node(node: &str, reg: &EndpointRegistration) -> NodeAtRegistration {
 }
 
 fn has_flag(v: &Value, flag: &str) -> bool {
-    v["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == flag)) || v["state"].as_array().is_some_and(|f| f.iter().any(|x| x == flag))
+    v["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == flag))
+        || v["state"].as_array().is_some_and(|f| f.iter().any(|x| x == flag))
 }
 
 /// Connects to `addr` from inside `ns`, retrying until a deadline (the carrier comes up
@@ -430,12 +433,14 @@ fn connect_from(ns: &Netns, addr: SocketAddr) -> TcpStream {
 
 /// A pod answers on `ip` and the node reaches it: accept, and carry a byte each way.
 fn assert_node_reaches_pod(lab: &Lab, pod_ns: &Netns, pod_ip: IpAddr) {
-    let listener = pod_ns.run(|| TcpListener::bind((pod_ip, 0)).unwrap_or_else(|e| panic!("binding {pod_ip} in the pod: {e}")));
+    let listener =
+        pod_ns.run(|| TcpListener::bind((pod_ip, 0)).unwrap_or_else(|e| panic!("binding {pod_ip} in the pod: {e}")));
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("listener address: {e}"));
     let mut client = connect_from(&lab.node, addr);
     client.set_read_timeout(Some(Duration::from_secs(5))).unwrap_or_else(|e| panic!("{e}"));
     let (mut server, peer) = listener.accept().unwrap_or_else(|e| panic!("accepting in the pod: {e}"));
-    let node_ip: IpAddr = if pod_ip.is_ipv4() { NODE_V4.parse() } else { NODE_V6.parse() }.unwrap_or_else(|e| panic!("{e}"));
+    let node_ip: IpAddr =
+        if pod_ip.is_ipv4() { NODE_V4.parse() } else { NODE_V6.parse() }.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(peer.ip(), node_ip, "the pod sees the node's address");
     client.write_all(b"?").unwrap_or_else(|e| panic!("node → pod: {e}"));
     let mut byte = [0u8; 1];
@@ -470,7 +475,10 @@ fn add_wires_the_pod_and_opens_the_host_side_only_after_registration() {
     assert_eq!(Some(u64::from(reg.host_ifindex)), host_link["ifindex"].as_u64(), "registered ifindex");
     assert_eq!(reg.host_ifname, host);
     assert_eq!(reg.ips, vec![v4, v6]);
-    assert_eq!((reg.pod_namespace.as_str(), reg.pod_name.as_str()), ("shop", format!("{}-pod", pod.container_id).as_str()));
+    assert_eq!(
+        (reg.pod_namespace.as_str(), reg.pod_name.as_str()),
+        ("shop", format!("{}-pod", pod.container_id).as_str())
+    );
     assert_eq!((reg.container_id.as_str(), reg.ifname.as_str()), (pod.container_id.as_str(), "eth0"));
     assert_eq!(Path::new(&reg.netns), pod.netns);
 
@@ -502,10 +510,16 @@ fn add_wires_the_pod_and_opens_the_host_side_only_after_registration() {
     assert_eq!(addrs, vec![(v4.to_string(), 32), (v6.to_string(), 128)]);
     assert!(has_flag(&pod_ns.link("lo").unwrap_or_default(), "UP"), "pod loopback up");
     let routes4 = pod_ns.ip_json(&["-4", "route", "show"]);
-    assert!(routes4.iter().any(|r| r["dst"] == "169.254.1.1" && r["scope"] == "link" && r["dev"] == "eth0"), "{routes4:?}");
+    assert!(
+        routes4.iter().any(|r| r["dst"] == "169.254.1.1" && r["scope"] == "link" && r["dev"] == "eth0"),
+        "{routes4:?}"
+    );
     assert!(routes4.iter().any(|r| r["dst"] == "default" && r["gateway"] == "169.254.1.1"), "{routes4:?}");
     let routes6 = pod_ns.ip_json(&["-6", "route", "show"]);
-    assert!(routes6.iter().any(|r| r["dst"] == "default" && r["gateway"] == "fe80::1" && r["dev"] == "eth0"), "{routes6:?}");
+    assert!(
+        routes6.iter().any(|r| r["dst"] == "default" && r["gateway"] == "fe80::1" && r["dev"] == "eth0"),
+        "{routes6:?}"
+    );
     let neighbours = pod_ns.ip_json(&["neigh", "show", "dev", "eth0"]);
     for gw in ["169.254.1.1", "fe80::1"] {
         assert!(

@@ -117,7 +117,11 @@ pub fn run(var: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
             let version = netconf::peek_version(stdin).unwrap_or(CniVersion::LATEST);
             let reply = ErrorReply::new(version.as_str(), e.code(), e.to_string(), e.root_cause());
             let stdout = serde_json::to_string(&reply).unwrap_or_else(|_| {
-                format!(r#"{{"cniVersion":"{}","code":{},"msg":"unprintable error"}}"#, version.as_str(), e.code().get())
+                format!(
+                    r#"{{"cniVersion":"{}","code":{},"msg":"unprintable error"}}"#,
+                    version.as_str(),
+                    e.code().get()
+                )
             });
             Outcome { stdout, exit_code: 1 }
         }
@@ -125,31 +129,33 @@ pub fn run(var: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
 }
 
 fn execute(var: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, CommandError> {
-    let invocation = env::parse(var)?;
-    if invocation == Invocation::Version {
-        return result::version_json().map_err(CommandError::Encode);
-    }
-    let conf = netconf::parse(stdin)?;
-    match invocation {
+    // VERSION must answer whatever stdin holds; every other command needs the configuration.
+    match env::parse(var)? {
+        Invocation::Version => result::version_json().map_err(CommandError::Encode),
         Invocation::Add(attachment, pod) => {
-            let _span = info_span!("add", container = %attachment.container_id, pod = %format_args!("{}/{}", pod.namespace, pod.name)).entered();
+            let conf = netconf::parse(stdin)?;
+            let pod_name = format!("{}/{}", pod.namespace, pod.name);
+            let _span = info_span!("add", container = %attachment.container_id, pod = %pod_name).entered();
             add(&conf, &attachment, &pod)?.to_json(conf.cni_version).map_err(CommandError::Encode)
         }
         Invocation::Del(attachment) => {
+            let conf = netconf::parse(stdin)?;
             let _span = info_span!("del", container = %attachment.container_id).entered();
             del(&conf, &attachment).map(|()| String::new())
         }
         Invocation::Check(attachment) => {
+            let conf = netconf::parse(stdin)?;
             let _span = info_span!("check", container = %attachment.container_id).entered();
             check(&conf, &attachment).map(|()| String::new())
         }
-        Invocation::Version => result::version_json().map_err(CommandError::Encode),
     }
 }
 
 fn endpoint_name(attachment: &Attachment) -> String {
     match &attachment.pod {
-        Some(pod) => format!("pod {}/{} (container {}, {})", pod.namespace, pod.name, attachment.container_id, attachment.ifname),
+        Some(pod) => {
+            format!("pod {}/{} (container {}, {})", pod.namespace, pod.name, attachment.container_id, attachment.ifname)
+        }
         None => format!("container {} ({})", attachment.container_id, attachment.ifname),
     }
 }
@@ -263,7 +269,12 @@ fn wire(progress: &mut Progress<'_>, netns: &NetNs, pod: &PodRef, ips: &[IpAddr]
     Ok(AddResult {
         interfaces: vec![
             Interface { name: host.name.clone(), mac: veth::format_mac(&host.mac), mtu: conf.mtu, sandbox: None },
-            Interface { name: pod_link.name.clone(), mac: veth::format_mac(&pod_link.mac), mtu: conf.mtu, sandbox: Some(sandbox) },
+            Interface {
+                name: pod_link.name.clone(),
+                mac: veth::format_mac(&pod_link.mac),
+                mtu: conf.mtu,
+                sandbox: Some(sandbox),
+            },
         ],
         ips: ips.iter().map(|&ip| IpConfig { address: host_net(ip), interface: 1 }).collect(),
         routes,

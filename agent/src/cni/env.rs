@@ -192,7 +192,11 @@ mod tests {
         ("CNI_PATH", "/opt/cni/bin"),
     ];
 
-    fn with(base: &[(&'static str, &'static str)], key: &'static str, value: &'static str) -> Vec<(&'static str, &'static str)> {
+    fn with(
+        base: &[(&'static str, &'static str)],
+        key: &'static str,
+        value: &'static str,
+    ) -> Vec<(&'static str, &'static str)> {
         let mut v: Vec<_> = base.iter().filter(|(k, _)| *k != key).copied().collect();
         v.push((key, value));
         v
@@ -224,10 +228,7 @@ mod tests {
     #[test]
     fn unknown_and_missing_commands_are_errors() {
         assert_eq!(parse(env(&[])), Err(EnvError::Missing { var: "CNI_COMMAND" }));
-        assert_eq!(
-            parse(env(&[("CNI_COMMAND", "STATUS")])),
-            Err(EnvError::UnknownCommand { value: "STATUS".into() })
-        );
+        assert_eq!(parse(env(&[("CNI_COMMAND", "STATUS")])), Err(EnvError::UnknownCommand { value: "STATUS".into() }));
     }
 
     #[test]
@@ -246,6 +247,20 @@ mod tests {
             parse(env(&with(ADD, "CNI_ARGS", "K8S_POD_NAMESPACE=a;oops"))),
             Err(EnvError::ArgsEntry { entry: "oops".into() })
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_environments_never_panic(
+            command in "(ADD|DEL|CHECK|VERSION|[A-Z]{0,6})",
+            id in "\\PC{0,20}",
+            ifname in "\\PC{0,20}",
+            netns in "\\PC{0,20}",
+            args in "[A-Za-z0-9_=;]{0,40}",
+        ) {
+            let vars = [("CNI_COMMAND", command), ("CNI_CONTAINERID", id), ("CNI_IFNAME", ifname), ("CNI_NETNS", netns), ("CNI_ARGS", args)];
+            let _ = parse(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()));
+        }
     }
 
     #[test]

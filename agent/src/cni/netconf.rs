@@ -146,7 +146,9 @@ fn pod_ranges(obj: &Map<String, Value>) -> Result<Vec<PodRange>, NetConfError> {
     let items = match obj.get(FIELD) {
         None | Some(Value::Null) => return Err(NetConfError::Missing { field: FIELD }),
         Some(Value::Array(items)) => items,
-        Some(_) => return Err(NetConfError::WrongType { field: FIELD.to_owned(), expected: "an array of CIDR strings" }),
+        Some(_) => {
+            return Err(NetConfError::WrongType { field: FIELD.to_owned(), expected: "an array of CIDR strings" });
+        }
     };
     if items.is_empty() {
         return Err(NetConfError::NoCidrs);
@@ -157,7 +159,8 @@ fn pod_ranges(obj: &Map<String, Value>) -> Result<Vec<PodRange>, NetConfError> {
         let Value::String(text) = item else {
             return Err(NetConfError::WrongType { field, expected: "a CIDR string" });
         };
-        let cidr: IpNet = text.parse().map_err(|_| NetConfError::InvalidCidr { field: field.clone(), value: text.clone() })?;
+        let cidr: IpNet =
+            text.parse().map_err(|_| NetConfError::InvalidCidr { field: field.clone(), value: text.clone() })?;
         let range = PodRange::new(cidr).map_err(|source| NetConfError::Range { field: field.clone(), source })?;
         if ranges.iter().any(|r| r.is_ipv4() == range.is_ipv4()) {
             let family = if range.is_ipv4() { "IPv4" } else { "IPv6" };
@@ -172,22 +175,14 @@ fn mtu(obj: &Map<String, Value>, ranges: &[PodRange]) -> Result<u32, NetConfErro
     let wrong = || NetConfError::WrongType { field: "mtu".to_owned(), expected: "an integer" };
     let value = match obj.get("mtu") {
         None | Some(Value::Null) => return Ok(DEFAULT_MTU),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from))
-            .ok_or_else(wrong)?,
+        Some(Value::Number(n)) => {
+            n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from)).ok_or_else(wrong)?
+        }
         Some(_) => return Err(wrong()),
     };
-    let (min, reason) = if ranges.iter().any(|r| !r.is_ipv4()) {
-        (MIN_MTU_IPV6, ", IPv6 needs 1280")
-    } else {
-        (MIN_MTU_IPV4, "")
-    };
-    u32::try_from(value)
-        .ok()
-        .filter(|v| (min..=MAX_MTU).contains(v))
-        .ok_or(NetConfError::Mtu { value, min, reason })
+    let (min, reason) =
+        if ranges.iter().any(|r| !r.is_ipv4()) { (MIN_MTU_IPV6, ", IPv6 needs 1280") } else { (MIN_MTU_IPV4, "") };
+    u32::try_from(value).ok().filter(|v| (min..=MAX_MTU).contains(v)).ok_or(NetConfError::Mtu { value, min, reason })
 }
 
 /// Parses and validates the configuration.
@@ -255,14 +250,20 @@ mod tests {
 
     #[test]
     fn errors_name_the_field_at_fault() {
-        assert_eq!(
-            err("podCIDRs", serde_json::json!(["10.0.0.0/24", "x"])),
-            r#"podCIDRs[1]: invalid CIDR "x""#
-        );
+        assert_eq!(err("podCIDRs", serde_json::json!(["10.0.0.0/24", "x"])), r#"podCIDRs[1]: invalid CIDR "x""#);
         assert_eq!(err("podCIDRs", serde_json::json!([1])), "podCIDRs[0]: expected a CIDR string");
-        assert!(err("podCIDRs", serde_json::json!(["10.0.0.0/24", "10.1.0.0/24"])).starts_with("podCIDRs[1]: a second IPv4"));
-        assert!(err("podCIDRs", serde_json::json!(["10.0.0.1/24"])).starts_with("podCIDRs[0]: 10.0.0.1/24 has host bits set"));
-        assert!(err("podCIDRs", serde_json::json!(["10.0.0.0/31"])).starts_with("podCIDRs[0]: 10.0.0.0/31 leaves no address"));
+        assert!(
+            err("podCIDRs", serde_json::json!(["10.0.0.0/24", "10.1.0.0/24"]))
+                .starts_with("podCIDRs[1]: a second IPv4")
+        );
+        assert!(
+            err("podCIDRs", serde_json::json!(["10.0.0.1/24"]))
+                .starts_with("podCIDRs[0]: 10.0.0.1/24 has host bits set")
+        );
+        assert!(
+            err("podCIDRs", serde_json::json!(["10.0.0.0/31"]))
+                .starts_with("podCIDRs[0]: 10.0.0.0/31 leaves no address")
+        );
         assert_eq!(err("podCIDRs", serde_json::json!([])), "podCIDRs: must list at least one CIDR");
         assert_eq!(err("podCIDRs", Value::Null), "podCIDRs: required field is missing");
         assert_eq!(err("name", Value::Null), "name: required field is missing");
@@ -272,6 +273,23 @@ mod tests {
         assert!(err("mtu", serde_json::json!(1000)).starts_with("mtu: 1000 is out of range (1280"));
         assert!(err("mtu", serde_json::json!(-1)).starts_with("mtu: -1 is out of range"));
         assert_eq!(err("mtu", serde_json::json!("big")), "mtu: expected an integer");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = parse(&bytes);
+            let _ = peek_version(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_cidr_strings_are_accepted_or_named(cidrs in proptest::collection::vec("[0-9a-f:./]{0,24}", 1..4), mtu in proptest::num::i64::ANY) {
+            let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "n", "podCIDRs": cidrs, "mtu": mtu});
+            if let Err(e) = parse(conf.to_string().as_bytes()) {
+                let msg = e.to_string();
+                proptest::prop_assert!(msg.starts_with("podCIDRs") || msg.starts_with("mtu: "), "{}", msg);
+            }
+        }
     }
 
     #[test]

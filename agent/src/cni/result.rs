@@ -182,9 +182,6 @@ mod tests {
 
     #[test]
     fn version_reply_lists_every_supported_version() {
-        assert_eq!(
-            version_json().unwrap(),
-            r#"{"cniVersion":"1.1.0","supportedVersions":["0.4.0","1.0.0","1.1.0"]}"#
-        );
+        assert_eq!(version_json().unwrap(), r#"{"cniVersion":"1.1.0","supportedVersions":["0.4.0","1.0.0","1.1.0"]}"#);
     }
 }

@@ -69,7 +69,7 @@ impl PodRange {
         matches!(self.cidr, IpNet::V4(_))
     }
 
-    fn from_bits(&self, bits: u128) -> Option<IpAddr> {
+    fn addr_at(&self, bits: u128) -> Option<IpAddr> {
         match self.cidr {
             IpNet::V4(_) => u32::try_from(bits).ok().map(|b| IpAddr::V4(Ipv4Addr::from(b))),
             IpNet::V6(_) => Some(IpAddr::V6(Ipv6Addr::from(bits))),
@@ -97,7 +97,7 @@ impl PodRange {
         let tries = span.min(taken_here as u128);
         (0..=tries)
             .map(|i| if i <= span - start { start + i } else { i - (span - start) - 1 })
-            .filter_map(|offset| self.from_bits(self.first + offset))
+            .filter_map(|offset| self.addr_at(self.first + offset))
             .find(|candidate| !taken.contains(candidate))
     }
 }
@@ -163,9 +163,7 @@ impl Store {
         }
         let path = self.dir.join(LOCK_FILE);
         let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(self.io(&path))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map(Some)
-            .map_err(|(_, source)| IpamError::Lock { path, source })
+        Flock::lock(file, FlockArg::LockExclusive).map(Some).map_err(|(_, source)| IpamError::Lock { path, source })
     }
 
     /// Every allocation: address to owner record.
@@ -194,15 +192,18 @@ impl Store {
         let result = ranges
             .iter()
             .map(|range| {
-                if let Some(ip) = taken.iter().find(|(ip, rec)| range.contains(**ip) && owner.owns(rec)).map(|(ip, _)| *ip) {
+                if let Some(ip) =
+                    taken.iter().find(|(ip, rec)| range.contains(**ip) && owner.owns(rec)).map(|(ip, _)| *ip)
+                {
                     return Ok(ip);
                 }
                 let last_path = self.last_path(range);
                 let last = fs::read_to_string(&last_path).ok().and_then(|s| s.trim().parse().ok());
-                let ip = range.next_free(last, &taken.keys().copied().collect()).ok_or_else(|| IpamError::Exhausted {
-                    cidr: range.cidr(),
-                    allocated: taken.keys().filter(|ip| range.contains(**ip)).count(),
-                })?;
+                let ip =
+                    range.next_free(last, &taken.keys().copied().collect()).ok_or_else(|| IpamError::Exhausted {
+                        cidr: range.cidr(),
+                        allocated: taken.keys().filter(|ip| range.contains(**ip)).count(),
+                    })?;
                 let path = self.dir.join(ip.to_string());
                 let mut file = OpenOptions::new().write(true).create_new(true).open(&path).map_err(self.io(&path))?;
                 created.push(path.clone());
@@ -364,6 +365,29 @@ mod tests {
         let err = store.allocate(Owner { container_id: "c", ifname: "eth0" }, &both).unwrap_err();
         assert!(matches!(err, IpamError::Exhausted { allocated: 2, .. }), "{err}");
         assert_eq!(store.find(Owner { container_id: "c", ifname: "eth0" }).unwrap(), Vec::<IpAddr>::new());
+    }
+
+    #[test]
+    fn concurrent_allocations_never_hand_out_an_address_twice() {
+        let tmp = TempDir::new("concurrent");
+        let ranges = [range("10.0.0.0/24")];
+        let ids: Vec<String> = (0..16).map(|i| format!("c{i}")).collect();
+        // Each thread opens the lock file itself, as separate plugin processes do; flock
+        // locks belong to the open file, so the threads exclude each other.
+        let got: Vec<IpAddr> = std::thread::scope(|s| {
+            let handles: Vec<_> = ids
+                .iter()
+                .map(|id| {
+                    let (dir, ranges) = (&tmp.0, &ranges);
+                    s.spawn(move || {
+                        Store::new(dir, "ward").allocate(Owner { container_id: id, ifname: "eth0" }, ranges)
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap().unwrap()).collect()
+        });
+        let distinct: BTreeSet<IpAddr> = got.iter().copied().collect();
+        assert_eq!(distinct.len(), ids.len(), "duplicates in {got:?}");
     }
 
     #[test]

@@ -188,7 +188,10 @@ impl Netlink {
     /// The interface called `name`, if any.
     pub fn link(&self, name: &str) -> Result<Option<Link>, VethError> {
         let request = self.handle.link().get().match_name(name.to_owned()).execute();
-        match self.rt.block_on(async { futures::pin_mut!(request); request.try_next().await }) {
+        match self.rt.block_on(async {
+            futures::pin_mut!(request);
+            request.try_next().await
+        }) {
             Ok(msg) => Ok(msg.map(|m| Link::from_message(name, &m))),
             Err(rtnetlink::Error::NetlinkError(m)) if m.code.map(|c| -c.get()) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(Self::netlink(Op::FindLink, name)(e)),
@@ -273,7 +276,9 @@ impl Netlink {
             Some(gw) => format!("{dst}/{prefix} via {gw} dev {}", link.name),
             None => format!("{dst}/{prefix} dev {}", link.name),
         };
-        self.rt.block_on(self.handle.route().add(builder.build()).execute()).map_err(Self::netlink(Op::AddRoute, object))
+        self.rt
+            .block_on(self.handle.route().add(builder.build()).execute())
+            .map_err(Self::netlink(Op::AddRoute, object))
     }
 
     fn add_neighbour(&self, link: &Link, ip: IpAddr, mac: &[u8]) -> Result<(), VethError> {
@@ -321,10 +326,8 @@ impl Netlink {
     /// The addresses on `link`.
     pub fn addresses(&self, link: &Link) -> Result<Vec<IpAddr>, VethError> {
         let request = self.handle.address().get().set_link_index_filter(link.index).execute();
-        let messages: Vec<_> = self
-            .rt
-            .block_on(request.try_collect())
-            .map_err(Self::netlink(Op::ListAddresses, &link.name))?;
+        let messages: Vec<_> =
+            self.rt.block_on(request.try_collect()).map_err(Self::netlink(Op::ListAddresses, &link.name))?;
         Ok(messages
             .iter()
             .filter_map(|m| {
