@@ -20,7 +20,7 @@ pub const NETNS_DIR: &str = "/run/netns";
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     #[error("network namespace {name}: {source}")]
-    Command { name: String, source: CmdError },
+    Command { name: String, source: Box<CmdError> },
     #[error("network namespace {name}: cannot open {path}: {source}")]
     Open {
         name: String,
@@ -66,7 +66,7 @@ impl NetNs {
         let name = name.into();
         let err = |source| NetnsError::Command {
             name: name.clone(),
-            source,
+            source: Box::new(source),
         };
         cmd::ip(&["netns", "add", &name]).map_err(err)?;
         let ns = NetNs {
@@ -98,7 +98,7 @@ impl NetNs {
         full.extend_from_slice(args);
         cmd::ip(&full).map_err(|source| NetnsError::Command {
             name: self.name.clone(),
-            source,
+            source: Box::new(source),
         })
     }
 

@@ -1,1 +1,161 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's one entry point for machine setup, building,
+//! testing, the conformance suite and the demo (alias in .cargo/config.toml).
+
+mod demo;
+mod run;
+mod setup;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use ward_lab::conformance::{self, RunOptions};
+
+#[derive(Parser)]
+#[command(about = "Ward's build, test and lab tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (idempotent; prints what it installs).
+    Setup,
+    /// Setup, then build every binary of the workspace.
+    Build,
+    /// Setup, build, `cargo test`, then the conformance suite. Run as root (CI does).
+    Test {
+        /// Cases directory for the conformance suite.
+        #[arg(long)]
+        cases: Option<PathBuf>,
+    },
+    /// Setup, build, then run NetworkPolicy conformance cases against a lab node (root).
+    Conformance {
+        /// Directory of case files, searched recursively [default: ../shared/conformance].
+        #[arg(long)]
+        cases: Option<PathBuf>,
+        /// Only cases whose path contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Use the binaries already built.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// A lab node with a sample shop app behind Ward: the measured reachability matrix.
+    Demo {
+        /// Leave the lab running and print how to inspect and remove it.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Benchmarks (not yet).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<ExitCode> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::setup()?,
+        Cmd::Build => build()?,
+        Cmd::Test { cases } => return test(cases),
+        Cmd::Conformance {
+            cases,
+            filter,
+            no_build,
+        } => {
+            if !no_build {
+                build()?;
+            }
+            let summary = run_conformance(cases, filter)?;
+            return Ok(if summary.failed() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Cmd::Demo { keep } => {
+            build()?;
+            return demo::demo(keep);
+        }
+        Cmd::Bench => bail!(
+            "`cargo xtask bench` is not implemented yet; the benchmark harness is its own issue"
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn build() -> anyhow::Result<()> {
+    setup::setup()?;
+    // --exclude ward-ebpf: that crate only builds for bpfel-unknown-none; agent/build.rs
+    // builds it (aya-build), as default-members in Cargo.toml also says.
+    run::cargo(&["build", "--workspace", "--exclude", "ward-ebpf", "--bins"])
+}
+
+fn test(cases: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    build()?;
+    if !ward_lab::privileged::is_root() {
+        eprintln!(
+            "warning: not root: privileged tests will be skipped (or fail under CI=true) and conformance will fail"
+        );
+    }
+    // Privileged tests each build labs with their own agent; two at a time suits the
+    // machines this runs on.
+    let unit = run::cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "ward-ebpf",
+        "--",
+        "--test-threads=2",
+    ]);
+    if let Err(e) = &unit {
+        eprintln!("error: {e:#}");
+    }
+    let conf = run_conformance(cases, None);
+    let conf_line = match &conf {
+        Ok(s) => format!("conformance {}", s.line()),
+        Err(e) => format!("conformance did not run: {e:#}"),
+    };
+    let ok = unit.is_ok() && conf.as_ref().is_ok_and(|s| s.failed() == 0);
+    println!(
+        "xtask test: {}: cargo test {}, {conf_line}",
+        if ok { "PASSED" } else { "FAILED" },
+        if unit.is_ok() { "passed" } else { "failed" },
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn run_conformance(
+    cases: Option<PathBuf>,
+    filter: Option<String>,
+) -> anyhow::Result<conformance::Summary> {
+    if !ward_lab::privileged::is_root() {
+        bail!("the conformance suite needs root (network namespaces, eBPF)");
+    }
+    let dir =
+        cases.unwrap_or_else(|| ward_lab::bins::workspace_root().join("../shared/conformance"));
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cases directory {}", dir.display()))?;
+    println!("conformance: cases from {}", dir.display());
+    let opts = RunOptions {
+        filter,
+        ..RunOptions::default()
+    };
+    conformance::run_dir(&dir, &opts).with_context(|| format!("reading {}", dir.display()))
+}

@@ -412,6 +412,9 @@ fn verify(node: &Node, checks: &[Check], opts: &RunOptions) -> Result<(), String
     Err(describe_failure(checks, &outcomes, &wrong, opts.budget))
 }
 
+/// Observed cells of a matrix, `None` where not probed.
+type Cells = Vec<Vec<Option<bool>>>;
+
 fn describe_failure(
     checks: &[Check],
     outcomes: &[Outcome],
@@ -439,7 +442,7 @@ fn describe_failure(
     // Whole observed matrices, for cases written as matrices.
     let pods = model::pods();
     let index = |p: &PodRef| pods.iter().position(|q| q == p);
-    let mut tables: BTreeMap<(Protocol, u16, bool), Vec<Vec<Option<bool>>>> = BTreeMap::new();
+    let mut tables: BTreeMap<(Protocol, u16, bool), Cells> = BTreeMap::new();
     for (c, o) in checks.iter().zip(outcomes) {
         if c.notation != Notation::Matrix {
             continue;

@@ -1,0 +1,149 @@
+//! A lab node with the real agent and CNI plugin: pods wired by ward-cni, policy written as
+//! manifests and enforced once the agent reports the files applied. Needs root and the
+//! workspace's binaries (`cargo xtask build`).
+
+use std::path::Path;
+
+use serde_yaml::Value;
+use ward_lab::{
+    Family, Labels, Node, NodeConfig, Outcome, PodRef, PodSpec, Protocol, Serve, require_root,
+};
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn pod(ns: &str, name: &str) -> PodSpec {
+    PodSpec {
+        namespace: ns.into(),
+        name: name.into(),
+        labels: labels(&[("app", name)]),
+        serves: vec![
+            Serve::new(80, Protocol::Tcp, Some("http")),
+            Serve::new(53, Protocol::Udp, Some("dns")),
+        ],
+    }
+}
+
+/// A node with namespace `n` and pods `n/a`, `n/b`.
+fn two_pods() -> Node {
+    let mut node =
+        Node::start(NodeConfig::default()).expect("lab node starts with the agent answering");
+    node.set_namespace("n", &Labels::new())
+        .expect("namespace synced");
+    node.create_pods(&[pod("n", "a"), pod("n", "b")])
+        .expect("pods created through ward-cni");
+    node
+}
+
+fn deny_ingress(ns: &str) -> Value {
+    serde_yaml::from_str(&format!(
+        "{{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {{name: deny, namespace: {ns}}}, \
+         spec: {{podSelector: {{}}, policyTypes: [Ingress]}}}}"
+    ))
+    .expect("policy YAML")
+}
+
+fn connects(node: &Node, from: &str, to: &str, port: u16, protocol: Protocol) -> Outcome {
+    let (from, to): (PodRef, PodRef) =
+        (from.parse().expect("pod ref"), to.parse().expect("pod ref"));
+    node.probe(&from, &to, port, protocol, Family::IPv4)
+        .expect("probe")
+}
+
+#[test]
+fn pods_reach_each_other_before_any_policy() {
+    if !require_root("pods_reach_each_other_before_any_policy") {
+        return;
+    }
+    let node = two_pods();
+    for (from, to, name) in [("n/a", "n/b", "b"), ("n/b", "n/a", "a")] {
+        assert_eq!(
+            connects(&node, from, to, 80, Protocol::Tcp),
+            Outcome::Connected(name.into()),
+            "{from} -> {to} TCP/80"
+        );
+        assert_eq!(
+            connects(&node, from, to, 53, Protocol::Udp),
+            Outcome::Connected(name.into()),
+            "{from} -> {to} UDP/53"
+        );
+    }
+}
+
+#[test]
+fn default_deny_ingress_is_enforced_once_synced_and_lifted_on_delete() {
+    if !require_root("default_deny_ingress_is_enforced_once_synced_and_lifted_on_delete") {
+        return;
+    }
+    let mut node = two_pods();
+    node.apply(&[deny_ingress("n")]).expect("policy applied");
+    for proto in [Protocol::Tcp, Protocol::Udp] {
+        let port = if proto == Protocol::Tcp { 80 } else { 53 };
+        let got = connects(&node, "n/a", "n/b", port, proto);
+        assert!(
+            !got.connected(),
+            "deny-ingress in force, yet n/a -> n/b {proto}/{port}: {got}"
+        );
+    }
+    node.delete_object("NetworkPolicy", "n", "deny")
+        .expect("policy deleted");
+    assert!(
+        connects(&node, "n/a", "n/b", 80, Protocol::Tcp).connected(),
+        "allowed again after delete"
+    );
+}
+
+#[test]
+fn enforcement_survives_an_agent_crash_and_restart() {
+    if !require_root("enforcement_survives_an_agent_crash_and_restart") {
+        return;
+    }
+    let mut node = two_pods();
+    node.apply(&[deny_ingress("n")]).expect("policy applied");
+    node.kill_agent().expect("agent killed");
+    let got = connects(&node, "n/a", "n/b", 80, Protocol::Tcp);
+    assert!(
+        !got.connected(),
+        "pinned policy must hold while the agent is down: {got}"
+    );
+    node.start_agent().expect("agent restarts");
+    node.sync()
+        .expect("restarted agent re-applies every manifest");
+    assert!(
+        !connects(&node, "n/a", "n/b", 80, Protocol::Tcp).connected(),
+        "still denied after restart"
+    );
+    node.delete_object("NetworkPolicy", "n", "deny")
+        .expect("policy deleted");
+    assert!(
+        connects(&node, "n/a", "n/b", 80, Protocol::Tcp).connected(),
+        "the restarted agent enforces changes"
+    );
+}
+
+#[test]
+fn dropping_a_node_removes_its_namespaces_pins_and_files() {
+    if !require_root("dropping_a_node_removes_its_namespaces_pins_and_files") {
+        return;
+    }
+    let node = two_pods();
+    let mut paths = vec![
+        node.netns().path().to_owned(),
+        node.pin_dir(),
+        node.dir().to_owned(),
+    ];
+    paths.extend(node.pods().map(|p| p.netns().path().to_owned()));
+    assert!(
+        node.pin_dir().exists(),
+        "the agent pins under {}",
+        node.pin_dir().display()
+    );
+    drop(node);
+    for p in paths {
+        assert!(!Path::new(&p).exists(), "{} survived teardown", p.display());
+    }
+}

@@ -1,0 +1,155 @@
+//! `cargo xtask setup`: makes a fresh machine able to build and test Ward, installing only
+//! what is missing and saying what it installs (recipe: shared/TOOLCHAIN.md).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::run;
+
+/// Debian packages, each with a program that proves it present when it has one.
+const APT_PACKAGES: [(&str, Option<&str>); 12] = [
+    ("llvm-22-dev", None),
+    ("libpolly-22-dev", None),
+    ("clang-22", Some("clang-22")),
+    ("libclang-22-dev", None),
+    ("libzstd-dev", None),
+    ("zlib1g-dev", None),
+    ("bpftool", Some("bpftool")),
+    ("iproute2", Some("ip")),
+    ("nginx-light", Some("nginx")),
+    ("curl", Some("curl")),
+    ("socat", Some("socat")),
+    ("iperf3", Some("iperf3")),
+];
+
+/// bpf-linker must link against Debian's LLVM 22 (its llvm-config first in PATH).
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+const BPFFS: &str = "/sys/fs/bpf";
+
+pub fn setup() -> anyhow::Result<()> {
+    let mut did = false;
+    did |= apt()?;
+    did |= rust_toolchain()?;
+    did |= bpf_linker()?;
+    did |= bpffs()?;
+    if !did {
+        println!("setup: everything present");
+    }
+    Ok(())
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    run::stdout(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .contains("install ok installed")
+}
+
+fn apt() -> anyhow::Result<bool> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(pkg, program)| !(dpkg_installed(pkg) || program.is_some_and(run::on_path)))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(false);
+    }
+    if !ward_lab::privileged::is_root() {
+        bail!(
+            "missing Debian packages {missing:?}; run `cargo xtask setup` as root to install them"
+        );
+    }
+    println!("setup: installing Debian packages: {}", missing.join(" "));
+    run::status(apt_get(&["update"]))?;
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend(&missing);
+    run::status(apt_get(&args))?;
+    Ok(true)
+}
+
+fn apt_get(args: &[&str]) -> Command {
+    let mut cmd = Command::new("apt-get");
+    cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+    cmd
+}
+
+fn rust_toolchain() -> anyhow::Result<bool> {
+    let mut did = false;
+    let toolchains = run::stdout(Command::new("rustup").args(["toolchain", "list"]));
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        println!(
+            "setup: installing the nightly Rust toolchain (the eBPF crate builds with build-std)"
+        );
+        run::status(rustup(&["toolchain", "install", "nightly"]))?;
+        did = true;
+    }
+    let components = run::stdout(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]));
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        println!("setup: adding rust-src to nightly");
+        run::status(rustup(&[
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+        did = true;
+    }
+    Ok(did)
+}
+
+fn rustup(args: &[&str]) -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args(args);
+    cmd
+}
+
+fn cargo_home_bin() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+fn bpf_linker() -> anyhow::Result<bool> {
+    if run::on_path("bpf-linker") || run::is_executable(&cargo_home_bin().join("bpf-linker")) {
+        return Ok(false);
+    }
+    println!("setup: building bpf-linker against LLVM 22 (about 2 minutes)");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![PathBuf::from(LLVM_BIN)];
+    dirs.extend(std::env::split_paths(&path));
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args([
+        "install",
+        "bpf-linker",
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ])
+    .env("PATH", std::env::join_paths(dirs).context("building PATH")?);
+    run::status(cmd)?;
+    Ok(true)
+}
+
+fn bpffs() -> anyhow::Result<bool> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    if mounts.lines().any(|l| {
+        l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf")
+    }) {
+        return Ok(false);
+    }
+    if !ward_lab::privileged::is_root() {
+        bail!("bpffs is not mounted at {BPFFS}; run `cargo xtask setup` as root to mount it");
+    }
+    println!("setup: mounting bpffs at {BPFFS}");
+    ward_lab::node::ensure_bpffs("setup", BPFFS.as_ref()).context("mounting bpffs")?;
+    Ok(true)
+}
