@@ -1,0 +1,160 @@
+//! The validated state of the cluster as policy sees it: namespaces with their labels, pods,
+//! policies, and the node's own addresses.
+//!
+//! The datastore (watch events) and the CLI (manifest files) build it through
+//! [`Cluster::apply`]; `compile`, `reference` and `explain` only read it.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Object;
+use crate::selector::Labels;
+use crate::validate::{self, NAMESPACE_NAME_LABEL, ObjectError, PodInfo, Policy};
+
+/// A pod by namespace and name. Displays as `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PodKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A NetworkPolicy by namespace and name (not `ward_common::maps::PolicyKey`, the map key).
+/// Displays as `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PolicyRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        PodKey { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl PolicyRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        PolicyRef { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl fmt::Display for PodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl fmt::Display for PolicyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// Namespace labels, including `kubernetes.io/metadata.name` (see [`Cluster::namespace_labels`]).
+    pub namespaces: BTreeMap<String, Labels>,
+    pub pods: BTreeMap<PodKey, PodInfo>,
+    pub policies: BTreeMap<PolicyRef, Policy>,
+    /// The node's own addresses: traffic from them to a pod is always allowed.
+    pub host_addrs: Vec<IpAddr>,
+}
+
+impl Cluster {
+    pub fn new() -> Self {
+        Cluster::default()
+    }
+
+    /// Builds a cluster from parsed objects; objects that fail validation are left out and
+    /// their errors returned.
+    pub fn from_objects<'a>(objects: impl IntoIterator<Item = &'a Object>, file: &str) -> (Cluster, Vec<ObjectError>) {
+        let mut cluster = Cluster::new();
+        let mut errors = Vec::new();
+        for o in objects {
+            if let Err(e) = cluster.apply(o, file) {
+                errors.push(e);
+            }
+        }
+        (cluster, errors)
+    }
+
+    /// Adds or replaces one object after validating it; on error the cluster is unchanged.
+    pub fn apply(&mut self, object: &Object, file: &str) -> Result<(), ObjectError> {
+        match object {
+            Object::Namespace(ns) => {
+                let (name, labels) = validate::namespace(ns, file)?;
+                self.namespaces.insert(name, labels);
+            }
+            Object::Pod(p) => {
+                let (key, info) = validate::pod(p, file)?;
+                self.pods.insert(key, info);
+            }
+            Object::NetworkPolicy(np) => {
+                let p = validate::policy(np, file)?;
+                self.policies.insert(PolicyRef::new(&p.namespace, &p.name), p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets a namespace's labels, adding `kubernetes.io/metadata.name` as the API server does.
+    pub fn set_namespace(&mut self, name: &str, mut labels: Labels) {
+        labels.insert(NAMESPACE_NAME_LABEL.into(), name.into());
+        self.namespaces.insert(name.into(), labels);
+    }
+
+    /// The labels namespace selectors see: the namespace's own, and always
+    /// `kubernetes.io/metadata.name: <name>`, also for a namespace with no Namespace object.
+    pub fn namespace_labels(&self, namespace: &str) -> Cow<'_, Labels> {
+        match self.namespaces.get(namespace) {
+            Some(l) if l.get(NAMESPACE_NAME_LABEL).map(String::as_str) == Some(namespace) => Cow::Borrowed(l),
+            Some(l) => {
+                let mut l = l.clone();
+                l.insert(NAMESPACE_NAME_LABEL.into(), namespace.into());
+                Cow::Owned(l)
+            }
+            None => Cow::Owned(validate::implicit_namespace_labels(namespace)),
+        }
+    }
+
+    /// The policies whose `podSelector` selects the pod (policies of its own namespace only).
+    pub fn policies_selecting<'a>(&'a self, pod: &PodKey) -> Vec<(&'a PolicyRef, &'a Policy)> {
+        let Some(info) = self.pods.get(pod) else {
+            return Vec::new();
+        };
+        self.policies
+            .iter()
+            .filter(|(r, p)| r.namespace == pod.namespace && p.pod_selector.matches(&info.labels))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse_documents;
+
+    #[test]
+    fn namespace_objects_get_the_metadata_name_label_and_missing_namespaces_imply_it() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {ns: x}}\n";
+        let objects: Vec<Object> = parse_documents(text, "f").into_iter().flatten().collect();
+        let (c, errors) = Cluster::from_objects(&objects, "f");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(c.namespaces["x"][NAMESPACE_NAME_LABEL], "x");
+        assert_eq!(c.namespaces["x"]["ns"], "x");
+        let implicit = c.namespace_labels("nowhere");
+        assert_eq!(implicit.len(), 1);
+        assert_eq!(implicit[NAMESPACE_NAME_LABEL], "nowhere");
+    }
+
+    #[test]
+    fn a_namespace_cannot_claim_another_name_label() {
+        let mut c = Cluster::new();
+        c.namespaces.insert("x".into(), Labels::from([(NAMESPACE_NAME_LABEL.into(), "y".into())]));
+        assert_eq!(c.namespace_labels("x")[NAMESPACE_NAME_LABEL], "x");
+    }
+}

@@ -1,0 +1,447 @@
+//! The NetworkPolicy compiler: cluster state in, the contents of the kernel's ipcache and
+//! policy maps out, plus the isolation bits of each local subject identity.
+//!
+//! Data flow: `Cluster` (validated objects) → [`compile`] → [`Compiled`] → [`diff`] against
+//! what is loaded → the agent writes the [`Delta`] into `WARD_IPCACHE` / `WARD_POLICY`.
+//! The kernel then decides each new flow with `ward_common::lookup::decide_new_flow`; read
+//! that function first, the layout below exists to make its three lookups exact:
+//!
+//! * Every address resolves in the ipcache to a label identity (pods; `ID_HOST` for the
+//!   node; `ID_WORLD` otherwise) and a CIDR identity (the longest policy prefix containing
+//!   it, or `ID_WORLD`). Every policy prefix (each `cidr` and each `except`) is in the
+//!   ipcache with its own CIDR identity; every pod and node address is there as a
+//!   full-length prefix carrying both identities.
+//! * Pod-selector peers become entries for each matching label identity; ipBlock peers
+//!   become entries for each CIDR identity whose prefix lies in `cidr` and in no `except`
+//!   (an address's longest policy prefix lies there exactly when the address does);
+//!   "all peers" becomes one `ID_ANY` entry.
+//! * Named ports resolve on the destination: on ingress, the subject, whose named ports are
+//!   part of its identity; on egress, each destination identity. For egress ipBlock rules
+//!   with named ports, the CIDR identity of a pod address is "flavoured" with the pod's
+//!   named ports that such rules mention, so the port resolves per pod while the prefix
+//!   still decides membership. Without such rules no identity is flavoured.
+//!
+//! Pure and deterministic: the same cluster, local set and identity state give the same
+//! maps. Identities are allocated in sorted key order.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ward_common::Direction;
+use ward_common::addr::{Addr16, V4_MAPPED_PREFIX_BITS, v4_mapped};
+use ward_common::identity::{FIRST_LABEL_ID, ID_ANY, ID_HOST, ID_UNKNOWN_POD, ID_WORLD};
+use ward_common::maps::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue};
+use ward_common::ports::{MAX_BLOCKS, PortBlock, range_to_blocks};
+
+use crate::cluster::{Cluster, PodKey, PolicyRef};
+use crate::identity::{CidrKey, Identities, LabelKey, Live};
+pub use crate::identity::RuleInfo;
+use crate::selector::Labels;
+use crate::validate::{NamedPort, Peer, Policy, PortRef, PortSpec, Protocol, Rule};
+
+/// What the agent loads for one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// The label identity of every pod in the cluster (local or not).
+    pub pod_identity: BTreeMap<PodKey, u32>,
+    /// `EP_ISOLATED_*` bits of every local subject identity (0 when no policy selects it).
+    pub isolation: BTreeMap<u32, u32>,
+    pub ipcache: BTreeMap<IpcacheKey, IpcacheValue>,
+    pub policy: BTreeMap<PolicyKey, PolicyValue>,
+    /// What each rule id stands for, for every rule of every policy.
+    pub rules: BTreeMap<u32, RuleInfo>,
+    /// What each CIDR identity used by this compile stands for.
+    pub cidr_identity: BTreeMap<u32, CidrKey>,
+}
+
+impl Compiled {
+    /// The numbers these maps refer to, for `Identities::gc`.
+    pub fn live(&self) -> Live {
+        Live {
+            labels: self.pod_identity.values().copied().filter(|id| *id >= FIRST_LABEL_ID).collect(),
+            cidrs: self.cidr_identity.keys().copied().collect(),
+            rules: self.rules.keys().copied().collect(),
+        }
+    }
+
+    /// The endpoint flags of a pod's identity: its `EP_ISOLATED_*` bits, 0 when not local.
+    pub fn isolation_of(&self, pod: &PodKey) -> u32 {
+        self.pod_identity.get(pod).and_then(|id| self.isolation.get(id)).copied().unwrap_or(0)
+    }
+}
+
+/// Map changes that turn one `Compiled` into another.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub ipcache_upserts: Vec<(IpcacheKey, IpcacheValue)>,
+    pub ipcache_deletes: Vec<IpcacheKey>,
+    pub policy_upserts: Vec<(PolicyKey, PolicyValue)>,
+    pub policy_deletes: Vec<PolicyKey>,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.ipcache_upserts.is_empty()
+            && self.ipcache_deletes.is_empty()
+            && self.policy_upserts.is_empty()
+            && self.policy_deletes.is_empty()
+    }
+
+    /// Applies the map changes to `c` (its ipcache and policy maps), as the agent does to
+    /// the kernel's maps.
+    pub fn apply_to(&self, c: &mut Compiled) {
+        for k in &self.ipcache_deletes {
+            c.ipcache.remove(k);
+        }
+        c.ipcache.extend(self.ipcache_upserts.iter().copied());
+        for k in &self.policy_deletes {
+            c.policy.remove(k);
+        }
+        c.policy.extend(self.policy_upserts.iter().copied());
+    }
+}
+
+/// The smallest set of map writes from `old` to `new`: upserts for new or changed entries,
+/// deletes for entries gone. A relabelled pod whose identity already exists changes only its
+/// own ipcache entries; a policy edit changes only the entries of its rules.
+pub fn diff(old: &Compiled, new: &Compiled) -> Delta {
+    let (ipcache_upserts, ipcache_deletes) = diff_map(&old.ipcache, &new.ipcache);
+    let (policy_upserts, policy_deletes) = diff_map(&old.policy, &new.policy);
+    Delta { ipcache_upserts, ipcache_deletes, policy_upserts, policy_deletes }
+}
+
+fn diff_map<K: Ord + Copy, V: PartialEq + Copy>(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> (Vec<(K, V)>, Vec<K>) {
+    let upserts = new.iter().filter(|(k, v)| old.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect();
+    let deletes = old.keys().filter(|k| !new.contains_key(k)).copied().collect();
+    (upserts, deletes)
+}
+
+/// An address in the 16-byte form the maps use (IPv4 as IPv4-mapped).
+pub fn addr16(ip: IpAddr) -> Addr16 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The ipcache key of a prefix (host bits cleared; IPv4 mapped, prefix length + 96).
+pub fn ipcache_key(net: IpNet) -> IpcacheKey {
+    match net.trunc() {
+        IpNet::V4(n) => IpcacheKey {
+            prefixlen: u32::from(n.prefix_len()) + V4_MAPPED_PREFIX_BITS,
+            addr: v4_mapped(n.network().octets()),
+        },
+        IpNet::V6(n) => IpcacheKey { prefixlen: u32::from(n.prefix_len()), addr: n.network().octets() },
+    }
+}
+
+/// The full-length prefix of one address.
+fn host_net(ip: IpAddr) -> IpNet {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => IpNet::V4(Ipv4Net::from(a)),
+        IpAddr::V6(a) => IpNet::V6(Ipv6Net::from(a)),
+    }
+}
+
+/// What the compiler knows about one label identity (from any pod that has it).
+struct LabelFacts<'a> {
+    namespace: &'a str,
+    labels: &'a Labels,
+    namespace_labels: Cow<'a, Labels>,
+    ports: &'a [NamedPort],
+}
+
+/// Compiles the cluster's policies for the pods in `local`. Every pod gets a label
+/// identity and ipcache entries; only local pods are policy subjects.
+pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities) -> Compiled {
+    let mut out = Compiled::default();
+
+    // Label identities, with one representative pod's facts per identity.
+    let mut facts: BTreeMap<u32, LabelFacts> = BTreeMap::new();
+    for (key, info) in &cluster.pods {
+        // Exhausting 16M label identities is not a real case; such a pod gets the identity no
+        // selector matches, which fails closed.
+        let id = ids.label(&LabelKey::of(key, info)).unwrap_or(ID_UNKNOWN_POD);
+        out.pod_identity.insert(key.clone(), id);
+        if id != ID_UNKNOWN_POD {
+            facts.entry(id).or_insert_with(|| LabelFacts {
+                namespace: &key.namespace,
+                labels: &info.labels,
+                namespace_labels: cluster.namespace_labels(&key.namespace),
+                ports: &info.ports,
+            });
+        }
+    }
+
+    // Rule ids, for every rule of every policy.
+    let mut rule_ids: BTreeMap<(&PolicyRef, Direction, usize), u32> = BTreeMap::new();
+    for (pref, p) in &cluster.policies {
+        for (dir, rules) in [(Direction::Ingress, &p.ingress), (Direction::Egress, &p.egress)] {
+            for index in 0..rules.as_ref().map_or(0, Vec::len) {
+                let info = RuleInfo { policy: pref.clone(), direction: dir, index };
+                if let Some(id) = ids.rule(&info) {
+                    rule_ids.insert((pref, dir, index), id);
+                    out.rules.insert(id, info);
+                }
+            }
+        }
+    }
+
+    // Policy prefixes, and the port names egress ipBlock rules resolve on pod addresses.
+    let mut prefixes: BTreeSet<IpNet> = BTreeSet::new();
+    let mut flavour_names: BTreeSet<&str> = BTreeSet::new();
+    for p in cluster.policies.values() {
+        for (dir, rule) in rules_of(p) {
+            let mut has_block = false;
+            for peer in rule.peers.iter().flatten() {
+                if let Peer::IpBlock { cidr, except } = peer {
+                    has_block = true;
+                    prefixes.insert(*cidr);
+                    prefixes.extend(except.iter().copied());
+                }
+            }
+            if has_block && dir == Direction::Egress {
+                for spec in rule.ports.iter().flatten() {
+                    if let PortRef::Named(name) = &spec.port {
+                        flavour_names.insert(name);
+                    }
+                }
+            }
+        }
+    }
+    let longest_prefix = |ip: IpAddr| -> Option<IpNet> {
+        let ip = ip.to_canonical();
+        prefixes.iter().filter(|n| n.contains(&ip)).max_by_key(|n| n.prefix_len()).copied()
+    };
+    let flavour = |ports: &[NamedPort]| -> Vec<NamedPort> {
+        ports.iter().filter(|np| flavour_names.contains(np.name.as_str())).cloned().collect()
+    };
+
+    // CIDR identities, allocated in key order.
+    let mut cidr_keys: BTreeSet<CidrKey> = prefixes.iter().map(|p| CidrKey { prefix: *p, ports: vec![] }).collect();
+    for info in cluster.pods.values() {
+        let ports = flavour(&info.ports);
+        if ports.is_empty() {
+            continue;
+        }
+        for ip in &info.ips {
+            if let Some(prefix) = longest_prefix(*ip) {
+                cidr_keys.insert(CidrKey { prefix, ports: ports.clone() });
+            }
+        }
+    }
+    let mut cidr_ids: BTreeMap<CidrKey, u32> = BTreeMap::new();
+    for key in cidr_keys {
+        // Without a number the prefix stays out of the maps: its addresses fall back to
+        // the shorter prefixes or ID_WORLD, and no ipBlock entry names it (fails closed for
+        // rules that would allow it, and an except prefix cannot be without its cidr).
+        if let Some(id) = ids.cidr(&key) {
+            out.cidr_identity.insert(id, key.clone());
+            cidr_ids.insert(key, id);
+        }
+    }
+    let cidr_of = |ip: IpAddr, ports: Vec<NamedPort>| -> u32 {
+        longest_prefix(ip)
+            .and_then(|prefix| cidr_ids.get(&CidrKey { prefix, ports }))
+            .copied()
+            .unwrap_or(ID_WORLD)
+    };
+
+    // The ipcache: policy prefixes, then node addresses, then pod addresses over them.
+    for prefix in &prefixes {
+        if let Some(id) = cidr_ids.get(&CidrKey { prefix: *prefix, ports: vec![] }) {
+            out.ipcache.insert(ipcache_key(*prefix), IpcacheValue { identity: ID_WORLD, cidr_identity: *id });
+        }
+    }
+    // An IPv6 prefix that contains ::ffff:0:0/96 (`::/0`, say) would otherwise also answer
+    // for IPv4 addresses in the shared trie, where NetworkPolicy says it never matches
+    // IPv4. This entry stops IPv4 lookups at the IPv4 root.
+    let v4_root = IpNet::V4(Ipv4Net::default());
+    if prefixes.iter().any(|p| matches!(p, IpNet::V6(_)) && p.contains(&addr_v4_root_in_v6())) {
+        let cidr_identity = cidr_ids.get(&CidrKey { prefix: v4_root, ports: vec![] }).copied().unwrap_or(ID_WORLD);
+        out.ipcache.entry(ipcache_key(v4_root)).or_insert(IpcacheValue { identity: ID_WORLD, cidr_identity });
+    }
+    for ip in &cluster.host_addrs {
+        let v = IpcacheValue { identity: ID_HOST, cidr_identity: cidr_of(*ip, vec![]) };
+        out.ipcache.insert(ipcache_key(host_net(*ip)), v);
+    }
+    // Two pods claiming one address (a reused address before the old pod is gone): the
+    // first in key order keeps it, deterministically.
+    let mut pod_entries: BTreeMap<IpcacheKey, IpcacheValue> = BTreeMap::new();
+    for (key, info) in &cluster.pods {
+        let identity = out.pod_identity.get(key).copied().unwrap_or(ID_UNKNOWN_POD);
+        for ip in &info.ips {
+            let v = IpcacheValue { identity, cidr_identity: cidr_of(*ip, flavour(&info.ports)) };
+            pod_entries.entry(ipcache_key(host_net(*ip))).or_insert(v);
+        }
+    }
+    out.ipcache.extend(pod_entries);
+
+    // Policy entries and isolation, once per local subject identity.
+    let ctx = RuleCtx { facts: &facts, cidr_ids: &cidr_ids };
+    let mut subjects: BTreeMap<u32, (&PodKey, &[NamedPort], &Labels)> = BTreeMap::new();
+    for key in local {
+        let (Some(info), Some(id)) = (cluster.pods.get(key), out.pod_identity.get(key)) else {
+            continue;
+        };
+        if *id != ID_UNKNOWN_POD {
+            subjects.entry(*id).or_insert((key, &info.ports, &info.labels));
+        }
+    }
+    for (subject, (key, ports, labels)) in subjects {
+        let mut bits = 0;
+        for (pref, p) in &cluster.policies {
+            if pref.namespace != key.namespace || !p.pod_selector.matches(labels) {
+                continue;
+            }
+            for (dir, bit, rules) in
+                [(Direction::Ingress, EP_ISOLATED_INGRESS, &p.ingress), (Direction::Egress, EP_ISOLATED_EGRESS, &p.egress)]
+            {
+                let Some(rules) = rules else { continue };
+                bits |= bit;
+                for (index, rule) in rules.iter().enumerate() {
+                    if let Some(rule_id) = rule_ids.get(&(pref, dir, index)) {
+                        ctx.emit(&mut out.policy, subject, ports, p, dir, rule, *rule_id);
+                    }
+                }
+            }
+        }
+        out.isolation.insert(subject, bits);
+    }
+    out
+}
+
+fn addr_v4_root_in_v6() -> IpNet {
+    IpNet::V6(Ipv6Net::new_assert(std::net::Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(), 96))
+}
+
+fn rules_of(p: &Policy) -> impl Iterator<Item = (Direction, &Rule)> {
+    let ingress = p.ingress.iter().flatten().map(|r| (Direction::Ingress, r));
+    let egress = p.egress.iter().flatten().map(|r| (Direction::Egress, r));
+    ingress.chain(egress)
+}
+
+struct RuleCtx<'a, 'b> {
+    facts: &'b BTreeMap<u32, LabelFacts<'a>>,
+    cidr_ids: &'b BTreeMap<CidrKey, u32>,
+}
+
+impl RuleCtx<'_, '_> {
+    /// The peer identities a rule's peers stand for, each with the named ports it has as a
+    /// destination (empty for `ID_ANY` and plain prefixes).
+    fn peers<'s>(&'s self, policy: &Policy, peers: &Option<Vec<Peer>>) -> BTreeMap<u32, &'s [NamedPort]> {
+        let mut out: BTreeMap<u32, &[NamedPort]> = BTreeMap::new();
+        let Some(peers) = peers else {
+            out.insert(ID_ANY, &[]);
+            return out;
+        };
+        for peer in peers {
+            match peer {
+                Peer::Pods { namespace_selector, pod_selector } => {
+                    for (id, f) in self.facts {
+                        let ns_ok = match namespace_selector {
+                            None => f.namespace == policy.namespace,
+                            Some(s) => s.matches(&f.namespace_labels),
+                        };
+                        if ns_ok && pod_selector.as_ref().is_none_or(|s| s.matches(f.labels)) {
+                            out.insert(*id, f.ports);
+                        }
+                    }
+                }
+                Peer::IpBlock { cidr, except } => {
+                    for (key, id) in self.cidr_ids {
+                        if cidr.contains(&key.prefix) && !except.iter().any(|e| e.contains(&key.prefix)) {
+                            out.insert(*id, &key.ports);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes the entries of one rule for one subject identity.
+    #[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
+    fn emit(
+        &self,
+        map: &mut BTreeMap<PolicyKey, PolicyValue>,
+        subject: u32,
+        subject_ports: &[NamedPort],
+        policy: &Policy,
+        dir: Direction,
+        rule: &Rule,
+        rule_id: u32,
+    ) {
+        let peers = self.peers(policy, &rule.peers);
+        let mut put = |key: PolicyKey| {
+            let v = map.entry(key).or_insert(PolicyValue { rule_id, flags: 0 });
+            v.rule_id = v.rule_id.min(rule_id);
+        };
+        let Some(specs) = &rule.ports else {
+            for peer in peers.keys() {
+                put(PolicyKey::any_proto(subject, *peer, dir));
+            }
+            return;
+        };
+        for spec in specs {
+            let proto = spec.protocol.number();
+            match &spec.port {
+                PortRef::Any | PortRef::Number(_) => {
+                    for block in blocks(spec) {
+                        for peer in peers.keys() {
+                            put(PolicyKey::port_block(subject, *peer, dir, proto, block));
+                        }
+                    }
+                }
+                PortRef::Named(name) => {
+                    let single = |port: u16| PortBlock { base: port, prefix_len: 16 };
+                    match dir {
+                        Direction::Ingress => {
+                            if let Some(port) = resolve(subject_ports, name, spec.protocol) {
+                                for peer in peers.keys() {
+                                    put(PolicyKey::port_block(subject, *peer, dir, proto, single(port)));
+                                }
+                            }
+                        }
+                        Direction::Egress => {
+                            for (peer, dst_ports) in &peers {
+                                if *peer == ID_ANY {
+                                    // Only pods have named ports: every pod identity that
+                                    // resolves the name, by its label identity.
+                                    for (id, f) in self.facts {
+                                        if let Some(port) = resolve(f.ports, name, spec.protocol) {
+                                            put(PolicyKey::port_block(subject, *id, dir, proto, single(port)));
+                                        }
+                                    }
+                                } else if let Some(port) = resolve(dst_ports, name, spec.protocol) {
+                                    put(PolicyKey::port_block(subject, *peer, dir, proto, single(port)));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The port blocks of a numeric or any-port spec.
+fn blocks(spec: &PortSpec) -> Vec<PortBlock> {
+    match (&spec.port, spec.end_port) {
+        (PortRef::Number(first), Some(last)) => {
+            let mut out = [PortBlock { base: 0, prefix_len: 0 }; MAX_BLOCKS];
+            let n = range_to_blocks(*first, last, &mut out);
+            out[..n].to_vec()
+        }
+        (PortRef::Number(port), None) => vec![PortBlock { base: *port, prefix_len: 16 }],
+        (PortRef::Any, _) => vec![PortBlock { base: 0, prefix_len: 0 }],
+        (PortRef::Named(_), _) => vec![],
+    }
+}
+
+/// A named port resolves only to a container port with that name and the rule's protocol.
+pub fn resolve(ports: &[NamedPort], name: &str, protocol: Protocol) -> Option<u16> {
+    ports.iter().find(|np| np.name == name && np.protocol == protocol).map(|np| np.port)
+}

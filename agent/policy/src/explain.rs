@@ -1,0 +1,197 @@
+//! `ward policy explain`: why a connection is allowed or denied, side by side.
+//!
+//! For a pod this node polices (its identity is in `Compiled::isolation`), the verdict comes
+//! from the kernel's own lookup order (`decide_new_flow`) run on the compiled maps, and the
+//! deciding rule id is named through `Compiled::rules`. For any other pod it comes from the
+//! reference evaluator. Either way the policies that select the pod come from the cluster,
+//! and a disagreement between the datapath and the reference is shown, not hidden.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ward_common::lookup::decide_new_flow;
+use ward_common::maps::EndpointInfo;
+use ward_common::{Direction, Reason};
+
+use crate::cluster::{Cluster, PodKey, PolicyRef};
+use crate::compile::{Compiled, RuleInfo, addr16};
+use crate::reference::{self, Peer};
+use crate::tables::CompiledTables;
+use crate::validate::Protocol;
+
+/// The explanation of one connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    pub from: Peer,
+    pub to: Peer,
+    pub protocol: Protocol,
+    pub port: u16,
+    /// Egress at the source.
+    pub egress: SideExplanation,
+    /// Ingress at the destination.
+    pub ingress: SideExplanation,
+}
+
+impl Explanation {
+    pub fn allowed(&self) -> bool {
+        self.egress.allowed && self.ingress.allowed
+    }
+}
+
+/// One side's verdict and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SideExplanation {
+    pub direction: Direction,
+    /// The pod whose policy applies; `None` when this end is not a pod.
+    pub subject: Option<PodKey>,
+    /// Policies selecting the subject for this direction.
+    pub selected_by: Vec<PolicyRef>,
+    pub isolated: bool,
+    pub allowed: bool,
+    pub why: Why,
+    /// The datapath's verdict differs from the reference evaluator's: a compiler bug or
+    /// stale maps. Shown in the text.
+    pub reference_disagrees: bool,
+}
+
+/// How a side's verdict was reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// This end is not a pod: nothing to police on this side.
+    NotAPod,
+    /// Ingress from the node, always allowed.
+    FromHost,
+    NotIsolated,
+    /// The rule that allows (for a local pod, the one the datapath hit).
+    AllowedBy { rule_id: Option<u32>, rule: RuleInfo },
+    /// Isolated and no rule allows.
+    DefaultDeny,
+}
+
+/// Explains a connection from `from` to `to` on `proto`/`port`.
+pub fn explain(cluster: &Cluster, compiled: &Compiled, from: Peer, to: Peer, proto: Protocol, port: u16) -> Explanation {
+    let egress = explain_side(cluster, compiled, Direction::Egress, &from, &to, proto, port);
+    let ingress = explain_side(cluster, compiled, Direction::Ingress, &from, &to, proto, port);
+    Explanation { from, to, protocol: proto, port, egress, ingress }
+}
+
+fn explain_side(
+    cluster: &Cluster,
+    compiled: &Compiled,
+    dir: Direction,
+    from: &Peer,
+    to: &Peer,
+    proto: Protocol,
+    port: u16,
+) -> SideExplanation {
+    let reference = reference::side(cluster, dir, from, to, proto, port);
+    // `None` when the subject is not local or an end has no address to look up.
+    let datapath = datapath(cluster, compiled, dir, from, to, proto, port);
+    let mut out = SideExplanation {
+        direction: dir,
+        subject: reference.subject.clone(),
+        selected_by: reference.selected_by.clone(),
+        isolated: reference.isolated(),
+        allowed: reference.allowed,
+        why: Why::NotAPod,
+        reference_disagrees: false,
+    };
+    if out.subject.is_none() {
+        return out;
+    }
+    let first_rule = || {
+        reference.allowed_by.first().map(|(policy, index)| RuleInfo { policy: policy.clone(), direction: dir, index: *index })
+    };
+    out.why = match datapath {
+        Some((reason, rule_id)) => {
+            out.allowed = reason.verdict() == ward_common::Verdict::Allow;
+            match reason {
+                Reason::FromHost => Why::FromHost,
+                Reason::NotIsolated => Why::NotIsolated,
+                Reason::PolicyAllow => match compiled.rules.get(&rule_id) {
+                    Some(rule) => Why::AllowedBy { rule_id: Some(rule_id), rule: rule.clone() },
+                    // A rule id the compiled state does not know: say what the policy says.
+                    None => match first_rule() {
+                        Some(rule) => Why::AllowedBy { rule_id: Some(rule_id), rule },
+                        None => Why::DefaultDeny,
+                    },
+                },
+                _ => Why::DefaultDeny,
+            }
+        }
+        None if reference.from_host => Why::FromHost,
+        None if !reference.isolated() => Why::NotIsolated,
+        None => match first_rule() {
+            Some(rule) => Why::AllowedBy { rule_id: None, rule },
+            None => Why::DefaultDeny,
+        },
+    };
+    // The datapath's answer is the verdict, but a mismatch with the spec must show.
+    out.reference_disagrees = out.allowed != reference.allowed;
+    out
+}
+
+/// Runs the kernel's decision for a local subject.
+fn datapath(
+    cluster: &Cluster,
+    compiled: &Compiled,
+    dir: Direction,
+    from: &Peer,
+    to: &Peer,
+    proto: Protocol,
+    port: u16,
+) -> Option<(Reason, u32)> {
+    let (subject, peer) = match dir {
+        Direction::Egress => (from, to),
+        Direction::Ingress => (to, from),
+    };
+    let Peer::Pod(key) = subject else { return None };
+    let identity = *compiled.pod_identity.get(key)?;
+    let flags = *compiled.isolation.get(&identity)?;
+    let subject_addrs = reference::addresses(cluster, subject);
+    let peer_addr = pick_address(&reference::addresses(cluster, peer), subject_addrs.first())?;
+    let ep = EndpointInfo { ep_id: 0, identity, flags, _pad: 0, addr_v4: [0; 16], addr_v6: [0; 16] };
+    let d = decide_new_flow(&CompiledTables(compiled), &ep, dir, &addr16(peer_addr), proto.number(), port);
+    Some((d.reason, d.rule_id))
+}
+
+/// The peer address a packet would carry: one of the subject's family if there is one.
+fn pick_address(addrs: &[IpAddr], subject: Option<&IpAddr>) -> Option<IpAddr> {
+    let same = |a: &&IpAddr| subject.is_none_or(|s| s.is_ipv4() == a.is_ipv4());
+    addrs.iter().find(same).or(addrs.first()).copied()
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = if self.allowed() { "ALLOWED" } else { "DENIED" };
+        writeln!(f, "{} {} -> {} port {}: {verdict}", self.protocol, self.from, self.to, self.port)?;
+        writeln!(f, "  egress at {}: {}", self.from, self.egress)?;
+        write!(f, "  ingress at {}: {}", self.to, self.ingress)
+    }
+}
+
+impl fmt::Display for SideExplanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dir = self.direction.as_str();
+        let selected = || self.selected_by.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
+        let verdict = if self.allowed { "allowed" } else { "denied" };
+        match &self.why {
+            Why::NotAPod => write!(f, "allowed: not a pod, no {dir} policy applies"),
+            Why::FromHost => write!(f, "allowed: from the node (traffic from the host to a pod is always allowed)"),
+            Why::NotIsolated => write!(f, "{verdict}: not isolated for {dir} (no policy selects it for {dir})"),
+            Why::AllowedBy { rule_id, rule } => {
+                write!(f, "{verdict}: allowed by {} {} rule {}", rule.policy, rule.direction.as_str(), rule.index)?;
+                if let Some(id) = rule_id {
+                    write!(f, " (rule id {id})")?;
+                }
+                write!(f, "; selected by {}", selected())
+            }
+            Why::DefaultDeny => write!(f, "{verdict}: default deny: selected by {}, no rule allows", selected()),
+        }?;
+        if self.reference_disagrees {
+            let spec = if self.allowed { "deny" } else { "allow" };
+            write!(f, " [WARNING: the policy spec says {spec}; the loaded maps disagree]")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,574 @@
+//! Turns model objects into the validated forms the rest of the crate reads, applying the
+//! API server's defaults, and rejects what the API server would reject with an error that
+//! names the object and the field.
+//!
+//! Sits between `model` (what arrived) and `cluster` (what the compiler and the reference
+//! evaluator read). Nothing past this module handles a raw string protocol, an unparsed CIDR
+//! or an unknown selector operator.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::PodKey;
+use crate::model::{self, IntOrString, LabelSelector, NetworkPolicyPeer, NetworkPolicyPort};
+use crate::selector::{Labels, Operator, Requirement, Selector};
+
+/// The label the API server puts on every namespace (and that cannot be changed).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// A rejected object, or a rejected field of one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", render(.file, .object, .field, .message))]
+pub struct ObjectError {
+    /// Where the object came from (a file name, or e.g. `watch` for the datastore).
+    pub file: String,
+    /// `NetworkPolicy x/deny-all`, or `document 3` when the object has no usable name.
+    pub object: String,
+    /// `spec.ingress[0].ports[1].endPort`; empty when the whole object is at fault.
+    pub field: String,
+    pub message: String,
+}
+
+fn render(file: &str, object: &str, field: &str, message: &str) -> String {
+    let mut s = String::new();
+    if !file.is_empty() {
+        s.push_str(file);
+        s.push_str(": ");
+    }
+    s.push_str(object);
+    if !field.is_empty() {
+        s.push_str(": ");
+        s.push_str(field);
+    }
+    s.push_str(": ");
+    s.push_str(message);
+    s
+}
+
+impl ObjectError {
+    pub fn new(file: &str, object: &str, field: &str, message: &str) -> Self {
+        ObjectError { file: file.into(), object: object.into(), field: field.into(), message: message.into() }
+    }
+}
+
+/// L4 protocols a NetworkPolicy can name, with their IP protocol numbers.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    #[serde(rename = "TCP")]
+    Tcp = 6,
+    #[serde(rename = "UDP")]
+    Udp = 17,
+    #[serde(rename = "SCTP")]
+    Sctp = 132,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+    /// The IP protocol number, as in packets and in `PolicyKey::proto`.
+    pub const fn number(self) -> u8 {
+        self as u8
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+
+    /// The API's spelling (case-sensitive, as the API server is).
+    pub fn from_api(s: &str) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    pub fn from_number(n: u8) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.number() == n)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The port part of a `NetworkPolicyPort`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PortRef {
+    /// No `port`: every port of the protocol.
+    Any,
+    Number(u16),
+    /// A container-port name, resolved on the destination pod.
+    Named(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortSpec {
+    pub protocol: Protocol,
+    pub port: PortRef,
+    /// Only with `PortRef::Number`, and never below it.
+    pub end_port: Option<u16>,
+}
+
+impl PortSpec {
+    /// Whether a packet's protocol and port match, given how the destination pod names its
+    /// ports (`dst_ports`; empty for a destination that is not a pod).
+    pub fn matches(&self, proto: Protocol, port: u16, dst_ports: &[NamedPort]) -> bool {
+        if self.protocol != proto {
+            return false;
+        }
+        match &self.port {
+            PortRef::Any => true,
+            PortRef::Number(first) => match self.end_port {
+                None => port == *first,
+                Some(last) => (*first..=last).contains(&port),
+            },
+            PortRef::Named(name) => dst_ports.iter().any(|np| np.name == *name && np.protocol == proto && np.port == port),
+        }
+    }
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.port, self.end_port) {
+            (PortRef::Any, _) => write!(f, "{}/*", self.protocol),
+            (PortRef::Number(p), None) => write!(f, "{}/{p}", self.protocol),
+            (PortRef::Number(p), Some(e)) => write!(f, "{}/{p}-{e}", self.protocol),
+            (PortRef::Named(n), _) => write!(f, "{}/{n}", self.protocol),
+        }
+    }
+}
+
+/// One entry of `from` / `to`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Peer {
+    /// Pods chosen by namespace and pod selectors, ANDed. `namespace_selector: None` means
+    /// the policy's own namespace; `pod_selector: None` means every pod of those namespaces.
+    Pods { namespace_selector: Option<Selector>, pod_selector: Option<Selector> },
+    /// Addresses in `cidr` but in no `except` (each strictly inside `cidr`). Canonical:
+    /// host bits are cleared and IPv4-mapped IPv6 prefixes are written as IPv4.
+    IpBlock { cidr: IpNet, except: Vec<IpNet> },
+}
+
+impl Peer {
+    /// Whether an address lies in this peer's block (false for pod peers).
+    pub fn block_contains(&self, addr: IpAddr) -> bool {
+        match self {
+            Peer::IpBlock { cidr, except } => {
+                let addr = addr.to_canonical();
+                cidr.contains(&addr) && !except.iter().any(|e| e.contains(&addr))
+            }
+            Peer::Pods { .. } => false,
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Pods { namespace_selector, pod_selector } => {
+                let ns = namespace_selector.as_ref().map_or("<own namespace>".to_string(), |s| s.to_string());
+                let pods = pod_selector.as_ref().map_or("{}".to_string(), |s| s.to_string());
+                write!(f, "pods {pods} in namespaces {ns}")
+            }
+            Peer::IpBlock { cidr, except } if except.is_empty() => write!(f, "ipBlock {cidr}"),
+            Peer::IpBlock { cidr, except } => {
+                let ex: Vec<String> = except.iter().map(|e| e.to_string()).collect();
+                write!(f, "ipBlock {cidr} except {}", ex.join(", "))
+            }
+        }
+    }
+}
+
+/// One ingress or egress rule.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Rule {
+    /// `None`: every peer (the field was absent or empty).
+    pub peers: Option<Vec<Peer>>,
+    /// `None`: every protocol and port (the field was absent or empty).
+    pub ports: Option<Vec<PortSpec>>,
+}
+
+/// A validated NetworkPolicy with the API server's defaults applied.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    pub pod_selector: Selector,
+    /// `None`: not an ingress policy. `Some([])`: deny all ingress.
+    pub ingress: Option<Vec<Rule>>,
+    /// `None`: not an egress policy. `Some([])`: deny all egress.
+    pub egress: Option<Vec<Rule>>,
+}
+
+/// A named container port: what a named policy port resolves to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NamedPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// What policy needs to know about a pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PodInfo {
+    pub labels: Labels,
+    /// Named container ports, sorted, names unique.
+    pub ports: Vec<NamedPort>,
+    /// Pod-network addresses (canonical, no duplicates); empty for a pod not running yet,
+    /// finished, or on the host network.
+    pub ips: Vec<IpAddr>,
+}
+
+/// Where an error is reported: the file and the object.
+struct Ctx<'a> {
+    file: &'a str,
+    object: String,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ObjectError {
+        ObjectError { file: self.file.into(), object: self.object.clone(), field: field.into(), message: message.into() }
+    }
+}
+
+fn require_name(ctx: &Ctx, meta: &model::ObjectMeta) -> Result<(), ObjectError> {
+    if meta.name.is_empty() {
+        return Err(ctx.err("metadata.name", "required"));
+    }
+    Ok(())
+}
+
+fn require_namespace(ctx: &Ctx, meta: &model::ObjectMeta) -> Result<String, ObjectError> {
+    match &meta.namespace {
+        Some(ns) if !ns.is_empty() => Ok(ns.clone()),
+        _ => Err(ctx.err("metadata.namespace", "required")),
+    }
+}
+
+/// A Namespace's name and labels, with `kubernetes.io/metadata.name` set as the API server
+/// sets it.
+pub fn namespace(ns: &model::Namespace, file: &str) -> Result<(String, Labels), ObjectError> {
+    let ctx = Ctx { file, object: model::describe("Namespace", &ns.metadata) };
+    require_name(&ctx, &ns.metadata)?;
+    let mut labels = ns.metadata.labels.clone();
+    labels.insert(NAMESPACE_NAME_LABEL.into(), ns.metadata.name.clone());
+    Ok((ns.metadata.name.clone(), labels))
+}
+
+/// A Pod's key and policy-relevant facts.
+pub fn pod(p: &model::Pod, file: &str) -> Result<(PodKey, PodInfo), ObjectError> {
+    let ctx = Ctx { file, object: model::describe("Pod", &p.metadata) };
+    require_name(&ctx, &p.metadata)?;
+    let namespace = require_namespace(&ctx, &p.metadata)?;
+
+    let mut ports: Vec<NamedPort> = Vec::new();
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    for (ci, c) in p.spec.containers.iter().enumerate() {
+        for (pi, cp) in c.ports.iter().enumerate() {
+            let field = format!("spec.containers[{ci}].ports[{pi}]");
+            let port = port_number(&ctx, &format!("{field}.containerPort"), cp.container_port)?;
+            let protocol = protocol(&ctx, &format!("{field}.protocol"), cp.protocol.as_deref())?;
+            if let Some(name) = &cp.name {
+                let nf = format!("{field}.name");
+                check_port_name(&ctx, &nf, name)?;
+                if !seen.insert(name.as_str()) {
+                    return Err(ctx.err(nf, format!("duplicate port name {name:?}")));
+                }
+                ports.push(NamedPort { name: name.clone(), protocol, port });
+            }
+        }
+    }
+    ports.sort();
+
+    let mut ips: Vec<IpAddr> = Vec::new();
+    if let Some(status) = &p.status {
+        let mut push = |field: String, s: &str| -> Result<(), ObjectError> {
+            let ip: IpAddr = s.parse().map_err(|_| ctx.err(field, format!("{s:?} is not an IP address")))?;
+            let ip = ip.to_canonical();
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+            Ok(())
+        };
+        if let Some(ip) = status.pod_ip.as_deref().filter(|s| !s.is_empty()) {
+            push("status.podIP".into(), ip)?;
+        }
+        for (i, pip) in status.pod_ips.iter().enumerate() {
+            push(format!("status.podIPs[{i}].ip"), &pip.ip)?;
+        }
+        // A finished pod keeps its status addresses, but IPAM may already have given them to
+        // a new pod; policy must follow the new pod, not the old one's address.
+        let finished = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+        if finished || p.spec.host_network {
+            ips.clear();
+        }
+    }
+    let key = PodKey { namespace, name: p.metadata.name.clone() };
+    Ok((key, PodInfo { labels: p.metadata.labels.clone(), ports, ips }))
+}
+
+/// A NetworkPolicy, with the API server's defaults applied.
+pub fn policy(np: &model::NetworkPolicy, file: &str) -> Result<Policy, ObjectError> {
+    let ctx = Ctx { file, object: model::describe("NetworkPolicy", &np.metadata) };
+    require_name(&ctx, &np.metadata)?;
+    let namespace = require_namespace(&ctx, &np.metadata)?;
+    let spec = &np.spec;
+    let pod_selector = selector_at(&ctx, "spec.podSelector", &spec.pod_selector)?;
+
+    let mut ingress_type = false;
+    let mut egress_type = false;
+    match spec.policy_types.as_deref() {
+        // Defaulting, as the API server does it: Ingress always, Egress if there are
+        // egress rules.
+        None | Some([]) => {
+            ingress_type = true;
+            egress_type = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+        }
+        Some(types) => {
+            for (i, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    "Ingress" => ingress_type = true,
+                    "Egress" => egress_type = true,
+                    other => {
+                        return Err(ctx.err(
+                            format!("spec.policyTypes[{i}]"),
+                            format!("unsupported value {other:?}: expected \"Ingress\" or \"Egress\""),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    let mut ingress = None;
+    if ingress_type {
+        let mut rules = Vec::new();
+        for (i, r) in spec.ingress.iter().flatten().enumerate() {
+            let field = format!("spec.ingress[{i}]");
+            rules.push(rule(&ctx, &field, "from", r.from.as_deref(), r.ports.as_deref())?);
+        }
+        ingress = Some(rules);
+    }
+    let mut egress = None;
+    if egress_type {
+        let mut rules = Vec::new();
+        for (i, r) in spec.egress.iter().flatten().enumerate() {
+            let field = format!("spec.egress[{i}]");
+            rules.push(rule(&ctx, &field, "to", r.to.as_deref(), r.ports.as_deref())?);
+        }
+        egress = Some(rules);
+    }
+    Ok(Policy { namespace, name: np.metadata.name.clone(), pod_selector, ingress, egress })
+}
+
+fn rule(
+    ctx: &Ctx,
+    field: &str,
+    peers_name: &str,
+    peers: Option<&[NetworkPolicyPeer]>,
+    ports: Option<&[NetworkPolicyPort]>,
+) -> Result<Rule, ObjectError> {
+    let peers = match peers {
+        None | Some([]) => None,
+        Some(list) => {
+            let mut out = Vec::new();
+            for (i, p) in list.iter().enumerate() {
+                out.push(peer(ctx, &format!("{field}.{peers_name}[{i}]"), p)?);
+            }
+            Some(out)
+        }
+    };
+    let ports = match ports {
+        None | Some([]) => None,
+        Some(list) => {
+            let mut out = Vec::new();
+            for (i, p) in list.iter().enumerate() {
+                out.push(port_spec(ctx, &format!("{field}.ports[{i}]"), p)?);
+            }
+            Some(out)
+        }
+    };
+    Ok(Rule { peers, ports })
+}
+
+fn peer(ctx: &Ctx, field: &str, p: &NetworkPolicyPeer) -> Result<Peer, ObjectError> {
+    match (&p.ip_block, &p.pod_selector, &p.namespace_selector) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            Err(ctx.err(field, "ipBlock may not be combined with podSelector or namespaceSelector"))
+        }
+        (Some(block), None, None) => ip_block(ctx, &format!("{field}.ipBlock"), block),
+        (None, None, None) => Err(ctx.err(field, "must specify podSelector, namespaceSelector or ipBlock")),
+        (None, pods, nss) => {
+            let pod_selector = match pods {
+                Some(s) => Some(selector_at(ctx, &format!("{field}.podSelector"), s)?),
+                None => None,
+            };
+            let namespace_selector = match nss {
+                Some(s) => Some(selector_at(ctx, &format!("{field}.namespaceSelector"), s)?),
+                None => None,
+            };
+            Ok(Peer::Pods { namespace_selector, pod_selector })
+        }
+    }
+}
+
+fn ip_block(ctx: &Ctx, field: &str, block: &model::IpBlock) -> Result<Peer, ObjectError> {
+    let cidr = parse_cidr(ctx, &format!("{field}.cidr"), &block.cidr)?;
+    let mut except = Vec::new();
+    for (i, e) in block.except.iter().enumerate() {
+        let ef = format!("{field}.except[{i}]");
+        let e = parse_cidr(ctx, &ef, e)?;
+        let inside = e.prefix_len() > cidr.prefix_len() && cidr.contains(&e.network());
+        if !inside || !same_family(&cidr, &e) {
+            return Err(ctx.err(ef, format!("{e} must be strictly within cidr {cidr}")));
+        }
+        if !except.contains(&e) {
+            except.push(e);
+        }
+    }
+    except.sort();
+    Ok(Peer::IpBlock { cidr, except })
+}
+
+fn same_family(a: &IpNet, b: &IpNet) -> bool {
+    matches!((a, b), (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_)))
+}
+
+/// Parses a CIDR, clearing host bits (upstream conformance writes `10.1.2.3/4`) and writing
+/// IPv4-mapped IPv6 prefixes as IPv4, which is how Go's `net.IPNet` matches them.
+fn parse_cidr(ctx: &Ctx, field: &str, s: &str) -> Result<IpNet, ObjectError> {
+    let net: IpNet = s.trim().parse().map_err(|_| ctx.err(field, format!("{s:?} is not a CIDR (address/prefix-length)")))?;
+    Ok(canonical_net(net))
+}
+
+pub(crate) fn canonical_net(net: IpNet) -> IpNet {
+    let net = net.trunc();
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.network().to_ipv4_mapped()
+        && let Ok(n) = Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(n.trunc());
+    }
+    net
+}
+
+fn port_spec(ctx: &Ctx, field: &str, p: &NetworkPolicyPort) -> Result<PortSpec, ObjectError> {
+    let protocol = protocol(ctx, &format!("{field}.protocol"), p.protocol.as_deref())?;
+    let port = match &p.port {
+        None => PortRef::Any,
+        Some(IntOrString::Int(n)) => PortRef::Number(port_number(ctx, &format!("{field}.port"), *n)?),
+        Some(IntOrString::String(name)) => {
+            check_port_name(ctx, &format!("{field}.port"), name)?;
+            PortRef::Named(name.clone())
+        }
+    };
+    let end_port = match p.end_port {
+        None => None,
+        Some(end) => {
+            let ef = format!("{field}.endPort");
+            match &port {
+                PortRef::Any => return Err(ctx.err(ef, "may only be used with a numeric port")),
+                PortRef::Named(_) => return Err(ctx.err(ef, "may not be used with a named port")),
+                PortRef::Number(first) => {
+                    let end = port_number(ctx, &ef, end)?;
+                    if end < *first {
+                        return Err(ctx.err(ef, format!("{end} is below port {first}")));
+                    }
+                    Some(end)
+                }
+            }
+        }
+    };
+    Ok(PortSpec { protocol, port, end_port })
+}
+
+fn protocol(ctx: &Ctx, field: &str, p: Option<&str>) -> Result<Protocol, ObjectError> {
+    match p {
+        None => Ok(Protocol::Tcp),
+        Some(s) => Protocol::from_api(s)
+            .ok_or_else(|| ctx.err(field, format!("unsupported protocol {s:?}: expected \"TCP\", \"UDP\" or \"SCTP\""))),
+    }
+}
+
+fn port_number(ctx: &Ctx, field: &str, n: i64) -> Result<u16, ObjectError> {
+    match u16::try_from(n) {
+        Ok(p) if p >= 1 => Ok(p),
+        _ => Err(ctx.err(field, format!("{n} is not a port number (1-65535)"))),
+    }
+}
+
+/// IANA_SVC_NAME (RFC 6335): 1-15 characters of lowercase letters, digits and '-', at least
+/// one letter, no '-' at either end and no "--".
+pub fn is_port_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+fn check_port_name(ctx: &Ctx, field: &str, name: &str) -> Result<(), ObjectError> {
+    if is_port_name(name) {
+        Ok(())
+    } else {
+        Err(ctx.err(
+            field,
+            format!(
+                "{name:?} is not a valid port name (1-15 lowercase letters, digits and '-', \
+                 at least one letter, no '-' at either end or twice in a row)"
+            ),
+        ))
+    }
+}
+
+/// Validates a `LabelSelector` on its own (the CLI uses it for `--selector`-like input).
+pub fn selector(sel: &LabelSelector, file: &str, object: &str, field: &str) -> Result<Selector, ObjectError> {
+    selector_at(&Ctx { file, object: object.into() }, field, sel)
+}
+
+fn selector_at(ctx: &Ctx, field: &str, sel: &LabelSelector) -> Result<Selector, ObjectError> {
+    let mut requirements = Vec::new();
+    for (i, e) in sel.match_expressions.iter().enumerate() {
+        let ef = format!("{field}.matchExpressions[{i}]");
+        if e.key.is_empty() {
+            return Err(ctx.err(format!("{ef}.key"), "required"));
+        }
+        let values: BTreeSet<String> = e.values.iter().cloned().collect();
+        let op = match e.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => {
+                return Err(ctx.err(format!("{ef}.values"), format!("must be non-empty for operator {}", e.operator)));
+            }
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                return Err(ctx.err(format!("{ef}.values"), format!("must be empty for operator {}", e.operator)));
+            }
+            "In" => Operator::In(values),
+            "NotIn" => Operator::NotIn(values),
+            "Exists" => Operator::Exists,
+            "DoesNotExist" => Operator::DoesNotExist,
+            other => {
+                return Err(ctx.err(
+                    format!("{ef}.operator"),
+                    format!("unsupported operator {other:?}: expected In, NotIn, Exists or DoesNotExist"),
+                ));
+            }
+        };
+        requirements.push(Requirement { key: e.key.clone(), op });
+    }
+    Ok(Selector { match_labels: sel.match_labels.clone(), requirements })
+}
+
+/// The implicit labels of a namespace that has no Namespace object.
+pub fn implicit_namespace_labels(name: &str) -> Labels {
+    BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), name.to_string())])
+}
