@@ -6,6 +6,8 @@
 //! them through `api`; `cli` reads it all back.
 
 pub mod api;
+pub mod cli;
+pub mod daemon;
 pub mod cni;
 pub mod datapath;
 pub mod datastore;

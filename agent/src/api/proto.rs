@@ -19,6 +19,9 @@ pub enum Request {
     Deregister { container_id: String, ifname: String },
     Status,
     Endpoints,
+    /// Why would traffic from `from` to `to` on `protocol`/`port` be allowed or denied?
+    /// `from`/`to` are `namespace/pod` or an IP address.
+    Explain { from: String, to: String, protocol: String, port: u16 },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -43,6 +46,7 @@ pub enum Response {
     Deregistered { existed: bool },
     Status(Box<StatusReport>),
     Endpoints { endpoints: Vec<EndpointStatus> },
+    Explanation { allowed: bool, text: String },
     Error { message: String },
 }
 
@@ -66,6 +70,8 @@ pub struct StatusReport {
     pub map_entries: BTreeMap<String, usize>,
     /// Objects rejected as invalid; the last valid version of each stays in force.
     pub rejected: Vec<Rejection>,
+    /// The last failure to apply state to the kernel, if the latest attempt failed.
+    pub last_error: Option<String>,
     /// Packets per reason code name, summed over CPUs.
     pub reason_counters: BTreeMap<String, u64>,
 }

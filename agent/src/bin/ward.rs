@@ -1,1 +1,96 @@
-fn main() {}
+//! `ward`: the operator CLI. Talks to the local agent over its API socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ward_agent::api::client;
+use ward_agent::api::proto::{DEFAULT_SOCKET, Request, Response};
+use ward_agent::cli;
+
+#[derive(Parser, Debug)]
+#[command(name = "ward", version, about = "Inspect and explain Ward's enforcement on this node")]
+struct Args {
+    /// The agent's API socket.
+    #[arg(long, global = true, env = "WARD_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Agent health: datastore, counts, rejected objects, map usage, counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Local endpoints with their identity and isolation.
+    Endpoints {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Policy questions.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Why is traffic from one pod (or address) to another allowed or denied?
+    Explain {
+        /// `namespace/pod`, or an IP address.
+        #[arg(long)]
+        from: String,
+        /// `namespace/pod`, or an IP address.
+        #[arg(long)]
+        to: String,
+        /// TCP, UDP or SCTP.
+        #[arg(long, default_value = "TCP")]
+        protocol: String,
+        #[arg(long)]
+        port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let req = match &args.cmd {
+        Cmd::Status { .. } => Request::Status,
+        Cmd::Endpoints { .. } => Request::Endpoints,
+        Cmd::Policy { cmd: PolicyCmd::Explain { from, to, protocol, port } } => {
+            Request::Explain { from: from.clone(), to: to.clone(), protocol: protocol.clone(), port: *port }
+        }
+    };
+    let resp = match client::call(&args.socket, &req, Duration::from_secs(10)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ward: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let json = matches!(args.cmd, Cmd::Status { json: true } | Cmd::Endpoints { json: true });
+    match resp {
+        Response::Error { message } => {
+            eprintln!("ward: {message}");
+            ExitCode::FAILURE
+        }
+        other if json => match serde_json::to_string_pretty(&other) {
+            Ok(s) => {
+                println!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ward: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        other => {
+            print!("{}", cli::render(&other));
+            ExitCode::SUCCESS
+        }
+    }
+}

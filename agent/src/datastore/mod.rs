@@ -1,1 +1,81 @@
-//! placeholder
+//! Where cluster state comes from. Standalone mode reads a directory of manifests
+//! (`directory`); the Kubernetes API watcher comes later behind the same `Snapshot`. Either
+//! way the agent sees validated objects only: validation lives in `ward_policy::validate`.
+
+pub mod directory;
+
+use std::collections::BTreeMap;
+
+use ward_policy::cluster::{PodKey, PolicyRef};
+use ward_policy::model::Object;
+use ward_policy::validate::{self as v, ObjectError, PodInfo, Policy};
+
+pub type Labels = BTreeMap<String, String>;
+
+/// Identifies an object across reloads: kind, namespace ("" for cluster-scoped), name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjKey {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A validated object.
+#[derive(Clone, Debug)]
+pub enum Valid {
+    Namespace(Labels),
+    Pod(PodInfo),
+    Policy(Policy),
+}
+
+/// Everything the compiler needs from the datastore.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub namespaces: BTreeMap<String, Labels>,
+    pub pods: BTreeMap<PodKey, PodInfo>,
+    pub policies: BTreeMap<PolicyRef, Policy>,
+}
+
+impl Snapshot {
+    fn insert(&mut self, key: &ObjKey, valid: &Valid) {
+        match valid {
+            Valid::Namespace(labels) => {
+                self.namespaces.insert(key.name.clone(), labels.clone());
+            }
+            Valid::Pod(p) => {
+                self.pods.insert(PodKey { namespace: key.namespace.clone(), name: key.name.clone() }, p.clone());
+            }
+            Valid::Policy(p) => {
+                self.policies.insert(PolicyRef { namespace: key.namespace.clone(), name: key.name.clone() }, p.clone());
+            }
+        }
+    }
+}
+
+/// Validates one object. On failure returns the object's key when it could be named, so
+/// the last valid version of it can stay in force.
+pub fn validate(obj: &Object, file: &str) -> Result<(ObjKey, Valid), (Option<ObjKey>, ObjectError)> {
+    let key = |kind: &'static str, namespace: Option<&String>, name: &str| ObjKey {
+        kind,
+        namespace: namespace.cloned().unwrap_or_default(),
+        name: name.to_owned(),
+    };
+    match obj {
+        Object::Namespace(ns) => {
+            let k = key("Namespace", None, &ns.metadata.name);
+            v::namespace(ns, file).map(|(_, labels)| (k.clone(), Valid::Namespace(labels))).map_err(|e| (Some(k), e))
+        }
+        Object::Pod(p) => {
+            let k = key("Pod", p.metadata.namespace.as_ref(), &p.metadata.name);
+            v::pod(p, file).map(|(_, info)| (k.clone(), Valid::Pod(info))).map_err(|e| (Some(k), e))
+        }
+        Object::NetworkPolicy(np) => {
+            let k = key("NetworkPolicy", np.metadata.namespace.as_ref(), &np.metadata.name);
+            v::policy(np, file).map(|p| (k.clone(), Valid::Policy(p))).map_err(|e| (Some(k), e))
+        }
+        other => Err((
+            None,
+            ObjectError::new(file, &other.describe(), "kind", &format!("{} is not supported yet", other.kind())),
+        )),
+    }
+}

@@ -1,0 +1,74 @@
+//! Human-readable rendering of API responses for the `ward` CLI (JSON output is the
+//! responses themselves).
+
+use std::fmt::Write as _;
+
+use crate::api::proto::{EndpointStatus, Response, StatusReport};
+
+pub fn render(resp: &Response) -> String {
+    match resp {
+        Response::Status(s) => status(s),
+        Response::Endpoints { endpoints } => endpoints_table(endpoints),
+        Response::Explanation { text, .. } => text.clone(),
+        Response::Registered { endpoint_id, identity } => format!("registered endpoint {endpoint_id} (identity {identity})\n"),
+        Response::Deregistered { existed } => format!("deregistered (existed: {existed})\n"),
+        Response::Error { message } => format!("error: {message}\n"),
+    }
+}
+
+fn status(s: &StatusReport) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "Node:            {}", s.node);
+    let _ = writeln!(o, "Version:         {}", s.version);
+    let _ = writeln!(o, "Datastore:       {}", s.datastore);
+    let _ = writeln!(o, "Policy revision: {}", s.policy_revision);
+    let _ = writeln!(
+        o,
+        "Objects:         {} namespaces, {} pods, {} policies",
+        s.namespaces, s.pods, s.policies
+    );
+    let _ = writeln!(o, "Endpoints:       {} local, {} identities", s.endpoints, s.identities);
+    let _ = writeln!(o, "Map entries:");
+    for (m, n) in &s.map_entries {
+        let _ = writeln!(o, "  {m:<16} {n}");
+    }
+    if let Some(e) = &s.last_error {
+        let _ = writeln!(o, "Last error:      {e}");
+    }
+    if s.rejected.is_empty() {
+        let _ = writeln!(o, "Rejected:        none");
+    } else {
+        let _ = writeln!(o, "Rejected ({}): the last valid version of each stays in force", s.rejected.len());
+        for r in &s.rejected {
+            let _ = writeln!(o, "  {}: {}: {}: {}", r.file, r.object, r.field, r.message);
+        }
+    }
+    let _ = writeln!(o, "Packets by reason:");
+    for (r, n) in &s.reason_counters {
+        if *n > 0 {
+            let _ = writeln!(o, "  {r:<18} {n}");
+        }
+    }
+    o
+}
+
+fn endpoints_table(eps: &[EndpointStatus]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "{:<6} {:<32} {:<16} {:<9} {:<8} {:<7} ADDRESSES", "ID", "POD", "INTERFACE", "IDENTITY", "INGRESS", "EGRESS");
+    for e in eps {
+        let ips: Vec<String> = e.ips.iter().map(|i| i.to_string()).collect();
+        let iso = |b: bool| if b { "deny" } else { "open" };
+        let _ = writeln!(
+            o,
+            "{:<6} {:<32} {:<16} {:<9} {:<8} {:<7} {}",
+            e.endpoint_id,
+            e.pod,
+            e.host_ifname,
+            e.identity,
+            iso(e.ingress_isolated),
+            iso(e.egress_isolated),
+            ips.join(",")
+        );
+    }
+    o
+}

@@ -1,0 +1,316 @@
+//! The agent's owner task: the one place that holds mutable state (datastore snapshot,
+//! local endpoints, identities, the kernel map mirror). Everything else talks to it through
+//! channels: the API server sends requests, the datastore watcher sends change signals, a
+//! timer drives garbage collection. Each change ends in `reconcile`, which compiles the
+//! desired map contents and applies the difference to the kernel.
+
+mod reconcile;
+pub mod registry;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use ward_common::maps::{CFG_EVENTS_ALLOWED, CFG_EVENTS_DROPPED};
+use ward_policy::identity::Identities;
+
+use crate::api::proto::{EndpointRegistration, EndpointStatus, Request, Response, StatusReport};
+use crate::api::server;
+use crate::datapath::{Datapath, MirrorContents};
+use crate::datastore::directory::DirectoryStore;
+use registry::{LocalEndpoint, Registry};
+
+/// Which verdicts the datapath reports as flow events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowEvents {
+    None,
+    Drops,
+    All,
+}
+
+impl FlowEvents {
+    fn flags(self) -> u32 {
+        match self {
+            FlowEvents::None => 0,
+            FlowEvents::Drops => CFG_EVENTS_DROPPED,
+            FlowEvents::All => CFG_EVENTS_DROPPED | CFG_EVENTS_ALLOWED,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_name: String,
+    pub manifests: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub host_addrs: Vec<IpAddr>,
+    pub flow_events: FlowEvents,
+}
+
+/// How often vanished interfaces are garbage-collected and the manifests re-read (the
+/// watcher makes changes visible at once; this is the safety net).
+const GC_PERIOD: Duration = Duration::from_secs(2);
+/// Quiet time after a file change before reloading, so an editor's several writes make one
+/// reload.
+const DEBOUNCE: Duration = Duration::from_millis(5);
+
+pub struct Agent {
+    cfg: Config,
+    store: DirectoryStore,
+    registry: Registry,
+    ids: Identities,
+    dp: Datapath,
+    mirror: MirrorContents,
+    /// The last compile's outputs, for status, endpoints and explain.
+    compiled: Option<reconcile::Compiled>,
+    cluster: Option<ward_policy::cluster::Cluster>,
+    applied_files: BTreeMap<String, String>,
+    last_error: Option<String>,
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    enable_forwarding();
+    let mut agent = Agent::start(cfg)?;
+    let listener = server::bind(&agent.cfg.socket)?;
+    let (call_tx, mut calls) = mpsc::channel::<server::Call>(64);
+    tokio::spawn(server::serve(listener, call_tx));
+    let (fs_tx, mut fs_events) = mpsc::unbounded_channel::<()>();
+    let _watcher = crate::datastore::directory::watch(&agent.cfg.manifests, fs_tx)
+        .with_context(|| format!("watching {}", agent.cfg.manifests.display()))?;
+    let mut gc = tokio::time::interval(GC_PERIOD);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tracing::info!(node = %agent.cfg.node_name, socket = %agent.cfg.socket.display(), "ward agent running");
+    loop {
+        tokio::select! {
+            Some((req, reply)) = calls.recv() => {
+                let resp = agent.handle(req);
+                let _ = reply.send(resp);
+            }
+            Some(()) = fs_events.recv() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while fs_events.try_recv().is_ok() {}
+                agent.reload();
+            }
+            _ = gc.tick() => {
+                agent.gc();
+                agent.reload();
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    // Pins stay: enforcement goes on exactly as it is until an agent runs again.
+    tracing::info!("ward agent stopping; enforcement continues from the pinned state");
+    let _ = std::fs::remove_file(&agent.cfg.socket);
+    Ok(())
+}
+
+/// Pods are routed through the node: forwarding must be on in the agent's namespace.
+fn enable_forwarding() {
+    for (path, what) in
+        [("/proc/sys/net/ipv4/ip_forward", "IPv4"), ("/proc/sys/net/ipv6/conf/all/forwarding", "IPv6")]
+    {
+        if let Err(e) = std::fs::write(path, "1") {
+            tracing::warn!(error = %e, "could not enable {what} forwarding");
+        }
+    }
+}
+
+impl Agent {
+    fn start(cfg: Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+        let mut dp = Datapath::open(&cfg.bpffs, &cfg.node_name)?;
+        dp.maps.set_event_flags(cfg.flow_events.flags())?;
+        // Adopt what the kernel holds: the diff against it is what a restart changes.
+        let mirror = dp.maps.read_all()?;
+        let registry = Registry::load(&cfg.state_dir)?;
+        let ids = reconcile::load_identities(&cfg.state_dir)?;
+        let mut store = DirectoryStore::new(cfg.manifests.clone());
+        store.reload();
+        let mut agent = Agent {
+            cfg,
+            store,
+            registry,
+            ids,
+            dp,
+            mirror,
+            compiled: None,
+            cluster: None,
+            applied_files: BTreeMap::new(),
+            last_error: None,
+        };
+        tracing::info!(
+            endpoints = agent.registry.len(),
+            pinned_policy_entries = agent.mirror.policy.len(),
+            "adopting pinned state"
+        );
+        // Maps first, then links: an adopted link keeps its old program until replaced.
+        agent.reconcile();
+        let eps: Vec<LocalEndpoint> = agent.registry.iter().cloned().collect();
+        for ep in eps {
+            if !reconcile::interface_is(&ep.host_ifname, ep.host_ifindex) {
+                tracing::info!(endpoint = ep.ep_id, ifname = %ep.host_ifname, "interface vanished while down; forgetting it");
+                agent.forget(&ep);
+                continue;
+            }
+            if let Err(e) = agent.dp.attach(&ep.host_ifname, ep.host_ifindex) {
+                tracing::error!(endpoint = ep.ep_id, error = %e, "re-attaching");
+            }
+        }
+        agent.gc();
+        Ok(agent)
+    }
+
+    fn handle(&mut self, req: Request) -> Response {
+        match req {
+            Request::Register(r) => self.register(r),
+            Request::Deregister { container_id, ifname } => self.deregister(&container_id, &ifname),
+            Request::Status => Response::Status(Box::new(self.status())),
+            Request::Endpoints => Response::Endpoints { endpoints: self.endpoints() },
+            Request::Explain { from, to, protocol, port } => self.explain(&from, &to, &protocol, port),
+        }
+    }
+
+    /// Re-reads the manifests; reconciles if anything changed.
+    fn reload(&mut self) {
+        if self.store.reload() {
+            self.reconcile();
+        }
+    }
+
+    /// CNI ADD: record, write maps, attach. The answer goes out only when the pod is
+    /// protected; on failure everything is undone and the plugin rolls back the veth.
+    fn register(&mut self, r: EndpointRegistration) -> Response {
+        let span = tracing::info_span!("register", pod = %format!("{}/{}", r.pod_namespace, r.pod_name), ifname = %r.host_ifname);
+        let _g = span.enter();
+        if !reconcile::interface_is(&r.host_ifname, r.host_ifindex) {
+            return Response::Error {
+                message: format!(
+                    "interface {} (ifindex {}) does not exist in the agent's network namespace",
+                    r.host_ifname, r.host_ifindex
+                ),
+            };
+        }
+        let ep = match self.registry.add(&r) {
+            Ok(ep) => ep,
+            Err(e) => return Response::Error { message: e.to_string() },
+        };
+        self.reconcile();
+        if let Some(e) = &self.last_error {
+            let message = format!("writing the endpoint's maps: {e}");
+            self.forget(&ep);
+            return Response::Error { message };
+        }
+        if let Err(e) = self.dp.attach(&ep.host_ifname, ep.host_ifindex) {
+            self.forget(&ep);
+            return Response::Error { message: e.to_string() };
+        }
+        let identity = self.mirror.endpoints.get(&ep.host_ifindex).map(|i| i.identity).unwrap_or(0);
+        tracing::info!(endpoint = ep.ep_id, identity, "endpoint protected");
+        Response::Registered { endpoint_id: ep.ep_id, identity }
+    }
+
+    fn deregister(&mut self, container_id: &str, ifname: &str) -> Response {
+        let ep = self.registry.iter().find(|e| e.container_id == container_id && e.ifname == ifname).cloned();
+        match ep {
+            Some(ep) => {
+                self.forget(&ep);
+                Response::Deregistered { existed: true }
+            }
+            None => Response::Deregistered { existed: false },
+        }
+    }
+
+    /// Removes an endpoint everywhere: registry, links, maps, its tracked flows.
+    fn forget(&mut self, ep: &LocalEndpoint) {
+        if let Err(e) = self.registry.remove(&ep.container_id, &ep.ifname) {
+            tracing::error!(endpoint = ep.ep_id, error = %e, "persisting endpoint removal");
+        }
+        self.dp.detach(ep.host_ifindex);
+        self.reconcile();
+        self.dp.maps.flush_ct(ep.ep_id);
+    }
+
+    /// Forgets endpoints whose interface is gone (a DEL that never reached us) and links
+    /// pinned for interfaces we no longer protect.
+    fn gc(&mut self) {
+        let gone: Vec<LocalEndpoint> =
+            self.registry.iter().filter(|e| !reconcile::interface_is(&e.host_ifname, e.host_ifindex)).cloned().collect();
+        for ep in gone {
+            tracing::info!(endpoint = ep.ep_id, ifname = %ep.host_ifname, "interface vanished; forgetting endpoint");
+            self.forget(&ep);
+        }
+        let live: std::collections::BTreeSet<u32> = self.registry.iter().map(|e| e.host_ifindex).collect();
+        for ifindex in self.dp.pinned_link_ifindexes() {
+            if !live.contains(&ifindex) {
+                self.dp.detach(ifindex);
+            }
+        }
+    }
+
+    fn status(&self) -> StatusReport {
+        let snap = self.store.snapshot();
+        let mut map_entries = BTreeMap::new();
+        map_entries.insert(ward_common::maps::MAP_ENDPOINTS.to_owned(), self.mirror.endpoints.len());
+        map_entries.insert(ward_common::maps::MAP_IPCACHE.to_owned(), self.mirror.ipcache.len());
+        map_entries.insert(ward_common::maps::MAP_POLICY.to_owned(), self.mirror.policy.len());
+        map_entries.insert(ward_common::maps::MAP_CT.to_owned(), self.dp.maps.ct_entries());
+        let reason_counters = self
+            .dp
+            .maps
+            .reason_counters()
+            .map(|m| m.into_iter().map(|(r, c)| (r.as_str().to_owned(), c.packets)).collect())
+            .unwrap_or_default();
+        StatusReport {
+            node: self.cfg.node_name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            datastore: format!("directory:{}", self.cfg.manifests.display()),
+            policy_revision: self.dp.maps.revision().unwrap_or(0),
+            applied_files: self.applied_files.clone(),
+            namespaces: snap.namespaces.len(),
+            pods: snap.pods.len(),
+            policies: snap.policies.len(),
+            endpoints: self.registry.len(),
+            identities: self.ids.counts().0,
+            map_entries,
+            rejected: self.store.rejected().to_vec(),
+            last_error: self.last_error.clone(),
+            reason_counters,
+        }
+    }
+
+    fn endpoints(&self) -> Vec<EndpointStatus> {
+        let snap = self.store.snapshot();
+        self.registry
+            .iter()
+            .map(|e| {
+                let info = self.mirror.endpoints.get(&e.host_ifindex);
+                let flags = info.map(|i| i.flags).unwrap_or(0);
+                let labels = snap
+                    .pods
+                    .get(&reconcile::pod_key(&e.pod_namespace, &e.pod_name))
+                    .map(|p| p.labels.clone())
+                    .unwrap_or_default();
+                EndpointStatus {
+                    endpoint_id: e.ep_id,
+                    container_id: e.container_id.clone(),
+                    pod: format!("{}/{}", e.pod_namespace, e.pod_name),
+                    host_ifname: e.host_ifname.clone(),
+                    host_ifindex: e.host_ifindex,
+                    ips: e.ips.clone(),
+                    identity: info.map(|i| i.identity).unwrap_or(0),
+                    labels,
+                    ingress_isolated: flags & ward_common::maps::EP_ISOLATED_INGRESS != 0,
+                    egress_isolated: flags & ward_common::maps::EP_ISOLATED_EGRESS != 0,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,165 @@
+//! Local endpoints: the pods on this node that `ward-cni` registered. The datastore knows a
+//! pod's labels; only the CNI plugin knows its interface and addresses, so this registry is
+//! persisted (`<state-dir>/endpoints.json`, written atomically) and a restarted agent knows
+//! exactly which interfaces to keep protecting.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::proto::EndpointRegistration;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    pub ep_id: u32,
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub ips: Vec<IpAddr>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Persisted {
+    next_ep_id: u32,
+    endpoints: Vec<LocalEndpoint>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("reading endpoint state {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("endpoint state {path} is corrupt: {source}")]
+    Corrupt { path: PathBuf, source: serde_json::Error },
+    #[error("writing endpoint state {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+pub struct Registry {
+    path: PathBuf,
+    next_ep_id: u32,
+    /// Keyed by (container id, interface name), as CNI identifies an attachment.
+    endpoints: BTreeMap<(String, String), LocalEndpoint>,
+}
+
+impl Registry {
+    pub fn load(state_dir: &Path) -> Result<Self, RegistryError> {
+        let path = state_dir.join("endpoints.json");
+        let persisted: Persisted = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| RegistryError::Corrupt { path: path.clone(), source })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
+            Err(source) => return Err(RegistryError::Read { path, source }),
+        };
+        let endpoints = persisted
+            .endpoints
+            .into_iter()
+            .map(|e| ((e.container_id.clone(), e.ifname.clone()), e))
+            .collect();
+        Ok(Registry { path, next_ep_id: persisted.next_ep_id.max(1), endpoints })
+    }
+
+    fn save(&self) -> Result<(), RegistryError> {
+        let p = Persisted { next_ep_id: self.next_ep_id, endpoints: self.endpoints.values().cloned().collect() };
+        let bytes = serde_json::to_vec_pretty(&p).map_err(|source| RegistryError::Corrupt { path: self.path.clone(), source })?;
+        write_atomic(&self.path, &bytes).map_err(|source| RegistryError::Write { path: self.path.clone(), source })
+    }
+
+    /// Adds (or replaces, for a repeated ADD) an endpoint; returns it with its id.
+    pub fn add(&mut self, r: &EndpointRegistration) -> Result<LocalEndpoint, RegistryError> {
+        let key = (r.container_id.clone(), r.ifname.clone());
+        let ep_id = match self.endpoints.get(&key) {
+            Some(old) => old.ep_id,
+            None => {
+                let id = self.next_ep_id;
+                self.next_ep_id = self.next_ep_id.checked_add(1).unwrap_or(1);
+                id
+            }
+        };
+        let ep = LocalEndpoint {
+            ep_id,
+            container_id: r.container_id.clone(),
+            ifname: r.ifname.clone(),
+            netns: r.netns.clone(),
+            pod_namespace: r.pod_namespace.clone(),
+            pod_name: r.pod_name.clone(),
+            host_ifname: r.host_ifname.clone(),
+            host_ifindex: r.host_ifindex,
+            ips: r.ips.clone(),
+        };
+        self.endpoints.insert(key, ep.clone());
+        self.save()?;
+        Ok(ep)
+    }
+
+    pub fn remove(&mut self, container_id: &str, ifname: &str) -> Result<Option<LocalEndpoint>, RegistryError> {
+        let old = self.endpoints.remove(&(container_id.to_owned(), ifname.to_owned()));
+        if old.is_some() {
+            self.save()?;
+        }
+        Ok(old)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &LocalEndpoint> {
+        self.endpoints.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+}
+
+/// Writes through a temporary file and a rename, so a crash leaves the old or the new file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(id: &str, ip: &str) -> EndpointRegistration {
+        EndpointRegistration {
+            container_id: id.into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/x".into(),
+            pod_namespace: "ns".into(),
+            pod_name: id.into(),
+            host_ifname: format!("wd{id}"),
+            host_ifindex: 42,
+            ips: vec![ip.parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn endpoints_survive_a_reload_and_ids_are_never_reused() {
+        let dir = std::env::temp_dir().join(format!("ward-registry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut r = Registry::load(&dir).unwrap();
+        let a = r.add(&reg("a", "10.0.0.2")).unwrap();
+        let b = r.add(&reg("b", "10.0.0.3")).unwrap();
+        assert_ne!(a.ep_id, b.ep_id);
+        assert_eq!(r.add(&reg("a", "10.0.0.2")).unwrap().ep_id, a.ep_id, "a repeated ADD keeps the id");
+        r.remove("a", "eth0").unwrap();
+        let r2 = Registry::load(&dir).unwrap();
+        assert_eq!(r2.len(), 1);
+        assert_eq!(r2.iter().next().unwrap(), &b);
+        let mut r2 = r2;
+        let c = r2.add(&reg("c", "10.0.0.4")).unwrap();
+        assert!(c.ep_id > b.ep_id, "a new endpoint never gets an old id");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
