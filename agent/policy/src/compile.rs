@@ -445,3 +445,7 @@ fn blocks(spec: &PortSpec) -> Vec<PortBlock> {
 pub fn resolve(ports: &[NamedPort], name: &str, protocol: Protocol) -> Option<u16> {
     ports.iter().find(|np| np.name == name && np.protocol == protocol).map(|np| np.port)
 }
+
+#[cfg(test)]
+#[path = "compile_tests.rs"]
+mod tests;

@@ -17,6 +17,9 @@ pub mod selector;
 pub mod tables;
 pub mod validate;
 
+#[cfg(test)]
+mod testkit;
+
 pub use cluster::{Cluster, PodKey, PolicyRef};
 pub use compile::{Compiled, Delta, RuleInfo, compile, diff};
 pub use explain::{Explanation, explain};

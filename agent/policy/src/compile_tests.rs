@@ -1,0 +1,681 @@
+//! Compiler tests on the conformance lab: each checks the datapath's verdicts (the kernel's
+//! lookup order on the compiled maps) and the reference's against upstream's expectations,
+//! plus the map-level properties `diff` and the identities promise.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ward_common::Direction;
+use ward_common::identity::{ID_ANY, ID_HOST, ID_WORLD, is_cidr_identity};
+use ward_common::maps::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IpcacheValue};
+
+use super::*;
+use crate::reference::{self, Peer};
+use crate::tables::{CompiledTables, mask};
+use crate::validate::PodInfo;
+use crate::testkit::*;
+
+const TCP: Protocol = Protocol::Tcp;
+const UDP: Protocol = Protocol::Udp;
+const SCTP: Protocol = Protocol::Sctp;
+const ALL_ALLOWED: [&str; 9] = [
+    ".........", ".........", ".........", ".........", ".........", ".........", ".........", ".........", ".........",
+];
+
+fn lab_with(yaml: &str) -> (Cluster, Compiled) {
+    let mut c = lab();
+    apply(&mut c, yaml);
+    let compiled = compile_all(&c, &mut Identities::new());
+    (c, compiled)
+}
+
+/// Conformance 010: a peer with both selectors needs both (here: pod b outside x).
+#[test]
+fn pod_and_namespace_selector_in_one_peer_are_anded() {
+    let (c, compiled) = lab_with(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-ns-y-podselector-and-nsselector, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - namespaceSelector:
+            matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [x]}]
+          podSelector: {matchLabels: {pod: b}}
+"#,
+    );
+    let expected =
+        ["X........", "X........", "X........", "X........", ".........", "X........", "X........", ".........", "X........"];
+    assert_matrix(&c, &compiled, TCP, 80, expected);
+}
+
+/// The same selectors as two peers: either one suffices.
+#[test]
+fn separate_peers_are_ored() {
+    let (c, compiled) = lab_with(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: or, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - namespaceSelector:
+            matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [x]}]
+        - podSelector: {matchLabels: {pod: b}}
+"#,
+    );
+    // From y and z: all allowed; from x: only x/b (a pod selector alone means x's pods).
+    let expected =
+        ["X........", ".........", "X........", ".........", ".........", ".........", ".........", ".........", "........."];
+    assert_matrix(&c, &compiled, TCP, 80, expected);
+}
+
+/// Conformance 031: a port-80-only policy, then an allow-all ingress rule beside it.
+#[test]
+fn ingress_rule_with_no_peers_and_no_ports_allows_everything() {
+    let mut c = lab();
+    apply(
+        &mut c,
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-ingress-port-80, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress: [{ports: [{port: 80}]}]
+"#,
+    );
+    let mut ids = Identities::new();
+    let compiled = compile_all(&c, &mut ids);
+    let deny_x = ["XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......"];
+    assert_matrix(&c, &compiled, TCP, 81, deny_x);
+    assert_matrix(&c, &compiled, TCP, 80, ALL_ALLOWED);
+    assert_matrix(&c, &compiled, UDP, 80, deny_x);
+    apply(
+        &mut c,
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-ingress, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress: [{}]
+"#,
+    );
+    let compiled = compile_all(&c, &mut ids);
+    assert_matrix(&c, &compiled, TCP, 81, ALL_ALLOWED);
+    assert_matrix(&c, &compiled, SCTP, 9999, ALL_ALLOWED);
+}
+
+/// `ingress: []` (or none) with Ingress in policyTypes denies all; `ingress: [{}]` allows all.
+#[test]
+fn empty_ingress_list_denies_and_one_empty_rule_allows() {
+    let deny_x = ["XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......"];
+    for spec in ["{podSelector: {}, ingress: []}", "{podSelector: {}}", "{podSelector: {}, policyTypes: [Ingress]}"] {
+        let (c, compiled) = lab_with(&format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: x}}\nspec: {spec}\n"
+        ));
+        assert_matrix(&c, &compiled, TCP, 80, deny_x);
+        // The pods are isolated for ingress only.
+        for letter in LETTERS {
+            assert_eq!(compiled.isolation_of(&PodKey::new("x", letter)), EP_ISOLATED_INGRESS, "{spec}");
+        }
+    }
+    let (c, compiled) = lab_with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{}]}\n",
+    );
+    assert_matrix(&c, &compiled, TCP, 80, ALL_ALLOWED);
+    assert_eq!(compiled.isolation_of(&pod("x/a")), EP_ISOLATED_INGRESS);
+}
+
+/// Without policyTypes, egress rules make the policy an egress policy too, and an
+/// ingress-less policy with egress rules denies all ingress.
+#[test]
+fn omitted_policy_types_default_to_ingress_plus_egress_when_egress_rules_exist() {
+    let (c, compiled) = lab_with(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-only-to-y, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  egress: [{to: [{namespaceSelector: {matchLabels: {ns: y}}}]}]
+"#,
+    );
+    assert_eq!(compiled.isolation_of(&pod("x/a")), EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS);
+    assert_eq!(compiled.isolation_of(&pod("x/b")), 0);
+    // x/a reaches only y; nobody reaches x/a.
+    let expected =
+        ["XXX...XXX", "X........", "X........", "X........", "X........", "X........", "X........", "X........", "X........"];
+    assert_matrix(&c, &compiled, TCP, 80, expected);
+}
+
+/// Conformance 035: the /4 around the pods (non-canonical, as upstream writes it) except
+/// x/b's /32: every pod but x/b is reachable from x/a.
+#[test]
+fn ip_block_except_carves_a_pod_address_out_of_the_block() {
+    let (c, compiled) = lab_with(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-client-a-via-cidr-egress-rule, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{ipBlock: {cidr: 10.0.1.1/4, except: [10.0.1.2/32]}}]
+"#,
+    );
+    let mut expected = ALL_ALLOWED;
+    expected[0] = ".X.......";
+    assert_matrix(&c, &compiled, TCP, 80, expected);
+    // Outside the block (and the node, which is inside it).
+    let xa = Peer::Pod(pod("x/a"));
+    let outside = Peer::External(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 1)));
+    assert!(!datapath_allows(&c, &compiled, &xa, &outside, TCP, 80));
+    assert!(!reference::allowed(&c, xa.clone(), outside, TCP, 80));
+    assert!(datapath_allows(&c, &compiled, &xa, &Peer::Host, TCP, 80));
+    // The except prefix has its own CIDR identity in the ipcache.
+    let except_key = ipcache_key("10.0.1.2/32".parse().expect("prefix"));
+    let xb_entry = compiled.ipcache.get(&except_key).expect("x/b's address is in the ipcache");
+    assert_eq!(xb_entry.identity, compiled.pod_identity[&pod("x/b")], "the pod entry carries the label identity");
+    assert!(is_cidr_identity(xb_entry.cidr_identity));
+}
+
+/// ipBlock on ingress matches pod sources by address, and external sources.
+#[test]
+fn ingress_ip_block_matches_pod_and_external_sources() {
+    let (c, compiled) = lab_with(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-y-subnet, namespace: x}
+spec:
+  podSelector: {}
+  ingress:
+    - from: [{ipBlock: {cidr: 10.0.2.0/24}}, {ipBlock: {cidr: 192.168.0.0/16, except: [192.168.7.0/24]}}]
+"#,
+    );
+    let expected =
+        ["XXX......", "XXX......", "XXX......", ".........", ".........", ".........", "XXX......", "XXX......", "XXX......"];
+    assert_matrix(&c, &compiled, TCP, 80, expected);
+    let xa = Peer::Pod(pod("x/a"));
+    for (ip, want) in [([192, 168, 1, 1], true), ([192, 168, 7, 1], false), ([8, 8, 8, 8], false)] {
+        let ext = Peer::External(IpAddr::V4(Ipv4Addr::from(ip)));
+        assert_eq!(datapath_allows(&c, &compiled, &ext, &xa, TCP, 80), want, "{ext}");
+        assert_eq!(reference::allowed(&c, ext, xa.clone(), TCP, 80), want);
+    }
+    // The node is always let in.
+    assert!(datapath_allows(&c, &compiled, &Peer::Host, &xa, TCP, 80));
+}
+
+/// Conformance 038: an SCTP rule does not open TCP.
+#[test]
+fn sctp_rule_does_not_open_tcp() {
+    let (c, compiled) = lab_with(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-ingress, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-only-sctp-ingress-on-port-81, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress]
+  ingress: [{ports: [{port: 81, protocol: SCTP}]}]
+"#,
+    );
+    let deny_x = ["XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......"];
+    assert_matrix(&c, &compiled, TCP, 81, deny_x);
+    let sctp = [".XX......", ".XX......", ".XX......", ".XX......", ".XX......", ".XX......", ".XX......", ".XX......", ".XX......"];
+    assert_matrix(&c, &compiled, SCTP, 81, sctp);
+}
+
+const BASE_INGRESS: &str = r#"
+          ingress:
+            - ports: [{port: 80, protocol: TCP}]
+              from:
+                - podSelector: {matchExpressions: [{key: pod, operator: In, values: [b, c]}]}
+                  namespaceSelector: {matchExpressions: [{key: ns, operator: In, values: [x, y]}]}"#;
+
+fn pa_base(ingress: &str, egress_ports: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: base, namespace: x}}
+spec:
+          podSelector: {{matchLabels: {{pod: a}}}}
+          policyTypes: [Ingress, Egress]{ingress}
+          egress:
+            - ports: [{egress_ports}]
+              to:
+                - podSelector: {{matchExpressions: [{{key: pod, operator: In, values: [a, b]}}]}}
+                  namespaceSelector: {{matchExpressions: [{{key: ns, operator: In, values: [y, z]}}]}}
+            - ports: [{{protocol: UDP, port: 53}}, {{protocol: TCP, port: 53}}]
+"#
+    )
+}
+
+/// Conformance 058 (policy-assistant): egress TCP 53-84 to pods a, b of y and z.
+#[test]
+fn end_port_range_covers_its_ports_and_no_others() {
+    let (c, compiled) = lab_with(&pa_base(BASE_INGRESS, "{protocol: TCP, port: 53, endPort: 84}"));
+    let tcp = ["XXX..X..X", ".........", ".........", "X........", ".........", ".........", "X........", "X........", "X........"];
+    assert_matrix(&c, &compiled, TCP, 80, tcp);
+    let tcp81 = ["XXX..X..X", "X........", "X........", "X........", "X........", "X........", "X........", "X........", "X........"];
+    assert_matrix(&c, &compiled, TCP, 81, tcp81);
+    let udp = ["XXXXXXXXX", "X........", "X........", "X........", "X........", "X........", "X........", "X........", "X........"];
+    assert_matrix(&c, &compiled, UDP, 80, udp);
+    // Range edges: 84 in, 85 out; 53 in (both rules), 52 out.
+    let (xa, yb) = (Peer::Pod(pod("x/a")), Peer::Pod(pod("y/b")));
+    for (port, want) in [(52, false), (53, true), (84, true), (85, false)] {
+        assert_eq!(datapath_allows(&c, &compiled, &xa, &yb, TCP, port), want, "port {port}");
+        assert_eq!(reference::allowed(&c, xa.clone(), yb.clone(), TCP, port), want, "port {port}");
+    }
+}
+
+/// Conformance 065: egress to a named port with the wrong protocol opens nothing.
+#[test]
+fn egress_named_port_with_wrong_protocol_opens_nothing() {
+    let (c, compiled) = lab_with(&pa_base(BASE_INGRESS, "{protocol: TCP, port: serve-81-udp}"));
+    let tcp = ["XXXXXXXXX", ".........", ".........", "X........", ".........", ".........", "X........", "X........", "X........"];
+    assert_matrix(&c, &compiled, TCP, 80, tcp);
+    let rest = ["XXXXXXXXX", "X........", "X........", "X........", "X........", "X........", "X........", "X........", "X........"];
+    assert_matrix(&c, &compiled, TCP, 81, rest);
+    assert_matrix(&c, &compiled, UDP, 81, rest);
+}
+
+/// Conformance 068: ingress on a named port with the wrong protocol opens nothing.
+#[test]
+fn ingress_named_port_with_wrong_protocol_opens_nothing() {
+    let ingress = r#"
+          ingress:
+            - ports: [{protocol: TCP, port: serve-81-udp}]
+              from:
+                - podSelector: {matchExpressions: [{key: pod, operator: In, values: [b, c]}]}
+                  namespaceSelector: {matchExpressions: [{key: ns, operator: In, values: [x, y]}]}"#;
+    let (c, compiled) = lab_with(&pa_base(ingress, "{port: 80, protocol: TCP}"));
+    let tcp80 = ["XXX..X..X", "X........", "X........", "X........", "X........", "X........", "X........", "X........", "X........"];
+    assert_matrix(&c, &compiled, TCP, 80, tcp80);
+    let rest = ["XXXXXXXXX", "X........", "X........", "X........", "X........", "X........", "X........", "X........", "X........"];
+    assert_matrix(&c, &compiled, TCP, 81, rest);
+    assert_matrix(&c, &compiled, UDP, 81, rest);
+}
+
+/// Conformance 017: an ingress named port resolves on the destination pod.
+#[test]
+fn ingress_named_port_opens_the_named_port_only() {
+    let (c, compiled) = lab_with(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-all, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress: [{ports: [{port: serve-81-tcp}]}]
+"#,
+    );
+    assert_matrix(&c, &compiled, TCP, 81, ALL_ALLOWED);
+    let deny_x = ["XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......"];
+    assert_matrix(&c, &compiled, TCP, 80, deny_x);
+    assert_matrix(&c, &compiled, UDP, 81, deny_x);
+}
+
+/// Conformance 047: egress to a named port plus DNS; the DNS rule opens nothing on 80/81.
+#[test]
+fn egress_named_port_resolves_on_each_destination() {
+    let mut c = lab();
+    // z/c names its port 80 differently: the name must resolve per destination pod.
+    if let Some(info) = c.pods.get_mut(&pod("z/c")) {
+        for np in info.ports.iter_mut().filter(|np| np.name == "serve-80-tcp") {
+            np.name = "web".into();
+        }
+        info.ports.sort();
+    }
+    apply(
+        &mut c,
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-egress, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress: [{ports: [{port: serve-80-tcp}, {protocol: UDP, port: 53}]}]
+"#,
+    );
+    let compiled = compile_all(&c, &mut Identities::new());
+    let tcp80 = ["........X", "........X", "........X", ".........", ".........", ".........", ".........", ".........", "........."];
+    assert_matrix(&c, &compiled, TCP, 80, tcp80);
+    let deny = ["XXXXXXXXX", "XXXXXXXXX", "XXXXXXXXX", ".........", ".........", ".........", ".........", ".........", "........."];
+    assert_matrix(&c, &compiled, TCP, 81, deny);
+    assert_matrix(&c, &compiled, UDP, 80, deny);
+    // Not to the world either: named ports exist only on pods.
+    let ext = Peer::External(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 1)));
+    assert!(!datapath_allows(&c, &compiled, &Peer::Pod(pod("x/a")), &ext, TCP, 80));
+    assert!(datapath_allows(&c, &compiled, &Peer::Pod(pod("x/a")), &ext, UDP, 53));
+}
+
+/// Egress ipBlock + named port: two pods with the same identity, one inside the block and
+/// one outside; only the one inside may be reached, on the named port only.
+#[test]
+fn egress_ip_block_with_named_port_is_exact_per_pod_address() {
+    let mut c = lab();
+    // y/a's twin (same labels and ports, so the same label identity) outside the block.
+    let mut twin = c.pods[&pod("y/a")].clone();
+    twin.ips = vec![IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1))];
+    c.pods.insert(pod("y/twin"), twin);
+    apply(
+        &mut c,
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: to-y-subnet-http, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{ipBlock: {cidr: 10.0.2.0/24, except: [10.0.2.3/32]}}]
+      ports: [{port: serve-80-tcp}]
+"#,
+    );
+    let compiled = compile_all(&c, &mut Identities::new());
+    assert_eq!(compiled.pod_identity[&pod("y/a")], compiled.pod_identity[&pod("y/twin")]);
+    let xa = Peer::Pod(pod("x/a"));
+    let cases = [("y/a", TCP, 80, true), ("y/b", TCP, 80, true), ("y/c", TCP, 80, false), ("y/twin", TCP, 80, false)];
+    for (to, proto, port, want) in cases {
+        let to = Peer::Pod(pod(to));
+        assert_eq!(reference::allowed(&c, xa.clone(), to.clone(), proto, port), want, "reference {to}");
+        assert_eq!(datapath_allows(&c, &compiled, &xa, &to, proto, port), want, "datapath {to}");
+    }
+    for (to, proto, port) in [("y/a", TCP, 81), ("y/a", UDP, 80)] {
+        assert!(!datapath_allows(&c, &compiled, &xa, &Peer::Pod(pod(to)), proto, port));
+    }
+    // A non-pod address in the block has no named ports.
+    let ext = Peer::External(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 200)));
+    assert!(!datapath_allows(&c, &compiled, &xa, &ext, TCP, 80));
+}
+
+/// `::/0` must not match IPv4 addresses, although IPv4 sits inside it in the shared trie.
+#[test]
+fn ipv6_block_never_matches_ipv4_addresses() {
+    let (c, compiled) = lab_with(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: v6-only, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress: [{to: [{ipBlock: {cidr: "::/0"}}]}]
+"#,
+    );
+    let xa = Peer::Pod(pod("x/a"));
+    let v4 = Peer::External(IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)));
+    let v6 = Peer::External(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)));
+    assert!(!reference::allowed(&c, xa.clone(), v4.clone(), TCP, 80));
+    assert!(!datapath_allows(&c, &compiled, &xa, &v4, TCP, 80));
+    assert!(datapath_allows(&c, &compiled, &xa, &v6, TCP, 80));
+    assert!(!datapath_allows(&c, &compiled, &xa, &Peer::Pod(pod("y/b")), TCP, 80));
+}
+
+/// Traffic from the node to a pod is always allowed, even under deny-all; a pod reaching
+/// the node is policed like any address (here: denied, then allowed by an ipBlock).
+#[test]
+fn host_to_pod_is_always_allowed_and_pod_to_host_is_policed() {
+    let deny_all = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+"#;
+    let (c, compiled) = lab_with(deny_all);
+    let xa = Peer::Pod(pod("x/a"));
+    assert!(datapath_allows(&c, &compiled, &Peer::Host, &xa, TCP, 80));
+    assert!(reference::allowed(&c, Peer::Host, xa.clone(), TCP, 80));
+    assert!(!datapath_allows(&c, &compiled, &xa, &Peer::Host, TCP, 80));
+    let host_entry = compiled.ipcache[&ipcache_key(IpNet::from(IpAddr::V4(HOST)))];
+    assert_eq!(host_entry, IpcacheValue { identity: ID_HOST, cidr_identity: ID_WORLD });
+
+    let (c, compiled) = lab_with(&format!(
+        "{deny_all}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: to-node, namespace: x}}\nspec:\n  podSelector: {{}}\n  egress: [{{to: [{{ipBlock: {{cidr: 10.0.255.0/24}}}}]}}]\n"
+    ));
+    assert!(datapath_allows(&c, &compiled, &xa, &Peer::Host, TCP, 80));
+    assert!(reference::allowed(&c, xa.clone(), Peer::Host, TCP, 80));
+}
+
+/// Conformance 028: x/a may reach only y/a; y/b's ingress allows x/a, but x/a's egress
+/// does not allow y/b, so the client side denies it.
+#[test]
+fn egress_deny_at_the_client_wins_over_ingress_allow_at_the_server() {
+    let (c, compiled) = lab_with(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-to-ns-y-pod-a, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}, podSelector: {matchLabels: {pod: a}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-from-xa-on-ya-match-selector, namespace: y}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: x}}, podSelector: {matchLabels: {pod: a}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-from-xa-on-yb-match-selector, namespace: y}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: x}}, podSelector: {matchLabels: {pod: a}}}]
+"#,
+    );
+    let expected =
+        ["XXX.XXXXX", "...XX....", "...XX....", "...XX....", "...XX....", "...XX....", "...XX....", "...XX....", "...XX...."];
+    assert_matrix(&c, &compiled, TCP, 80, expected);
+}
+
+/// Only local pods are subjects; every pod is in the ipcache.
+#[test]
+fn only_local_pods_get_policy_entries_and_isolation() {
+    let mut c = lab();
+    apply(
+        &mut c,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{}]}\n",
+    );
+    let local = BTreeSet::from([pod("x/a")]);
+    let compiled = compile(&c, &local, &mut Identities::new());
+    let xa = compiled.pod_identity[&pod("x/a")];
+    assert_eq!(compiled.isolation, BTreeMap::from([(xa, EP_ISOLATED_INGRESS)]));
+    assert!(compiled.policy.keys().all(|k| k.subject() == xa));
+    assert_eq!(compiled.policy.len(), 1);
+    let only = compiled.policy.keys().next().expect("one entry");
+    assert_eq!((only.peer(), only.prefixlen), (ID_ANY, ward_common::maps::POLICY_ANY_PROTO_BITS));
+    assert_eq!(compiled.ipcache.len(), 9 + 1, "9 pods and the node");
+}
+
+/// Two rules producing the same entry: the smaller rule id wins, whatever the order.
+#[test]
+fn overlapping_rules_keep_the_smallest_rule_id() {
+    let (_, compiled) = lab_with(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{ports: [{port: 80}]}, {ports: [{port: 80}, {port: 81}]}]
+"#,
+    );
+    let rule_of = |index| {
+        compiled
+            .rules
+            .iter()
+            .find(|(_, r)| r.direction == Direction::Ingress && r.index == index)
+            .map(|(id, _)| *id)
+            .expect("rule allocated")
+    };
+    let (r0, r1) = (rule_of(0), rule_of(1));
+    assert!(r0 < r1);
+    let xa = compiled.pod_identity[&pod("x/a")];
+    let t = CompiledTables(&compiled);
+    use ward_common::lookup::Tables;
+    let at = |port| t.policy(&PolicyKey::lookup(xa, ID_ANY, Direction::Ingress, 6, port)).map(|v| v.rule_id);
+    assert_eq!(at(80), Some(r0));
+    assert_eq!(at(81), Some(r1));
+}
+
+/// Every stored key is canonical: no bits past its prefix length (the LPM emulation and
+/// the kernel's trie both rely on it).
+#[test]
+fn stored_keys_have_no_bits_past_their_prefix() {
+    let (_, compiled) = lab_with(&pa_base(BASE_INGRESS, "{protocol: TCP, port: 53, endPort: 84}"));
+    for k in compiled.ipcache.keys() {
+        assert_eq!(mask(k.addr, k.prefixlen), k.addr, "{k:?}");
+    }
+    for k in compiled.policy.keys() {
+        let port = k.port();
+        let port_bits = k.prefixlen.saturating_sub(80);
+        assert_eq!(mask(port.to_be_bytes(), port_bits), k.port_be, "{k:?}");
+        if k.prefixlen <= 72 {
+            assert_eq!((k.proto, port), (0, 0));
+        }
+    }
+}
+
+// --- diff ----------------------------------------------------------------------------------
+
+fn three_pods() -> Cluster {
+    let mut c = Cluster::new();
+    c.set_namespace("x", Labels::new());
+    for (name, app, ip) in [("p1", "a", 1), ("p2", "a", 2), ("p3", "b", 3)] {
+        let info = PodInfo { labels: labels(&[("app", app)]), ports: vec![], ips: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, ip))] };
+        c.pods.insert(PodKey::new("x", name), info);
+    }
+    apply(
+        &mut c,
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-from-a, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: a}}}], ports: [{port: 80}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-to-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {matchLabels: {app: b}}}]}]
+"#,
+    );
+    c
+}
+
+#[test]
+fn relabelling_a_pod_to_an_existing_identity_changes_one_ipcache_entry_and_no_policy_entry() {
+    let mut c = three_pods();
+    let mut ids = Identities::new();
+    let before = compile_all(&c, &mut ids);
+    if let Some(p) = c.pods.get_mut(&PodKey::new("x", "p2")) {
+        p.labels = labels(&[("app", "b")]);
+    }
+    let after = compile_all(&c, &mut ids);
+    let delta = diff(&before, &after);
+    assert_eq!(delta.ipcache_upserts.len(), 1, "{delta:#?}");
+    assert!(delta.ipcache_deletes.is_empty() && delta.policy_upserts.is_empty() && delta.policy_deletes.is_empty(), "{delta:#?}");
+    let (key, value) = delta.ipcache_upserts[0];
+    assert_eq!(key, ipcache_key("10.0.0.2/32".parse().expect("prefix")));
+    assert_eq!(value.identity, after.pod_identity[&PodKey::new("x", "p3")]);
+    // And the relabelled pod is now treated as a b: a's may reach it, it may not reach b's.
+    let (p1, p2, p3) = (Peer::Pod(PodKey::new("x", "p1")), Peer::Pod(PodKey::new("x", "p2")), Peer::Pod(PodKey::new("x", "p3")));
+    assert!(datapath_allows(&c, &after, &p1, &p2, TCP, 80));
+    assert!(!datapath_allows(&c, &after, &p2, &p3, TCP, 80));
+}
+
+#[test]
+fn editing_one_rule_touches_only_its_entries() {
+    let mut c = three_pods();
+    let mut ids = Identities::new();
+    let before = compile_all(&c, &mut ids);
+    apply(
+        &mut c,
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-from-a, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: a}}}], ports: [{port: 81}]}]
+"#,
+    );
+    let after = compile_all(&c, &mut ids);
+    let delta = diff(&before, &after);
+    let (a, b) = (after.pod_identity[&PodKey::new("x", "p1")], after.pod_identity[&PodKey::new("x", "p3")]);
+    assert!(delta.ipcache_upserts.is_empty() && delta.ipcache_deletes.is_empty());
+    assert_eq!(delta.policy_deletes, vec![PolicyKey::port_block(b, a, Direction::Ingress, 6, PortBlock { base: 80, prefix_len: 16 })]);
+    let upserted: Vec<PolicyKey> = delta.policy_upserts.iter().map(|(k, _)| *k).collect();
+    assert_eq!(upserted, vec![PolicyKey::port_block(b, a, Direction::Ingress, 6, PortBlock { base: 81, prefix_len: 16 })]);
+    let mut applied = before.clone();
+    delta.apply_to(&mut applied);
+    assert_eq!((applied.ipcache, applied.policy), (after.ipcache.clone(), after.policy.clone()));
+    assert!(diff(&after, &after).is_empty());
+}
+
+// --- identities across compiles -------------------------------------------------------------
+
+#[test]
+fn compile_is_deterministic_and_persisted_identities_give_the_same_maps() {
+    let mut c = lab();
+    apply(&mut c, &pa_base(BASE_INGRESS, "{protocol: TCP, port: 53, endPort: 84}"));
+    apply(
+        &mut c,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: cidr, namespace: y}\nspec:\n  podSelector: {}\n  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.3.0/24]}}], ports: [{port: serve-80-tcp}]}]\n",
+    );
+    let mut ids = Identities::new();
+    let first = compile_all(&c, &mut ids);
+    let saved = serde_json::to_string(&ids).expect("serialises");
+    assert_eq!(compile_all(&c, &mut ids), first, "same inputs, same maps");
+    let mut restored: Identities = serde_json::from_str(&saved).expect("deserialises");
+    assert_eq!(compile_all(&c, &mut restored), first, "a restarted agent gets the same numbers");
+    // Another agent starting from nothing gets the same numbers too (allocation in key order).
+    assert_eq!(compile_all(&c, &mut Identities::new()), first);
+}
+
+#[test]
+fn gc_keeps_live_numbers_and_frees_the_rest() {
+    let mut c = three_pods();
+    let mut ids = Identities::new();
+    let before = compile_all(&c, &mut ids);
+    let p3 = PodKey::new("x", "p3");
+    let b = before.pod_identity[&p3];
+    c.pods.remove(&p3);
+    c.policies.remove(&PolicyRef::new("x", "a-to-b"));
+    let after = compile_all(&c, &mut ids);
+    assert_eq!(ids.gc(&after.live()), 2, "identity of app=b and the rule of a-to-b");
+    assert_eq!(ids.label_key(b), None);
+    assert_eq!(compile_all(&c, &mut ids), after, "live numbers are kept");
+}
