@@ -195,3 +195,94 @@ impl fmt::Display for SideExplanation {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::compile::compile;
+    use crate::identity::Identities;
+    use crate::testkit::{apply, compile_all, lab, pod};
+
+    const POLICIES: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress:
+    - from: [{podSelector: {matchLabels: {pod: c}}}]
+    - from: [{namespaceSelector: {matchLabels: {ns: y}}}]
+      ports: [{port: 80}]
+"#;
+
+    fn setup() -> (Cluster, Compiled) {
+        let mut c = lab();
+        apply(&mut c, POLICIES);
+        let compiled = compile_all(&c, &mut Identities::new());
+        (c, compiled)
+    }
+
+    #[test]
+    fn names_the_allowing_rule_and_the_default_deny() {
+        let (c, compiled) = setup();
+        let e = explain(&c, &compiled, Peer::Pod(pod("y/a")), Peer::Pod(pod("x/b")), Protocol::Tcp, 80);
+        assert!(e.allowed());
+        assert_eq!(e.egress.why, Why::NotIsolated);
+        match &e.ingress.why {
+            Why::AllowedBy { rule_id: Some(id), rule } => {
+                assert_eq!((rule.policy.to_string(), rule.direction, rule.index), ("x/web".into(), Direction::Ingress, 1));
+                assert_eq!(compiled.rules.get(id), Some(rule));
+            }
+            other => panic!("expected a rule, got {other:?}"),
+        }
+        let text = e.to_string();
+        assert!(text.starts_with("TCP y/a -> x/b port 80: ALLOWED"), "{text}");
+        assert!(text.contains("egress at y/a: allowed: not isolated for egress"), "{text}");
+        assert!(text.contains("ingress at x/b: allowed: allowed by x/web ingress rule 1 (rule id"), "{text}");
+        assert!(text.contains("selected by x/deny-all, x/web"), "{text}");
+
+        let e = explain(&c, &compiled, Peer::Pod(pod("y/a")), Peer::Pod(pod("x/b")), Protocol::Tcp, 81);
+        assert!(!e.allowed());
+        assert_eq!(e.ingress.why, Why::DefaultDeny);
+        assert_eq!(e.ingress.to_string(), "denied: default deny: selected by x/deny-all, x/web, no rule allows");
+        assert!(!e.ingress.reference_disagrees);
+
+        let e = explain(&c, &compiled, Peer::Pod(pod("x/a")), Peer::Pod(pod("y/a")), Protocol::Udp, 53);
+        assert!(!e.allowed());
+        assert_eq!(e.egress.to_string(), "denied: default deny: selected by x/deny-all, no rule allows");
+        assert_eq!(e.ingress.why, Why::NotIsolated);
+    }
+
+    #[test]
+    fn node_and_external_ends() {
+        let (c, compiled) = setup();
+        let e = explain(&c, &compiled, Peer::Host, Peer::Pod(pod("x/a")), Protocol::Tcp, 80);
+        assert!(e.allowed());
+        assert_eq!((e.egress.why.clone(), e.ingress.why.clone()), (Why::NotAPod, Why::FromHost));
+        assert!(e.to_string().contains("ingress at x/a: allowed: from the node"), "{e}");
+        let ext = Peer::External("192.0.2.1".parse().expect("ip"));
+        let e = explain(&c, &compiled, Peer::Pod(pod("x/a")), ext, Protocol::Tcp, 443);
+        assert!(!e.allowed());
+        assert!(e.to_string().contains("ingress at 192.0.2.1: allowed: not a pod"), "{e}");
+    }
+
+    #[test]
+    fn pods_not_on_this_node_are_explained_from_the_policies() {
+        let mut c = lab();
+        apply(&mut c, POLICIES);
+        let compiled = compile(&c, &BTreeSet::from([pod("y/a")]), &mut Identities::new());
+        let e = explain(&c, &compiled, Peer::Pod(pod("x/c")), Peer::Pod(pod("x/b")), Protocol::Sctp, 7);
+        // x/c's egress is denied by deny-all even though x/b's ingress allows x/c.
+        assert!(!e.allowed());
+        assert_eq!(e.egress.why, Why::DefaultDeny);
+        let rule = RuleInfo { policy: PolicyRef::new("x", "web"), direction: Direction::Ingress, index: 0 };
+        assert_eq!(e.ingress.why, Why::AllowedBy { rule_id: None, rule });
+    }
+}

@@ -572,3 +572,207 @@ fn selector_at(ctx: &Ctx, field: &str, sel: &LabelSelector) -> Result<Selector, 
 pub fn implicit_namespace_labels(name: &str) -> Labels {
     BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), name.to_string())])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Object, parse_documents};
+
+    fn one(yaml: &str) -> Object {
+        let mut got = parse_documents(yaml, "t.yaml");
+        assert_eq!(got.len(), 1, "{got:?}");
+        got.remove(0).unwrap_or_else(|e| panic!("fixture parses: {e}"))
+    }
+
+    fn np(spec: &str) -> Result<Policy, ObjectError> {
+        let o = one(&format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: x}}\nspec: {spec}\n"
+        ));
+        match o {
+            Object::NetworkPolicy(p) => policy(&p, "t.yaml"),
+            other => panic!("not a policy: {other:?}"),
+        }
+    }
+
+    fn ok(spec: &str) -> Policy {
+        np(spec).unwrap_or_else(|e| panic!("{spec} should validate: {e}"))
+    }
+
+    /// Each invalid spec is rejected with an error naming the object and the exact field.
+    #[test]
+    fn every_policy_error_names_the_object_and_the_field() {
+        let cases = [
+            ("{podSelector: {matchExpressions: [{key: a, operator: Equals, values: [b]}]}}", "spec.podSelector.matchExpressions[0].operator"),
+            ("{podSelector: {matchExpressions: [{key: a, operator: In}]}}", "spec.podSelector.matchExpressions[0].values"),
+            ("{podSelector: {matchExpressions: [{key: a, operator: NotIn, values: []}]}}", "spec.podSelector.matchExpressions[0].values"),
+            ("{podSelector: {matchExpressions: [{key: a, operator: Exists, values: [b]}]}}", "spec.podSelector.matchExpressions[0].values"),
+            ("{podSelector: {matchExpressions: [{key: a, operator: DoesNotExist, values: [b]}]}}", "spec.podSelector.matchExpressions[0].values"),
+            ("{podSelector: {matchExpressions: [{operator: Exists}]}}", "spec.podSelector.matchExpressions[0].key"),
+            ("{podSelector: {}, ingress: [{ports: [{port: 0}]}]}", "spec.ingress[0].ports[0].port"),
+            ("{podSelector: {}, ingress: [{ports: [{port: 80}, {port: 65536}]}]}", "spec.ingress[0].ports[1].port"),
+            ("{podSelector: {}, ingress: [{ports: [{port: -1}]}]}", "spec.ingress[0].ports[0].port"),
+            ("{podSelector: {}, ingress: [{ports: [{port: Http}]}]}", "spec.ingress[0].ports[0].port"),
+            ("{podSelector: {}, ingress: [{ports: [{port: '80'}]}]}", "spec.ingress[0].ports[0].port"),
+            ("{podSelector: {}, ingress: [{ports: [{port: a--b}]}]}", "spec.ingress[0].ports[0].port"),
+            ("{podSelector: {}, ingress: [{ports: [{port: -ab}]}]}", "spec.ingress[0].ports[0].port"),
+            ("{podSelector: {}, ingress: [{ports: [{port: ab-}]}]}", "spec.ingress[0].ports[0].port"),
+            ("{podSelector: {}, ingress: [{ports: [{port: abcdefghijklmnop}]}]}", "spec.ingress[0].ports[0].port"),
+            ("{podSelector: {}, ingress: [{ports: [{port: a_b}]}]}", "spec.ingress[0].ports[0].port"),
+            ("{podSelector: {}, ingress: [{ports: [{endPort: 90}]}]}", "spec.ingress[0].ports[0].endPort"),
+            ("{podSelector: {}, ingress: [{ports: [{port: 90, endPort: 80}]}]}", "spec.ingress[0].ports[0].endPort"),
+            ("{podSelector: {}, ingress: [{ports: [{port: 90, endPort: 65536}]}]}", "spec.ingress[0].ports[0].endPort"),
+            ("{podSelector: {}, ingress: [{ports: [{port: http, endPort: 90}]}]}", "spec.ingress[0].ports[0].endPort"),
+            ("{podSelector: {}, ingress: [{ports: [{port: 80, protocol: tcp}]}]}", "spec.ingress[0].ports[0].protocol"),
+            ("{podSelector: {}, egress: [{}, {ports: [{protocol: ICMP}]}]}", "spec.egress[1].ports[0].protocol"),
+            ("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}", "spec.egress[0].to[0].ipBlock.cidr"),
+            ("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.1}}]}]}", "spec.egress[0].to[0].ipBlock.cidr"),
+            ("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]}", "spec.egress[0].to[0].ipBlock.except[0]"),
+            ("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/24, 10.0.0.0/8]}}]}]}", "spec.egress[0].to[0].ipBlock.except[1]"),
+            ("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/4]}}]}]}", "spec.egress[0].to[0].ipBlock.except[0]"),
+            ("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: ['fd00::/64']}}]}]}", "spec.egress[0].to[0].ipBlock.except[0]"),
+            ("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [bogus]}}]}]}", "spec.egress[0].to[0].ipBlock.except[0]"),
+            ("{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]}", "spec.ingress[0].from[0]"),
+            ("{podSelector: {}, ingress: [{from: [{podSelector: {}}, {ipBlock: {cidr: 10.0.0.0/8}, namespaceSelector: {}}]}]}", "spec.ingress[0].from[1]"),
+            ("{podSelector: {}, ingress: [{from: [{}]}]}", "spec.ingress[0].from[0]"),
+            ("{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: k, operator: In}]}}]}]}", "spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].values"),
+            ("{podSelector: {}, egress: [{to: [{podSelector: {matchExpressions: [{key: k, operator: Foo}]}}]}]}", "spec.egress[0].to[0].podSelector.matchExpressions[0].operator"),
+            ("{podSelector: {}, policyTypes: [Ingress, egress]}", "spec.policyTypes[1]"),
+        ];
+        for (spec, field) in cases {
+            let e = np(spec).expect_err(spec);
+            assert_eq!(e.object, "NetworkPolicy x/p", "{spec}");
+            assert_eq!(e.field, field, "{spec}: {e}");
+            assert_eq!(e.file, "t.yaml");
+            let shown = e.to_string();
+            assert!(shown.starts_with(&format!("t.yaml: NetworkPolicy x/p: {field}: ")), "{shown}");
+        }
+    }
+
+    #[test]
+    fn missing_name_or_namespace_is_an_error() {
+        let o = one("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: x}\nspec: {}\n");
+        let Object::NetworkPolicy(p) = o else { panic!("policy") };
+        let e = policy(&p, "f").expect_err("no name");
+        assert_eq!((e.object.as_str(), e.field.as_str()), ("NetworkPolicy x/<unnamed>", "metadata.name"));
+        let o = one("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {}\n");
+        let Object::NetworkPolicy(p) = o else { panic!("policy") };
+        let e = policy(&p, "f").expect_err("no namespace");
+        assert_eq!((e.object.as_str(), e.field.as_str()), ("NetworkPolicy p", "metadata.namespace"));
+        let o = one("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n");
+        let Object::Pod(p) = o else { panic!("pod") };
+        assert_eq!(pod(&p, "f").expect_err("no namespace").field, "metadata.namespace");
+        let o = one("apiVersion: v1\nkind: Namespace\nmetadata: {labels: {a: b}}\n");
+        let Object::Namespace(n) = o else { panic!("namespace") };
+        assert_eq!(namespace(&n, "f").expect_err("no name").field, "metadata.name");
+    }
+
+    #[test]
+    fn policy_types_default_like_the_api_server() {
+        // No policyTypes, no egress: ingress only, and no ingress rules means deny all.
+        let p = ok("{podSelector: {}}");
+        assert_eq!((p.ingress, p.egress), (Some(vec![]), None));
+        // Egress rules make it an egress policy too.
+        let p = ok("{podSelector: {}, egress: [{}]}");
+        assert_eq!((p.ingress, p.egress), (Some(vec![]), Some(vec![Rule { peers: None, ports: None }])));
+        // ... but an empty egress list does not.
+        let p = ok("{podSelector: {}, egress: []}");
+        assert_eq!(p.egress, None);
+        // `policyTypes: []` is the same as omitting it.
+        let p = ok("{podSelector: {}, policyTypes: [], egress: [{}]}");
+        assert!(p.ingress.is_some() && p.egress.is_some());
+        // Explicit types win: rules of a missing type are ignored.
+        let p = ok("{podSelector: {}, policyTypes: [Egress], ingress: [{}]}");
+        assert_eq!((p.ingress, p.egress), (None, Some(vec![])));
+        let p = ok("{podSelector: {}, policyTypes: [Ingress], egress: [{}]}");
+        assert_eq!((p.ingress, p.egress), (Some(vec![]), None));
+    }
+
+    #[test]
+    fn empty_lists_mean_everything_and_protocol_defaults_to_tcp() {
+        let p = ok("{podSelector: {}, ingress: [{from: [], ports: []}, {ports: [{port: 80}, {protocol: UDP}]}]}");
+        let rules = p.ingress.expect("ingress policy");
+        assert_eq!(rules[0], Rule { peers: None, ports: None });
+        assert_eq!(
+            rules[1].ports,
+            Some(vec![
+                PortSpec { protocol: Protocol::Tcp, port: PortRef::Number(80), end_port: None },
+                PortSpec { protocol: Protocol::Udp, port: PortRef::Any, end_port: None },
+            ])
+        );
+    }
+
+    #[test]
+    fn cidrs_are_masked_and_ipv4_mapped_prefixes_become_ipv4() {
+        let p = ok("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.1.2.3/4, except: [10.1.2.3/16]}}, {ipBlock: {cidr: '::ffff:10.0.0.0/104'}}]}]}");
+        let peers = p.egress.expect("egress")[0].peers.clone().expect("peers");
+        assert_eq!(
+            peers[0],
+            Peer::IpBlock { cidr: "0.0.0.0/4".parse().expect("net"), except: vec!["10.1.0.0/16".parse().expect("net")] }
+        );
+        assert_eq!(peers[1], Peer::IpBlock { cidr: "10.0.0.0/8".parse().expect("net"), except: vec![] });
+        assert!(peers[0].block_contains("10.2.0.1".parse().expect("ip")));
+        assert!(!peers[0].block_contains("10.1.0.1".parse().expect("ip")));
+        assert!(peers[1].block_contains("::ffff:10.9.9.9".parse().expect("ip")), "mapped addresses are IPv4");
+    }
+
+    #[test]
+    fn valid_port_names_pass() {
+        for name in ["http", "serve-80-tcp", "a", "h2c", "abcdefghijklmno", "1a"] {
+            assert!(is_port_name(name), "{name}");
+        }
+        for name in ["", "80", "Http", "a--b", "-a", "a-", "abcdefghijklmnop", "a.b"] {
+            assert!(!is_port_name(name), "{name}");
+        }
+    }
+
+    fn pod_of(yaml: &str) -> Result<(PodKey, PodInfo), ObjectError> {
+        let Object::Pod(p) = one(&format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: a, namespace: x, labels: {{app: web}}}}\n{yaml}")) else {
+            panic!("pod")
+        };
+        pod(&p, "t.yaml")
+    }
+
+    #[test]
+    fn pods_keep_named_ports_and_canonical_addresses() {
+        let (key, info) = pod_of(
+            "spec:\n  containers:\n  - {name: c1, ports: [{name: http, containerPort: 8080}, {containerPort: 9090}]}\n  - {name: c2, ports: [{name: dns, containerPort: 53, protocol: UDP}]}\nstatus: {podIP: 10.0.0.5, podIPs: [{ip: 10.0.0.5}, {ip: 'fd00::5'}]}\n",
+        )
+        .expect("valid pod");
+        assert_eq!(key, PodKey::new("x", "a"));
+        assert_eq!(
+            info.ports,
+            vec![
+                NamedPort { name: "dns".into(), protocol: Protocol::Udp, port: 53 },
+                NamedPort { name: "http".into(), protocol: Protocol::Tcp, port: 8080 },
+            ]
+        );
+        let want: Vec<IpAddr> = vec!["10.0.0.5".parse().expect("ip"), "fd00::5".parse().expect("ip")];
+        assert_eq!(info.ips, want);
+        assert_eq!(info.labels["app"], "web");
+    }
+
+    #[test]
+    fn finished_and_host_network_pods_have_no_pod_addresses() {
+        let (_, info) = pod_of("status: {phase: Succeeded, podIP: 10.0.0.5}\n").expect("valid");
+        assert!(info.ips.is_empty());
+        let (_, info) = pod_of("spec: {hostNetwork: true}\nstatus: {podIP: 192.168.0.10}\n").expect("valid");
+        assert!(info.ips.is_empty());
+    }
+
+    #[test]
+    fn every_pod_error_names_the_field() {
+        let cases = [
+            ("spec: {containers: [{name: c, ports: [{name: http, containerPort: 80}]}, {name: d, ports: [{name: http, containerPort: 81}]}]}\n", "spec.containers[1].ports[0].name"),
+            ("spec: {containers: [{name: c, ports: [{containerPort: 0}]}]}\n", "spec.containers[0].ports[0].containerPort"),
+            ("spec: {containers: [{name: c, ports: [{containerPort: 70000}]}]}\n", "spec.containers[0].ports[0].containerPort"),
+            ("spec: {containers: [{name: c, ports: [{containerPort: 80, name: HTTP}]}]}\n", "spec.containers[0].ports[0].name"),
+            ("spec: {containers: [{name: c, ports: [{containerPort: 80, protocol: ICMP}]}]}\n", "spec.containers[0].ports[0].protocol"),
+            ("status: {podIP: 10.0.0.300}\n", "status.podIP"),
+            ("status: {podIPs: [{ip: 10.0.0.1}, {ip: nope}]}\n", "status.podIPs[1].ip"),
+        ];
+        for (yaml, field) in cases {
+            let e = pod_of(yaml).expect_err(yaml);
+            assert_eq!((e.object.as_str(), e.field.as_str()), ("Pod x/a", field), "{yaml}: {e}");
+        }
+    }
+}
