@@ -14,10 +14,7 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("agent socket {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("agent socket {path}: closed without answering")]
     NoAnswer { path: PathBuf },
     #[error("agent socket {path}: unreadable answer {answer:?}: {source}")]
@@ -70,11 +67,7 @@ pub fn file_hash(bytes: &[u8]) -> String {
 }
 
 /// Sends one request line and reads one answer line.
-pub fn call(
-    socket: &Path,
-    request: &serde_json::Value,
-    timeout: Duration,
-) -> Result<serde_json::Value, AgentError> {
+pub fn call(socket: &Path, request: &serde_json::Value, timeout: Duration) -> Result<serde_json::Value, AgentError> {
     let io = |source| AgentError::Io {
         path: socket.to_owned(),
         source,
@@ -110,12 +103,11 @@ fn parse_status(socket: &Path, raw: serde_json::Value) -> Result<Status, AgentEr
             answer: raw.to_string(),
         });
     }
-    let mut status: Status =
-        serde_json::from_value(raw.clone()).map_err(|source| AgentError::Decode {
-            path: socket.to_owned(),
-            answer: raw.to_string(),
-            source,
-        })?;
+    let mut status: Status = serde_json::from_value(raw.clone()).map_err(|source| AgentError::Decode {
+        path: socket.to_owned(),
+        answer: raw.to_string(),
+        source,
+    })?;
     status.raw = raw;
     Ok(status)
 }
@@ -133,10 +125,7 @@ mod tests {
         });
         let s = parse_status(Path::new("/s"), raw).unwrap();
         assert_eq!(s.applied_files["ns_x.yaml"], file_hash(b"a"));
-        assert_eq!(
-            s.rejected[0].to_string(),
-            "p.yaml: NetworkPolicy x/p field spec: bad"
-        );
+        assert_eq!(s.rejected[0].to_string(), "p.yaml: NetworkPolicy x/p field spec: bad");
     }
 
     #[test]

@@ -4,9 +4,7 @@
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "{binary} not found at {path}; run `cargo xtask build` or point WARD_BIN_DIR at the binaries"
-)]
+#[error("{binary} not found at {path}; run `cargo xtask build` or point WARD_BIN_DIR at the binaries")]
 pub struct MissingBinary {
     pub binary: &'static str,
     pub path: PathBuf,

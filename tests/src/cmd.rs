@@ -14,10 +14,7 @@ const POLL_EVERY: Duration = Duration::from_millis(5);
 #[derive(Debug, thiserror::Error)]
 pub enum CmdError {
     #[error("cannot start `{command}`: {source}")]
-    Spawn {
-        command: String,
-        source: std::io::Error,
-    },
+    Spawn { command: String, source: std::io::Error },
     #[error("`{command}` failed ({status}): {stderr}")]
     Failed {
         command: String,
@@ -28,10 +25,7 @@ pub enum CmdError {
     #[error("`{command}` did not finish within {after:?}; killed")]
     Timeout { command: String, after: Duration },
     #[error("waiting for `{command}`: {source}")]
-    Wait {
-        command: String,
-        source: std::io::Error,
-    },
+    Wait { command: String, source: std::io::Error },
 }
 
 /// What a finished command printed.
@@ -53,19 +47,11 @@ pub(crate) fn describe(cmd: &Command) -> String {
 
 /// Runs `cmd` to completion (feeding `stdin` if given), killing it after `timeout`.
 /// A non-zero exit is not an error here; see [`run_ok`].
-pub(crate) fn run(
-    mut cmd: Command,
-    stdin: Option<&[u8]>,
-    timeout: Duration,
-) -> Result<Output, CmdError> {
+pub(crate) fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output, CmdError> {
     let command = describe(&cmd);
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|source| CmdError::Spawn {
         command: command.clone(),
         source,
@@ -75,14 +61,8 @@ pub(crate) fn run(
         // output explain that better than EPIPE would.
         let _ = pipe.write_all(bytes);
     }
-    let out = child
-        .stdout
-        .take()
-        .map(|p| thread::spawn(move || read_all(p)));
-    let err = child
-        .stderr
-        .take()
-        .map(|p| thread::spawn(move || read_all(p)));
+    let out = child.stdout.take().map(|p| thread::spawn(move || read_all(p)));
+    let err = child.stderr.take().map(|p| thread::spawn(move || read_all(p)));
     let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
@@ -99,8 +79,7 @@ pub(crate) fn run(
             Err(source) => return Err(CmdError::Wait { command, source }),
         }
     };
-    let join =
-        |h: Option<thread::JoinHandle<String>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
+    let join = |h: Option<thread::JoinHandle<String>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
     Ok(Output {
         status,
         stdout: join(out),
@@ -109,11 +88,7 @@ pub(crate) fn run(
 }
 
 /// Runs `cmd` and requires exit status 0; returns its stdout.
-pub(crate) fn run_ok(
-    cmd: Command,
-    stdin: Option<&[u8]>,
-    timeout: Duration,
-) -> Result<String, CmdError> {
+pub(crate) fn run_ok(cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<String, CmdError> {
     let command = describe(&cmd);
     let out = run(cmd, stdin, timeout)?;
     if out.status.success() {

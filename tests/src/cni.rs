@@ -92,12 +92,7 @@ struct ErrorObject {
 }
 
 /// The network configuration Ward's plugin takes.
-pub fn netconf(
-    agent_socket: &Path,
-    pod_cidrs: &[IpNet],
-    data_dir: &Path,
-    mtu: u32,
-) -> serde_json::Value {
+pub fn netconf(agent_socket: &Path, pod_cidrs: &[IpNet], data_dir: &Path, mtu: u32) -> serde_json::Value {
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "ward",
@@ -133,18 +128,14 @@ impl CniPlugin {
             .env("CNI_PATH", self.binary.parent().unwrap_or(Path::new("/")))
             .env(
                 "CNI_ARGS",
-                format!(
-                    "K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
-                    a.pod_namespace, a.pod_name
-                ),
+                format!("K8S_POD_NAMESPACE={};K8S_POD_NAME={}", a.pod_namespace, a.pod_name),
             );
         let stdin = self.netconf.to_string();
-        let out =
-            cmd::run(cmd, Some(stdin.as_bytes()), CNI_TIMEOUT).map_err(|source| CniError::Run {
-                command,
-                pod: pod.clone(),
-                source,
-            })?;
+        let out = cmd::run(cmd, Some(stdin.as_bytes()), CNI_TIMEOUT).map_err(|source| CniError::Run {
+            command,
+            pod: pod.clone(),
+            source,
+        })?;
         if out.status.success() {
             return Ok(out.stdout);
         }
@@ -207,10 +198,7 @@ mod tests {
         let r = parse_add("x/a", out).unwrap();
         assert_eq!(
             r.ips,
-            vec![
-                "10.1.0.5".parse::<IpAddr>().unwrap(),
-                "fd77:0:0:1::5".parse().unwrap()
-            ]
+            vec!["10.1.0.5".parse::<IpAddr>().unwrap(), "fd77:0:0:1::5".parse().unwrap()]
         );
     }
 
@@ -220,18 +208,12 @@ mod tests {
             parse_add("x/a", r#"{"cniVersion":"1.0.0"}"#),
             Err(CniError::NoAddress { .. })
         ));
-        assert!(matches!(
-            parse_add("x/a", "garbage"),
-            Err(CniError::Output { .. })
-        ));
+        assert!(matches!(parse_add("x/a", "garbage"), Err(CniError::Output { .. })));
     }
 
     #[test]
     fn netconf_carries_the_socket_cidrs_and_data_dir() {
-        let cidrs: Vec<IpNet> = vec![
-            "10.1.0.0/16".parse().unwrap(),
-            "fd77:0:0:1::/64".parse().unwrap(),
-        ];
+        let cidrs: Vec<IpNet> = vec!["10.1.0.0/16".parse().unwrap(), "fd77:0:0:1::/64".parse().unwrap()];
         let c = netconf(Path::new("/s.sock"), &cidrs, Path::new("/d"), 1500);
         assert_eq!(c["type"], "ward-cni");
         assert_eq!(c["agentSocket"], "/s.sock");

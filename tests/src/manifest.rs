@@ -122,11 +122,7 @@ pub fn parse_app(yaml: &str) -> Result<(Vec<NamespaceSpec>, Vec<PodSpec>), Manif
         if v.is_null() {
             continue;
         }
-        let kind = v
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+        let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
         let meta = v.get("metadata");
         let name = meta
             .and_then(|m| m.get("name"))
@@ -173,19 +169,14 @@ pub fn parse_app(yaml: &str) -> Result<(Vec<NamespaceSpec>, Vec<PodSpec>), Manif
                             .get("containerPort")
                             .and_then(Value::as_u64)
                             .and_then(|n| u16::try_from(n).ok())
-                            .ok_or_else(|| {
-                                invalid("a container port without a valid containerPort".into())
-                            })?;
-                        let protocol =
-                            match p.get("protocol").and_then(Value::as_str).unwrap_or("TCP") {
-                                "TCP" => Protocol::Tcp,
-                                "UDP" => Protocol::Udp,
-                                other => {
-                                    return Err(invalid(format!(
-                                        "the lab cannot serve protocol {other}"
-                                    )));
-                                }
-                            };
+                            .ok_or_else(|| invalid("a container port without a valid containerPort".into()))?;
+                        let protocol = match p.get("protocol").and_then(Value::as_str).unwrap_or("TCP") {
+                            "TCP" => Protocol::Tcp,
+                            "UDP" => Protocol::Udp,
+                            other => {
+                                return Err(invalid(format!("the lab cannot serve protocol {other}")));
+                            }
+                        };
                         let name = p.get("name").and_then(Value::as_str);
                         serves.push(Serve::new(port, protocol, name));
                     }
@@ -228,9 +219,7 @@ mod tests {
 
     #[test]
     fn namespace_yaml_adds_the_metadata_name_label() {
-        let v: Value =
-            serde_yaml::from_str(&namespace_yaml("y", &[("ns".into(), "y".into())].into()))
-                .unwrap();
+        let v: Value = serde_yaml::from_str(&namespace_yaml("y", &[("ns".into(), "y".into())].into())).unwrap();
         assert_eq!(v["metadata"]["labels"][NAMESPACE_NAME_LABEL], "y");
         assert_eq!(v["metadata"]["labels"]["ns"], "y");
     }
@@ -275,8 +264,7 @@ spec: {podSelector: {}}
 
     #[test]
     fn object_id_names_the_missing_field() {
-        let v: Value =
-            serde_yaml::from_str("{apiVersion: v1, kind: X, metadata: {name: n}}").unwrap();
+        let v: Value = serde_yaml::from_str("{apiVersion: v1, kind: X, metadata: {name: n}}").unwrap();
         let e = object_id(3, &v).unwrap_err();
         assert_eq!(
             e.to_string(),

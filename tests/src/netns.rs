@@ -176,10 +176,7 @@ mod tests {
         let a = unique_name("x");
         let b = unique_name("x");
         assert_ne!(a, b);
-        assert!(
-            a.starts_with(&format!("ward-{}-", std::process::id())),
-            "{a}"
-        );
+        assert!(a.starts_with(&format!("ward-{}-", std::process::id())), "{a}");
         assert!(a.ends_with("-x"), "{a}");
     }
 }

@@ -42,8 +42,9 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Lines of the agent's log shown in errors and on failure.
 const LOG_TAIL_LINES: usize = 60;
-/// The dummy interface holding the node's own addresses.
-const HOST_IFACE: &str = "lab0";
+/// Where the node's own addresses live: its loopback (this kernel has no dummy driver, and
+/// an address on `lo` is as much the node's own as one on a dummy).
+const HOST_IFACE: &str = "lo";
 /// The interface name inside each pod.
 const POD_IFNAME: &str = "eth0";
 
@@ -89,9 +90,7 @@ pub enum NodeError {
         last_error: String,
         log_tail: String,
     },
-    #[error(
-        "node {node}: the agent did not apply the manifests within {after:?}: {diff}; its log ends:\n{log_tail}"
-    )]
+    #[error("node {node}: the agent did not apply the manifests within {after:?}: {diff}; its log ends:\n{log_tail}")]
     SyncTimeout {
         node: String,
         after: Duration,
@@ -154,10 +153,7 @@ impl NodeConfig {
         let k = self.index;
         vec![
             IpNet::V4(Ipv4Net::new(Ipv4Addr::new(10, k, 0, 0), 16).unwrap_or_default()),
-            IpNet::V6(
-                Ipv6Net::new(Ipv6Addr::new(0xfd77, 0, 0, k.into(), 0, 0, 0, 0), 64)
-                    .unwrap_or_default(),
-            ),
+            IpNet::V6(Ipv6Net::new(Ipv6Addr::new(0xfd77, 0, 0, k.into(), 0, 0, 0, 0), 64).unwrap_or_default()),
         ]
     }
 
@@ -242,8 +238,7 @@ impl Node {
             None => Binaries::locate()?,
         };
         ensure_bpffs(&name, &config.bpffs)?;
-        let dir = LabDir::create("lab")
-            .map_err(|source| io_err(&name, "creating the lab directory", source))?;
+        let dir = LabDir::create("lab").map_err(|source| io_err(&name, "creating the lab directory", source))?;
         for sub in ["manifests", "state", "ipam", "staging"] {
             fs::create_dir(dir.path().join(sub))
                 .map_err(|source| io_err(&name, &format!("creating {sub}/"), source))?;
@@ -251,7 +246,6 @@ impl Node {
         let netns = NetNs::create(format!("{name}-node"))?;
         netns.sysctl("net/ipv4/ip_forward", "1")?;
         netns.sysctl("net/ipv6/conf/all/forwarding", "1")?;
-        netns.ip(&["link", "add", HOST_IFACE, "type", "dummy"])?;
         for addr in config.host_addrs() {
             let cidr = match addr {
                 IpAddr::V4(a) => format!("{a}/32"),
@@ -263,18 +257,12 @@ impl Node {
             }
             netns.ip(&args)?;
         }
-        netns.ip(&["link", "set", HOST_IFACE, "up"])?;
 
         let socket = dir.path().join("agent.sock");
         let cni = CniPlugin {
             binary: bins.cni.clone(),
             node_netns: netns.name().to_owned(),
-            netconf: cni::netconf(
-                &socket,
-                &config.pod_cidrs(),
-                &dir.path().join("ipam"),
-                config.mtu,
-            ),
+            netconf: cni::netconf(&socket, &config.pod_cidrs(), &dir.path().join("ipam"), config.mtu),
         };
         let mut node = Node {
             name,
@@ -449,11 +437,7 @@ impl Node {
         self.sync()
     }
 
-    fn signal_agent(
-        &mut self,
-        signal: Signal,
-        grace: Duration,
-    ) -> Result<Option<ExitStatus>, NodeError> {
+    fn signal_agent(&mut self, signal: Signal, grace: Duration) -> Result<Option<ExitStatus>, NodeError> {
         let Some(mut child) = self.agent.take() else {
             return Ok(None);
         };
@@ -514,12 +498,10 @@ impl Node {
     /// [`Node::sync`] afterwards to wait until it is enforced.
     pub fn write_manifest(&mut self, file: &str, content: &str) -> Result<(), NodeError> {
         let staging = self.dir.path().join("staging").join(file);
-        fs::write(&staging, content)
-            .map_err(|source| io_err(&self.name, &format!("writing {file}"), source))?;
+        fs::write(&staging, content).map_err(|source| io_err(&self.name, &format!("writing {file}"), source))?;
         fs::rename(&staging, self.manifests_dir().join(file))
             .map_err(|source| io_err(&self.name, &format!("moving {file} into place"), source))?;
-        self.written
-            .insert(file.to_owned(), file_hash(content.as_bytes()));
+        self.written.insert(file.to_owned(), file_hash(content.as_bytes()));
         Ok(())
     }
 
@@ -587,32 +569,23 @@ impl Node {
     /// Creates or replaces a namespace with exactly these labels (plus the implied
     /// `kubernetes.io/metadata.name`) and waits for sync.
     pub fn set_namespace(&mut self, name: &str, labels: &Labels) -> Result<(), NodeError> {
-        self.write_manifest(
-            &manifest::namespace_file(name),
-            &manifest::namespace_yaml(name, labels),
-        )?;
+        self.write_manifest(&manifest::namespace_file(name), &manifest::namespace_yaml(name, labels))?;
         self.namespaces.insert(name.to_owned(), labels.clone());
         self.sync()
     }
 
     /// Merges `labels` into a namespace's labels and waits for sync.
-    pub fn update_namespace_labels(
-        &mut self,
-        name: &str,
-        labels: &Labels,
-    ) -> Result<(), NodeError> {
+    pub fn update_namespace_labels(&mut self, name: &str, labels: &Labels) -> Result<(), NodeError> {
         let mut merged = self.namespace_labels(name)?.clone();
         merged.extend(labels.clone());
         self.set_namespace(name, &merged)
     }
 
     pub fn namespace_labels(&self, name: &str) -> Result<&Labels, NodeError> {
-        self.namespaces
-            .get(name)
-            .ok_or_else(|| NodeError::NoSuchNamespace {
-                node: self.name.clone(),
-                namespace: name.to_owned(),
-            })
+        self.namespaces.get(name).ok_or_else(|| NodeError::NoSuchNamespace {
+            node: self.name.clone(),
+            namespace: name.to_owned(),
+        })
     }
 
     pub fn namespaces(&self) -> &BTreeMap<String, Labels> {
@@ -645,12 +618,7 @@ impl Node {
     }
 
     /// Deletes one object applied earlier (no-op if it does not exist) and waits for sync.
-    pub fn delete_object(
-        &mut self,
-        kind: &str,
-        namespace: &str,
-        name: &str,
-    ) -> Result<(), NodeError> {
+    pub fn delete_object(&mut self, kind: &str, namespace: &str, name: &str) -> Result<(), NodeError> {
         self.remove_manifest(&manifest::object_file(kind, namespace, name))?;
         self.sync()
     }
@@ -725,12 +693,7 @@ impl Node {
         let container_id = unique_name("ctr");
         let attachment = self.attachment(spec, &container_id, netns.path());
         let added = self.cni.add(&attachment)?;
-        let servers = Servers::start(
-            netns.name(),
-            netns.path().to_owned(),
-            &spec.name,
-            &spec.serves,
-        );
+        let servers = Servers::start(netns.name(), netns.path().to_owned(), &spec.name, &spec.serves);
         let servers = match servers {
             Ok(s) => s,
             Err(e) => {
@@ -839,9 +802,7 @@ impl Node {
         protocol: Protocol,
         family: Family,
     ) -> Result<Outcome, NodeError> {
-        Ok(probe::probe(
-            &self.probe_spec(from, to, port, protocol, family)?,
-        ))
+        Ok(probe::probe(&self.probe_spec(from, to, port, protocol, family)?))
     }
 
     // ---- keeping a lab for inspection ----
@@ -850,7 +811,7 @@ impl Node {
     /// running, each pod's servers are replaced by `socat` processes, and a script that
     /// removes everything is written. Returns the script's path.
     pub fn keep(mut self) -> Result<PathBuf, NodeError> {
-        let mut script = String::from("#!/bin/sh\n# Removes a kept ward lab node.\n");
+        let mut script = String::new();
         let mut pids = Vec::new();
         for pod in self.pods.values_mut() {
             if let Some(s) = pod.servers.take() {
@@ -874,9 +835,7 @@ impl Node {
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
-                    .map_err(|source| {
-                        io_err(&self.name, "starting socat (is it installed?)", source)
-                    })?;
+                    .map_err(|source| io_err(&self.name, "starting socat (is it installed?)", source))?;
                 pids.push(child.id());
             }
             pod.netns.keep();
@@ -887,15 +846,18 @@ impl Node {
         }
         let pid_list: Vec<String> = pids.iter().map(u32::to_string).collect();
         script.insert_str(
-            script.find('\n').map_or(0, |i| i + 1),
-            &format!("kill {} 2>/dev/null\nsleep 1\n", pid_list.join(" ")),
+            0,
+            &format!(
+                "#!/bin/sh\n# Removes the kept ward lab node {}.\nkill {} 2>/dev/null\nsleep 1\n",
+                self.name,
+                pid_list.join(" ")
+            ),
         );
         let _ = writeln!(script, "ip netns del {}", self.netns.name());
         let _ = writeln!(script, "rm -rf '{}'", self.pin_dir().display());
         let _ = writeln!(script, "rm -rf '{}'", self.dir.path().display());
         let path = self.dir.path().join("cleanup.sh");
-        fs::write(&path, script)
-            .map_err(|source| io_err(&self.name, "writing cleanup.sh", source))?;
+        fs::write(&path, script).map_err(|source| io_err(&self.name, "writing cleanup.sh", source))?;
         self.keep = true;
         self.netns.keep();
         self.dir.keep();
@@ -925,10 +887,7 @@ impl Drop for Node {
             Err(e) => eprintln!("ward-lab: cleanup: removing {}: {e}", pins.display()),
         }
         // Parents only if no other node uses them (rmdir fails on a non-empty directory).
-        for parent in [
-            self.config.bpffs.join("ward/v1"),
-            self.config.bpffs.join("ward"),
-        ] {
+        for parent in [self.config.bpffs.join("ward/v1"), self.config.bpffs.join("ward")] {
             let _ = fs::remove_dir(parent);
         }
     }
@@ -944,8 +903,7 @@ fn io_err(node: &str, what: &str, source: std::io::Error) -> NodeError {
 
 /// Mounts bpffs at `path` unless a bpf filesystem is mounted there already.
 pub fn ensure_bpffs(node: &str, path: &Path) -> Result<(), NodeError> {
-    let mounts = fs::read_to_string("/proc/mounts")
-        .map_err(|source| io_err(node, "reading /proc/mounts", source))?;
+    let mounts = fs::read_to_string("/proc/mounts").map_err(|source| io_err(node, "reading /proc/mounts", source))?;
     let target = path.to_string_lossy();
     if mounts.lines().any(|l| {
         let mut f = l.split_whitespace();
@@ -953,8 +911,7 @@ pub fn ensure_bpffs(node: &str, path: &Path) -> Result<(), NodeError> {
     }) {
         return Ok(());
     }
-    fs::create_dir_all(path)
-        .map_err(|source| io_err(node, "creating the bpffs mount point", source))?;
+    fs::create_dir_all(path).map_err(|source| io_err(node, "creating the bpffs mount point", source))?;
     nix::mount::mount(
         Some("bpf"),
         path,
@@ -975,17 +932,11 @@ fn sync_diff(written: &BTreeMap<String, String>, status: &Status) -> String {
     for (file, hash) in written {
         match status.applied_files.get(file) {
             None => parts.push(format!("{file} not applied")),
-            Some(h) if h != hash => parts.push(format!(
-                "{file} applied at an older content ({h}, wrote {hash})"
-            )),
+            Some(h) if h != hash => parts.push(format!("{file} applied at an older content ({h}, wrote {hash})")),
             Some(_) => {}
         }
     }
-    for file in status
-        .applied_files
-        .keys()
-        .filter(|f| !written.contains_key(*f))
-    {
+    for file in status.applied_files.keys().filter(|f| !written.contains_key(*f)) {
         parts.push(format!("{file} still applied though the lab removed it"));
     }
     for r in &status.rejected {
@@ -1011,10 +962,7 @@ mod tests {
         let uplink: IpNet = "fd00::/64".parse().unwrap();
         assert!(!uplink.contains(&cidrs[1]));
         for a in c.host_addrs() {
-            assert!(
-                !cidrs.iter().any(|n| n.contains(&a)),
-                "{a} inside a pod CIDR"
-            );
+            assert!(!cidrs.iter().any(|n| n.contains(&a)), "{a} inside a pod CIDR");
         }
     }
 

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn6, bind, listen, setsockopt, socket,
-    sockopt,
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn6, bind, listen, setsockopt, socket, sockopt,
 };
 
 use crate::netns::{self, NetnsError};
@@ -59,12 +58,7 @@ pub struct Servers {
 impl Servers {
     /// Starts one server per entry of `serves` inside the namespace at `netns_path`, each
     /// answering with `hostname`. Returns once every socket listens.
-    pub fn start(
-        netns_name: &str,
-        netns_path: PathBuf,
-        hostname: &str,
-        serves: &[Serve],
-    ) -> Result<Self, ServeError> {
+    pub fn start(netns_name: &str, netns_path: PathBuf, hostname: &str, serves: &[Serve]) -> Result<Self, ServeError> {
         let mut servers = Servers {
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),

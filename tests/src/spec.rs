@@ -138,9 +138,7 @@ impl FromStr for PodRef {
     type Err = BadPodRef;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once('/') {
-            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-                Ok(PodRef::new(ns, name))
-            }
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok(PodRef::new(ns, name)),
             _ => Err(BadPodRef(s.to_owned())),
         }
     }
@@ -168,8 +166,7 @@ mod tests {
 
     #[test]
     fn serves_reject_unknown_keys_and_protocols_by_name() {
-        let e =
-            serde_yaml::from_str::<Serve>("{port: 8080, protocol: TCP, http: true}").unwrap_err();
+        let e = serde_yaml::from_str::<Serve>("{port: 8080, protocol: TCP, http: true}").unwrap_err();
         assert!(e.to_string().contains("http"), "{e}");
         let e = serde_yaml::from_str::<Serve>("{port: 80, protocol: SCTP}").unwrap_err();
         assert!(e.to_string().contains("SCTP"), "{e}");

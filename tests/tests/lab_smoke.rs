@@ -57,12 +57,8 @@ fn pair() -> Pair {
 }
 
 fn serve_all(p: &Pair, name: &str) -> Servers {
-    let serves = [
-        Serve::new(80, Protocol::Tcp, None),
-        Serve::new(80, Protocol::Udp, None),
-    ];
-    Servers::start(p.server.name(), p.server.path().to_owned(), name, &serves)
-        .expect("servers start")
+    let serves = [Serve::new(80, Protocol::Tcp, None), Serve::new(80, Protocol::Udp, None)];
+    Servers::start(p.server.name(), p.server.path().to_owned(), name, &serves).expect("servers start")
 }
 
 fn probe_from(ns: &NetNs, to: &str, port: u16, protocol: Protocol) -> Probe {
@@ -84,10 +80,7 @@ fn servers_answer_tcp_and_udp_probes_with_their_hostname_on_both_families() {
     let _servers = serve_all(&p, "srv");
     for to in [SERVER4, SERVER6] {
         for proto in [Protocol::Tcp, Protocol::Udp] {
-            let got = probe_until_connected(
-                &probe_from(&p.client, to, 80, proto),
-                Duration::from_secs(5),
-            );
+            let got = probe_until_connected(&probe_from(&p.client, to, 80, proto), Duration::from_secs(10));
             assert_eq!(got, Outcome::Connected("srv".into()), "{proto} to {to}");
         }
     }
@@ -117,8 +110,9 @@ fn a_port_nobody_serves_fails_fast() {
         let start = Instant::now();
         let got = probe::probe(&probe_from(&p.client, SERVER4, 81, proto));
         assert!(!got.connected(), "{proto}/81 is not served, yet {got}");
+        // A refusal (RST or ICMP) comes back at once; a timeout would take the full second.
         assert!(
-            start.elapsed() < Duration::from_millis(500),
+            start.elapsed() < Duration::from_millis(900),
             "{proto}/81: refusal took {:?}",
             start.elapsed()
         );
@@ -135,8 +129,9 @@ fn a_silent_address_times_out_after_about_a_second() {
     let got = probe::probe(&probe_from(&p.client, SILENT4, 80, Protocol::Tcp));
     let took = start.elapsed();
     assert!(!got.connected(), "{got}");
+    // Generous upper bound: a loaded machine schedules threads late.
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
         "took {took:?}"
     );
 }
@@ -157,17 +152,13 @@ fn probes_run_in_parallel_within_the_bound() {
     let got = probe::probe_all(&probes, 40);
     let took = start.elapsed();
     assert_eq!(got.len(), 80);
+    assert!(got[..40].iter().all(|o| !o.connected()), "silent address answered");
     assert!(
-        got[..40].iter().all(|o| !o.connected()),
-        "silent address answered"
-    );
-    assert!(
-        got[40..]
-            .iter()
-            .all(|o| *o == Outcome::Connected("srv".into())),
+        got[40..].iter().all(|o| *o == Outcome::Connected("srv".into())),
         "{got:?}"
     );
-    assert!(took < Duration::from_secs(4), "80 probes took {took:?}");
+    // One at a time would take 40 s; two waves take about 2 s, more on a loaded machine.
+    assert!(took < Duration::from_secs(10), "80 probes took {took:?}");
 }
 
 #[test]
@@ -205,9 +196,5 @@ fn namespaces_are_deleted_when_their_guard_drops_even_on_panic() {
     }));
     assert!(result.is_err());
     let path = path.expect("the closure ran");
-    assert!(
-        !Path::new(&path).exists(),
-        "{} survived the panic",
-        path.display()
-    );
+    assert!(!Path::new(&path).exists(), "{} survived the panic", path.display());
 }

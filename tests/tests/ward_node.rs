@@ -5,15 +5,10 @@
 use std::path::Path;
 
 use serde_yaml::Value;
-use ward_lab::{
-    Family, Labels, Node, NodeConfig, Outcome, PodRef, PodSpec, Protocol, Serve, require_root,
-};
+use ward_lab::{Family, Labels, Node, NodeConfig, Outcome, PodRef, PodSpec, Protocol, Serve, require_root};
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 fn pod(ns: &str, name: &str) -> PodSpec {
@@ -30,12 +25,11 @@ fn pod(ns: &str, name: &str) -> PodSpec {
 
 /// A node with namespace `n` and pods `n/a`, `n/b`.
 fn two_pods() -> Node {
-    let mut node =
-        Node::start(NodeConfig::default()).expect("lab node starts with the agent answering");
+    let mut node = Node::start(NodeConfig::default()).unwrap_or_else(|e| panic!("lab node: {e}"));
     node.set_namespace("n", &Labels::new())
-        .expect("namespace synced");
+        .unwrap_or_else(|e| panic!("namespace: {e}"));
     node.create_pods(&[pod("n", "a"), pod("n", "b")])
-        .expect("pods created through ward-cni");
+        .unwrap_or_else(|e| panic!("pods through ward-cni: {e}"));
     node
 }
 
@@ -48,10 +42,9 @@ fn deny_ingress(ns: &str) -> Value {
 }
 
 fn connects(node: &Node, from: &str, to: &str, port: u16, protocol: Protocol) -> Outcome {
-    let (from, to): (PodRef, PodRef) =
-        (from.parse().expect("pod ref"), to.parse().expect("pod ref"));
+    let (from, to): (PodRef, PodRef) = (from.parse().expect("pod ref"), to.parse().expect("pod ref"));
     node.probe(&from, &to, port, protocol, Family::IPv4)
-        .expect("probe")
+        .unwrap_or_else(|e| panic!("probe: {e}"))
 }
 
 #[test]
@@ -80,7 +73,8 @@ fn default_deny_ingress_is_enforced_once_synced_and_lifted_on_delete() {
         return;
     }
     let mut node = two_pods();
-    node.apply(&[deny_ingress("n")]).expect("policy applied");
+    node.apply(&[deny_ingress("n")])
+        .unwrap_or_else(|e| panic!("applying the policy: {e}"));
     for proto in [Protocol::Tcp, Protocol::Udp] {
         let port = if proto == Protocol::Tcp { 80 } else { 53 };
         let got = connects(&node, "n/a", "n/b", port, proto);
@@ -90,7 +84,7 @@ fn default_deny_ingress_is_enforced_once_synced_and_lifted_on_delete() {
         );
     }
     node.delete_object("NetworkPolicy", "n", "deny")
-        .expect("policy deleted");
+        .unwrap_or_else(|e| panic!("deleting the policy: {e}"));
     assert!(
         connects(&node, "n/a", "n/b", 80, Protocol::Tcp).connected(),
         "allowed again after delete"
@@ -103,22 +97,24 @@ fn enforcement_survives_an_agent_crash_and_restart() {
         return;
     }
     let mut node = two_pods();
-    node.apply(&[deny_ingress("n")]).expect("policy applied");
-    node.kill_agent().expect("agent killed");
+    node.apply(&[deny_ingress("n")])
+        .unwrap_or_else(|e| panic!("applying the policy: {e}"));
+    node.kill_agent().unwrap_or_else(|e| panic!("killing the agent: {e}"));
     let got = connects(&node, "n/a", "n/b", 80, Protocol::Tcp);
     assert!(
         !got.connected(),
         "pinned policy must hold while the agent is down: {got}"
     );
-    node.start_agent().expect("agent restarts");
+    node.start_agent()
+        .unwrap_or_else(|e| panic!("restarting the agent: {e}"));
     node.sync()
-        .expect("restarted agent re-applies every manifest");
+        .unwrap_or_else(|e| panic!("restarted agent re-applying every manifest: {e}"));
     assert!(
         !connects(&node, "n/a", "n/b", 80, Protocol::Tcp).connected(),
         "still denied after restart"
     );
     node.delete_object("NetworkPolicy", "n", "deny")
-        .expect("policy deleted");
+        .unwrap_or_else(|e| panic!("deleting the policy: {e}"));
     assert!(
         connects(&node, "n/a", "n/b", 80, Protocol::Tcp).connected(),
         "the restarted agent enforces changes"
@@ -131,11 +127,7 @@ fn dropping_a_node_removes_its_namespaces_pins_and_files() {
         return;
     }
     let node = two_pods();
-    let mut paths = vec![
-        node.netns().path().to_owned(),
-        node.pin_dir(),
-        node.dir().to_owned(),
-    ];
+    let mut paths = vec![node.netns().path().to_owned(), node.pin_dir(), node.dir().to_owned()];
     paths.extend(node.pods().map(|p| p.netns().path().to_owned()));
     assert!(
         node.pin_dir().exists(),

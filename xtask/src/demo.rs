@@ -14,17 +14,9 @@ use ward_lab::{Family, Node, NodeConfig, PodRef, PodSpec};
 /// What the policy should allow: (from, to, why). Every other pair of distinct pods should
 /// be denied.
 const ALLOWED: [(&str, &str, &str); 3] = [
-    (
-        "shop/frontend",
-        "shop/payments",
-        "frontend egress + payments ingress",
-    ),
+    ("shop/frontend", "shop/payments", "frontend egress + payments ingress"),
     ("shop/payments", "shop/db", "payments egress + db ingress"),
-    (
-        "attacker/compromised",
-        "shop/frontend",
-        "the storefront is public",
-    ),
+    ("attacker/compromised", "shop/frontend", "the storefront is public"),
 ];
 
 pub fn demo(keep: bool) -> anyhow::Result<ExitCode> {
@@ -34,12 +26,9 @@ pub fn demo(keep: bool) -> anyhow::Result<ExitCode> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("demo");
     let app_path = dir.join("app.yaml");
     let policy_path = dir.join("policy.yaml");
-    let app = std::fs::read_to_string(&app_path)
-        .with_context(|| format!("reading {}", app_path.display()))?;
-    let policy = std::fs::read_to_string(&policy_path)
-        .with_context(|| format!("reading {}", policy_path.display()))?;
-    let (namespaces, pods) =
-        ward_lab::manifest::parse_app(&app).context("parsing demo/app.yaml")?;
+    let app = std::fs::read_to_string(&app_path).with_context(|| format!("reading {}", app_path.display()))?;
+    let policy = std::fs::read_to_string(&policy_path).with_context(|| format!("reading {}", policy_path.display()))?;
+    let (namespaces, pods) = ward_lab::manifest::parse_app(&app).context("parsing demo/app.yaml")?;
 
     println!("demo: starting a lab node with ward-agent");
     let mut node = Node::start(NodeConfig::default()).context("starting the lab node")?;
@@ -91,23 +80,22 @@ pub fn demo(keep: bool) -> anyhow::Result<ExitCode> {
         let pin_dir = node.pin_dir();
         let manifests = node.manifests_dir();
         let cli = node.binaries().cli.clone();
-        let first_pod = node
-            .pods()
-            .next()
-            .map(|p| p.netns().name().to_owned())
-            .unwrap_or_default();
+        // An allowed path to try by hand: the first of ALLOWED.
+        let (from, to) = (ALLOWED[0].0.parse::<PodRef>()?, ALLOWED[0].1.parse::<PodRef>()?);
+        let try_from = node.pod(&from)?.netns().name().to_owned();
+        let try_to = node.pod_ip(&to, Family::IPv4)?;
+        let try_port = pods
+            .iter()
+            .find(|p| p.pod_ref() == to)
+            .and_then(|p| p.serves.first())
+            .map_or(0, |s| s.port);
         let script = node.keep()?;
         println!("\nThe lab is still running (node {name}). Inspect it:");
         println!("  {} --socket {} status", cli.display(), socket.display());
-        println!(
-            "  ip netns exec {netns} ip route            # the node: pod routes, host-side veths"
-        );
+        println!("  ip netns exec {netns} ip route            # the node: pod routes, host-side veths");
         println!("  ip netns exec {netns} bpftool net show    # Ward's TC programs on the veths");
-        println!(
-            "  ls {}                                     # pinned maps and links",
-            pin_dir.display()
-        );
-        println!("  ip netns exec {first_pod} socat - TCP:<ip>:<port>   # connect from a pod");
+        println!("  ls {}    # pinned maps and links", pin_dir.display());
+        println!("  ip netns exec {try_from} socat - TCP:{try_to}:{try_port}    # {from} -> {to}");
         println!(
             "  edit files in {} (hot-reloaded); agent log: {}",
             manifests.display(),
@@ -118,11 +106,7 @@ pub fn demo(keep: bool) -> anyhow::Result<ExitCode> {
         drop(node);
         println!("demo: lab removed (use --keep to leave it running)");
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn expected(from: &PodRef, to: &PodRef) -> bool {
@@ -160,11 +144,7 @@ fn measure(node: &Node, pods: &[PodSpec]) -> anyhow::Result<Vec<Vec<Option<bool>
 }
 
 /// Prints the matrix with each cell marked against `expect`; true if all cells match.
-fn print_matrix(
-    pods: &[PodSpec],
-    m: &[Vec<Option<bool>>],
-    expect: impl Fn(&PodRef, &PodRef) -> bool,
-) -> bool {
+fn print_matrix(pods: &[PodSpec], m: &[Vec<Option<bool>>], expect: impl Fn(&PodRef, &PodRef) -> bool) -> bool {
     let width = 24;
     let header: Vec<String> = pods
         .iter()

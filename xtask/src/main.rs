@@ -49,6 +49,9 @@ enum Cmd {
         /// Leave the lab running and print how to inspect and remove it.
         #[arg(long)]
         keep: bool,
+        /// Use the binaries already built.
+        #[arg(long)]
+        no_build: bool,
     },
     /// Benchmarks (not yet).
     Bench,
@@ -84,13 +87,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             });
         }
-        Cmd::Demo { keep } => {
-            build()?;
+        Cmd::Demo { keep, no_build } => {
+            if !no_build {
+                build()?;
+            }
             return demo::demo(keep);
         }
-        Cmd::Bench => bail!(
-            "`cargo xtask bench` is not implemented yet; the benchmark harness is its own issue"
-        ),
+        Cmd::Bench => bail!("`cargo xtask bench` is not implemented yet; the benchmark harness is its own issue"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -133,22 +136,14 @@ fn test(cases: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         if ok { "PASSED" } else { "FAILED" },
         if unit.is_ok() { "passed" } else { "failed" },
     );
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn run_conformance(
-    cases: Option<PathBuf>,
-    filter: Option<String>,
-) -> anyhow::Result<conformance::Summary> {
+fn run_conformance(cases: Option<PathBuf>, filter: Option<String>) -> anyhow::Result<conformance::Summary> {
     if !ward_lab::privileged::is_root() {
         bail!("the conformance suite needs root (network namespaces, eBPF)");
     }
-    let dir =
-        cases.unwrap_or_else(|| ward_lab::bins::workspace_root().join("../shared/conformance"));
+    let dir = cases.unwrap_or_else(|| ward_lab::bins::workspace_root().join("../shared/conformance"));
     let dir = dir
         .canonicalize()
         .with_context(|| format!("cases directory {}", dir.display()))?;

@@ -35,11 +35,7 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
 pub fn on_path(program: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(
-            ["/usr/sbin", "/sbin", "/usr/local/sbin"]
-                .iter()
-                .map(Into::into),
-        )
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].iter().map(Into::into))
         .any(|d| is_executable(&d.join(program)))
 }
 

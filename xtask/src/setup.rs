@@ -41,8 +41,7 @@ pub fn setup() -> anyhow::Result<()> {
 }
 
 fn dpkg_installed(pkg: &str) -> bool {
-    run::stdout(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
-        .contains("install ok installed")
+    run::stdout(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg])).contains("install ok installed")
 }
 
 fn apt() -> anyhow::Result<bool> {
@@ -55,9 +54,7 @@ fn apt() -> anyhow::Result<bool> {
         return Ok(false);
     }
     if !ward_lab::privileged::is_root() {
-        bail!(
-            "missing Debian packages {missing:?}; run `cargo xtask setup` as root to install them"
-        );
+        bail!("missing Debian packages {missing:?}; run `cargo xtask setup` as root to install them");
     }
     println!("setup: installing Debian packages: {}", missing.join(" "));
     run::status(apt_get(&["update"]))?;
@@ -77,28 +74,15 @@ fn rust_toolchain() -> anyhow::Result<bool> {
     let mut did = false;
     let toolchains = run::stdout(Command::new("rustup").args(["toolchain", "list"]));
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        println!(
-            "setup: installing the nightly Rust toolchain (the eBPF crate builds with build-std)"
-        );
+        println!("setup: installing the nightly Rust toolchain (the eBPF crate builds with build-std)");
         run::status(rustup(&["toolchain", "install", "nightly"]))?;
         did = true;
     }
-    let components = run::stdout(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]));
+    let components =
+        run::stdout(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]));
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         println!("setup: adding rust-src to nightly");
-        run::status(rustup(&[
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+        run::status(rustup(&["component", "add", "rust-src", "--toolchain", "nightly"]))?;
         did = true;
     }
     Ok(did)
@@ -141,9 +125,10 @@ fn bpf_linker() -> anyhow::Result<bool> {
 
 fn bpffs() -> anyhow::Result<bool> {
     let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    if mounts.lines().any(|l| {
-        l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf")
-    }) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf"))
+    {
         return Ok(false);
     }
     if !ward_lab::privileged::is_root() {

@@ -181,11 +181,7 @@ impl Check {
 
 impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "from {} to {} {}/{}",
-            self.from, self.to, self.protocol, self.port
-        )?;
+        write!(f, "from {} to {} {}/{}", self.from, self.to, self.protocol, self.port)?;
         if self.family != Family::IPv4 {
             write!(f, " ({})", self.family)?;
         }
@@ -364,8 +360,7 @@ fn parse_step(i: usize, s: RawStep, model: bool) -> Result<Step, CaseError> {
         let err = |e: serde_yaml::Error| invalid(ppath.clone(), e.to_string());
         let set = if model {
             let p: RawMatrixProbe = serde_yaml::from_value(v).map_err(err)?;
-            let matrix =
-                matrix::parse(&p.matrix).map_err(|m| invalid(format!("{ppath}.matrix"), m))?;
+            let matrix = matrix::parse(&p.matrix).map_err(|m| invalid(format!("{ppath}.matrix"), m))?;
             ProbeSet::Matrix {
                 protocol: p.protocol,
                 port: p.port,
@@ -412,9 +407,7 @@ fn check_supported(path: &str, obj: &Value) -> Result<(), CaseError> {
     } else {
         Err(invalid(
             path,
-            format!(
-                "objects of kind `{kind}` (apiVersion `{api}`) are not supported by the harness"
-            ),
+            format!("objects of kind `{kind}` (apiVersion `{api}`) are not supported by the harness"),
         ))
     }
 }
@@ -493,11 +486,7 @@ steps:
             c.steps[1].action,
             Action::UpdatePodLabels {
                 pod: PodRef::new("x", "b"),
-                labels: [
-                    ("pod".into(), "b".into()),
-                    ("pod2".into(), "updated".into())
-                ]
-                .into()
+                labels: [("pod".into(), "b".into()), ("pod2".into(), "updated".into())].into()
             }
         );
         assert_eq!(
@@ -513,26 +502,15 @@ steps:
     fn scenario_cases_parse_their_cluster_and_single_probes() {
         let c = parse(SCENARIO).unwrap();
         assert!(!c.is_model());
-        assert_eq!(
-            c.initial_cluster().pods[0].serves[0].name.as_deref(),
-            Some("pg")
-        );
+        assert_eq!(c.initial_cluster().pods[0].serves[0].name.as_deref(), Some("pg"));
         let ProbeSet::Single(check) = &c.steps[1].probes[0] else {
             panic!("single probe expected")
         };
         assert!(!check.allow);
         assert_eq!(check.family, Family::IPv6);
-        assert_eq!(
-            check.to_string(),
-            "from shop/web to shop/db TCP/5432 (IPv6)"
-        );
-        assert!(
-            matches!(&c.steps[1].action, Action::CreatePod(p) if p.serves[0].protocol == Protocol::Udp)
-        );
-        assert_eq!(
-            c.steps[2].action,
-            Action::DeletePod(PodRef::new("shop", "web"))
-        );
+        assert_eq!(check.to_string(), "from shop/web to shop/db TCP/5432 (IPv6)");
+        assert!(matches!(&c.steps[1].action, Action::CreatePod(p) if p.serves[0].protocol == Protocol::Udp));
+        assert_eq!(c.steps[2].action, Action::DeletePod(PodRef::new("shop", "web")));
     }
 
     #[test]
@@ -546,15 +524,9 @@ steps:
 
     #[test]
     fn unknown_probe_keys_and_targets_fail_naming_them() {
-        let text = SCENARIO.replace(
-            "expect: allow}",
-            "expect: allow, http: {method: GET, path: /}}",
-        );
+        let text = SCENARIO.replace("expect: allow}", "expect: allow, http: {method: GET, path: /}}");
         let e = err(&text);
-        assert!(
-            e.contains("steps[0].probes[0]") && e.contains("http"),
-            "{e}"
-        );
+        assert!(e.contains("steps[0].probes[0]") && e.contains("http"), "{e}");
         let text = SCENARIO.replace(
             "to: shop/db, port: 5432, protocol: TCP, expect: allow",
             "to: dns:api.bank.example, port: 443, protocol: TCP, expect: allow",
@@ -602,10 +574,7 @@ steps:
     #[test]
     fn unknown_top_level_and_step_keys_fail_naming_them() {
         assert!(err(&format!("{MODEL}timeout: 3\n")).contains("timeout"));
-        let e = err(&MODEL.replace(
-            "  - delete_policy:",
-            "  - restart_agent: {}\n    delete_policy:",
-        ));
+        let e = err(&MODEL.replace("  - delete_policy:", "  - restart_agent: {}\n    delete_policy:"));
         assert!(e.contains("restart_agent"), "{e}");
     }
 
@@ -620,10 +589,7 @@ steps:
             "  - delete_policy: {namespace: x, name: deny-ingress}",
             "  - delete_policy: {namespace: x, name: deny-ingress}\n    delete_pod: {namespace: x, name: a}",
         ));
-        assert!(
-            e.contains("delete_policy") && e.contains("delete_pod"),
-            "{e}"
-        );
+        assert!(e.contains("delete_policy") && e.contains("delete_pod"), "{e}");
     }
 
     #[test]

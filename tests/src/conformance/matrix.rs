@@ -54,16 +54,11 @@ pub fn parse(rows: &[String]) -> Result<Matrix, String> {
             .map(|c| match c {
                 '.' => Ok(true),
                 'X' => Ok(false),
-                other => Err(format!(
-                    "row {i} ({row:?}): `{other}` is neither `.` nor `X`"
-                )),
+                other => Err(format!("row {i} ({row:?}): `{other}` is neither `.` nor `X`")),
             })
             .collect::<Result<_, _>>()?;
         if cells.len() != n {
-            return Err(format!(
-                "row {i} ({row:?}) has {} cells, not {n}",
-                cells.len()
-            ));
+            return Err(format!("row {i} ({row:?}) has {} cells, not {n}", cells.len()));
         }
         allowed.push(cells);
     }
@@ -89,11 +84,7 @@ mod tests {
 
     #[test]
     fn malformed_matrices_are_rejected_with_the_row() {
-        assert!(
-            parse(&rows(&["........."; 8]))
-                .unwrap_err()
-                .contains("9 rows")
-        );
+        assert!(parse(&rows(&["........."; 8])).unwrap_err().contains("9 rows"));
         let mut r = vec!["........."; 9];
         r[4] = "....o....";
         assert!(parse(&rows(&r)).unwrap_err().contains("row 4"));

@@ -40,13 +40,7 @@ pub fn cluster() -> ClusterSpec {
                 labels: [("pod".to_owned(), r.name.clone())].into(),
                 serves: SERVED
                     .iter()
-                    .map(|&(port, proto)| {
-                        Serve::new(
-                            port,
-                            proto,
-                            Some(&format!("serve-{port}-{}", proto.lower())),
-                        )
-                    })
+                    .map(|&(port, proto)| Serve::new(port, proto, Some(&format!("serve-{port}-{}", proto.lower()))))
                     .collect(),
                 namespace: r.namespace,
                 name: r.name,
@@ -63,27 +57,14 @@ mod tests {
     fn the_model_has_nine_pods_in_matrix_order_serving_four_named_ports() {
         let c = cluster();
         let names: Vec<String> = c.pods.iter().map(|p| p.pod_ref().to_string()).collect();
-        assert_eq!(
-            names,
-            [
-                "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"
-            ]
-        );
+        assert_eq!(names, ["x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"]);
         assert_eq!(c.pods[4].labels["pod"], "b");
         let ports: Vec<_> = c.pods[0]
             .serves
             .iter()
             .map(|s| s.name.clone().unwrap_or_default())
             .collect();
-        assert_eq!(
-            ports,
-            [
-                "serve-80-tcp",
-                "serve-81-tcp",
-                "serve-80-udp",
-                "serve-81-udp"
-            ]
-        );
+        assert_eq!(ports, ["serve-80-tcp", "serve-81-tcp", "serve-80-udp", "serve-81-udp"]);
         assert_eq!(c.namespaces[1].labels["ns"], "y");
     }
 }

@@ -10,9 +10,7 @@ use crate::spec::PodRef;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlaceholderError {
-    #[error(
-        "unknown placeholder `{{{{{0}}}}}` (known: `{{{{ip ns/pod}}}}`, `{{{{net4 ns/pod}}}}`)"
-    )]
+    #[error("unknown placeholder `{{{{{0}}}}}` (known: `{{{{ip ns/pod}}}}`, `{{{{net4 ns/pod}}}}`)")]
     Unknown(String),
     #[error("placeholder `{{{{{text}}}}}`: {message}")]
     BadPod { text: String, message: String },
@@ -22,10 +20,7 @@ pub enum PlaceholderError {
 
 /// Resolves every placeholder in every string of `value` (keys included), using `ipv4` to
 /// find a pod's address.
-pub fn resolve(
-    value: &mut Value,
-    ipv4: &dyn Fn(&PodRef) -> Result<Ipv4Addr, String>,
-) -> Result<(), PlaceholderError> {
+pub fn resolve(value: &mut Value, ipv4: &dyn Fn(&PodRef) -> Result<Ipv4Addr, String>) -> Result<(), PlaceholderError> {
     match value {
         Value::String(s) => {
             *s = resolve_str(s, ipv4)?;
@@ -49,10 +44,7 @@ pub fn resolve(
     Ok(())
 }
 
-pub fn resolve_str(
-    s: &str,
-    ipv4: &dyn Fn(&PodRef) -> Result<Ipv4Addr, String>,
-) -> Result<String, PlaceholderError> {
+pub fn resolve_str(s: &str, ipv4: &dyn Fn(&PodRef) -> Result<Ipv4Addr, String>) -> Result<String, PlaceholderError> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("{{") {
@@ -69,10 +61,7 @@ pub fn resolve_str(
     Ok(out)
 }
 
-fn expand(
-    text: &str,
-    ipv4: &dyn Fn(&PodRef) -> Result<Ipv4Addr, String>,
-) -> Result<String, PlaceholderError> {
+fn expand(text: &str, ipv4: &dyn Fn(&PodRef) -> Result<Ipv4Addr, String>) -> Result<String, PlaceholderError> {
     let mut words = text.split_whitespace();
     let (Some(kind), Some(arg), None) = (words.next(), words.next(), words.next()) else {
         return Err(PlaceholderError::Unknown(text.to_owned()));
@@ -82,9 +71,7 @@ fn expand(
         message,
     };
     let pod: PodRef = match kind {
-        "ip" | "net4" => arg
-            .parse()
-            .map_err(|e: crate::spec::BadPodRef| bad(e.to_string()))?,
+        "ip" | "net4" => arg.parse().map_err(|e: crate::spec::BadPodRef| bad(e.to_string()))?,
         _ => return Err(PlaceholderError::Unknown(text.to_owned())),
     };
     let ip = ipv4(&pod).map_err(bad)?;
@@ -113,20 +100,11 @@ mod tests {
 
     #[test]
     fn ip_and_net4_expand_in_place() {
-        assert_eq!(
-            resolve_str("{{ip x/b}}/32", &lookup).unwrap(),
-            "172.17.3.4/32"
-        );
+        assert_eq!(resolve_str("{{ip x/b}}/32", &lookup).unwrap(), "172.17.3.4/32");
         assert_eq!(resolve_str("{{net4 x/a}}/4", &lookup).unwrap(), "0.0.0.0/4");
-        assert_eq!(
-            resolve_str("{{net4 x/b}}/4", &lookup).unwrap(),
-            "160.0.0.0/4"
-        );
+        assert_eq!(resolve_str("{{net4 x/b}}/4", &lookup).unwrap(), "160.0.0.0/4");
         assert_eq!(resolve_str("{{ ip  x/a }}", &lookup).unwrap(), "10.1.0.2");
-        assert_eq!(
-            resolve_str("no placeholders", &lookup).unwrap(),
-            "no placeholders"
-        );
+        assert_eq!(resolve_str("no placeholders", &lookup).unwrap(), "no placeholders");
     }
 
     #[test]

@@ -85,10 +85,7 @@ pub fn discover(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             let path = entry?.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml")
-            ) {
+            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
                 out.push(path);
             }
         }
@@ -108,16 +105,8 @@ pub fn run_files(root: &Path, files: &[PathBuf], opts: &RunOptions) -> Summary {
     let mut runner = Runner { opts, model: None };
     let mut summary = Summary::default();
     for path in files {
-        let file = path
-            .strip_prefix(root)
-            .unwrap_or(path)
-            .display()
-            .to_string();
-        if opts
-            .filter
-            .as_ref()
-            .is_some_and(|f| !file.contains(f.as_str()))
-        {
+        let file = path.strip_prefix(root).unwrap_or(path).display().to_string();
+        if opts.filter.as_ref().is_some_and(|f| !file.contains(f.as_str())) {
             continue;
         }
         let start = Instant::now();
@@ -155,11 +144,9 @@ impl Runner<'_> {
             run_steps(node, &case, opts)
         } else {
             let cluster = case.initial_cluster();
-            let mut node =
-                build(&cluster, self.opts).map_err(|e| format!("building the lab: {e}"))?;
+            let mut node = build(&cluster, self.opts).map_err(|e| format!("building the lab: {e}"))?;
             let checks = scenario_readiness(&cluster);
-            verify(&node, &checks, self.opts)
-                .map_err(|m| format!("lab not ready (no policy yet): {m}"))?;
+            verify(&node, &checks, self.opts).map_err(|m| format!("lab not ready (no policy yet): {m}"))?;
             let result = run_steps(&mut node, &case, self.opts);
             if result.is_err() {
                 node.dump_agent_log();
@@ -196,14 +183,9 @@ impl Runner<'_> {
             }
             match verify(node, &checks, self.opts) {
                 Ok(()) => {
-                    return self
-                        .model
-                        .as_mut()
-                        .ok_or_else(|| "model lab vanished".to_owned());
+                    return self.model.as_mut().ok_or_else(|| "model lab vanished".to_owned());
                 }
-                Err(m) => {
-                    last = format!("model lab not ready (no policy, expecting all allowed): {m}")
-                }
+                Err(m) => last = format!("model lab not ready (no policy, expecting all allowed): {m}"),
             }
         }
         Err(last)
@@ -234,9 +216,7 @@ fn reset(node: &mut Node, cluster: &ClusterSpec) -> Result<(), NodeError> {
             Some(spec) if node.pod(&r)?.spec().serves != spec.serves => {
                 node.delete_pod(&r)?;
             }
-            Some(spec) if node.pod(&r)?.spec().labels != spec.labels => {
-                node.set_pod_labels(&r, &spec.labels)?
-            }
+            Some(spec) if node.pod(&r)?.spec().labels != spec.labels => node.set_pod_labels(&r, &spec.labels)?,
             Some(_) => {}
         }
     }
@@ -272,10 +252,7 @@ fn model_readiness(case: &Case) -> Vec<Check> {
     for step in &case.steps {
         for p in &step.probes {
             if let ProbeSet::Matrix {
-                protocol,
-                port,
-                family,
-                ..
+                protocol, port, family, ..
             } = p
                 && seen.insert((*protocol, *port, *family == Family::IPv6))
             {
@@ -296,13 +273,7 @@ fn model_readiness(case: &Case) -> Vec<Check> {
 fn scenario_readiness(cluster: &ClusterSpec) -> Vec<Check> {
     let mut checks = Vec::new();
     for (i, to) in cluster.pods.iter().enumerate() {
-        let Some(from) = cluster
-            .pods
-            .iter()
-            .enumerate()
-            .find(|(j, _)| *j != i)
-            .map(|(_, p)| p)
-        else {
+        let Some(from) = cluster.pods.iter().enumerate().find(|(j, _)| *j != i).map(|(_, p)| p) else {
             continue;
         };
         for s in &to.serves {
@@ -363,8 +334,7 @@ fn act(node: &mut Node, action: &Action) -> Result<(), String> {
             if !exists {
                 return Err(format!("no NetworkPolicy {namespace}/{name} to delete"));
             }
-            node.delete_object("NetworkPolicy", namespace, name)
-                .map_err(lab)
+            node.delete_object("NetworkPolicy", namespace, name).map_err(lab)
         }
         Action::CreatePod(spec) => node.create_pod(spec).map(drop).map_err(lab),
         Action::DeletePod(pod) => node.delete_pod(pod).map_err(lab),
@@ -415,12 +385,7 @@ fn verify(node: &Node, checks: &[Check], opts: &RunOptions) -> Result<(), String
 /// Observed cells of a matrix, `None` where not probed.
 type Cells = Vec<Vec<Option<bool>>>;
 
-fn describe_failure(
-    checks: &[Check],
-    outcomes: &[Outcome],
-    wrong: &[usize],
-    budget: Duration,
-) -> String {
+fn describe_failure(checks: &[Check], outcomes: &[Outcome], wrong: &[usize], budget: Duration) -> String {
     let mut s = format!(
         "{} of {} checks differ (after retrying for {}s and probing everything once more):",
         wrong.len(),
@@ -430,11 +395,7 @@ fn describe_failure(
     for &i in wrong {
         let c = &checks[i];
         let got = outcomes[i].connected();
-        s.push_str(&format!(
-            "\n  {c}: expected {}, got {}",
-            c.word(c.allow),
-            c.word(got)
-        ));
+        s.push_str(&format!("\n  {c}: expected {}, got {}", c.word(c.allow), c.word(got)));
         if let Outcome::Failed(why) = &outcomes[i] {
             s.push_str(&format!(" ({why})"));
         }
@@ -526,10 +487,6 @@ mod tests {
         .unwrap();
         let checks = scenario_readiness(&cluster);
         assert_eq!(checks.len(), 2);
-        assert!(
-            checks
-                .iter()
-                .all(|c| c.from.name == "b" && c.to.name == "a")
-        );
+        assert!(checks.iter().all(|c| c.from.name == "b" && c.to.name == "a"));
     }
 }
