@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod bins;
+pub mod cleanup;
 mod cmd;
 pub mod cni;
 pub mod conformance;

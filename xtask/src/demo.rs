@@ -30,6 +30,7 @@ pub fn demo(keep: bool) -> anyhow::Result<ExitCode> {
     let policy = std::fs::read_to_string(&policy_path).with_context(|| format!("reading {}", policy_path.display()))?;
     let (namespaces, pods) = ward_lab::manifest::parse_app(&app).context("parsing demo/app.yaml")?;
 
+    crate::clean_stale_labs();
     println!("demo: starting a lab node with ward-agent");
     let mut node = Node::start(NodeConfig::default()).context("starting the lab node")?;
     for ns in &namespaces {

@@ -53,6 +53,8 @@ enum Cmd {
         #[arg(long)]
         no_build: bool,
     },
+    /// Remove what killed lab runs left behind (namespaces, agents, pins, scratch dirs).
+    LabClean,
     /// Benchmarks (not yet).
     Bench,
 }
@@ -92,6 +94,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 build()?;
             }
             return demo::demo(keep);
+        }
+        Cmd::LabClean => {
+            if clean_stale_labs() == 0 {
+                println!("lab-clean: nothing left behind");
+            }
         }
         Cmd::Bench => bail!("`cargo xtask bench` is not implemented yet; the benchmark harness is its own issue"),
     }
@@ -143,6 +150,7 @@ fn run_conformance(cases: Option<PathBuf>, filter: Option<String>) -> anyhow::Re
     if !ward_lab::privileged::is_root() {
         bail!("the conformance suite needs root (network namespaces, eBPF)");
     }
+    clean_stale_labs();
     let dir = cases.unwrap_or_else(|| ward_lab::bins::workspace_root().join("../shared/conformance"));
     let dir = dir
         .canonicalize()
@@ -153,4 +161,13 @@ fn run_conformance(cases: Option<PathBuf>, filter: Option<String>) -> anyhow::Re
         ..RunOptions::default()
     };
     conformance::run_dir(&dir, &opts).with_context(|| format!("reading {}", dir.display()))
+}
+
+/// Removes leftovers of lab runs that were killed; returns how many things it removed.
+fn clean_stale_labs() -> usize {
+    let removed = ward_lab::cleanup::stale_labs("/sys/fs/bpf".as_ref());
+    for line in &removed {
+        println!("lab-clean: {line}");
+    }
+    removed.len()
 }
