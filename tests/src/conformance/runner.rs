@@ -431,6 +431,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_summary_line_counts_passes_and_failures() {
+        let r = |passed| CaseResult {
+            file: "f".into(),
+            passed,
+            elapsed: Duration::ZERO,
+            message: String::new(),
+        };
+        let s = Summary {
+            results: vec![r(true), r(false), r(true)],
+        };
+        assert_eq!(s.line(), "2 passed, 1 failed");
+    }
+
+    #[test]
     fn discover_finds_yaml_recursively_in_order() {
         let dir = std::env::temp_dir().join(crate::netns::unique_name("discover"));
         std::fs::create_dir_all(dir.join("b")).unwrap();
