@@ -191,3 +191,122 @@ pub fn watch(dir: &Path, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify
     w.watch(dir, notify::RecursiveMode::NonRecursive)?;
     Ok(w)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ward_policy::cluster::PolicyRef;
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    fn dir(tag: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("ward-ds-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
+    const POLICY_V1: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  podSelector: {}
+  ingress:
+    - ports: [{port: 80}]
+";
+    const POLICY_BAD: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  podSelector: {}
+  ingress:
+    - ports: [{port: 80, endPort: 70}]
+";
+    const OBJECTS: &str = "apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: a}}
+---
+apiVersion: v1
+kind: List
+items:
+  - apiVersion: v1
+    kind: Pod
+    metadata: {name: db, namespace: shop, labels: {app: db}}
+    spec: {containers: [{name: c, ports: [{containerPort: 5432, name: pg}]}]}
+";
+
+    fn web() -> PolicyRef {
+        PolicyRef { namespace: "shop".into(), name: "web".into() }
+    }
+
+    #[test]
+    fn loads_multi_document_files_and_lists_and_reports_changes_only_once() {
+        let d = dir("load");
+        std::fs::write(d.0.join("objects.yaml"), OBJECTS).unwrap();
+        std::fs::write(d.0.join("policy.yaml"), POLICY_V1).unwrap();
+        std::fs::write(d.0.join("notes.txt"), "not a manifest").unwrap();
+        let mut s = DirectoryStore::new(d.0.clone());
+        assert!(s.reload());
+        assert_eq!(s.snapshot().namespaces.len(), 1);
+        assert_eq!(s.snapshot().pods.len(), 1);
+        assert!(s.snapshot().policies.contains_key(&web()));
+        assert!(s.rejected().is_empty(), "{:?}", s.rejected());
+        assert_eq!(s.file_hashes().len(), 2);
+        assert_eq!(s.file_hashes()["policy.yaml"], file_hash(POLICY_V1.as_bytes()));
+        assert!(!s.reload(), "nothing changed");
+    }
+
+    #[test]
+    fn an_invalid_version_is_rejected_naming_file_object_and_field_and_the_last_valid_stays() {
+        let d = dir("invalid");
+        std::fs::write(d.0.join("policy.yaml"), POLICY_V1).unwrap();
+        let mut s = DirectoryStore::new(d.0.clone());
+        s.reload();
+        let before = format!("{:?}", s.snapshot().policies[&web()]);
+        std::fs::write(d.0.join("policy.yaml"), POLICY_BAD).unwrap();
+        assert!(s.reload());
+        assert_eq!(format!("{:?}", s.snapshot().policies[&web()]), before, "the last valid version stays");
+        let r = &s.rejected()[0];
+        assert_eq!(r.file, "policy.yaml");
+        assert!(r.object.contains("shop/web"), "{r:?}");
+        assert!(r.field.contains("endPort"), "{r:?}");
+        // Fixing the file clears the rejection.
+        std::fs::write(d.0.join("policy.yaml"), POLICY_V1.replace("80", "81")).unwrap();
+        assert!(s.reload());
+        assert!(s.rejected().is_empty());
+        assert_ne!(format!("{:?}", s.snapshot().policies[&web()]), before);
+    }
+
+    #[test]
+    fn malformed_yaml_keeps_the_files_objects_and_a_deleted_file_takes_them_away() {
+        let d = dir("malformed");
+        std::fs::write(d.0.join("policy.yaml"), POLICY_V1).unwrap();
+        let mut s = DirectoryStore::new(d.0.clone());
+        s.reload();
+        std::fs::write(d.0.join("policy.yaml"), "kind: NetworkPolicy\nspec: [unclosed\n").unwrap();
+        assert!(s.reload());
+        assert!(s.snapshot().policies.contains_key(&web()), "unreadable document: keep what we had");
+        assert_eq!(s.rejected().len(), 1);
+        std::fs::remove_file(d.0.join("policy.yaml")).unwrap();
+        assert!(s.reload());
+        assert!(s.snapshot().policies.is_empty());
+        assert!(s.rejected().is_empty());
+    }
+
+    #[test]
+    fn an_object_removed_from_a_valid_file_is_deleted() {
+        let d = dir("removed");
+        std::fs::write(d.0.join("all.yaml"), format!("{POLICY_V1}---\n{OBJECTS}")).unwrap();
+        let mut s = DirectoryStore::new(d.0.clone());
+        s.reload();
+        assert_eq!(s.snapshot().policies.len(), 1);
+        std::fs::write(d.0.join("all.yaml"), OBJECTS).unwrap();
+        s.reload();
+        assert!(s.snapshot().policies.is_empty());
+        assert_eq!(s.snapshot().pods.len(), 1);
+    }
+}
