@@ -94,7 +94,7 @@ pub fn demo(keep: bool) -> anyhow::Result<ExitCode> {
         println!("\nThe lab is still running (node {name}). Inspect it:");
         println!("  {} --socket {} status", cli.display(), socket.display());
         println!("  ip netns exec {netns} ip route            # the node: pod routes, host-side veths");
-        println!("  ip netns exec {netns} bpftool net show    # Ward's TC programs on the veths");
+        println!("  bpftool link show                                   # Ward's TCX links on the pod veths");
         println!("  ls {}    # pinned maps and links", pin_dir.display());
         println!("  ip netns exec {try_from} socat - TCP:{try_to}:{try_port}    # {from} -> {to}");
         println!(
@@ -154,15 +154,15 @@ fn print_matrix(pods: &[PodSpec], m: &[Vec<Option<bool>>], expect: impl Fn(&PodR
             None => p.pod_ref().to_string(),
         })
         .collect();
-    print!("  {:<width$}", "from \\ to");
+    let mut line = format!("  {:<width$}", "from \\ to");
     for h in &header {
-        print!("{h:<width$}");
+        line.push_str(&format!("{h:<width$}"));
     }
-    println!();
+    println!("{}", line.trim_end());
     let mut all_ok = true;
     let mut notes = Vec::new();
     for (i, from) in pods.iter().enumerate() {
-        print!("  {:<width$}", from.pod_ref().to_string());
+        let mut line = format!("  {:<width$}", from.pod_ref().to_string());
         for (j, to) in pods.iter().enumerate() {
             let cell = match m[i][j] {
                 None => "-".to_owned(),
@@ -183,9 +183,9 @@ fn print_matrix(pods: &[PodSpec], m: &[Vec<Option<bool>>], expect: impl Fn(&PodR
                     }
                 }
             };
-            print!("{cell:<width$}");
+            line.push_str(&format!("{cell:<width$}"));
         }
-        println!();
+        println!("{}", line.trim_end());
     }
     for n in notes {
         println!("  ✗ {n}");
