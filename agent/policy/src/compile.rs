@@ -36,8 +36,8 @@ use ward_common::maps::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IpcacheKey, Ipc
 use ward_common::ports::{MAX_BLOCKS, PortBlock, range_to_blocks};
 
 use crate::cluster::{Cluster, PodKey, PolicyRef};
-use crate::identity::{CidrKey, Identities, LabelKey, Live};
 pub use crate::identity::RuleInfo;
+use crate::identity::{CidrKey, Identities, LabelKey, Live};
 use crate::selector::Labels;
 use crate::validate::{NamedPort, Peer, Policy, PortRef, PortSpec, Protocol, Rule};
 
@@ -243,10 +243,7 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
         }
     }
     let cidr_of = |ip: IpAddr, ports: Vec<NamedPort>| -> u32 {
-        longest_prefix(ip)
-            .and_then(|prefix| cidr_ids.get(&CidrKey { prefix, ports }))
-            .copied()
-            .unwrap_or(ID_WORLD)
+        longest_prefix(ip).and_then(|prefix| cidr_ids.get(&CidrKey { prefix, ports })).copied().unwrap_or(ID_WORLD)
     };
 
     // The ipcache: policy prefixes, then node addresses, then pod addresses over them.
@@ -296,9 +293,10 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
             if pref.namespace != key.namespace || !p.pod_selector.matches(labels) {
                 continue;
             }
-            for (dir, bit, rules) in
-                [(Direction::Ingress, EP_ISOLATED_INGRESS, &p.ingress), (Direction::Egress, EP_ISOLATED_EGRESS, &p.egress)]
-            {
+            for (dir, bit, rules) in [
+                (Direction::Ingress, EP_ISOLATED_INGRESS, &p.ingress),
+                (Direction::Egress, EP_ISOLATED_EGRESS, &p.egress),
+            ] {
                 let Some(rules) = rules else { continue };
                 bits |= bit;
                 for (index, rule) in rules.iter().enumerate() {

@@ -12,14 +12,22 @@ use ward_common::maps::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IpcacheValue};
 use super::*;
 use crate::reference::{self, Peer};
 use crate::tables::{CompiledTables, mask};
-use crate::validate::PodInfo;
 use crate::testkit::*;
+use crate::validate::PodInfo;
 
 const TCP: Protocol = Protocol::Tcp;
 const UDP: Protocol = Protocol::Udp;
 const SCTP: Protocol = Protocol::Sctp;
 const ALL_ALLOWED: [&str; 9] = [
-    ".........", ".........", ".........", ".........", ".........", ".........", ".........", ".........", ".........",
+    ".........",
+    ".........",
+    ".........",
+    ".........",
+    ".........",
+    ".........",
+    ".........",
+    ".........",
+    ".........",
 ];
 
 fn lab_with(yaml: &str) -> (Cluster, Compiled) {
@@ -47,8 +55,17 @@ spec:
           podSelector: {matchLabels: {pod: b}}
 "#,
     );
-    let expected =
-        ["X........", "X........", "X........", "X........", ".........", "X........", "X........", ".........", "X........"];
+    let expected = [
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        ".........",
+        "X........",
+        "X........",
+        ".........",
+        "X........",
+    ];
     assert_matrix(&c, &compiled, TCP, 80, expected);
 }
 
@@ -71,8 +88,17 @@ spec:
 "#,
     );
     // From y and z: all allowed; from x: only x/b (a pod selector alone means x's pods).
-    let expected =
-        ["X........", ".........", "X........", ".........", ".........", ".........", ".........", ".........", "........."];
+    let expected = [
+        "X........",
+        ".........",
+        "X........",
+        ".........",
+        ".........",
+        ".........",
+        ".........",
+        ".........",
+        ".........",
+    ];
     assert_matrix(&c, &compiled, TCP, 80, expected);
 }
 
@@ -94,7 +120,17 @@ spec:
     );
     let mut ids = Identities::new();
     let compiled = compile_all(&c, &mut ids);
-    let deny_x = ["XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......"];
+    let deny_x = [
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+    ];
     assert_matrix(&c, &compiled, TCP, 81, deny_x);
     assert_matrix(&c, &compiled, TCP, 80, ALL_ALLOWED);
     assert_matrix(&c, &compiled, UDP, 80, deny_x);
@@ -118,7 +154,17 @@ spec:
 /// `ingress: []` (or none) with Ingress in policyTypes denies all; `ingress: [{}]` allows all.
 #[test]
 fn empty_ingress_list_denies_and_one_empty_rule_allows() {
-    let deny_x = ["XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......"];
+    let deny_x = [
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+    ];
     for spec in ["{podSelector: {}, ingress: []}", "{podSelector: {}}", "{podSelector: {}, policyTypes: [Ingress]}"] {
         let (c, compiled) = lab_with(&format!(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: x}}\nspec: {spec}\n"
@@ -153,8 +199,17 @@ spec:
     assert_eq!(compiled.isolation_of(&pod("x/a")), EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS);
     assert_eq!(compiled.isolation_of(&pod("x/b")), 0);
     // x/a reaches only y; nobody reaches x/a.
-    let expected =
-        ["XXX...XXX", "X........", "X........", "X........", "X........", "X........", "X........", "X........", "X........"];
+    let expected = [
+        "XXX...XXX",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+    ];
     assert_matrix(&c, &compiled, TCP, 80, expected);
 }
 
@@ -204,8 +259,17 @@ spec:
     - from: [{ipBlock: {cidr: 10.0.2.0/24}}, {ipBlock: {cidr: 192.168.0.0/16, except: [192.168.7.0/24]}}]
 "#,
     );
-    let expected =
-        ["XXX......", "XXX......", "XXX......", ".........", ".........", ".........", "XXX......", "XXX......", "XXX......"];
+    let expected = [
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        ".........",
+        ".........",
+        ".........",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+    ];
     assert_matrix(&c, &compiled, TCP, 80, expected);
     let xa = Peer::Pod(pod("x/a"));
     for (ip, want) in [([192, 168, 1, 1], true), ([192, 168, 7, 1], false), ([8, 8, 8, 8], false)] {
@@ -236,9 +300,29 @@ spec:
   ingress: [{ports: [{port: 81, protocol: SCTP}]}]
 "#,
     );
-    let deny_x = ["XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......"];
+    let deny_x = [
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+    ];
     assert_matrix(&c, &compiled, TCP, 81, deny_x);
-    let sctp = [".XX......", ".XX......", ".XX......", ".XX......", ".XX......", ".XX......", ".XX......", ".XX......", ".XX......"];
+    let sctp = [
+        ".XX......",
+        ".XX......",
+        ".XX......",
+        ".XX......",
+        ".XX......",
+        ".XX......",
+        ".XX......",
+        ".XX......",
+        ".XX......",
+    ];
     assert_matrix(&c, &compiled, SCTP, 81, sctp);
 }
 
@@ -272,11 +356,41 @@ spec:
 #[test]
 fn end_port_range_covers_its_ports_and_no_others() {
     let (c, compiled) = lab_with(&pa_base(BASE_INGRESS, "{protocol: TCP, port: 53, endPort: 84}"));
-    let tcp = ["XXX..X..X", ".........", ".........", "X........", ".........", ".........", "X........", "X........", "X........"];
+    let tcp = [
+        "XXX..X..X",
+        ".........",
+        ".........",
+        "X........",
+        ".........",
+        ".........",
+        "X........",
+        "X........",
+        "X........",
+    ];
     assert_matrix(&c, &compiled, TCP, 80, tcp);
-    let tcp81 = ["XXX..X..X", "X........", "X........", "X........", "X........", "X........", "X........", "X........", "X........"];
+    let tcp81 = [
+        "XXX..X..X",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+    ];
     assert_matrix(&c, &compiled, TCP, 81, tcp81);
-    let udp = ["XXXXXXXXX", "X........", "X........", "X........", "X........", "X........", "X........", "X........", "X........"];
+    let udp = [
+        "XXXXXXXXX",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+    ];
     assert_matrix(&c, &compiled, UDP, 80, udp);
     // Range edges: 84 in, 85 out; 53 in (both rules), 52 out.
     let (xa, yb) = (Peer::Pod(pod("x/a")), Peer::Pod(pod("y/b")));
@@ -290,9 +404,29 @@ fn end_port_range_covers_its_ports_and_no_others() {
 #[test]
 fn egress_named_port_with_wrong_protocol_opens_nothing() {
     let (c, compiled) = lab_with(&pa_base(BASE_INGRESS, "{protocol: TCP, port: serve-81-udp}"));
-    let tcp = ["XXXXXXXXX", ".........", ".........", "X........", ".........", ".........", "X........", "X........", "X........"];
+    let tcp = [
+        "XXXXXXXXX",
+        ".........",
+        ".........",
+        "X........",
+        ".........",
+        ".........",
+        "X........",
+        "X........",
+        "X........",
+    ];
     assert_matrix(&c, &compiled, TCP, 80, tcp);
-    let rest = ["XXXXXXXXX", "X........", "X........", "X........", "X........", "X........", "X........", "X........", "X........"];
+    let rest = [
+        "XXXXXXXXX",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+    ];
     assert_matrix(&c, &compiled, TCP, 81, rest);
     assert_matrix(&c, &compiled, UDP, 81, rest);
 }
@@ -307,9 +441,29 @@ fn ingress_named_port_with_wrong_protocol_opens_nothing() {
                 - podSelector: {matchExpressions: [{key: pod, operator: In, values: [b, c]}]}
                   namespaceSelector: {matchExpressions: [{key: ns, operator: In, values: [x, y]}]}"#;
     let (c, compiled) = lab_with(&pa_base(ingress, "{port: 80, protocol: TCP}"));
-    let tcp80 = ["XXX..X..X", "X........", "X........", "X........", "X........", "X........", "X........", "X........", "X........"];
+    let tcp80 = [
+        "XXX..X..X",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+    ];
     assert_matrix(&c, &compiled, TCP, 80, tcp80);
-    let rest = ["XXXXXXXXX", "X........", "X........", "X........", "X........", "X........", "X........", "X........", "X........"];
+    let rest = [
+        "XXXXXXXXX",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+    ];
     assert_matrix(&c, &compiled, TCP, 81, rest);
     assert_matrix(&c, &compiled, UDP, 81, rest);
 }
@@ -329,7 +483,17 @@ spec:
 "#,
     );
     assert_matrix(&c, &compiled, TCP, 81, ALL_ALLOWED);
-    let deny_x = ["XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......", "XXX......"];
+    let deny_x = [
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+        "XXX......",
+    ];
     assert_matrix(&c, &compiled, TCP, 80, deny_x);
     assert_matrix(&c, &compiled, UDP, 81, deny_x);
 }
@@ -358,9 +522,29 @@ spec:
 "#,
     );
     let compiled = compile_all(&c, &mut Identities::new());
-    let tcp80 = ["........X", "........X", "........X", ".........", ".........", ".........", ".........", ".........", "........."];
+    let tcp80 = [
+        "........X",
+        "........X",
+        "........X",
+        ".........",
+        ".........",
+        ".........",
+        ".........",
+        ".........",
+        ".........",
+    ];
     assert_matrix(&c, &compiled, TCP, 80, tcp80);
-    let deny = ["XXXXXXXXX", "XXXXXXXXX", "XXXXXXXXX", ".........", ".........", ".........", ".........", ".........", "........."];
+    let deny = [
+        "XXXXXXXXX",
+        "XXXXXXXXX",
+        "XXXXXXXXX",
+        ".........",
+        ".........",
+        ".........",
+        ".........",
+        ".........",
+        ".........",
+    ];
     assert_matrix(&c, &compiled, TCP, 81, deny);
     assert_matrix(&c, &compiled, UDP, 80, deny);
     // Not to the world either: named ports exist only on pods.
@@ -491,8 +675,17 @@ spec:
     - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: x}}, podSelector: {matchLabels: {pod: a}}}]
 "#,
     );
-    let expected =
-        ["XXX.XXXXX", "...XX....", "...XX....", "...XX....", "...XX....", "...XX....", "...XX....", "...XX....", "...XX...."];
+    let expected = [
+        "XXX.XXXXX",
+        "...XX....",
+        "...XX....",
+        "...XX....",
+        "...XX....",
+        "...XX....",
+        "...XX....",
+        "...XX....",
+        "...XX....",
+    ];
     assert_matrix(&c, &compiled, TCP, 80, expected);
 }
 
@@ -570,7 +763,11 @@ fn three_pods() -> Cluster {
     let mut c = Cluster::new();
     c.set_namespace("x", Labels::new());
     for (name, app, ip) in [("p1", "a", 1), ("p2", "a", 2), ("p3", "b", 3)] {
-        let info = PodInfo { labels: labels(&[("app", app)]), ports: vec![], ips: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, ip))] };
+        let info = PodInfo {
+            labels: labels(&[("app", app)]),
+            ports: vec![],
+            ips: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, ip))],
+        };
         c.pods.insert(PodKey::new("x", name), info);
     }
     apply(
@@ -606,12 +803,16 @@ fn relabelling_a_pod_to_an_existing_identity_changes_one_ipcache_entry_and_no_po
     let after = compile_all(&c, &mut ids);
     let delta = diff(&before, &after);
     assert_eq!(delta.ipcache_upserts.len(), 1, "{delta:#?}");
-    assert!(delta.ipcache_deletes.is_empty() && delta.policy_upserts.is_empty() && delta.policy_deletes.is_empty(), "{delta:#?}");
+    assert!(
+        delta.ipcache_deletes.is_empty() && delta.policy_upserts.is_empty() && delta.policy_deletes.is_empty(),
+        "{delta:#?}"
+    );
     let (key, value) = delta.ipcache_upserts[0];
     assert_eq!(key, ipcache_key("10.0.0.2/32".parse().expect("prefix")));
     assert_eq!(value.identity, after.pod_identity[&PodKey::new("x", "p3")]);
     // And the relabelled pod is now treated as a b: a's may reach it, it may not reach b's.
-    let (p1, p2, p3) = (Peer::Pod(PodKey::new("x", "p1")), Peer::Pod(PodKey::new("x", "p2")), Peer::Pod(PodKey::new("x", "p3")));
+    let (p1, p2, p3) =
+        (Peer::Pod(PodKey::new("x", "p1")), Peer::Pod(PodKey::new("x", "p2")), Peer::Pod(PodKey::new("x", "p3")));
     assert!(datapath_allows(&c, &after, &p1, &p2, TCP, 80));
     assert!(!datapath_allows(&c, &after, &p2, &p3, TCP, 80));
 }
@@ -636,9 +837,15 @@ spec:
     let delta = diff(&before, &after);
     let (a, b) = (after.pod_identity[&PodKey::new("x", "p1")], after.pod_identity[&PodKey::new("x", "p3")]);
     assert!(delta.ipcache_upserts.is_empty() && delta.ipcache_deletes.is_empty());
-    assert_eq!(delta.policy_deletes, vec![PolicyKey::port_block(b, a, Direction::Ingress, 6, PortBlock { base: 80, prefix_len: 16 })]);
+    assert_eq!(
+        delta.policy_deletes,
+        vec![PolicyKey::port_block(b, a, Direction::Ingress, 6, PortBlock { base: 80, prefix_len: 16 })]
+    );
     let upserted: Vec<PolicyKey> = delta.policy_upserts.iter().map(|(k, _)| *k).collect();
-    assert_eq!(upserted, vec![PolicyKey::port_block(b, a, Direction::Ingress, 6, PortBlock { base: 81, prefix_len: 16 })]);
+    assert_eq!(
+        upserted,
+        vec![PolicyKey::port_block(b, a, Direction::Ingress, 6, PortBlock { base: 81, prefix_len: 16 })]
+    );
     let mut applied = before.clone();
     delta.apply_to(&mut applied);
     assert_eq!((applied.ipcache, applied.policy), (after.ipcache.clone(), after.policy.clone()));

@@ -63,13 +63,23 @@ pub enum Why {
     FromHost,
     NotIsolated,
     /// The rule that allows (for a local pod, the one the datapath hit).
-    AllowedBy { rule_id: Option<u32>, rule: RuleInfo },
+    AllowedBy {
+        rule_id: Option<u32>,
+        rule: RuleInfo,
+    },
     /// Isolated and no rule allows.
     DefaultDeny,
 }
 
 /// Explains a connection from `from` to `to` on `proto`/`port`.
-pub fn explain(cluster: &Cluster, compiled: &Compiled, from: Peer, to: Peer, proto: Protocol, port: u16) -> Explanation {
+pub fn explain(
+    cluster: &Cluster,
+    compiled: &Compiled,
+    from: Peer,
+    to: Peer,
+    proto: Protocol,
+    port: u16,
+) -> Explanation {
     let egress = explain_side(cluster, compiled, Direction::Egress, &from, &to, proto, port);
     let ingress = explain_side(cluster, compiled, Direction::Ingress, &from, &to, proto, port);
     Explanation { from, to, protocol: proto, port, egress, ingress }
@@ -100,7 +110,11 @@ fn explain_side(
         return out;
     }
     let first_rule = || {
-        reference.allowed_by.first().map(|(policy, index)| RuleInfo { policy: policy.clone(), direction: dir, index: *index })
+        reference.allowed_by.first().map(|(policy, index)| RuleInfo {
+            policy: policy.clone(),
+            direction: dir,
+            index: *index,
+        })
     };
     out.why = match datapath {
         Some((reason, rule_id)) => {
@@ -237,7 +251,10 @@ spec:
         assert_eq!(e.egress.why, Why::NotIsolated);
         match &e.ingress.why {
             Why::AllowedBy { rule_id: Some(id), rule } => {
-                assert_eq!((rule.policy.to_string(), rule.direction, rule.index), ("x/web".into(), Direction::Ingress, 1));
+                assert_eq!(
+                    (rule.policy.to_string(), rule.direction, rule.index),
+                    ("x/web".into(), Direction::Ingress, 1)
+                );
                 assert_eq!(compiled.rules.get(id), Some(rule));
             }
             other => panic!("expected a rule, got {other:?}"),

@@ -342,7 +342,10 @@ mod tests {
         assert_eq!(back, ids);
         assert_eq!(back.label(&lk("x", "a")), Some(a));
         assert_eq!(back.cidr(&ck("10.0.0.0/8")), Some(c));
-        assert_eq!(back.rule(&RuleInfo { policy: PolicyRef::new("x", "p"), direction: Direction::Egress, index: 3 }), r);
+        assert_eq!(
+            back.rule(&RuleInfo { policy: PolicyRef::new("x", "p"), direction: Direction::Egress, index: 3 }),
+            r
+        );
         assert_eq!(back.label(&lk("y", "a")), Some(a + 1));
     }
 

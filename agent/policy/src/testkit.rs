@@ -81,7 +81,14 @@ pub fn addr_of(c: &Cluster, peer: &Peer) -> Option<IpAddr> {
 }
 
 /// One side's datapath verdict for a local pod: `decide_new_flow` on the compiled maps.
-pub fn datapath_side(compiled: &Compiled, dir: Direction, subject: &PodKey, peer_addr: IpAddr, proto: Protocol, port: u16) -> bool {
+pub fn datapath_side(
+    compiled: &Compiled,
+    dir: Direction,
+    subject: &PodKey,
+    peer_addr: IpAddr,
+    proto: Protocol,
+    port: u16,
+) -> bool {
     let identity = *compiled.pod_identity.get(subject).unwrap_or_else(|| panic!("{subject} has no identity"));
     let flags = *compiled.isolation.get(&identity).unwrap_or_else(|| panic!("{subject} is not local"));
     let ep = EndpointInfo { ep_id: 1, identity, flags, _pad: 0, addr_v4: [0; 16], addr_v6: [0; 16] };

@@ -130,7 +130,9 @@ impl PortSpec {
                 None => port == *first,
                 Some(last) => (*first..=last).contains(&port),
             },
-            PortRef::Named(name) => dst_ports.iter().any(|np| np.name == *name && np.protocol == proto && np.port == port),
+            PortRef::Named(name) => {
+                dst_ports.iter().any(|np| np.name == *name && np.protocol == proto && np.port == port)
+            }
         }
     }
 }
@@ -235,7 +237,12 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ObjectError {
-        ObjectError { file: self.file.into(), object: self.object.clone(), field: field.into(), message: message.into() }
+        ObjectError {
+            file: self.file.into(),
+            object: self.object.clone(),
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -445,7 +452,8 @@ fn same_family(a: &IpNet, b: &IpNet) -> bool {
 /// Parses a CIDR, clearing host bits (upstream conformance writes `10.1.2.3/4`) and writing
 /// IPv4-mapped IPv6 prefixes as IPv4, which is how Go's `net.IPNet` matches them.
 fn parse_cidr(ctx: &Ctx, field: &str, s: &str) -> Result<IpNet, ObjectError> {
-    let net: IpNet = s.trim().parse().map_err(|_| ctx.err(field, format!("{s:?} is not a CIDR (address/prefix-length)")))?;
+    let net: IpNet =
+        s.trim().parse().map_err(|_| ctx.err(field, format!("{s:?} is not a CIDR (address/prefix-length)")))?;
     Ok(canonical_net(net))
 }
 
@@ -494,8 +502,9 @@ fn port_spec(ctx: &Ctx, field: &str, p: &NetworkPolicyPort) -> Result<PortSpec, 
 fn protocol(ctx: &Ctx, field: &str, p: Option<&str>) -> Result<Protocol, ObjectError> {
     match p {
         None => Ok(Protocol::Tcp),
-        Some(s) => Protocol::from_api(s)
-            .ok_or_else(|| ctx.err(field, format!("unsupported protocol {s:?}: expected \"TCP\", \"UDP\" or \"SCTP\""))),
+        Some(s) => Protocol::from_api(s).ok_or_else(|| {
+            ctx.err(field, format!("unsupported protocol {s:?}: expected \"TCP\", \"UDP\" or \"SCTP\""))
+        }),
     }
 }
 
@@ -602,11 +611,26 @@ mod tests {
     #[test]
     fn every_policy_error_names_the_object_and_the_field() {
         let cases = [
-            ("{podSelector: {matchExpressions: [{key: a, operator: Equals, values: [b]}]}}", "spec.podSelector.matchExpressions[0].operator"),
-            ("{podSelector: {matchExpressions: [{key: a, operator: In}]}}", "spec.podSelector.matchExpressions[0].values"),
-            ("{podSelector: {matchExpressions: [{key: a, operator: NotIn, values: []}]}}", "spec.podSelector.matchExpressions[0].values"),
-            ("{podSelector: {matchExpressions: [{key: a, operator: Exists, values: [b]}]}}", "spec.podSelector.matchExpressions[0].values"),
-            ("{podSelector: {matchExpressions: [{key: a, operator: DoesNotExist, values: [b]}]}}", "spec.podSelector.matchExpressions[0].values"),
+            (
+                "{podSelector: {matchExpressions: [{key: a, operator: Equals, values: [b]}]}}",
+                "spec.podSelector.matchExpressions[0].operator",
+            ),
+            (
+                "{podSelector: {matchExpressions: [{key: a, operator: In}]}}",
+                "spec.podSelector.matchExpressions[0].values",
+            ),
+            (
+                "{podSelector: {matchExpressions: [{key: a, operator: NotIn, values: []}]}}",
+                "spec.podSelector.matchExpressions[0].values",
+            ),
+            (
+                "{podSelector: {matchExpressions: [{key: a, operator: Exists, values: [b]}]}}",
+                "spec.podSelector.matchExpressions[0].values",
+            ),
+            (
+                "{podSelector: {matchExpressions: [{key: a, operator: DoesNotExist, values: [b]}]}}",
+                "spec.podSelector.matchExpressions[0].values",
+            ),
             ("{podSelector: {matchExpressions: [{operator: Exists}]}}", "spec.podSelector.matchExpressions[0].key"),
             ("{podSelector: {}, ingress: [{ports: [{port: 0}]}]}", "spec.ingress[0].ports[0].port"),
             ("{podSelector: {}, ingress: [{ports: [{port: 80}, {port: 65536}]}]}", "spec.ingress[0].ports[1].port"),
@@ -624,18 +648,48 @@ mod tests {
             ("{podSelector: {}, ingress: [{ports: [{port: http, endPort: 90}]}]}", "spec.ingress[0].ports[0].endPort"),
             ("{podSelector: {}, ingress: [{ports: [{port: 80, protocol: tcp}]}]}", "spec.ingress[0].ports[0].protocol"),
             ("{podSelector: {}, egress: [{}, {ports: [{protocol: ICMP}]}]}", "spec.egress[1].ports[0].protocol"),
-            ("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}", "spec.egress[0].to[0].ipBlock.cidr"),
+            (
+                "{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}",
+                "spec.egress[0].to[0].ipBlock.cidr",
+            ),
             ("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.1}}]}]}", "spec.egress[0].to[0].ipBlock.cidr"),
-            ("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]}", "spec.egress[0].to[0].ipBlock.except[0]"),
-            ("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/24, 10.0.0.0/8]}}]}]}", "spec.egress[0].to[0].ipBlock.except[1]"),
-            ("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/4]}}]}]}", "spec.egress[0].to[0].ipBlock.except[0]"),
-            ("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: ['fd00::/64']}}]}]}", "spec.egress[0].to[0].ipBlock.except[0]"),
-            ("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [bogus]}}]}]}", "spec.egress[0].to[0].ipBlock.except[0]"),
-            ("{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]}", "spec.ingress[0].from[0]"),
-            ("{podSelector: {}, ingress: [{from: [{podSelector: {}}, {ipBlock: {cidr: 10.0.0.0/8}, namespaceSelector: {}}]}]}", "spec.ingress[0].from[1]"),
+            (
+                "{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]}",
+                "spec.egress[0].to[0].ipBlock.except[0]",
+            ),
+            (
+                "{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/24, 10.0.0.0/8]}}]}]}",
+                "spec.egress[0].to[0].ipBlock.except[1]",
+            ),
+            (
+                "{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/4]}}]}]}",
+                "spec.egress[0].to[0].ipBlock.except[0]",
+            ),
+            (
+                "{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: ['fd00::/64']}}]}]}",
+                "spec.egress[0].to[0].ipBlock.except[0]",
+            ),
+            (
+                "{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [bogus]}}]}]}",
+                "spec.egress[0].to[0].ipBlock.except[0]",
+            ),
+            (
+                "{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]}",
+                "spec.ingress[0].from[0]",
+            ),
+            (
+                "{podSelector: {}, ingress: [{from: [{podSelector: {}}, {ipBlock: {cidr: 10.0.0.0/8}, namespaceSelector: {}}]}]}",
+                "spec.ingress[0].from[1]",
+            ),
             ("{podSelector: {}, ingress: [{from: [{}]}]}", "spec.ingress[0].from[0]"),
-            ("{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: k, operator: In}]}}]}]}", "spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].values"),
-            ("{podSelector: {}, egress: [{to: [{podSelector: {matchExpressions: [{key: k, operator: Foo}]}}]}]}", "spec.egress[0].to[0].podSelector.matchExpressions[0].operator"),
+            (
+                "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: k, operator: In}]}}]}]}",
+                "spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].values",
+            ),
+            (
+                "{podSelector: {}, egress: [{to: [{podSelector: {matchExpressions: [{key: k, operator: Foo}]}}]}]}",
+                "spec.egress[0].to[0].podSelector.matchExpressions[0].operator",
+            ),
             ("{podSelector: {}, policyTypes: [Ingress, egress]}", "spec.policyTypes[1]"),
         ];
         for (spec, field) in cases {
@@ -703,11 +757,16 @@ mod tests {
 
     #[test]
     fn cidrs_are_masked_and_ipv4_mapped_prefixes_become_ipv4() {
-        let p = ok("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.1.2.3/4, except: [10.1.2.3/16]}}, {ipBlock: {cidr: '::ffff:10.0.0.0/104'}}]}]}");
+        let p = ok(
+            "{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.1.2.3/4, except: [10.1.2.3/16]}}, {ipBlock: {cidr: '::ffff:10.0.0.0/104'}}]}]}",
+        );
         let peers = p.egress.expect("egress")[0].peers.clone().expect("peers");
         assert_eq!(
             peers[0],
-            Peer::IpBlock { cidr: "0.0.0.0/4".parse().expect("net"), except: vec!["10.1.0.0/16".parse().expect("net")] }
+            Peer::IpBlock {
+                cidr: "0.0.0.0/4".parse().expect("net"),
+                except: vec!["10.1.0.0/16".parse().expect("net")]
+            }
         );
         assert_eq!(peers[1], Peer::IpBlock { cidr: "10.0.0.0/8".parse().expect("net"), except: vec![] });
         assert!(peers[0].block_contains("10.2.0.1".parse().expect("ip")));
@@ -726,7 +785,9 @@ mod tests {
     }
 
     fn pod_of(yaml: &str) -> Result<(PodKey, PodInfo), ObjectError> {
-        let Object::Pod(p) = one(&format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: a, namespace: x, labels: {{app: web}}}}\n{yaml}")) else {
+        let Object::Pod(p) = one(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: a, namespace: x, labels: {{app: web}}}}\n{yaml}"
+        )) else {
             panic!("pod")
         };
         pod(&p, "t.yaml")
@@ -762,11 +823,26 @@ mod tests {
     #[test]
     fn every_pod_error_names_the_field() {
         let cases = [
-            ("spec: {containers: [{name: c, ports: [{name: http, containerPort: 80}]}, {name: d, ports: [{name: http, containerPort: 81}]}]}\n", "spec.containers[1].ports[0].name"),
-            ("spec: {containers: [{name: c, ports: [{containerPort: 0}]}]}\n", "spec.containers[0].ports[0].containerPort"),
-            ("spec: {containers: [{name: c, ports: [{containerPort: 70000}]}]}\n", "spec.containers[0].ports[0].containerPort"),
-            ("spec: {containers: [{name: c, ports: [{containerPort: 80, name: HTTP}]}]}\n", "spec.containers[0].ports[0].name"),
-            ("spec: {containers: [{name: c, ports: [{containerPort: 80, protocol: ICMP}]}]}\n", "spec.containers[0].ports[0].protocol"),
+            (
+                "spec: {containers: [{name: c, ports: [{name: http, containerPort: 80}]}, {name: d, ports: [{name: http, containerPort: 81}]}]}\n",
+                "spec.containers[1].ports[0].name",
+            ),
+            (
+                "spec: {containers: [{name: c, ports: [{containerPort: 0}]}]}\n",
+                "spec.containers[0].ports[0].containerPort",
+            ),
+            (
+                "spec: {containers: [{name: c, ports: [{containerPort: 70000}]}]}\n",
+                "spec.containers[0].ports[0].containerPort",
+            ),
+            (
+                "spec: {containers: [{name: c, ports: [{containerPort: 80, name: HTTP}]}]}\n",
+                "spec.containers[0].ports[0].name",
+            ),
+            (
+                "spec: {containers: [{name: c, ports: [{containerPort: 80, protocol: ICMP}]}]}\n",
+                "spec.containers[0].ports[0].protocol",
+            ),
             ("status: {podIP: 10.0.0.300}\n", "status.podIP"),
             ("status: {podIPs: [{ip: 10.0.0.1}, {ip: nope}]}\n", "status.podIPs[1].ip"),
         ];

@@ -18,8 +18,8 @@ use ward_policy::cluster::{Cluster, PodKey};
 use ward_policy::compile::{Compiled, addr16, compile, diff};
 use ward_policy::identity::Identities;
 use ward_policy::model::{
-    self, IntOrString, IpBlock, LabelSelector, LabelSelectorRequirement, NetworkPolicyEgressRule, NetworkPolicyIngressRule,
-    NetworkPolicyPeer, NetworkPolicyPort, Object, ObjectMeta,
+    self, IntOrString, IpBlock, LabelSelector, LabelSelectorRequirement, NetworkPolicyEgressRule,
+    NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, Object, ObjectMeta,
 };
 use ward_policy::reference::{self, Peer};
 use ward_policy::tables::CompiledTables;
@@ -46,7 +46,10 @@ fn meta(name: &str, namespace: Option<&str>, labels: BTreeMap<String, String>) -
 
 // --- strategies ---------------------------------------------------------------------------
 
-fn label_map(keys: &'static [&'static str], values: &'static [&'static str]) -> impl Strategy<Value = BTreeMap<String, String>> + Clone {
+fn label_map(
+    keys: &'static [&'static str],
+    values: &'static [&'static str],
+) -> impl Strategy<Value = BTreeMap<String, String>> + Clone {
     proptest::collection::btree_map(proptest::sample::select(keys), proptest::sample::select(values), 0..=keys.len())
         .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
 }
@@ -78,8 +81,12 @@ fn pod_spec() -> impl Strategy<Value = PodSpec> {
     )
     .prop_map(|m| m.into_iter().map(|(n, (proto, port))| (n.to_string(), proto, port)).collect());
     let addr = prop_oneof![6 => Just(Some(false)), 3 => Just(Some(true)), 1 => Just(None)];
-    (0..NAMESPACES.len(), label_map(POD_KEYS, POD_VALUES), ports, addr)
-        .prop_map(|(ns, labels, ports, addr)| PodSpec { ns, labels, ports, addr })
+    (0..NAMESPACES.len(), label_map(POD_KEYS, POD_VALUES), ports, addr).prop_map(|(ns, labels, ports, addr)| PodSpec {
+        ns,
+        labels,
+        ports,
+        addr,
+    })
 }
 
 fn pod_object(i: usize, p: &PodSpec) -> model::Pod {
@@ -105,7 +112,10 @@ fn pod_object(i: usize, p: &PodSpec) -> model::Pod {
     }
 }
 
-fn selector(keys: &'static [&'static str], values: &'static [&'static str]) -> impl Strategy<Value = LabelSelector> + Clone {
+fn selector(
+    keys: &'static [&'static str],
+    values: &'static [&'static str],
+) -> impl Strategy<Value = LabelSelector> + Clone {
     let expr = (
         proptest::sample::select(keys),
         proptest::sample::select(vec!["In", "NotIn", "Exists", "DoesNotExist"]),
@@ -116,21 +126,33 @@ fn selector(keys: &'static [&'static str], values: &'static [&'static str]) -> i
             operator: op.to_string(),
             values: if matches!(op, "In" | "NotIn") { vals.iter().map(|v| v.to_string()).collect() } else { vec![] },
         });
-    (label_map(keys, values).prop_map(|mut m| {
-        // At most one matchLabels pair keeps selectors from matching nothing too often.
-        while m.len() > 1 {
-            m.pop_last();
-        }
-        m
-    }), proptest::collection::vec(expr, 0..=1))
+    (
+        label_map(keys, values).prop_map(|mut m| {
+            // At most one matchLabels pair keeps selectors from matching nothing too often.
+            while m.len() > 1 {
+                m.pop_last();
+            }
+            m
+        }),
+        proptest::collection::vec(expr, 0..=1),
+    )
         .prop_map(|(match_labels, match_expressions)| LabelSelector { match_labels, match_expressions })
 }
 
 const NS_SELECTOR_KEYS: &[&str] = &["env", "team", "kubernetes.io/metadata.name"];
 const NS_SELECTOR_VALUES: &[&str] = &["prod", "dev", "ns-x", "ns-y"];
 
-const CIDRS: &[&str] =
-    &["10.0.0.0/8", "10.0.0.0/16", "10.0.1.0/24", "0.0.0.0/0", "10.0.1.3/30", "fd00::/8", "::/0", "fd00::1:0/112", "192.168.0.0/16"];
+const CIDRS: &[&str] = &[
+    "10.0.0.0/8",
+    "10.0.0.0/16",
+    "10.0.1.0/24",
+    "0.0.0.0/0",
+    "10.0.1.3/30",
+    "fd00::/8",
+    "::/0",
+    "fd00::1:0/112",
+    "192.168.0.0/16",
+];
 const EXCEPTS: &[&str] = &[
     "10.0.1.0/24",
     "10.0.2.0/24",
@@ -148,16 +170,20 @@ fn strictly_inside(inner: &str, outer: &str) -> bool {
     match (inner.parse::<IpNet>(), outer.parse::<IpNet>()) {
         (Ok(i), Ok(o)) => {
             let (i, o) = (i.trunc(), o.trunc());
-            i.prefix_len() > o.prefix_len() && o.contains(&i.network()) && (i.network().is_ipv4() == o.network().is_ipv4())
+            i.prefix_len() > o.prefix_len()
+                && o.contains(&i.network())
+                && (i.network().is_ipv4() == o.network().is_ipv4())
         }
         _ => false,
     }
 }
 
 fn ip_block() -> impl Strategy<Value = IpBlock> {
-    (proptest::sample::select(CIDRS), proptest::sample::subsequence(EXCEPTS, 0..=3)).prop_map(|(cidr, except)| IpBlock {
-        cidr: cidr.to_string(),
-        except: except.into_iter().filter(|e| strictly_inside(e, cidr)).map(String::from).collect(),
+    (proptest::sample::select(CIDRS), proptest::sample::subsequence(EXCEPTS, 0..=3)).prop_map(|(cidr, except)| {
+        IpBlock {
+            cidr: cidr.to_string(),
+            except: except.into_iter().filter(|e| strictly_inside(e, cidr)).map(String::from).collect(),
+        }
     })
 }
 
@@ -167,7 +193,11 @@ fn peer() -> impl Strategy<Value = NetworkPolicyPeer> {
     prop_oneof![
         pods.clone().prop_map(|s| NetworkPolicyPeer { pod_selector: Some(s), ..Default::default() }),
         nss.clone().prop_map(|s| NetworkPolicyPeer { namespace_selector: Some(s), ..Default::default() }),
-        (pods, nss).prop_map(|(p, n)| NetworkPolicyPeer { pod_selector: Some(p), namespace_selector: Some(n), ip_block: None }),
+        (pods, nss).prop_map(|(p, n)| NetworkPolicyPeer {
+            pod_selector: Some(p),
+            namespace_selector: Some(n),
+            ip_block: None
+        }),
         ip_block().prop_map(|b| NetworkPolicyPeer { ip_block: Some(b), ..Default::default() }),
     ]
 }
@@ -250,7 +280,14 @@ fn first_addr(c: &Cluster, p: &Peer) -> Option<IpAddr> {
     reference::addresses(c, p).first().copied()
 }
 
-fn datapath_allows(c: &Cluster, compiled: &Compiled, from: &Peer, to: &Peer, proto: Protocol, port: u16) -> Option<bool> {
+fn datapath_allows(
+    c: &Cluster,
+    compiled: &Compiled,
+    from: &Peer,
+    to: &Peer,
+    proto: Protocol,
+    port: u16,
+) -> Option<bool> {
     let (from_addr, to_addr) = (first_addr(c, from)?, first_addr(c, to)?);
     let egress = match from {
         Peer::Pod(k) => side(compiled, Direction::Egress, k, to_addr, proto, port),
