@@ -26,7 +26,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use ward_common::Direction;
@@ -256,7 +256,8 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
     // for IPv4 addresses in the shared trie, where NetworkPolicy says it never matches
     // IPv4. This entry stops IPv4 lookups at the IPv4 root.
     let v4_root = IpNet::V4(Ipv4Net::default());
-    if prefixes.iter().any(|p| matches!(p, IpNet::V6(_)) && p.contains(&addr_v4_root_in_v6())) {
+    let v4_mapped_root = IpAddr::V6(Ipv4Addr::UNSPECIFIED.to_ipv6_mapped());
+    if prefixes.iter().any(|p| matches!(p, IpNet::V6(_)) && p.prefix_len() <= 96 && p.contains(&v4_mapped_root)) {
         let cidr_identity = cidr_ids.get(&CidrKey { prefix: v4_root, ports: vec![] }).copied().unwrap_or(ID_WORLD);
         out.ipcache.entry(ipcache_key(v4_root)).or_insert(IpcacheValue { identity: ID_WORLD, cidr_identity });
     }
@@ -309,10 +310,6 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
         out.isolation.insert(subject, bits);
     }
     out
-}
-
-fn addr_v4_root_in_v6() -> IpNet {
-    IpNet::V6(Ipv6Net::new_assert(std::net::Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(), 96))
 }
 
 fn rules_of(p: &Policy) -> impl Iterator<Item = (Direction, &Rule)> {

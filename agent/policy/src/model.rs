@@ -420,14 +420,11 @@ fn typed_object(
             &format!("{kind} must have apiVersion {want_version:?}, not {api_version:?}"),
         ));
     }
-    let typed = |obj: &str| -> Result<Object, ObjectError> {
-        Ok(match kind {
-            "Namespace" => Object::Namespace(from_text(text, file, obj, first_line)?),
-            "Pod" => Object::Pod(from_text(text, file, obj, first_line)?),
-            _ => Object::NetworkPolicy(from_text(text, file, obj, first_line)?),
-        })
-    };
-    typed(&object)
+    Ok(match kind {
+        "Namespace" => Object::Namespace(from_text(text, file, &object, first_line)?),
+        "Pod" => Object::Pod(from_text(text, file, &object, first_line)?),
+        _ => Object::NetworkPolicy(from_text(text, file, &object, first_line)?),
+    })
 }
 
 fn from_text<T: DeserializeOwned>(text: &str, file: &str, object: &str, first_line: usize) -> Result<T, ObjectError> {
