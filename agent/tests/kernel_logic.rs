@@ -276,3 +276,63 @@ fn spoofed_source_unknown_endpoint_and_malformed_packets_are_dropped() {
     t.apply(&MirrorContents::default());
     assert_eq!(t.run("to_pod", &packet(PEER, POD, TCP, 40033, 80, SYN)), DROP, "unknown endpoint");
 }
+
+/// Ethernet + IPv4 + ICMP with the given type and rest-of-header/payload bytes.
+fn icmp(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, body: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 12];
+    p.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 4 + body.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(&[ty, 0, 0, 0]);
+    p.extend_from_slice(body);
+    p
+}
+
+fn echo(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, id: u16) -> Vec<u8> {
+    let mut body = id.to_be_bytes().to_vec();
+    body.extend_from_slice(&[0, 1]);
+    icmp(src, dst, ty, &body)
+}
+
+#[test]
+fn icmp_echo_needs_a_rule_without_ports_and_its_reply_passes() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new("icmp");
+    let mut m = base(EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS);
+    allow(&mut m, Direction::Ingress, PEER_ID, TCP, 1, 65535, 20);
+    t.apply(&m);
+    assert_eq!(t.run("to_pod", &echo(PEER, POD, 8, 77)), DROP, "a rule with ports does not open ICMP");
+    m.policy.insert(PolicyKey::any_proto(SUBJECT, PEER_ID, Direction::Ingress), PolicyValue { rule_id: 21, flags: 0 });
+    t.apply(&m);
+    assert_eq!(t.run("to_pod", &echo(PEER, POD, 8, 78)), PASS, "a rule without ports allows the peer");
+    assert_eq!(t.run("from_pod", &echo(POD, PEER, 0, 78)), PASS, "the echo reply of an allowed request");
+    assert_eq!(t.run("from_pod", &echo(POD, PEER, 8, 79)), DROP, "egress is still isolated");
+}
+
+#[test]
+fn icmp_errors_pass_only_when_related_to_a_tracked_flow() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new("related");
+    let mut m = base(EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS);
+    allow(&mut m, Direction::Egress, PEER_ID, UDP, 53, 53, 22);
+    t.apply(&m);
+    // The pod sends a datagram (allowed, tracked); the peer answers "port unreachable",
+    // quoting the pod's datagram.
+    let sent = packet(POD, PEER, UDP, 40400, 53, 0);
+    assert_eq!(t.run("from_pod", &sent), PASS);
+    let mut quoted = vec![0u8; 4];
+    quoted.extend_from_slice(&sent[14..14 + 28]);
+    assert_eq!(t.run("to_pod", &icmp(PEER, POD, 3, &quoted)), PASS, "related error");
+    let other = packet(POD, PEER, UDP, 40401, 53, 0);
+    let mut unrelated = vec![0u8; 4];
+    unrelated.extend_from_slice(&other[14..14 + 28]);
+    assert_eq!(t.run("to_pod", &icmp(PEER, POD, 3, &unrelated)), DROP, "error about an untracked flow");
+}
