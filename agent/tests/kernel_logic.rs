@@ -336,3 +336,34 @@ fn icmp_errors_pass_only_when_related_to_a_tracked_flow() {
     unrelated.extend_from_slice(&other[14..14 + 28]);
     assert_eq!(t.run("to_pod", &icmp(PEER, POD, 3, &unrelated)), DROP, "error about an untracked flow");
 }
+
+#[test]
+fn every_pinned_map_has_the_key_value_sizes_and_capacity_of_its_shared_type() {
+    use std::mem::size_of;
+
+    use aya::maps::MapInfo;
+    use ward_common::maps::*;
+    if !privileged() {
+        return;
+    }
+    let t = TestDatapath::new("layout");
+    // LPM trie keys are the 4-byte prefix length plus the data.
+    let expected: [(&str, usize, usize, u32); 7] = [
+        (MAP_ENDPOINTS, size_of::<EndpointKey>(), size_of::<EndpointInfo>(), ENDPOINTS_MAX),
+        (MAP_IPCACHE, size_of::<IpcacheKey>(), size_of::<IpcacheValue>(), IPCACHE_MAX),
+        (MAP_POLICY, size_of::<PolicyKey>(), size_of::<PolicyValue>(), POLICY_MAX),
+        (MAP_CT, size_of::<CtKey>(), size_of::<CtValue>(), CT_MAX),
+        (MAP_CONFIG, 4, size_of::<ConfigValue>(), 1),
+        (MAP_REASON_CNT, 4, size_of::<Counter>(), ward_common::Reason::COUNT),
+        (MAP_RULE_CNT, 4, size_of::<Counter>(), RULE_CNT_MAX),
+    ];
+    for (name, key, value, max) in expected {
+        let info = MapInfo::from_pin(t.dp.pin_dir().join(name)).unwrap_or_else(|e| panic!("{name} not pinned: {e}"));
+        assert_eq!(info.key_size() as usize, key, "{name} key size");
+        assert_eq!(info.value_size() as usize, value, "{name} value size");
+        assert_eq!(info.max_entries(), max, "{name} capacity");
+    }
+    let events = MapInfo::from_pin(t.dp.pin_dir().join(MAP_EVENTS)).expect("events pinned");
+    assert_eq!(events.max_entries(), EVENTS_BYTES);
+    assert_eq!(ALL_MAPS.len(), expected.len() + 1, "every shared map name is checked");
+}
