@@ -155,12 +155,12 @@ impl Agent {
         agent.reconcile();
         let eps: Vec<LocalEndpoint> = agent.registry.iter().cloned().collect();
         for ep in eps {
-            if !reconcile::interface_is(&ep.host_ifname, ep.host_ifindex) {
-                tracing::info!(endpoint = ep.ep_id, ifname = %ep.host_ifname, "interface vanished while down; forgetting it");
+            if !reconcile::interface_is(&ep.reg.host_ifname, ep.reg.host_ifindex) {
+                tracing::info!(endpoint = ep.ep_id, ifname = %ep.reg.host_ifname, "interface vanished while down; forgetting it");
                 agent.forget(&ep);
                 continue;
             }
-            if let Err(e) = agent.dp.attach(&ep.host_ifname, ep.host_ifindex) {
+            if let Err(e) = agent.dp.attach(&ep.reg.host_ifname, ep.reg.host_ifindex) {
                 tracing::error!(endpoint = ep.ep_id, error = %e, "re-attaching");
             }
         }
@@ -208,17 +208,17 @@ impl Agent {
             self.forget(&ep);
             return Response::Error { message };
         }
-        if let Err(e) = self.dp.attach(&ep.host_ifname, ep.host_ifindex) {
+        if let Err(e) = self.dp.attach(&ep.reg.host_ifname, ep.reg.host_ifindex) {
             self.forget(&ep);
             return Response::Error { message: e.to_string() };
         }
-        let identity = self.mirror.endpoints.get(&ep.host_ifindex).map(|i| i.identity).unwrap_or(0);
+        let identity = self.mirror.endpoints.get(&ep.reg.host_ifindex).map(|i| i.identity).unwrap_or(0);
         tracing::info!(endpoint = ep.ep_id, identity, "endpoint protected");
         Response::Registered { endpoint_id: ep.ep_id, identity }
     }
 
     fn deregister(&mut self, container_id: &str, ifname: &str) -> Response {
-        let ep = self.registry.iter().find(|e| e.container_id == container_id && e.ifname == ifname).cloned();
+        let ep = self.registry.iter().find(|e| e.reg.container_id == container_id && e.reg.ifname == ifname).cloned();
         match ep {
             Some(ep) => {
                 self.forget(&ep);
@@ -230,10 +230,10 @@ impl Agent {
 
     /// Removes an endpoint everywhere: registry, links, maps, its tracked flows.
     fn forget(&mut self, ep: &LocalEndpoint) {
-        if let Err(e) = self.registry.remove(&ep.container_id, &ep.ifname) {
+        if let Err(e) = self.registry.remove(&ep.reg.container_id, &ep.reg.ifname) {
             tracing::error!(endpoint = ep.ep_id, error = %e, "persisting endpoint removal");
         }
-        self.dp.detach(ep.host_ifindex);
+        self.dp.detach(ep.reg.host_ifindex);
         self.reconcile();
         self.dp.maps.flush_ct(ep.ep_id);
     }
@@ -242,12 +242,12 @@ impl Agent {
     /// pinned for interfaces we no longer protect.
     fn gc(&mut self) {
         let gone: Vec<LocalEndpoint> =
-            self.registry.iter().filter(|e| !reconcile::interface_is(&e.host_ifname, e.host_ifindex)).cloned().collect();
+            self.registry.iter().filter(|e| !reconcile::interface_is(&e.reg.host_ifname, e.reg.host_ifindex)).cloned().collect();
         for ep in gone {
-            tracing::info!(endpoint = ep.ep_id, ifname = %ep.host_ifname, "interface vanished; forgetting endpoint");
+            tracing::info!(endpoint = ep.ep_id, ifname = %ep.reg.host_ifname, "interface vanished; forgetting endpoint");
             self.forget(&ep);
         }
-        let live: std::collections::BTreeSet<u32> = self.registry.iter().map(|e| e.host_ifindex).collect();
+        let live: std::collections::BTreeSet<u32> = self.registry.iter().map(|e| e.reg.host_ifindex).collect();
         for ifindex in self.dp.pinned_link_ifindexes() {
             if !live.contains(&ifindex) {
                 self.dp.detach(ifindex);
@@ -291,20 +291,20 @@ impl Agent {
         self.registry
             .iter()
             .map(|e| {
-                let info = self.mirror.endpoints.get(&e.host_ifindex);
+                let info = self.mirror.endpoints.get(&e.reg.host_ifindex);
                 let flags = info.map(|i| i.flags).unwrap_or(0);
                 let labels = snap
                     .pods
-                    .get(&reconcile::pod_key(&e.pod_namespace, &e.pod_name))
+                    .get(&reconcile::pod_key(&e.reg.pod_namespace, &e.reg.pod_name))
                     .map(|p| p.labels.clone())
                     .unwrap_or_default();
                 EndpointStatus {
                     endpoint_id: e.ep_id,
-                    container_id: e.container_id.clone(),
-                    pod: format!("{}/{}", e.pod_namespace, e.pod_name),
-                    host_ifname: e.host_ifname.clone(),
-                    host_ifindex: e.host_ifindex,
-                    ips: e.ips.clone(),
+                    container_id: e.reg.container_id.clone(),
+                    pod: format!("{}/{}", e.reg.pod_namespace, e.reg.pod_name),
+                    host_ifname: e.reg.host_ifname.clone(),
+                    host_ifindex: e.reg.host_ifindex,
+                    ips: e.reg.ips.clone(),
                     identity: info.map(|i| i.identity).unwrap_or(0),
                     labels,
                     ingress_isolated: flags & ward_common::maps::EP_ISOLATED_INGRESS != 0,

@@ -69,8 +69,8 @@ pub fn pod_key(namespace: &str, name: &str) -> PodKey {
 fn build_cluster(snap: &Snapshot, registry: &Registry, host_addrs: &[IpAddr]) -> Cluster {
     let mut pods = snap.pods.clone();
     for ep in registry.iter() {
-        if let Some(p) = pods.get_mut(&pod_key(&ep.pod_namespace, &ep.pod_name)) {
-            p.ips = ep.ips.clone();
+        if let Some(p) = pods.get_mut(&pod_key(&ep.reg.pod_namespace, &ep.reg.pod_name)) {
+            p.ips = ep.reg.ips.clone();
         }
     }
     let mut namespaces = snap.namespaces.clone();
@@ -111,12 +111,12 @@ fn desired_maps(compiled: &Compiled, registry: &Registry) -> MirrorContents {
         policy: compiled.policy.clone(),
     };
     for ep in registry.iter() {
-        let (addr_v4, addr_v6) = addr_slots(&ep.ips);
-        let (identity, flags) = match compiled.pod_identity.get(&pod_key(&ep.pod_namespace, &ep.pod_name)) {
+        let (addr_v4, addr_v6) = addr_slots(&ep.reg.ips);
+        let (identity, flags) = match compiled.pod_identity.get(&pod_key(&ep.reg.pod_namespace, &ep.reg.pod_name)) {
             Some(id) => (*id, compiled.isolation.get(id).copied().unwrap_or(0)),
             // A pod the datastore does not know (yet): nothing in or out until it does.
             None => {
-                for ip in &ep.ips {
+                for ip in &ep.reg.ips {
                     desired
                         .ipcache
                         .entry(host_prefix(ip))
@@ -127,7 +127,7 @@ fn desired_maps(compiled: &Compiled, registry: &Registry) -> MirrorContents {
         };
         desired
             .endpoints
-            .insert(ep.host_ifindex, EndpointInfo { ep_id: ep.ep_id, identity, flags, _pad: 0, addr_v4, addr_v6 });
+            .insert(ep.reg.host_ifindex, EndpointInfo { ep_id: ep.ep_id, identity, flags, _pad: 0, addr_v4, addr_v6 });
     }
     desired
 }
@@ -142,7 +142,7 @@ impl Agent {
         let local: BTreeSet<PodKey> = self
             .registry
             .iter()
-            .map(|e| pod_key(&e.pod_namespace, &e.pod_name))
+            .map(|e| pod_key(&e.reg.pod_namespace, &e.reg.pod_name))
             .filter(|k| cluster.pods.contains_key(k))
             .collect();
         let compiled = ward_policy::compile::compile(&cluster, &local, &mut self.ids);

@@ -4,24 +4,18 @@
 //! exactly which interfaces to keep protecting.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::api::proto::EndpointRegistration;
 
+/// A registration as the CNI plugin sent it, with the id the agent gave it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LocalEndpoint {
     pub ep_id: u32,
-    pub container_id: String,
-    pub ifname: String,
-    pub netns: String,
-    pub pod_namespace: String,
-    pub pod_name: String,
-    pub host_ifname: String,
-    pub host_ifindex: u32,
-    pub ips: Vec<IpAddr>,
+    #[serde(flatten)]
+    pub reg: EndpointRegistration,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -58,7 +52,7 @@ impl Registry {
         let endpoints = persisted
             .endpoints
             .into_iter()
-            .map(|e| ((e.container_id.clone(), e.ifname.clone()), e))
+            .map(|e| ((e.reg.container_id.clone(), e.reg.ifname.clone()), e))
             .collect();
         Ok(Registry { path, next_ep_id: persisted.next_ep_id.max(1), endpoints })
     }
@@ -80,17 +74,7 @@ impl Registry {
                 id
             }
         };
-        let ep = LocalEndpoint {
-            ep_id,
-            container_id: r.container_id.clone(),
-            ifname: r.ifname.clone(),
-            netns: r.netns.clone(),
-            pod_namespace: r.pod_namespace.clone(),
-            pod_name: r.pod_name.clone(),
-            host_ifname: r.host_ifname.clone(),
-            host_ifindex: r.host_ifindex,
-            ips: r.ips.clone(),
-        };
+        let ep = LocalEndpoint { ep_id, reg: r.clone() };
         self.endpoints.insert(key, ep.clone());
         self.save()?;
         Ok(ep)
