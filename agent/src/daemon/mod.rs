@@ -73,8 +73,14 @@ pub struct Agent {
     last_error: Option<String>,
 }
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     enable_forwarding();
+    for addr in node_addresses() {
+        if !cfg.host_addrs.contains(&addr) {
+            cfg.host_addrs.push(addr);
+        }
+    }
+    tracing::info!(host_addrs = ?cfg.host_addrs, "node addresses (always allowed to reach local pods)");
     let mut agent = Agent::start(cfg)?;
     let listener = server::bind(&agent.cfg.socket)?;
     let (call_tx, mut calls) = mpsc::channel::<server::Call>(64);
@@ -109,6 +115,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!("ward agent stopping; enforcement continues from the pinned state");
     let _ = std::fs::remove_file(&agent.cfg.socket);
     Ok(())
+}
+
+/// The node's own addresses in the agent's network namespace, loopback and link-local left
+/// out (host veths all share one link-local address; nothing routed comes from it).
+fn node_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out: Vec<IpAddr> = addrs
+        .filter_map(|a| a.address)
+        .filter_map(|sa| {
+            if let Some(v4) = sa.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .filter(|ip| match ip {
+            IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local(),
+            IpAddr::V6(a) => !a.is_loopback() && !a.is_unicast_link_local(),
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Pods are routed through the node: forwarding must be on in the agent's namespace.
