@@ -9,7 +9,8 @@ pub fn render(resp: &Response) -> String {
     match resp {
         Response::Status(s) => status(s),
         Response::Endpoints { endpoints } => endpoints_table(endpoints),
-        Response::Explanation { text, .. } => text.clone(),
+        Response::Explanation { text, .. } if text.ends_with('\n') => text.clone(),
+        Response::Explanation { text, .. } => format!("{text}\n"),
         Response::Registered { endpoint_id, identity } => format!("registered endpoint {endpoint_id} (identity {identity})\n"),
         Response::Deregistered { existed } => format!("deregistered (existed: {existed})\n"),
         Response::Error { message } => format!("error: {message}\n"),
