@@ -125,15 +125,15 @@ impl DirectoryStore {
                     declared.insert(key.clone());
                     self.objects.insert(key, (name.to_owned(), valid));
                 }
-                Err((key, e)) => {
+                Err(invalid) => {
                     // The last valid version, if any, stays in force.
-                    match key {
+                    match invalid.key {
                         Some(k) => {
                             declared.insert(k);
                         }
                         None => all_named = false,
                     }
-                    rejections.push(rejection(name, &e));
+                    rejections.push(rejection(name, &invalid.error));
                 }
             }
         }

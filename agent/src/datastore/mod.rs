@@ -52,9 +52,17 @@ impl Snapshot {
     }
 }
 
-/// Validates one object. On failure returns the object's key when it could be named, so
-/// the last valid version of it can stay in force.
-pub fn validate(obj: &Object, file: &str) -> Result<(ObjKey, Valid), (Option<ObjKey>, ObjectError)> {
+/// An object that failed validation: its key when it could be named, so the last valid
+/// version of it can stay in force.
+#[derive(Debug)]
+pub struct Invalid {
+    pub key: Option<ObjKey>,
+    pub error: ObjectError,
+}
+
+/// Validates one object.
+pub fn validate(obj: &Object, file: &str) -> Result<(ObjKey, Valid), Box<Invalid>> {
+    let invalid = |key: Option<ObjKey>, error| Box::new(Invalid { key, error });
     let key = |kind: &'static str, namespace: Option<&String>, name: &str| ObjKey {
         kind,
         namespace: namespace.cloned().unwrap_or_default(),
@@ -63,17 +71,17 @@ pub fn validate(obj: &Object, file: &str) -> Result<(ObjKey, Valid), (Option<Obj
     match obj {
         Object::Namespace(ns) => {
             let k = key("Namespace", None, &ns.metadata.name);
-            v::namespace(ns, file).map(|(_, labels)| (k.clone(), Valid::Namespace(labels))).map_err(|e| (Some(k), e))
+            v::namespace(ns, file).map(|(_, labels)| (k.clone(), Valid::Namespace(labels))).map_err(|e| invalid(Some(k), e))
         }
         Object::Pod(p) => {
             let k = key("Pod", p.metadata.namespace.as_ref(), &p.metadata.name);
-            v::pod(p, file).map(|(_, info)| (k.clone(), Valid::Pod(info))).map_err(|e| (Some(k), e))
+            v::pod(p, file).map(|(_, info)| (k.clone(), Valid::Pod(info))).map_err(|e| invalid(Some(k), e))
         }
         Object::NetworkPolicy(np) => {
             let k = key("NetworkPolicy", np.metadata.namespace.as_ref(), &np.metadata.name);
-            v::policy(np, file).map(|p| (k.clone(), Valid::Policy(p))).map_err(|e| (Some(k), e))
+            v::policy(np, file).map(|p| (k.clone(), Valid::Policy(p))).map_err(|e| invalid(Some(k), e))
         }
-        other => Err((
+        other => Err(invalid(
             None,
             ObjectError::new(file, &other.describe(), "kind", &format!("{} is not supported yet", other.kind())),
         )),
