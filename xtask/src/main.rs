@@ -28,13 +28,13 @@ enum Cmd {
     Build,
     /// Setup, build, `cargo test`, then the conformance suite. Run as root (CI does).
     Test {
-        /// Cases directory for the conformance suite.
+        /// Cases directory for the conformance suite [default: ../shared/conformance and tests/cases].
         #[arg(long)]
         cases: Option<PathBuf>,
     },
     /// Setup, build, then run NetworkPolicy conformance cases against a lab node (root).
     Conformance {
-        /// Directory of case files, searched recursively [default: ../shared/conformance].
+        /// Directory of case files, searched recursively [default: ../shared/conformance and tests/cases].
         #[arg(long)]
         cases: Option<PathBuf>,
         /// Only cases whose path contains this text.
@@ -146,21 +146,39 @@ fn test(cases: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// Runs the cases in `cases`, or by default the shared suite (`../shared/conformance`) and
+/// the project's own cases (`tests/cases`), as one suite.
 fn run_conformance(cases: Option<PathBuf>, filter: Option<String>) -> anyhow::Result<conformance::Summary> {
     if !ward_lab::privileged::is_root() {
         bail!("the conformance suite needs root (network namespaces, eBPF)");
     }
     clean_stale_labs();
-    let dir = cases.unwrap_or_else(|| ward_lab::bins::workspace_root().join("../shared/conformance"));
-    let dir = dir
-        .canonicalize()
-        .with_context(|| format!("cases directory {}", dir.display()))?;
-    println!("conformance: cases from {}", dir.display());
+    let root = ward_lab::bins::workspace_root();
+    let dirs = match cases {
+        Some(dir) => vec![dir],
+        None => [root.join("../shared/conformance"), root.join("tests/cases")]
+            .into_iter()
+            .filter(|d| d.is_dir())
+            .collect(),
+    };
+    if dirs.is_empty() {
+        bail!("no cases directory: neither ../shared/conformance nor tests/cases exists");
+    }
+    let mut canonical = Vec::new();
+    for d in dirs {
+        canonical.push(
+            d.canonicalize()
+                .with_context(|| format!("cases directory {}", d.display()))?,
+        );
+    }
+    for d in &canonical {
+        println!("conformance: cases from {}", d.display());
+    }
     let opts = RunOptions {
         filter,
         ..RunOptions::default()
     };
-    conformance::run_dir(&dir, &opts).with_context(|| format!("reading {}", dir.display()))
+    conformance::run_dirs(&canonical, &opts).context("reading the cases")
 }
 
 /// Removes leftovers of lab runs that were killed; returns how many things it removed.

@@ -12,4 +12,4 @@ pub mod placeholder;
 pub mod runner;
 
 pub use case::{Action, Case, CaseError, ClusterSpec, Step};
-pub use runner::{CaseResult, RunOptions, Summary, discover, run_dir, run_files};
+pub use runner::{CaseResult, RunOptions, Summary, discover, run_dir, run_dirs, run_files};

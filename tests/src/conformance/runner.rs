@@ -96,16 +96,43 @@ pub fn discover(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Runs every case file under `dir`, printing `PASS`/`FAIL` per file and the summary line.
 pub fn run_dir(dir: &Path, opts: &RunOptions) -> std::io::Result<Summary> {
-    let files = discover(dir)?;
-    Ok(run_files(dir, &files, opts))
+    run_dirs(&[dir.to_owned()], opts)
+}
+
+/// Runs the case files of several directories as one suite (one model lab, one summary
+/// line). With more than one directory, each file is named with its directory's last
+/// component first.
+pub fn run_dirs(dirs: &[PathBuf], opts: &RunOptions) -> std::io::Result<Summary> {
+    let mut named = Vec::new();
+    for dir in dirs {
+        let prefix = match (dirs.len(), dir.file_name()) {
+            (2.., Some(last)) => PathBuf::from(last),
+            _ => PathBuf::new(),
+        };
+        for path in discover(dir)? {
+            let name = prefix
+                .join(path.strip_prefix(dir).unwrap_or(&path))
+                .display()
+                .to_string();
+            named.push((name, path));
+        }
+    }
+    Ok(run_named(&named, opts))
 }
 
 /// Runs `files` (named relative to `root` in the output).
 pub fn run_files(root: &Path, files: &[PathBuf], opts: &RunOptions) -> Summary {
+    let named: Vec<(String, PathBuf)> = files
+        .iter()
+        .map(|p| (p.strip_prefix(root).unwrap_or(p).display().to_string(), p.clone()))
+        .collect();
+    run_named(&named, opts)
+}
+
+fn run_named(files: &[(String, PathBuf)], opts: &RunOptions) -> Summary {
     let mut runner = Runner { opts, model: None };
     let mut summary = Summary::default();
-    for path in files {
-        let file = path.strip_prefix(root).unwrap_or(path).display().to_string();
+    for (file, path) in files {
         if opts.filter.as_ref().is_some_and(|f| !file.contains(f.as_str())) {
             continue;
         }
@@ -118,7 +145,7 @@ pub fn run_files(root: &Path, files: &[PathBuf], opts: &RunOptions) -> Summary {
         }
         let _ = std::io::stdout().flush();
         summary.results.push(CaseResult {
-            file,
+            file: file.clone(),
             passed: outcome.is_ok(),
             elapsed,
             message: outcome.err().unwrap_or_default(),
