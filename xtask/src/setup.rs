@@ -29,6 +29,7 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn setup() -> anyhow::Result<()> {
+    cargo_bin_on_path()?;
     let mut did = false;
     did |= apt()?;
     did |= rust_toolchain()?;
@@ -92,6 +93,23 @@ fn rustup(args: &[&str]) -> Command {
     let mut cmd = Command::new("rustup");
     cmd.args(args);
     cmd
+}
+
+/// `cargo install` puts bpf-linker in `$CARGO_HOME/bin`, and the eBPF build finds it through
+/// PATH: make sure that directory is on it for every command xtask runs, whatever PATH the
+/// caller had.
+fn cargo_bin_on_path() -> anyhow::Result<()> {
+    let bin = cargo_home_bin();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|d| d == bin) {
+        return Ok(());
+    }
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    dirs.push(bin);
+    let joined = std::env::join_paths(dirs).context("building PATH")?;
+    // SAFETY: setup runs first thing in xtask's main, before any thread is started.
+    unsafe { std::env::set_var("PATH", joined) };
+    Ok(())
 }
 
 fn cargo_home_bin() -> PathBuf {
