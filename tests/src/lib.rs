@@ -16,6 +16,7 @@ pub mod bins;
 pub mod cleanup;
 mod cmd;
 pub mod cni;
+pub mod echo;
 pub mod conformance;
 pub mod labdir;
 pub mod manifest;

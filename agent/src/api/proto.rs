@@ -58,9 +58,11 @@ pub struct StatusReport {
     pub datastore: String,
     /// `WARD_CONFIG.policy_rev` after the last applied change.
     pub policy_revision: u32,
-    /// Every manifest file whose content is in force in the kernel maps: file name (relative
-    /// to the directory) to the FNV-1a 64 hash of its bytes, 16 lowercase hex digits. A client
-    /// that wrote a file knows its change is enforced once its hash shows here.
+    /// Every manifest file whose content the agent has processed and applied to the kernel
+    /// maps: file name (relative to the directory) to the FNV-1a 64 hash of its bytes, 16
+    /// lowercase hex digits. A client that wrote a file knows its change is enforced once its
+    /// hash shows here; objects of that content that were rejected are listed in `rejected`
+    /// (their last valid versions stay in force).
     pub applied_files: BTreeMap<String, String>,
     pub namespaces: usize,
     pub pods: usize,
