@@ -76,6 +76,9 @@ pub enum EnvError {
 }
 
 const POD_NAMESPACE_KEY: &str = "K8S_POD_NAMESPACE";
+/// Runtimes outside Kubernetes (podman) pass only `K8S_POD_NAME`: their containers are pods
+/// of this namespace.
+const DEFAULT_POD_NAMESPACE: &str = "default";
 const POD_NAME_KEY: &str = "K8S_POD_NAME";
 /// Linux's IFNAMSIZ minus the terminating NUL.
 const MAX_IFNAME_LEN: usize = 15;
@@ -99,6 +102,10 @@ pub fn parse(var: impl Fn(&str) -> Option<String>) -> Result<Invocation, EnvErro
         None => None,
     };
     let (pod_namespace, pod_name) = parse_pod_args(value("CNI_ARGS").as_deref().unwrap_or(""))?;
+    let pod_namespace = match (pod_namespace, &pod_name) {
+        (None, Some(_)) => Some(DEFAULT_POD_NAMESPACE.to_owned()),
+        (ns, _) => ns,
+    };
     let pod = match (&pod_namespace, &pod_name) {
         (Some(namespace), Some(name)) => Some(PodRef { namespace: namespace.clone(), name: name.clone() }),
         _ => None,
@@ -110,9 +117,10 @@ pub fn parse(var: impl Fn(&str) -> Option<String>) -> Result<Invocation, EnvErro
             if attachment.netns.is_none() {
                 return Err(EnvError::Missing { var: "CNI_NETNS" });
             }
+            let name = pod_name.ok_or(EnvError::ArgsMissing { key: POD_NAME_KEY })?;
             let pod = PodRef {
                 namespace: pod_namespace.ok_or(EnvError::ArgsMissing { key: POD_NAMESPACE_KEY })?,
-                name: pod_name.ok_or(EnvError::ArgsMissing { key: POD_NAME_KEY })?,
+                name,
             };
             Ok(Invocation::Add(attachment, pod))
         }
@@ -235,9 +243,14 @@ mod tests {
     fn add_requires_netns_and_pod_args() {
         let no_netns: Vec<_> = ADD.iter().filter(|(k, _)| *k != "CNI_NETNS").copied().collect();
         assert_eq!(parse(env(&no_netns)), Err(EnvError::Missing { var: "CNI_NETNS" }));
+        // Podman passes only the name: the pod lives in the default namespace.
+        match parse(env(&with(ADD, "CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=a"))) {
+            Ok(Invocation::Add(_, pod)) => assert_eq!((pod.namespace.as_str(), pod.name.as_str()), ("default", "a")),
+            other => panic!("expected ADD of default/a, got {other:?}"),
+        }
         assert_eq!(
-            parse(env(&with(ADD, "CNI_ARGS", "K8S_POD_NAME=a"))),
-            Err(EnvError::ArgsMissing { key: "K8S_POD_NAMESPACE" })
+            parse(env(&with(ADD, "CNI_ARGS", "K8S_POD_NAMESPACE=a"))),
+            Err(EnvError::ArgsMissing { key: "K8S_POD_NAME" })
         );
         assert_eq!(
             parse(env(&with(ADD, "CNI_ARGS", "K8S_POD_NAMESPACE=a;K8S_POD_NAME="))),
