@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use crate::run;
 
 /// Debian packages, each with a program that proves it present when it has one.
-const APT_PACKAGES: [(&str, Option<&str>); 12] = [
+const APT_PACKAGES: [(&str, Option<&str>); 13] = [
     ("llvm-22-dev", None),
     ("libpolly-22-dev", None),
     ("clang-22", Some("clang-22")),
@@ -18,10 +18,12 @@ const APT_PACKAGES: [(&str, Option<&str>); 12] = [
     ("zlib1g-dev", None),
     ("bpftool", Some("bpftool")),
     ("iproute2", Some("ip")),
-    ("nginx-light", Some("nginx")),
     ("curl", Some("curl")),
     ("socat", Some("socat")),
-    ("iperf3", Some("iperf3")),
+    // A real container runtime calling ward-cni (tests/tests/podman.rs).
+    ("podman", Some("podman")),
+    ("runc", Some("runc")),
+    ("busybox-static", Some("busybox")),
 ];
 
 /// bpf-linker must link against Debian's LLVM 22 (its llvm-config first in PATH).
