@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ward_agent::datapath::{Datapath, MirrorContents};
 use ward_common::{
-    Direction,
+    Direction, Reason, Verdict,
     addr::v4_mapped,
     identity::{CIDR_ID_BIT, ID_ANY, ID_HOST, ID_WORLD},
     maps::{
@@ -47,6 +47,18 @@ impl TestDatapath {
 
     fn run(&self, program: &'static str, pkt: &[u8]) -> i32 {
         self.dp.run_program(program, pkt, LO).expect("test run")
+    }
+
+    /// Runs a packet and also returns the reason the programs counted for it.
+    fn run_reason(&self, program: &'static str, pkt: &[u8]) -> (i32, Reason) {
+        let before = self.dp.maps.reason_counters().expect("counters");
+        let verdict = self.run(program, pkt);
+        let after = self.dp.maps.reason_counters().expect("counters");
+        let counted: Vec<Reason> =
+            Reason::ALL.into_iter().filter(|r| after[r].packets != before[r].packets).collect();
+        assert_eq!(counted.len(), 1, "exactly one reason counted per packet, got {counted:?}");
+        assert_eq!(after[&counted[0]].bytes - before[&counted[0]].bytes, pkt.len() as u64, "bytes counted");
+        (verdict, counted[0])
     }
 }
 
@@ -218,7 +230,7 @@ fn replies_of_allowed_flows_pass_and_revoked_flows_are_cut() {
     assert_eq!(t.run("to_pod", &packet(PEER, POD, TCP, 40010, 80, ACK)), PASS, "survives churn");
     // Revoke the rule: the established flow's next packet is dropped, both ways.
     t.apply(&base(EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS));
-    assert_eq!(t.run("from_pod", &packet(POD, PEER, TCP, 80, 40010, ACK)), DROP, "revoked reply");
+    assert_eq!(t.run_reason("from_pod", &packet(POD, PEER, TCP, 80, 40010, ACK)), (DROP, Reason::PolicyRevoked));
     assert_eq!(t.run("to_pod", &packet(PEER, POD, TCP, 40010, 80, ACK)), DROP, "revoked");
 }
 
@@ -266,15 +278,15 @@ fn spoofed_source_unknown_endpoint_and_malformed_packets_are_dropped() {
     }
     let mut t = TestDatapath::new("failclosed");
     t.apply(&base(EP_ISOLATED_INGRESS));
-    assert_eq!(t.run("from_pod", &packet(PEER, OUTSIDE, TCP, 40030, 80, SYN)), DROP, "spoofed source");
+    assert_eq!(t.run_reason("from_pod", &packet(PEER, OUTSIDE, TCP, 40030, 80, SYN)), (DROP, Reason::SpoofedSource));
     let mut truncated = packet(PEER, POD, TCP, 40031, 80, SYN);
     truncated.truncate(14 + 20 + 2);
-    assert_eq!(t.run("to_pod", &truncated), DROP, "truncated L4 to an isolated pod");
+    assert_eq!(t.run_reason("to_pod", &truncated), (DROP, Reason::Malformed), "truncated L4 to an isolated pod");
     let mut frag = packet(PEER, POD, TCP, 40032, 80, SYN);
     frag[14 + 6..14 + 8].copy_from_slice(&0x0010u16.to_be_bytes());
-    assert_eq!(t.run("to_pod", &frag), DROP, "non-first fragment to an isolated pod");
+    assert_eq!(t.run_reason("to_pod", &frag), (DROP, Reason::Fragment), "non-first fragment to an isolated pod");
     t.apply(&MirrorContents::default());
-    assert_eq!(t.run("to_pod", &packet(PEER, POD, TCP, 40033, 80, SYN)), DROP, "unknown endpoint");
+    assert_eq!(t.run_reason("to_pod", &packet(PEER, POD, TCP, 40033, 80, SYN)), (DROP, Reason::UnknownEndpoint));
 }
 
 /// Ethernet + IPv4 + ICMP with the given type and rest-of-header/payload bytes.
@@ -330,7 +342,7 @@ fn icmp_errors_pass_only_when_related_to_a_tracked_flow() {
     assert_eq!(t.run("from_pod", &sent), PASS);
     let mut quoted = vec![0u8; 4];
     quoted.extend_from_slice(&sent[14..14 + 28]);
-    assert_eq!(t.run("to_pod", &icmp(PEER, POD, 3, &quoted)), PASS, "related error");
+    assert_eq!(t.run_reason("to_pod", &icmp(PEER, POD, 3, &quoted)), (PASS, Reason::Related), "related error");
     let other = packet(POD, PEER, UDP, 40401, 53, 0);
     let mut unrelated = vec![0u8; 4];
     unrelated.extend_from_slice(&other[14..14 + 28]);
@@ -366,4 +378,38 @@ fn every_pinned_map_has_the_key_value_sizes_and_capacity_of_its_shared_type() {
     let events = MapInfo::from_pin(t.dp.pin_dir().join(MAP_EVENTS)).expect("events pinned");
     assert_eq!(events.max_entries(), EVENTS_BYTES);
     assert_eq!(ALL_MAPS.len(), expected.len() + 1, "every shared map name is checked");
+}
+
+#[test]
+fn every_verdict_counts_its_reason_and_a_drop_emits_a_flow_event() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new("reasons");
+    let mut m = base(EP_ISOLATED_INGRESS);
+    allow(&mut m, Direction::Ingress, PEER_ID, TCP, 80, 80, 31);
+    t.apply(&m);
+    while t.dp.maps.next_event().is_some() {}
+    assert_eq!(t.run_reason("to_pod", &packet(PEER, POD, TCP, 40500, 80, SYN)), (PASS, Reason::PolicyAllow));
+    assert_eq!(t.run_reason("to_pod", &packet(PEER, POD, TCP, 40500, 80, ACK)), (PASS, Reason::Established));
+    assert_eq!(t.run_reason("from_pod", &packet(POD, PEER, TCP, 80, 40500, ACK)), (PASS, Reason::Reply));
+    assert_eq!(t.run_reason("from_pod", &packet(POD, OUTSIDE, UDP, 1, 2, 0)), (PASS, Reason::NotIsolated));
+    assert_eq!(t.run_reason("to_pod", &packet(NODE, POD, TCP, 40501, 22, SYN)), (PASS, Reason::FromHost));
+    assert_eq!(t.run_reason("from_pod", &packet(PEER, POD, TCP, 1, 2, SYN)), (DROP, Reason::SpoofedSource));
+    // The default-deny drop, with its flow event (drop events are on by default).
+    while t.dp.maps.next_event().is_some() {}
+    assert_eq!(t.run_reason("to_pod", &packet(OUTSIDE, POD, TCP, 40502, 81, SYN)), (DROP, Reason::PolicyDenied));
+    let ev = t.dp.maps.next_event().expect("a flow event for the drop");
+    assert_eq!(ev.reason, Reason::PolicyDenied as u8);
+    assert_eq!(ev.verdict, Verdict::Drop as u8);
+    assert_eq!(ev.dir, Direction::Ingress as u8);
+    assert_eq!(ev.saddr, v4_mapped(OUTSIDE.octets()));
+    assert_eq!(ev.daddr, v4_mapped(POD.octets()));
+    assert_eq!((u16::from_be_bytes(ev.sport_be), u16::from_be_bytes(ev.dport_be)), (40502, 81));
+    assert_eq!((ev.proto, ev.tcp_flags), (TCP, SYN));
+    assert_eq!((ev.ep_id, ev.subject_identity, ev.peer_identity), (7, SUBJECT, ID_WORLD));
+    assert!(t.dp.maps.next_event().is_none(), "one event per drop");
+    // Rule counters count the allowing rule.
+    let rules = t.dp.maps.rule_counters().expect("rule counters");
+    assert_eq!(rules.get(&31).map(|c| c.packets), Some(1), "rule 31 allowed one new flow: {rules:?}");
 }

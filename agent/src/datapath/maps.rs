@@ -7,13 +7,13 @@ use std::path::Path;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
 };
 use ward_common::{
     Addr16, Reason,
     maps::{
         self as m, CFG_EVENTS_DROPPED, ConfigValue, Counter, CtKey, CtValue, EndpointInfo, IpcacheKey, IpcacheValue,
-        LAYOUT_VERSION, PolicyKey, PolicyKeyData, PolicyValue,
+        FlowEvent, LAYOUT_VERSION, PolicyKey, PolicyKeyData, PolicyValue,
     },
 };
 
@@ -43,6 +43,7 @@ pub struct Maps {
     reason_cnt: PerCpuArray<MapData, Counter>,
     rule_cnt: PerCpuHashMap<MapData, u32, Counter>,
     ct: HashMap<MapData, CtKey, CtValue>,
+    events: RingBuf<MapData>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, DatapathError>
@@ -67,6 +68,7 @@ impl Maps {
             reason_cnt: take(ebpf, m::MAP_REASON_CNT)?,
             rule_cnt: take(ebpf, m::MAP_RULE_CNT)?,
             ct: take(ebpf, m::MAP_CT)?,
+            events: take(ebpf, m::MAP_EVENTS)?,
         })
     }
 
@@ -245,6 +247,17 @@ impl Maps {
             out.insert(k, sum);
         }
         Ok(out)
+    }
+
+    /// The next flow event the programs wrote, if any (non-blocking).
+    pub fn next_event(&mut self) -> Option<FlowEvent> {
+        let item = self.events.next()?;
+        if item.len() < std::mem::size_of::<FlowEvent>() {
+            return None;
+        }
+        // SAFETY: the programs write whole `FlowEvent`s (repr(C), any bit pattern valid);
+        // the length was checked and the read is unaligned-safe.
+        Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) })
     }
 
     /// Number of tracked flows (for status).
