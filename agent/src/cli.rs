@@ -11,7 +11,9 @@ pub fn render(resp: &Response) -> String {
         Response::Endpoints { endpoints } => endpoints_table(endpoints),
         Response::Explanation { text, .. } if text.ends_with('\n') => text.clone(),
         Response::Explanation { text, .. } => format!("{text}\n"),
-        Response::Registered { endpoint_id, identity } => format!("registered endpoint {endpoint_id} (identity {identity})\n"),
+        Response::Registered { endpoint_id, identity } => {
+            format!("registered endpoint {endpoint_id} (identity {identity})\n")
+        }
         Response::Deregistered { existed } => format!("deregistered (existed: {existed})\n"),
         Response::Error { message } => format!("error: {message}\n"),
     }
@@ -23,11 +25,7 @@ fn status(s: &StatusReport) -> String {
     let _ = writeln!(o, "Version:         {}", s.version);
     let _ = writeln!(o, "Datastore:       {}", s.datastore);
     let _ = writeln!(o, "Policy revision: {}", s.policy_revision);
-    let _ = writeln!(
-        o,
-        "Objects:         {} namespaces, {} pods, {} policies",
-        s.namespaces, s.pods, s.policies
-    );
+    let _ = writeln!(o, "Objects:         {} namespaces, {} pods, {} policies", s.namespaces, s.pods, s.policies);
     let _ = writeln!(o, "Endpoints:       {} local, {} identities", s.endpoints, s.identities);
     let _ = writeln!(o, "Map entries:");
     for (m, n) in &s.map_entries {
@@ -55,7 +53,11 @@ fn status(s: &StatusReport) -> String {
 
 fn endpoints_table(eps: &[EndpointStatus]) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "{:<6} {:<32} {:<16} {:<9} {:<8} {:<7} ADDRESSES", "ID", "POD", "INTERFACE", "IDENTITY", "INGRESS", "EGRESS");
+    let _ = writeln!(
+        o,
+        "{:<6} {:<32} {:<16} {:<9} {:<8} {:<7} ADDRESSES",
+        "ID", "POD", "INTERFACE", "IDENTITY", "INGRESS", "EGRESS"
+    );
     for e in eps {
         let ips: Vec<String> = e.ips.iter().map(|i| i.to_string()).collect();
         let iso = |b: bool| if b { "deny" } else { "open" };

@@ -7,8 +7,8 @@
 
 pub mod api;
 pub mod cli;
-pub mod daemon;
 pub mod cni;
+pub mod daemon;
 pub mod datapath;
 pub mod datastore;
 pub mod endpoint;

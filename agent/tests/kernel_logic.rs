@@ -9,9 +9,7 @@ use ward_common::{
     Direction, Reason, Verdict,
     addr::v4_mapped,
     identity::{CIDR_ID_BIT, ID_ANY, ID_HOST, ID_WORLD},
-    maps::{
-        EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EndpointInfo, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
-    },
+    maps::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EndpointInfo, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue},
     ports::{MAX_BLOCKS, PortBlock, range_to_blocks},
 };
 
@@ -54,8 +52,7 @@ impl TestDatapath {
         let before = self.dp.maps.reason_counters().expect("counters");
         let verdict = self.run(program, pkt);
         let after = self.dp.maps.reason_counters().expect("counters");
-        let counted: Vec<Reason> =
-            Reason::ALL.into_iter().filter(|r| after[r].packets != before[r].packets).collect();
+        let counted: Vec<Reason> = Reason::ALL.into_iter().filter(|r| after[r].packets != before[r].packets).collect();
         assert_eq!(counted.len(), 1, "exactly one reason counted per packet, got {counted:?}");
         assert_eq!(after[&counted[0]].bytes - before[&counted[0]].bytes, pkt.len() as u64, "bytes counted");
         (verdict, counted[0])

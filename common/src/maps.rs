@@ -160,12 +160,25 @@ impl PolicyKey {
 impl PolicyKey {
     /// Reassembles a key read back from the map.
     pub const fn from_parts(prefixlen: u32, d: PolicyKeyData) -> Self {
-        PolicyKey { prefixlen, subject_be: d.subject_be, peer_be: d.peer_be, dir: d.dir, proto: d.proto, port_be: d.port_be }
+        PolicyKey {
+            prefixlen,
+            subject_be: d.subject_be,
+            peer_be: d.peer_be,
+            dir: d.dir,
+            proto: d.proto,
+            port_be: d.port_be,
+        }
     }
 
     /// The key without its prefix length: what the kernel's LPM trie compares.
     pub const fn data(&self) -> PolicyKeyData {
-        PolicyKeyData { subject_be: self.subject_be, peer_be: self.peer_be, dir: self.dir, proto: self.proto, port_be: self.port_be }
+        PolicyKeyData {
+            subject_be: self.subject_be,
+            peer_be: self.peer_be,
+            dir: self.dir,
+            proto: self.proto,
+            port_be: self.port_be,
+        }
     }
 }
 

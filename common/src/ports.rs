@@ -62,7 +62,9 @@ mod tests {
 
     #[test]
     fn blocks_cover_exactly_the_range() {
-        for (first, last) in [(0, 65535), (53, 84), (53, 80), (1, 65535), (80, 80), (1000, 1999), (65535, 65535), (0, 0)] {
+        for (first, last) in
+            [(0, 65535), (53, 84), (53, 80), (1, 65535), (80, 80), (1000, 1999), (65535, 65535), (0, 0)]
+        {
             let (out, n) = blocks(first, last);
             assert!(n <= 30, "{first}-{last} needs {n} blocks");
             for p in 0..=u16::MAX {

@@ -248,9 +248,5 @@ fn policy_port(proto: u8, dport: u16) -> u16 {
 #[inline(always)]
 fn source_is_pod(ep: &EndpointInfo, saddr: &Addr16) -> bool {
     let s = u128::from_ne_bytes(*saddr);
-    if is_v4_mapped(saddr) {
-        s == u128::from_ne_bytes(ep.addr_v4)
-    } else {
-        s == u128::from_ne_bytes(ep.addr_v6)
-    }
+    if is_v4_mapped(saddr) { s == u128::from_ne_bytes(ep.addr_v4) } else { s == u128::from_ne_bytes(ep.addr_v6) }
 }

@@ -18,11 +18,7 @@ pub enum AgentError {
     #[error("agent socket {path}: closed without answering")]
     NoAnswer { path: PathBuf },
     #[error("agent socket {path}: unreadable answer {answer:?}: {source}")]
-    Decode {
-        path: PathBuf,
-        answer: String,
-        source: serde_json::Error,
-    },
+    Decode { path: PathBuf, answer: String, source: serde_json::Error },
     #[error("agent socket {path}: answered {answer}")]
     Unexpected { path: PathBuf, answer: String },
 }
@@ -41,11 +37,7 @@ pub struct Rejection {
 
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: {} field {}: {}",
-            self.file, self.object, self.field, self.message
-        )
+        write!(f, "{}: {} field {}: {}", self.file, self.object, self.field, self.message)
     }
 }
 
@@ -68,10 +60,7 @@ pub fn file_hash(bytes: &[u8]) -> String {
 
 /// Sends one request line and reads one answer line.
 pub fn call(socket: &Path, request: &serde_json::Value, timeout: Duration) -> Result<serde_json::Value, AgentError> {
-    let io = |source| AgentError::Io {
-        path: socket.to_owned(),
-        source,
-    };
+    let io = |source| AgentError::Io { path: socket.to_owned(), source };
     let mut stream = UnixStream::connect(socket).map_err(io)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
@@ -80,15 +69,9 @@ pub fn call(socket: &Path, request: &serde_json::Value, timeout: Duration) -> Re
     stream.write_all(line.as_bytes()).map_err(io)?;
     let mut answer = String::new();
     if BufReader::new(stream).read_line(&mut answer).map_err(io)? == 0 {
-        return Err(AgentError::NoAnswer {
-            path: socket.to_owned(),
-        });
+        return Err(AgentError::NoAnswer { path: socket.to_owned() });
     }
-    serde_json::from_str(&answer).map_err(|source| AgentError::Decode {
-        path: socket.to_owned(),
-        answer,
-        source,
-    })
+    serde_json::from_str(&answer).map_err(|source| AgentError::Decode { path: socket.to_owned(), answer, source })
 }
 
 pub fn status(socket: &Path, timeout: Duration) -> Result<Status, AgentError> {
@@ -98,10 +81,7 @@ pub fn status(socket: &Path, timeout: Duration) -> Result<Status, AgentError> {
 
 fn parse_status(socket: &Path, raw: serde_json::Value) -> Result<Status, AgentError> {
     if raw.get("result").and_then(|r| r.as_str()) != Some("status") {
-        return Err(AgentError::Unexpected {
-            path: socket.to_owned(),
-            answer: raw.to_string(),
-        });
+        return Err(AgentError::Unexpected { path: socket.to_owned(), answer: raw.to_string() });
     }
     let mut status: Status = serde_json::from_value(raw.clone()).map_err(|source| AgentError::Decode {
         path: socket.to_owned(),
@@ -131,9 +111,6 @@ mod tests {
     #[test]
     fn an_error_response_is_not_a_status() {
         let raw = serde_json::json!({"result": "error", "message": "nope"});
-        assert!(matches!(
-            parse_status(Path::new("/s"), raw),
-            Err(AgentError::Unexpected { .. })
-        ));
+        assert!(matches!(parse_status(Path::new("/s"), raw), Err(AgentError::Unexpected { .. })));
     }
 }

@@ -28,18 +28,9 @@ impl Binaries {
         let dir = dir.into();
         let find = |binary: &'static str| {
             let path = dir.join(binary);
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(MissingBinary { binary, path })
-            }
+            if path.is_file() { Ok(path) } else { Err(MissingBinary { binary, path }) }
         };
-        Ok(Binaries {
-            agent: find("ward-agent")?,
-            cni: find("ward-cni")?,
-            cli: find("ward")?,
-            dir,
-        })
+        Ok(Binaries { agent: find("ward-agent")?, cni: find("ward-cni")?, cli: find("ward")?, dir })
     }
 }
 
@@ -51,13 +42,9 @@ pub fn workspace_root() -> PathBuf {
 
 /// The cargo target directory builds of this workspace go to.
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
 }
 
 pub fn default_dir() -> PathBuf {
-    std::env::var_os("WARD_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("debug"))
+    std::env::var_os("WARD_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| target_dir().join("debug"))
 }

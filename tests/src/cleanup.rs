@@ -30,11 +30,7 @@ fn alive(pid: i32) -> bool {
 
 fn entries(dir: &Path) -> Vec<(String, PathBuf)> {
     fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
-                .collect()
-        })
+        .map(|rd| rd.flatten().map(|e| (e.file_name().to_string_lossy().into_owned(), e.path())).collect())
         .unwrap_or_default()
 }
 
@@ -56,13 +52,8 @@ pub fn stale_labs(bpffs: &Path) -> Vec<String> {
         let Ok(cmdline) = fs::read(proc_dir.join("cmdline")) else {
             continue;
         };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let is_agent = args
-            .first()
-            .is_some_and(|a| a.ends_with("/ward-agent") || a == "ward-agent");
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let is_agent = args.first().is_some_and(|a| a.ends_with("/ward-agent") || a == "ward-agent");
         let node = args.iter().skip_while(|a| *a != "--node-name").nth(1);
         if is_agent && node.is_some_and(|n| stale(n)) && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
             removed.push(format!("killed ward-agent {pid} of node {}", node.map_or("?", |n| n)));

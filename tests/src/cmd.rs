@@ -16,12 +16,7 @@ pub enum CmdError {
     #[error("cannot start `{command}`: {source}")]
     Spawn { command: String, source: std::io::Error },
     #[error("`{command}` failed ({status}): {stderr}")]
-    Failed {
-        command: String,
-        status: ExitStatus,
-        stdout: String,
-        stderr: String,
-    },
+    Failed { command: String, status: ExitStatus, stdout: String, stderr: String },
     #[error("`{command}` did not finish within {after:?}; killed")]
     Timeout { command: String, after: Duration },
     #[error("waiting for `{command}`: {source}")]
@@ -52,10 +47,7 @@ pub(crate) fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> 
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| CmdError::Spawn {
-        command: command.clone(),
-        source,
-    })?;
+    let mut child = cmd.spawn().map_err(|source| CmdError::Spawn { command: command.clone(), source })?;
     if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
         // A child that exits without reading its stdin closes the pipe; its exit status and
         // output explain that better than EPIPE would.
@@ -70,21 +62,14 @@ pub(crate) fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> 
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(CmdError::Timeout {
-                    command,
-                    after: timeout,
-                });
+                return Err(CmdError::Timeout { command, after: timeout });
             }
             Ok(None) => thread::sleep(POLL_EVERY),
             Err(source) => return Err(CmdError::Wait { command, source }),
         }
     };
     let join = |h: Option<thread::JoinHandle<String>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
-    Ok(Output {
-        status,
-        stdout: join(out),
-        stderr: join(err),
-    })
+    Ok(Output { status, stdout: join(out), stderr: join(err) })
 }
 
 /// Runs `cmd` and requires exit status 0; returns its stdout.
@@ -94,12 +79,7 @@ pub(crate) fn run_ok(cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> R
     if out.status.success() {
         Ok(out.stdout)
     } else {
-        Err(CmdError::Failed {
-            command,
-            status: out.status,
-            stdout: out.stdout,
-            stderr: out.stderr.trim().to_owned(),
-        })
+        Err(CmdError::Failed { command, status: out.status, stdout: out.stdout, stderr: out.stderr.trim().to_owned() })
     }
 }
 

@@ -19,27 +19,11 @@ const CNI_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
     #[error("CNI {command} {pod}: {source}")]
-    Run {
-        command: &'static str,
-        pod: String,
-        source: CmdError,
-    },
+    Run { command: &'static str, pod: String, source: CmdError },
     #[error("CNI {command} {pod}: plugin error {code}: {msg} {details}")]
-    Plugin {
-        command: &'static str,
-        pod: String,
-        code: u64,
-        msg: String,
-        details: String,
-    },
+    Plugin { command: &'static str, pod: String, code: u64, msg: String, details: String },
     #[error("CNI {command} {pod}: exit {status}, unreadable output {stdout:?}, stderr {stderr:?}")]
-    Output {
-        command: &'static str,
-        pod: String,
-        status: String,
-        stdout: String,
-        stderr: String,
-    },
+    Output { command: &'static str, pod: String, status: String, stdout: String, stderr: String },
     #[error("CNI ADD {pod}: the result has no IP address: {stdout}")]
     NoAddress { pod: String, stdout: String },
 }
@@ -126,10 +110,7 @@ impl CniPlugin {
             .env("CNI_NETNS", &a.netns)
             .env("CNI_IFNAME", &a.ifname)
             .env("CNI_PATH", self.binary.parent().unwrap_or(Path::new("/")))
-            .env(
-                "CNI_ARGS",
-                format!("K8S_POD_NAMESPACE={};K8S_POD_NAME={}", a.pod_namespace, a.pod_name),
-            );
+            .env("CNI_ARGS", format!("K8S_POD_NAMESPACE={};K8S_POD_NAME={}", a.pod_namespace, a.pod_name));
         let stdin = self.netconf.to_string();
         let out = cmd::run(cmd, Some(stdin.as_bytes()), CNI_TIMEOUT).map_err(|source| CniError::Run {
             command,
@@ -140,13 +121,7 @@ impl CniPlugin {
             return Ok(out.stdout);
         }
         match serde_json::from_str::<ErrorObject>(&out.stdout) {
-            Ok(e) => Err(CniError::Plugin {
-                command,
-                pod,
-                code: e.code,
-                msg: e.msg,
-                details: e.details,
-            }),
+            Ok(e) => Err(CniError::Plugin { command, pod, code: e.code, msg: e.msg, details: e.details }),
             Err(_) => Err(CniError::Output {
                 command,
                 pod,
@@ -178,10 +153,7 @@ fn parse_add(pod: &str, stdout: &str) -> Result<AddResult, CniError> {
         ips.push(net.addr());
     }
     if ips.is_empty() {
-        return Err(CniError::NoAddress {
-            pod: pod.to_owned(),
-            stdout: stdout.to_owned(),
-        });
+        return Err(CniError::NoAddress { pod: pod.to_owned(), stdout: stdout.to_owned() });
     }
     Ok(AddResult { ips, raw })
 }
@@ -196,18 +168,12 @@ mod tests {
             "ips":[{"address":"10.1.0.5/32","gateway":"169.254.1.1","interface":0},
                    {"address":"fd77:0:0:1::5/128","interface":0}]}"#;
         let r = parse_add("x/a", out).unwrap();
-        assert_eq!(
-            r.ips,
-            vec!["10.1.0.5".parse::<IpAddr>().unwrap(), "fd77:0:0:1::5".parse().unwrap()]
-        );
+        assert_eq!(r.ips, vec!["10.1.0.5".parse::<IpAddr>().unwrap(), "fd77:0:0:1::5".parse().unwrap()]);
     }
 
     #[test]
     fn add_results_without_addresses_are_errors() {
-        assert!(matches!(
-            parse_add("x/a", r#"{"cniVersion":"1.0.0"}"#),
-            Err(CniError::NoAddress { .. })
-        ));
+        assert!(matches!(parse_add("x/a", r#"{"cniVersion":"1.0.0"}"#), Err(CniError::NoAddress { .. })));
         assert!(matches!(parse_add("x/a", "garbage"), Err(CniError::Output { .. })));
     }
 

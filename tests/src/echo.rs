@@ -31,9 +31,7 @@ impl Echo {
             .run_in(|| TcpListener::bind(to))
             .unwrap_or_else(|e| panic!("entering the server pod: {e}"))
             .unwrap_or_else(|e| panic!("echo server on {to}: {e}"));
-        listener
-            .set_nonblocking(true)
-            .unwrap_or_else(|e| panic!("echo listener: {e}"));
+        listener.set_nonblocking(true).unwrap_or_else(|e| panic!("echo listener: {e}"));
         let stop = Arc::new(AtomicBool::new(false));
         let server = {
             let stop = stop.clone();
@@ -43,15 +41,8 @@ impl Echo {
             .run_in(|| TcpStream::connect_timeout(&to, Duration::from_secs(2)))
             .unwrap_or_else(|e| panic!("entering the client pod: {e}"))
             .unwrap_or_else(|e| panic!("connecting to the echo server {to}: {e}"));
-        client
-            .set_read_timeout(Some(Duration::from_secs(1)))
-            .unwrap_or_else(|e| panic!("{e}"));
-        Echo {
-            stop,
-            server: Some(server),
-            client,
-            seq: 0,
-        }
+        client.set_read_timeout(Some(Duration::from_secs(1))).unwrap_or_else(|e| panic!("{e}"));
+        Echo { stop, server: Some(server), client, seq: 0 }
     }
 
     /// Sends a line and reads its echo within the client's 1 s read timeout.
@@ -59,9 +50,7 @@ impl Echo {
         self.seq += 1;
         let line = format!("ping {}\n", self.seq);
         let started = Instant::now();
-        self.client
-            .write_all(line.as_bytes())
-            .map_err(|e| format!("write: {e}"))?;
+        self.client.write_all(line.as_bytes()).map_err(|e| format!("write: {e}"))?;
         let mut reply = String::new();
         let mut reader = BufReader::new(&self.client);
         match reader.read_line(&mut reply) {

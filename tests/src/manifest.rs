@@ -12,12 +12,7 @@ pub enum ManifestError {
     #[error("object {index}: missing or non-string field `{field}`")]
     MissingField { index: usize, field: &'static str },
     #[error("object {index} ({kind} {name}): {message}")]
-    Invalid {
-        index: usize,
-        kind: String,
-        name: String,
-        message: String,
-    },
+    Invalid { index: usize, kind: String, name: String, message: String },
     #[error("YAML: {0}")]
     Yaml(#[from] serde_yaml::Error),
 }
@@ -88,9 +83,7 @@ pub struct ObjectId {
 /// Reads `apiVersion`, `kind`, `metadata.namespace` and `metadata.name` of object `index`.
 pub fn object_id(index: usize, obj: &Value) -> Result<ObjectId, ManifestError> {
     let field = |v: Option<&Value>, field| {
-        v.and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or(ManifestError::MissingField { index, field })
+        v.and_then(Value::as_str).map(str::to_owned).ok_or(ManifestError::MissingField { index, field })
     };
     let meta = obj.get("metadata");
     Ok(ObjectId {
@@ -127,21 +120,14 @@ pub fn parse_app(yaml: &str) -> Result<(Vec<NamespaceSpec>, Vec<PodSpec>), Manif
         let name = meta
             .and_then(|m| m.get("name"))
             .and_then(Value::as_str)
-            .ok_or(ManifestError::MissingField {
-                index,
-                field: "metadata.name",
-            })?
+            .ok_or(ManifestError::MissingField { index, field: "metadata.name" })?
             .to_owned();
         let labels: Labels = match meta.and_then(|m| m.get("labels")) {
             Some(l) => serde_yaml::from_value(l.clone())?,
             None => Labels::new(),
         };
-        let invalid = |message: String| ManifestError::Invalid {
-            index,
-            kind: kind.clone(),
-            name: name.clone(),
-            message,
-        };
+        let invalid =
+            |message: String| ManifestError::Invalid { index, kind: kind.clone(), name: name.clone(), message };
         match kind.as_str() {
             "Namespace" => {
                 let mut labels = labels;
@@ -152,16 +138,10 @@ pub fn parse_app(yaml: &str) -> Result<(Vec<NamespaceSpec>, Vec<PodSpec>), Manif
                 let namespace = meta
                     .and_then(|m| m.get("namespace"))
                     .and_then(Value::as_str)
-                    .ok_or(ManifestError::MissingField {
-                        index,
-                        field: "metadata.namespace",
-                    })?
+                    .ok_or(ManifestError::MissingField { index, field: "metadata.namespace" })?
                     .to_owned();
                 let mut serves = Vec::new();
-                let containers = v
-                    .get("spec")
-                    .and_then(|s| s.get("containers"))
-                    .and_then(Value::as_sequence);
+                let containers = v.get("spec").and_then(|s| s.get("containers")).and_then(Value::as_sequence);
                 for c in containers.into_iter().flatten() {
                     let ports = c.get("ports").and_then(Value::as_sequence);
                     for p in ports.into_iter().flatten() {
@@ -181,12 +161,7 @@ pub fn parse_app(yaml: &str) -> Result<(Vec<NamespaceSpec>, Vec<PodSpec>), Manif
                         serves.push(Serve::new(port, protocol, name));
                     }
                 }
-                pods.push(PodSpec {
-                    namespace,
-                    name,
-                    labels,
-                    serves,
-                });
+                pods.push(PodSpec { namespace, name, labels, serves });
             }
             _ => {}
         }
@@ -245,20 +220,11 @@ metadata: {name: p, namespace: shop}
 spec: {podSelector: {}}
 ";
         let (ns, pods) = parse_app(yaml).unwrap();
-        assert_eq!(
-            ns,
-            vec![NamespaceSpec {
-                name: "shop".into(),
-                labels: [("team".into(), "shop".into())].into()
-            }]
-        );
+        assert_eq!(ns, vec![NamespaceSpec { name: "shop".into(), labels: [("team".into(), "shop".into())].into() }]);
         assert_eq!(pods.len(), 1);
         assert_eq!(
             pods[0].serves,
-            vec![
-                Serve::new(5432, Protocol::Tcp, Some("pg")),
-                Serve::new(53, Protocol::Udp, None)
-            ]
+            vec![Serve::new(5432, Protocol::Tcp, Some("pg")), Serve::new(53, Protocol::Udp, None)]
         );
     }
 
@@ -266,9 +232,6 @@ spec: {podSelector: {}}
     fn object_id_names_the_missing_field() {
         let v: Value = serde_yaml::from_str("{apiVersion: v1, kind: X, metadata: {name: n}}").unwrap();
         let e = object_id(3, &v).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "object 3: missing or non-string field `metadata.namespace`"
-        );
+        assert_eq!(e.to_string(), "object 3: missing or non-string field `metadata.namespace`");
     }
 }

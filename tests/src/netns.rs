@@ -22,19 +22,11 @@ pub enum NetnsError {
     #[error("network namespace {name}: {source}")]
     Command { name: String, source: Box<CmdError> },
     #[error("network namespace {name}: cannot open {path}: {source}")]
-    Open {
-        name: String,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Open { name: String, path: PathBuf, source: std::io::Error },
     #[error("network namespace {name}: setns: {source}")]
     Setns { name: String, source: nix::Error },
     #[error("network namespace {name}: writing {key}: {source}")]
-    Sysctl {
-        name: String,
-        key: String,
-        source: std::io::Error,
-    },
+    Sysctl { name: String, key: String, source: std::io::Error },
     #[error("network namespace {name}: the thread running inside it panicked")]
     ThreadPanicked { name: String },
 }
@@ -64,16 +56,9 @@ impl NetNs {
     /// Creates `/run/netns/<name>` with its loopback up.
     pub fn create(name: impl Into<String>) -> Result<Self, NetnsError> {
         let name = name.into();
-        let err = |source| NetnsError::Command {
-            name: name.clone(),
-            source: Box::new(source),
-        };
+        let err = |source| NetnsError::Command { name: name.clone(), source: Box::new(source) };
         cmd::ip(&["netns", "add", &name]).map_err(err)?;
-        let ns = NetNs {
-            path: Path::new(NETNS_DIR).join(&name),
-            name,
-            keep: false,
-        };
+        let ns = NetNs { path: Path::new(NETNS_DIR).join(&name), name, keep: false };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -96,10 +81,7 @@ impl NetNs {
     pub fn ip(&self, args: &[&str]) -> Result<String, NetnsError> {
         let mut full = vec!["-n", self.name.as_str()];
         full.extend_from_slice(args);
-        cmd::ip(&full).map_err(|source| NetnsError::Command {
-            name: self.name.clone(),
-            source: Box::new(source),
-        })
+        cmd::ip(&full).map_err(|source| NetnsError::Command { name: self.name.clone(), source: Box::new(source) })
     }
 
     /// Moves the calling thread into this namespace. Only network namespaces may be switched
@@ -117,11 +99,7 @@ impl NetNs {
                 Ok(f())
             })
             .join()
-            .unwrap_or_else(|_| {
-                Err(NetnsError::ThreadPanicked {
-                    name: self.name.clone(),
-                })
-            })
+            .unwrap_or_else(|_| Err(NetnsError::ThreadPanicked { name: self.name.clone() }))
         })
     }
 
@@ -129,12 +107,11 @@ impl NetNs {
     /// `/proc/sys/net` shows the namespace of the thread that opens it.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<(), NetnsError> {
         let path = Path::new("/proc/sys").join(key);
-        self.run_in(|| std::fs::write(&path, value))?
-            .map_err(|source| NetnsError::Sysctl {
-                name: self.name.clone(),
-                key: key.to_owned(),
-                source,
-            })
+        self.run_in(|| std::fs::write(&path, value))?.map_err(|source| NetnsError::Sysctl {
+            name: self.name.clone(),
+            key: key.to_owned(),
+            source,
+        })
     }
 
     /// Leaves the namespace in place when the guard drops (`demo --keep`).
@@ -156,15 +133,10 @@ impl Drop for NetNs {
 
 /// Moves the calling thread into the namespace at `path` (`name` is for messages).
 pub fn enter(name: &str, path: &Path) -> Result<(), NetnsError> {
-    let file = File::open(path).map_err(|source| NetnsError::Open {
-        name: name.to_owned(),
-        path: path.to_owned(),
-        source,
-    })?;
-    nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Setns {
-        name: name.to_owned(),
-        source,
-    })
+    let file =
+        File::open(path).map_err(|source| NetnsError::Open { name: name.to_owned(), path: path.to_owned(), source })?;
+    nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
+        .map_err(|source| NetnsError::Setns { name: name.to_owned(), source })
 }
 
 #[cfg(test)]

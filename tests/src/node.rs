@@ -61,42 +61,19 @@ pub enum NodeError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error("node {node}: {what}: {source}")]
-    Io {
-        node: String,
-        what: String,
-        source: std::io::Error,
-    },
+    Io { node: String, what: String, source: std::io::Error },
     #[error("node {node}: mounting bpffs at {path}: {source}")]
-    Bpffs {
-        node: String,
-        path: PathBuf,
-        source: nix::Error,
-    },
+    Bpffs { node: String, path: PathBuf, source: nix::Error },
     #[error("node {node}: the agent is not running")]
     AgentNotRunning { node: String },
     #[error("node {node}: the agent exited ({status}); its log ends:\n{log_tail}")]
-    AgentExited {
-        node: String,
-        status: ExitStatus,
-        log_tail: String,
-    },
+    AgentExited { node: String, status: ExitStatus, log_tail: String },
     #[error(
         "node {node}: the agent did not answer on {socket} within {after:?} ({last_error}); its log ends:\n{log_tail}"
     )]
-    AgentNotReady {
-        node: String,
-        socket: PathBuf,
-        after: Duration,
-        last_error: String,
-        log_tail: String,
-    },
+    AgentNotReady { node: String, socket: PathBuf, after: Duration, last_error: String, log_tail: String },
     #[error("node {node}: the agent did not apply the manifests within {after:?}: {diff}; its log ends:\n{log_tail}")]
-    SyncTimeout {
-        node: String,
-        after: Duration,
-        diff: String,
-        log_tail: String,
-    },
+    SyncTimeout { node: String, after: Duration, diff: String, log_tail: String },
     #[error("node {node}: no pod {pod}")]
     NoSuchPod { node: String, pod: PodRef },
     #[error("node {node}: pod {pod} exists already")]
@@ -104,12 +81,7 @@ pub enum NodeError {
     #[error("node {node}: no namespace {namespace}")]
     NoSuchNamespace { node: String, namespace: String },
     #[error("node {node}: pod {pod} has no {family} address (has {ips:?})")]
-    NoAddress {
-        node: String,
-        pod: PodRef,
-        family: Family,
-        ips: Vec<IpAddr>,
-    },
+    NoAddress { node: String, pod: PodRef, family: Family, ips: Vec<IpAddr> },
     #[error("node {node}: signalling the agent: {source}")]
     Signal { node: String, source: nix::Error },
 }
@@ -336,9 +308,7 @@ impl Node {
             .append(true)
             .open(self.log_path())
             .map_err(|source| io_err(&self.name, "opening the agent log", source))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|source| io_err(&self.name, "opening the agent log", source))?;
+        let log2 = log.try_clone().map_err(|source| io_err(&self.name, "opening the agent log", source))?;
         let mut cmd = Command::new(&self.bins.agent);
         cmd.arg("--node-name")
             .arg(&self.name)
@@ -359,9 +329,7 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2));
-        let child = cmd
-            .spawn()
-            .map_err(|source| io_err(&self.name, "starting ward-agent", source))?;
+        let child = cmd.spawn().map_err(|source| io_err(&self.name, "starting ward-agent", source))?;
         self.agent = Some(child);
         self.wait_agent_ready()
     }
@@ -392,19 +360,13 @@ impl Node {
     /// Errors if the agent is not running, naming its exit status and log if it died.
     fn check_agent_alive(&mut self) -> Result<(), NodeError> {
         let Some(child) = self.agent.as_mut() else {
-            return Err(NodeError::AgentNotRunning {
-                node: self.name.clone(),
-            });
+            return Err(NodeError::AgentNotRunning { node: self.name.clone() });
         };
         match child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => {
                 self.agent = None;
-                Err(NodeError::AgentExited {
-                    node: self.name.clone(),
-                    status,
-                    log_tail: self.agent_log_tail(),
-                })
+                Err(NodeError::AgentExited { node: self.name.clone(), status, log_tail: self.agent_log_tail() })
             }
             Err(source) => Err(io_err(&self.name, "checking on the agent", source)),
         }
@@ -445,24 +407,15 @@ impl Node {
             return Ok(Some(status));
         }
         let pid = Pid::from_raw(child.id() as i32);
-        kill(pid, signal).map_err(|source| NodeError::Signal {
-            node: self.name.clone(),
-            source,
-        })?;
+        kill(pid, signal).map_err(|source| NodeError::Signal { node: self.name.clone(), source })?;
         let deadline = Instant::now() + grace;
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => return Ok(Some(status)),
                 Ok(None) if Instant::now() >= deadline => {
-                    eprintln!(
-                        "ward-lab: node {}: agent ignored {signal} for {grace:?}; killing it",
-                        self.name
-                    );
+                    eprintln!("ward-lab: node {}: agent ignored {signal} for {grace:?}; killing it", self.name);
                     let _ = child.kill();
-                    return child
-                        .wait()
-                        .map(Some)
-                        .map_err(|source| io_err(&self.name, "reaping the agent", source));
+                    return child.wait().map(Some).map_err(|source| io_err(&self.name, "reaping the agent", source));
                 }
                 Ok(None) => thread::sleep(POLL_EVERY),
                 Err(source) => return Err(io_err(&self.name, "waiting for the agent", source)),
@@ -554,12 +507,9 @@ impl Node {
     /// Rejections the agent reports for files the lab wrote (why a policy is not in force).
     pub fn rejections(&self) -> Vec<String> {
         match self.status() {
-            Ok(s) => s
-                .rejected
-                .iter()
-                .filter(|r| self.written.contains_key(&r.file))
-                .map(ToString::to_string)
-                .collect(),
+            Ok(s) => {
+                s.rejected.iter().filter(|r| self.written.contains_key(&r.file)).map(ToString::to_string).collect()
+            }
             Err(_) => Vec::new(),
         }
     }
@@ -582,10 +532,9 @@ impl Node {
     }
 
     pub fn namespace_labels(&self, name: &str) -> Result<&Labels, NodeError> {
-        self.namespaces.get(name).ok_or_else(|| NodeError::NoSuchNamespace {
-            node: self.name.clone(),
-            namespace: name.to_owned(),
-        })
+        self.namespaces
+            .get(name)
+            .ok_or_else(|| NodeError::NoSuchNamespace { node: self.name.clone(), namespace: name.to_owned() })
     }
 
     pub fn namespaces(&self) -> &BTreeMap<String, Labels> {
@@ -625,12 +574,8 @@ impl Node {
 
     /// Deletes every applied object of `kind` (e.g. `NetworkPolicy`); no sync.
     pub fn remove_objects_of_kind(&mut self, kind: &str) -> Result<(), NodeError> {
-        let files: Vec<String> = self
-            .objects
-            .iter()
-            .filter(|(_, id)| id.kind == kind)
-            .map(|(f, _)| f.clone())
-            .collect();
+        let files: Vec<String> =
+            self.objects.iter().filter(|(_, id)| id.kind == kind).map(|(f, _)| f.clone()).collect();
         for f in files {
             self.remove_manifest(&f)?;
         }
@@ -645,10 +590,7 @@ impl Node {
     // ---- pods ----
 
     pub fn pod(&self, pod: &PodRef) -> Result<&Pod, NodeError> {
-        self.pods.get(pod).ok_or_else(|| NodeError::NoSuchPod {
-            node: self.name.clone(),
-            pod: pod.clone(),
-        })
+        self.pods.get(pod).ok_or_else(|| NodeError::NoSuchPod { node: self.name.clone(), pod: pod.clone() })
     }
 
     pub fn pods(&self) -> impl Iterator<Item = &Pod> {
@@ -668,10 +610,7 @@ impl Node {
         for spec in specs {
             self.namespace_labels(&spec.namespace)?;
             if self.pods.contains_key(&spec.pod_ref()) {
-                return Err(NodeError::PodExists {
-                    node: self.name.clone(),
-                    pod: spec.pod_ref(),
-                });
+                return Err(NodeError::PodExists { node: self.name.clone(), pod: spec.pod_ref() });
             }
         }
         for spec in specs {
@@ -701,13 +640,7 @@ impl Node {
                 return Err(e.into());
             }
         };
-        Ok(Pod {
-            spec: spec.clone(),
-            container_id,
-            ips: added.ips,
-            servers: Some(servers),
-            netns,
-        })
+        Ok(Pod { spec: spec.clone(), container_id, ips: added.ips, servers: Some(servers), netns })
     }
 
     fn attachment(&self, spec: &PodSpec, container_id: &str, netns: &Path) -> Attachment {
@@ -723,10 +656,8 @@ impl Node {
     /// Deletes a pod as a runtime would: servers stopped, CNI DEL, namespace deleted, then
     /// the Pod object removed; waits for sync.
     pub fn delete_pod(&mut self, pod: &PodRef) -> Result<(), NodeError> {
-        let mut p = self.pods.remove(pod).ok_or_else(|| NodeError::NoSuchPod {
-            node: self.name.clone(),
-            pod: pod.clone(),
-        })?;
+        let mut p =
+            self.pods.remove(pod).ok_or_else(|| NodeError::NoSuchPod { node: self.name.clone(), pod: pod.clone() })?;
         if let Some(s) = p.servers.take() {
             s.stop();
         }
@@ -740,15 +671,10 @@ impl Node {
 
     /// Replaces a pod's labels and waits for sync.
     pub fn set_pod_labels(&mut self, pod: &PodRef, labels: &Labels) -> Result<(), NodeError> {
-        let p = self.pods.get_mut(pod).ok_or_else(|| NodeError::NoSuchPod {
-            node: self.name.clone(),
-            pod: pod.clone(),
-        })?;
+        let p =
+            self.pods.get_mut(pod).ok_or_else(|| NodeError::NoSuchPod { node: self.name.clone(), pod: pod.clone() })?;
         p.spec.labels = labels.clone();
-        let (file, yaml) = (
-            manifest::pod_file(&pod.namespace, &pod.name),
-            manifest::pod_yaml(&p.spec, &self.name),
-        );
+        let (file, yaml) = (manifest::pod_file(&pod.namespace, &pod.name), manifest::pod_yaml(&p.spec, &self.name));
         self.write_manifest(&file, &yaml)?;
         self.sync()
     }
@@ -819,14 +745,8 @@ impl Node {
             }
             for s in &pod.spec.serves {
                 let (listen, reply) = match s.protocol {
-                    Protocol::Tcp => (
-                        format!("TCP6-LISTEN:{},ipv6only=0,reuseaddr,fork", s.port),
-                        "SYSTEM:echo",
-                    ),
-                    Protocol::Udp => (
-                        format!("UDP6-RECVFROM:{},ipv6only=0,reuseaddr,fork", s.port),
-                        "SYSTEM:echo",
-                    ),
+                    Protocol::Tcp => (format!("TCP6-LISTEN:{},ipv6only=0,reuseaddr,fork", s.port), "SYSTEM:echo"),
+                    Protocol::Udp => (format!("UDP6-RECVFROM:{},ipv6only=0,reuseaddr,fork", s.port), "SYSTEM:echo"),
                 };
                 let child = Command::new("ip")
                     .args(["netns", "exec", pod.netns.name(), "socat", &listen])
@@ -894,11 +814,7 @@ impl Drop for Node {
 }
 
 fn io_err(node: &str, what: &str, source: std::io::Error) -> NodeError {
-    NodeError::Io {
-        node: node.to_owned(),
-        what: what.to_owned(),
-        source,
-    }
+    NodeError::Io { node: node.to_owned(), what: what.to_owned(), source }
 }
 
 /// Mounts bpffs at `path` unless a bpf filesystem is mounted there already.
@@ -912,18 +828,8 @@ pub fn ensure_bpffs(node: &str, path: &Path) -> Result<(), NodeError> {
         return Ok(());
     }
     fs::create_dir_all(path).map_err(|source| io_err(node, "creating the bpffs mount point", source))?;
-    nix::mount::mount(
-        Some("bpf"),
-        path,
-        Some("bpf"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(|source| NodeError::Bpffs {
-        node: node.to_owned(),
-        path: path.to_owned(),
-        source,
-    })
+    nix::mount::mount(Some("bpf"), path, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|source| NodeError::Bpffs { node: node.to_owned(), path: path.to_owned(), source })
 }
 
 /// What differs between the files written and those the agent reports as applied.
@@ -952,10 +858,7 @@ mod tests {
 
     #[test]
     fn pod_cidrs_lie_in_ten_slash_eight_and_avoid_the_uplink() {
-        let c = NodeConfig {
-            index: 3,
-            ..NodeConfig::default()
-        };
+        let c = NodeConfig { index: 3, ..NodeConfig::default() };
         let cidrs = c.pod_cidrs();
         assert_eq!(cidrs[0].to_string(), "10.3.0.0/16");
         assert_eq!(cidrs[1].to_string(), "fd77:0:0:3::/64");
@@ -968,17 +871,10 @@ mod tests {
 
     #[test]
     fn sync_diff_names_missing_stale_leftover_and_rejected_files() {
-        let written: BTreeMap<_, _> = [
-            ("a.yaml".to_owned(), "1".to_owned()),
-            ("b.yaml".to_owned(), "2".to_owned()),
-        ]
-        .into();
+        let written: BTreeMap<_, _> =
+            [("a.yaml".to_owned(), "1".to_owned()), ("b.yaml".to_owned(), "2".to_owned())].into();
         let status = Status {
-            applied_files: [
-                ("b.yaml".to_owned(), "9".to_owned()),
-                ("c.yaml".to_owned(), "3".to_owned()),
-            ]
-            .into(),
+            applied_files: [("b.yaml".to_owned(), "9".to_owned()), ("c.yaml".to_owned(), "3".to_owned())].into(),
             rejected: vec![Rejection {
                 file: "a.yaml".into(),
                 object: "o".into(),

@@ -18,10 +18,7 @@ pub fn require_root(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    assert!(
-        !in_ci(),
-        "{test}: needs root (network namespaces, bpffs); CI=true, so this is a failure, not a skip"
-    );
+    assert!(!in_ci(), "{test}: needs root (network namespaces, bpffs); CI=true, so this is a failure, not a skip");
     eprintln!("{test}: skipped, needs root (set CI=true to make this a failure)");
     false
 }

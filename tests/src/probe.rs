@@ -57,9 +57,7 @@ impl fmt::Display for Outcome {
 
 /// Runs one probe on a new thread.
 pub fn probe(p: &Probe) -> Outcome {
-    probe_all(std::slice::from_ref(p), 1)
-        .pop()
-        .unwrap_or(Outcome::Failed("probe thread lost".into()))
+    probe_all(std::slice::from_ref(p), 1).pop().unwrap_or(Outcome::Failed("probe thread lost".into()))
 }
 
 /// Runs every probe, at most `parallelism` at once; results in input order.
@@ -86,12 +84,7 @@ pub fn probe_all(probes: &[Probe], parallelism: usize) -> Vec<Outcome> {
     });
     results
         .into_iter()
-        .map(|m| {
-            m.into_inner()
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| Outcome::Failed("probe thread panicked".into()))
-        })
+        .map(|m| m.into_inner().ok().flatten().unwrap_or_else(|| Outcome::Failed("probe thread panicked".into())))
         .collect()
 }
 
@@ -114,11 +107,7 @@ pub fn connect(to: SocketAddr, protocol: Protocol, timeout: Duration) -> Outcome
 
 fn remaining(deadline: Instant) -> std::io::Result<Duration> {
     let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        Err(ErrorKind::TimedOut.into())
-    } else {
-        Ok(left)
-    }
+    if left.is_zero() { Err(ErrorKind::TimedOut.into()) } else { Ok(left) }
 }
 
 fn tcp(to: SocketAddr, timeout: Duration, deadline: Instant) -> std::io::Result<String> {

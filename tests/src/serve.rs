@@ -27,25 +27,11 @@ const STOP_POLL: u16 = 50;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("server {port}/{protocol} in {netns}: {source}")]
-    Netns {
-        port: u16,
-        protocol: Protocol,
-        netns: String,
-        source: NetnsError,
-    },
+    Netns { port: u16, protocol: Protocol, netns: String, source: NetnsError },
     #[error("server {port}/{protocol} in {netns}: cannot listen: {source}")]
-    Listen {
-        port: u16,
-        protocol: Protocol,
-        netns: String,
-        source: nix::Error,
-    },
+    Listen { port: u16, protocol: Protocol, netns: String, source: nix::Error },
     #[error("server {port}/{protocol} in {netns}: the thread ended before listening")]
-    Vanished {
-        port: u16,
-        protocol: Protocol,
-        netns: String,
-    },
+    Vanished { port: u16, protocol: Protocol, netns: String },
 }
 
 /// The running servers of one pod; stopped (and joined) on [`Servers::stop`] or drop.
@@ -59,10 +45,7 @@ impl Servers {
     /// Starts one server per entry of `serves` inside the namespace at `netns_path`, each
     /// answering with `hostname`. Returns once every socket listens.
     pub fn start(netns_name: &str, netns_path: PathBuf, hostname: &str, serves: &[Serve]) -> Result<Self, ServeError> {
-        let mut servers = Servers {
-            stop: Arc::new(AtomicBool::new(false)),
-            threads: Vec::new(),
-        };
+        let mut servers = Servers { stop: Arc::new(AtomicBool::new(false)), threads: Vec::new() };
         for s in serves {
             let (port, protocol) = (s.port, s.protocol);
             let (ready_tx, ready_rx) = mpsc::channel();
@@ -73,12 +56,7 @@ impl Servers {
                 .name(format!("serve-{port}-{}", protocol.lower()))
                 .spawn(move || {
                     let sock = netns::enter(&name, &path)
-                        .map_err(|source| ServeError::Netns {
-                            port,
-                            protocol,
-                            netns: name.clone(),
-                            source,
-                        })
+                        .map_err(|source| ServeError::Netns { port, protocol, netns: name.clone(), source })
                         .and_then(|()| {
                             dual_stack_socket(port, protocol).map_err(|source| ServeError::Listen {
                                 port,
@@ -102,21 +80,13 @@ impl Servers {
                         Protocol::Udp => serve_udp(UdpSocket::from(sock), &reply, &stop),
                     }
                 })
-                .map_err(|_| ServeError::Vanished {
-                    port,
-                    protocol,
-                    netns: netns_name.to_owned(),
-                })?;
+                .map_err(|_| ServeError::Vanished { port, protocol, netns: netns_name.to_owned() })?;
             servers.threads.push(handle);
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
-                    return Err(ServeError::Vanished {
-                        port,
-                        protocol,
-                        netns: netns_name.to_owned(),
-                    });
+                    return Err(ServeError::Vanished { port, protocol, netns: netns_name.to_owned() });
                 }
             }
         }

@@ -71,11 +71,7 @@ pub struct Serve {
 
 impl Serve {
     pub fn new(port: u16, protocol: Protocol, name: Option<&str>) -> Self {
-        Serve {
-            port,
-            protocol,
-            name: name.map(str::to_owned),
-        }
+        Serve { port, protocol, name: name.map(str::to_owned) }
     }
 }
 
@@ -101,10 +97,7 @@ pub struct PodSpec {
 
 impl PodSpec {
     pub fn pod_ref(&self) -> PodRef {
-        PodRef {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-        }
+        PodRef { namespace: self.namespace.clone(), name: self.name.clone() }
     }
 }
 
@@ -117,10 +110,7 @@ pub struct PodRef {
 
 impl PodRef {
     pub fn new(namespace: &str, name: &str) -> Self {
-        PodRef {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        }
+        PodRef { namespace: namespace.to_owned(), name: name.to_owned() }
     }
 }
 

@@ -70,8 +70,7 @@ fn status_endpoints_and_explain_report_the_enforced_state() {
     let (ok, out) = ward(&node, &["policy", "explain", "--from", "shop/api", "--to", "shop/db", "--port", "5432"]);
     assert!(ok, "{out}");
     assert!(out.contains("ALLOWED") && out.contains("shop/db-from-api"), "{out}");
-    let (ok, out) =
-        ward(&node, &["policy", "explain", "--from", "shop/stranger", "--to", "shop/db", "--port", "5432"]);
+    let (ok, out) = ward(&node, &["policy", "explain", "--from", "shop/stranger", "--to", "shop/db", "--port", "5432"]);
     assert!(ok, "{out}");
     assert!(out.contains("DENIED") && out.contains("default deny"), "{out}");
     let (ok, out) = ward(&node, &["policy", "explain", "--from", "shop/api", "--to", "shop/db", "--port", "5433"]);

@@ -86,7 +86,10 @@ fn peer(rng: &mut Rng, ips: &[IpAddr]) -> String {
     let ip = ips[rng.below(ips.len())];
     match rng.below(6) {
         0 => format!("{{podSelector: {}}}", selector(rng)),
-        1 => format!("{{namespaceSelector: {}}}", rng.pick(&["{}", "{matchLabels: {team: red}}", "{matchLabels: {team: blue}}"])),
+        1 => format!(
+            "{{namespaceSelector: {}}}",
+            rng.pick(&["{}", "{matchLabels: {team: red}}", "{matchLabels: {team: blue}}"])
+        ),
         2 => format!(
             "{{namespaceSelector: {}, podSelector: {}}}",
             rng.pick(&["{matchLabels: {team: red}}", "{matchLabels: {team: blue}}"]),
@@ -138,7 +141,8 @@ fn rules(rng: &mut Rng, ips: &[IpAddr], peers_key: &str) -> String {
 
 fn random_policy(rng: &mut Rng, name: &str, ips: &[IpAddr]) -> String {
     let ns = NAMESPACES[rng.below(2)].0;
-    let types = rng.pick(&["", "policyTypes: [Ingress], ", "policyTypes: [Egress], ", "policyTypes: [Ingress, Egress], "]);
+    let types =
+        rng.pick(&["", "policyTypes: [Ingress], ", "policyTypes: [Egress], ", "policyTypes: [Ingress, Egress], "]);
     let ingress = rules(rng, ips, "from");
     let egress = rules(rng, ips, "to");
     let mut spec = format!("{{podSelector: {}, {types}", selector(rng));
@@ -196,10 +200,8 @@ fn random_policies_enforced_in_the_kernel_match_the_reference_evaluator() {
             .collect();
         ports.sort();
         v4_ips.extend(pod.ips().iter().filter(|i| i.is_ipv4()));
-        base.pods.insert(
-            PodKey::new(d.ns, d.name),
-            PodInfo { labels: labels(d.labels), ports, ips: pod.ips().to_vec() },
-        );
+        base.pods
+            .insert(PodKey::new(d.ns, d.name), PodInfo { labels: labels(d.labels), ports, ips: pod.ips().to_vec() });
     }
 
     let seed = std::env::var("WARD_DIFF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(SEED);
@@ -220,7 +222,9 @@ fn random_policies_enforced_in_the_kernel_match_the_reference_evaluator() {
             for doc in parse_documents(t, "differential.yaml") {
                 let obj = doc.unwrap_or_else(|e| panic!("generated policy does not parse: {e}\n{t}"));
                 for cluster in &mut clusters {
-                    cluster.apply(&obj, "differential.yaml").unwrap_or_else(|e| panic!("generated policy invalid: {e}\n{t}"));
+                    cluster
+                        .apply(&obj, "differential.yaml")
+                        .unwrap_or_else(|e| panic!("generated policy invalid: {e}\n{t}"));
                 }
                 assert!(matches!(obj, Object::NetworkPolicy(_)));
             }
@@ -254,7 +258,10 @@ fn random_policies_enforced_in_the_kernel_match_the_reference_evaluator() {
                         p,
                         port,
                     );
-                    cells.push((format!("{}/{} -> {}/{} {proto}/{port} {family}", from.ns, from.name, to.ns, to.name), want));
+                    cells.push((
+                        format!("{}/{} -> {}/{} {proto}/{port} {family}", from.ns, from.name, to.ns, to.name),
+                        want,
+                    ));
                 }
             }
         }
@@ -263,7 +270,9 @@ fn random_policies_enforced_in_the_kernel_match_the_reference_evaluator() {
             .iter()
             .zip(&outcomes)
             .filter(|((_, want), got)| got.connected() != *want)
-            .map(|((cell, want), got)| format!("{cell}: reference says {}, kernel: {got}", if *want { "allow" } else { "deny" }))
+            .map(|((cell, want), got)| {
+                format!("{cell}: reference says {}, kernel: {got}", if *want { "allow" } else { "deny" })
+            })
             .collect();
         assert!(
             wrong.is_empty(),

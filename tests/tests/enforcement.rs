@@ -24,28 +24,18 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 
 /// A pod serving TCP/80 (`http`) and UDP/53 (`dns`), plus `extra` served ports.
 fn pod(ns: &str, name: &str, pod_labels: &[(&str, &str)], extra: &[Serve]) -> PodSpec {
-    let mut serves = vec![
-        Serve::new(80, Protocol::Tcp, Some("http")),
-        Serve::new(53, Protocol::Udp, Some("dns")),
-    ];
+    let mut serves = vec![Serve::new(80, Protocol::Tcp, Some("http")), Serve::new(53, Protocol::Udp, Some("dns"))];
     serves.extend_from_slice(extra);
-    PodSpec {
-        namespace: ns.into(),
-        name: name.into(),
-        labels: labels(pod_labels),
-        serves,
-    }
+    PodSpec { namespace: ns.into(), name: name.into(), labels: labels(pod_labels), serves }
 }
 
 /// A node with these namespaces (name, labels) and pods.
 fn lab(namespaces: &[(&str, &[(&str, &str)])], pods: &[PodSpec]) -> Node {
     let mut node = Node::start(NodeConfig::default()).unwrap_or_else(|e| panic!("starting a lab node: {e}"));
     for (ns, ns_labels) in namespaces {
-        node.set_namespace(ns, &labels(ns_labels))
-            .unwrap_or_else(|e| panic!("namespace {ns}: {e}"));
+        node.set_namespace(ns, &labels(ns_labels)).unwrap_or_else(|e| panic!("namespace {ns}: {e}"));
     }
-    node.create_pods(pods)
-        .unwrap_or_else(|e| panic!("pods through ward-cni: {e}"));
+    node.create_pods(pods).unwrap_or_else(|e| panic!("pods through ward-cni: {e}"));
     node
 }
 
@@ -66,17 +56,12 @@ fn netpol(ns: &str, name: &str, spec: &str) -> Value {
 
 fn apply(node: &mut Node, policies: &[Value]) {
     if let Err(e) = node.apply(policies) {
-        panic!(
-            "applying {} policies: {e}\nrejections: {:?}",
-            policies.len(),
-            node.rejections()
-        );
+        panic!("applying {} policies: {e}\nrejections: {:?}", policies.len(), node.rejections());
     }
 }
 
 fn delete_policy(node: &mut Node, ns: &str, name: &str) {
-    node.delete_object("NetworkPolicy", ns, name)
-        .unwrap_or_else(|e| panic!("deleting NetworkPolicy {ns}/{name}: {e}"));
+    node.delete_object("NetworkPolicy", ns, name).unwrap_or_else(|e| panic!("deleting NetworkPolicy {ns}/{name}: {e}"));
 }
 
 /// `/32` or `/128` of a pod's address.
@@ -93,12 +78,7 @@ fn pod_cidr(node: &Node, family: Family) -> String {
     node.config()
         .pod_cidrs()
         .into_iter()
-        .find(|n| {
-            matches!(
-                (n, family),
-                (ipnet::IpNet::V4(_), Family::IPv4) | (ipnet::IpNet::V6(_), Family::IPv6)
-            )
-        })
+        .find(|n| matches!((n, family), (ipnet::IpNet::V4(_), Family::IPv4) | (ipnet::IpNet::V6(_), Family::IPv6)))
         .map(|n| n.to_string())
         .unwrap_or_else(|| panic!("no {family} pod CIDR"))
 }
@@ -110,9 +90,7 @@ fn reason_counter(node: &Node, reason: &str) -> u64 {
 
 fn policy_revision(node: &Node) -> u64 {
     let status = node.status().unwrap_or_else(|e| panic!("agent status: {e}"));
-    status.raw["policy_revision"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("status without policy_revision: {}", status.raw))
+    status.raw["policy_revision"].as_u64().unwrap_or_else(|| panic!("status without policy_revision: {}", status.raw))
 }
 
 // ---- expectations ----
@@ -130,30 +108,16 @@ struct Check {
 
 impl std::fmt::Display for Check {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} -> {} {}/{} {}",
-            self.from, self.to, self.protocol, self.port, self.family
-        )
+        write!(f, "{} -> {} {}/{} {}", self.from, self.to, self.protocol, self.port, self.family)
     }
 }
 
 fn allow(from: &str, to: &str, port: u16, protocol: Protocol) -> Check {
-    Check {
-        from: pref(from),
-        to: pref(to),
-        port,
-        protocol,
-        family: Family::IPv4,
-        allowed: true,
-    }
+    Check { from: pref(from), to: pref(to), port, protocol, family: Family::IPv4, allowed: true }
 }
 
 fn deny(from: &str, to: &str, port: u16, protocol: Protocol) -> Check {
-    Check {
-        allowed: false,
-        ..allow(from, to, port, protocol)
-    }
+    Check { allowed: false, ..allow(from, to, port, protocol) }
 }
 
 fn v6(mut c: Check) -> Check {
@@ -168,8 +132,7 @@ fn probes(node: &Node, checks: &[Check]) -> Vec<Probe> {
     checks
         .iter()
         .map(|c| {
-            node.probe_spec(&c.from, &c.to, c.port, c.protocol, c.family)
-                .unwrap_or_else(|e| panic!("probe {c}: {e}"))
+            node.probe_spec(&c.from, &c.to, c.port, c.protocol, c.family).unwrap_or_else(|e| panic!("probe {c}: {e}"))
         })
         .collect()
 }
@@ -181,22 +144,14 @@ fn mismatch(check: &Check, outcome: &Outcome) -> Option<String> {
         Outcome::Connected(reply) => check.allowed && *reply == check.to.name,
         Outcome::Failed(why) => !check.allowed && why == "timed out",
     };
-    (!ok).then(|| {
-        format!(
-            "{check}: want {}, got {outcome}",
-            if check.allowed { "allowed" } else { "denied (dropped)" }
-        )
-    })
+    (!ok)
+        .then(|| format!("{check}: want {}, got {outcome}", if check.allowed { "allowed" } else { "denied (dropped)" }))
 }
 
 /// Runs every check in parallel; returns the mismatches.
 fn run_checks(node: &Node, checks: &[Check]) -> Vec<String> {
     let outcomes = probe::probe_all(&probes(node, checks), 32);
-    checks
-        .iter()
-        .zip(&outcomes)
-        .filter_map(|(c, o)| mismatch(c, o))
-        .collect()
+    checks.iter().zip(&outcomes).filter_map(|(c, o)| mismatch(c, o)).collect()
 }
 
 fn verify(node: &Node, context: &str, checks: &[Check]) {
@@ -214,13 +169,7 @@ fn verify(node: &Node, context: &str, checks: &[Check]) {
 /// Before any policy: every pair of `checks` connects (polled: IPv6 neighbour discovery may
 /// hold back the first packets). Proves the servers listen, so a later timeout is a drop.
 fn baseline(node: &Node, checks: &[Check]) {
-    let open: Vec<Check> = checks
-        .iter()
-        .map(|c| Check {
-            allowed: true,
-            ..c.clone()
-        })
-        .collect();
+    let open: Vec<Check> = checks.iter().map(|c| Check { allowed: true, ..c.clone() }).collect();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let wrong = run_checks(node, &open);
@@ -235,7 +184,6 @@ fn baseline(node: &Node, checks: &[Check]) {
         thread::sleep(Duration::from_millis(100));
     }
 }
-
 
 // ---- 1. default deny per direction ----
 
@@ -280,14 +228,7 @@ fn ingress_only_default_deny_isolates_ingress_but_not_egress_of_the_selected_pod
     ];
     checks.extend(unselected_pairs());
     baseline(&node, &checks);
-    apply(
-        &mut node,
-        &[netpol(
-            "x",
-            "lock",
-            "{podSelector: {matchLabels: {lock: 'yes'}}, policyTypes: [Ingress]}",
-        )],
-    );
+    apply(&mut node, &[netpol("x", "lock", "{podSelector: {matchLabels: {lock: 'yes'}}, policyTypes: [Ingress]}")]);
     verify(&node, "ingress-only default deny on x/p", &checks);
     delete_policy(&mut node, "x", "lock");
     baseline(&node, &checks);
@@ -312,14 +253,7 @@ fn egress_only_default_deny_isolates_egress_but_not_ingress_of_the_selected_pods
     ];
     checks.extend(unselected_pairs());
     baseline(&node, &checks);
-    apply(
-        &mut node,
-        &[netpol(
-            "x",
-            "lock",
-            "{podSelector: {matchLabels: {lock: 'yes'}}, policyTypes: [Egress]}",
-        )],
-    );
+    apply(&mut node, &[netpol("x", "lock", "{podSelector: {matchLabels: {lock: 'yes'}}, policyTypes: [Egress]}")]);
     verify(&node, "egress-only default deny on x/p", &checks);
     delete_policy(&mut node, "x", "lock");
     baseline(&node, &checks);
@@ -333,18 +267,9 @@ fn egress_only_default_deny_isolates_egress_but_not_ingress_of_the_selected_pods
 fn peers_lab() -> Node {
     let tcp = |port| Serve::new(port, TCP, None);
     lab(
+        &[("x", &[("team", "x")]), ("y", &[("team", "y")]), ("z", &[("team", "z")])],
         &[
-            ("x", &[("team", "x")]),
-            ("y", &[("team", "y")]),
-            ("z", &[("team", "z")]),
-        ],
-        &[
-            pod(
-                "x",
-                "target",
-                &[("app", "target"), ("role", "web")],
-                &[tcp(81), tcp(82), tcp(83), tcp(84)],
-            ),
+            pod("x", "target", &[("app", "target"), ("role", "web")], &[tcp(81), tcp(82), tcp(83), tcp(84)]),
             PodSpec {
                 namespace: "x".into(),
                 name: "target2".into(),
@@ -377,25 +302,17 @@ fn run_cases(node: &mut Node, cases: Vec<(&str, Value, Vec<Check>)>) {
     for (name, policy, checks) in cases {
         if let Err(e) = node.apply(std::slice::from_ref(&policy)) {
             failures.push(format!("{name}: not applied: {e}; rejections {:?}", node.rejections()));
-            node.remove_objects_of_kind("NetworkPolicy")
-                .unwrap_or_else(|e| panic!("{e}"));
+            node.remove_objects_of_kind("NetworkPolicy").unwrap_or_else(|e| panic!("{e}"));
             node.sync().unwrap_or_else(|e| panic!("{e}"));
             continue;
         }
         for w in run_checks(node, &checks) {
             failures.push(format!("{name}: {w}"));
         }
-        node.remove_objects_of_kind("NetworkPolicy")
-            .unwrap_or_else(|e| panic!("{e}"));
-        node.sync()
-            .unwrap_or_else(|e| panic!("removing the policy of {name}: {e}"));
+        node.remove_objects_of_kind("NetworkPolicy").unwrap_or_else(|e| panic!("{e}"));
+        node.sync().unwrap_or_else(|e| panic!("removing the policy of {name}: {e}"));
     }
-    assert!(
-        failures.is_empty(),
-        "{} wrong probes:\n  {}",
-        failures.len(),
-        failures.join("\n  ")
-    );
+    assert!(failures.is_empty(), "{} wrong probes:\n  {}", failures.len(), failures.join("\n  "));
 }
 
 #[test]
@@ -435,12 +352,7 @@ fn ingress_rules_admit_exactly_the_peers_each_peer_kind_selects() {
             target_ingress(
                 "[{from: [{namespaceSelector: {matchLabels: {team: y}}, podSelector: {matchExpressions: [{key: app, operator: In, values: [a]}]}}]}]",
             ),
-            vec![
-                allow("y/a", t, 80, TCP),
-                deny("y/b", t, 80, TCP),
-                deny("x/a", t, 80, TCP),
-                deny("z/a", t, 80, TCP),
-            ],
+            vec![allow("y/a", t, 80, TCP), deny("y/b", t, 80, TCP), deny("x/a", t, 80, TCP), deny("z/a", t, 80, TCP)],
         ),
         (
             "namespaceSelector OR podSelector as two peers",
@@ -457,9 +369,7 @@ fn ingress_rules_admit_exactly_the_peers_each_peer_kind_selects() {
         ),
         (
             "ipBlock with except (a pod address inside the except is denied)",
-            target_ingress(&format!(
-                "[{{from: [{{ipBlock: {{cidr: '{cidr}', except: ['{except}']}}}}]}}]"
-            )),
+            target_ingress(&format!("[{{from: [{{ipBlock: {{cidr: '{cidr}', except: ['{except}']}}}}]}}]")),
             vec![
                 allow("x/a", t, 80, TCP),
                 allow("y/b", t, 80, TCP),
@@ -550,9 +460,7 @@ fn egress_rules_admit_exactly_the_peers_each_peer_kind_selects() {
         ),
         (
             "egress ipBlock with except",
-            egress(&format!(
-                "[{{to: [{{ipBlock: {{cidr: '{cidr}', except: ['{except}']}}}}]}}]"
-            )),
+            egress(&format!("[{{to: [{{ipBlock: {{cidr: '{cidr}', except: ['{except}']}}}}]}}]")),
             vec![
                 allow("x/a", "x/b", 80, TCP),
                 allow("x/a", "y/b", 53, UDP),
@@ -616,10 +524,7 @@ fn egress_isolated_server_answers_allowed_tcp_and_udp_clients_but_opens_no_conne
     let replies_before = reason_counter(&node, "reply");
     verify(&node, "server isolated both ways, ingress from client only", &checks);
     let replies = reason_counter(&node, "reply") - replies_before;
-    assert!(
-        replies > 0,
-        "the allowed exchanges passed, so the datapath must have counted their replies as `reply`"
-    );
+    assert!(replies > 0, "the allowed exchanges passed, so the datapath must have counted their replies as `reply`");
 }
 
 // ---- 4. established flows under churn, cut on revocation ----
@@ -667,16 +572,13 @@ fn established_connection_survives_policy_churn_and_is_cut_when_its_rule_is_revo
         ],
     );
     apply(&mut node, &[echo_policy(ECHO_PORT)]);
-    let server_ip = node
-        .pod_ip(&pref("x/server"), Family::IPv4)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let server_ip = node.pod_ip(&pref("x/server"), Family::IPv4).unwrap_or_else(|e| panic!("{e}"));
     let mut echo = {
         let server = node.pod(&pref("x/server")).unwrap_or_else(|e| panic!("{e}"));
         let client = node.pod(&pref("x/client")).unwrap_or_else(|e| panic!("{e}"));
         Echo::open(server.netns(), client.netns(), SocketAddr::new(server_ip, ECHO_PORT))
     };
-    echo.exchange()
-        .unwrap_or_else(|e| panic!("the allowed connection before any churn: {e}"));
+    echo.exchange().unwrap_or_else(|e| panic!("the allowed connection before any churn: {e}"));
 
     let rev_before = policy_revision(&node);
     const CHURN: usize = 50;
@@ -689,10 +591,7 @@ fn established_connection_survives_policy_churn_and_is_cut_when_its_rule_is_revo
         }
         if op % 10 == 9 {
             echo.exchange().unwrap_or_else(|e| {
-                panic!(
-                    "the established connection after {} unrelated policy changes: {e}",
-                    op + 1
-                )
+                panic!("the established connection after {} unrelated policy changes: {e}", op + 1)
             });
         }
     }
@@ -701,11 +600,7 @@ fn established_connection_survives_policy_churn_and_is_cut_when_its_rule_is_revo
         rev_after >= rev_before + CHURN as u64 / 2,
         "the churn must really change the maps (revision {rev_before} -> {rev_after}), or this test proves nothing"
     );
-    verify(
-        &node,
-        "after churn the echo policy still isolates the server",
-        &[deny("x/client", "x/server", 80, TCP)],
-    );
+    verify(&node, "after churn the echo policy still isolates the server", &[deny("x/client", "x/server", 80, TCP)]);
 
     let revoked_before = reason_counter(&node, "policy_revoked");
     // Still isolated, but the rule now names another port: the flow is no longer allowed.
@@ -713,19 +608,10 @@ fn established_connection_survives_policy_churn_and_is_cut_when_its_rule_is_revo
     let started = Instant::now();
     let result = echo.exchange();
     let took = started.elapsed();
-    assert!(
-        result.is_err(),
-        "the connection's rule was revoked, yet it still exchanged data ({result:?})"
-    );
-    assert!(
-        took < Duration::from_millis(1500),
-        "the revoked exchange must fail within ~1 s, took {took:?}"
-    );
+    assert!(result.is_err(), "the connection's rule was revoked, yet it still exchanged data ({result:?})");
+    assert!(took < Duration::from_millis(1500), "the revoked exchange must fail within ~1 s, took {took:?}");
     let revoked = reason_counter(&node, "policy_revoked") - revoked_before;
-    assert!(
-        revoked > 0,
-        "the cut must be the revocation (`policy_revoked`), counted {revoked}; exchange: {result:?}"
-    );
+    assert!(revoked > 0, "the cut must be the revocation (`policy_revoked`), counted {revoked}; exchange: {result:?}");
 }
 
 // ---- 5. IPv6 ----
@@ -753,11 +639,7 @@ fn ipv6_pods_get_the_same_allow_and_deny_including_ipv6_ip_blocks() {
         (
             "IPv6 default deny ingress",
             target_ingress("[]"),
-            vec![
-                v6(deny("x/a", t, 80, TCP)),
-                v6(deny("y/a", t, 53, UDP)),
-                v6(allow(t, "x/a", 80, TCP)),
-            ],
+            vec![v6(deny("x/a", t, 80, TCP)), v6(deny("y/a", t, 53, UDP)), v6(allow(t, "x/a", 80, TCP))],
         ),
         (
             "IPv6 podSelector",
@@ -774,17 +656,11 @@ fn ipv6_pods_get_the_same_allow_and_deny_including_ipv6_ip_blocks() {
             target_ingress(
                 "[{from: [{namespaceSelector: {matchLabels: {team: y}}}], ports: [{port: 53, protocol: UDP}]}]",
             ),
-            vec![
-                v6(allow("y/a", t, 53, UDP)),
-                v6(deny("y/a", t, 80, TCP)),
-                v6(deny("x/a", t, 53, UDP)),
-            ],
+            vec![v6(allow("y/a", t, 53, UDP)), v6(deny("y/a", t, 80, TCP)), v6(deny("x/a", t, 53, UDP))],
         ),
         (
             "ipBlock on the IPv6 pod CIDR with an except; covers no IPv4 address",
-            target_ingress(&format!(
-                "[{{from: [{{ipBlock: {{cidr: '{cidr6}', except: ['{except6}']}}}}]}}]"
-            )),
+            target_ingress(&format!("[{{from: [{{ipBlock: {{cidr: '{cidr6}', except: ['{except6}']}}}}]}}]")),
             vec![
                 v6(allow("x/a", t, 80, TCP)),
                 v6(allow("y/a", t, 53, UDP)),
@@ -797,11 +673,7 @@ fn ipv6_pods_get_the_same_allow_and_deny_including_ipv6_ip_blocks() {
         (
             "an IPv4 ipBlock covers no IPv6 address",
             target_ingress(&format!("[{{from: [{{ipBlock: {{cidr: '{cidr4}'}}}}]}}]")),
-            vec![
-                allow("x/a", t, 80, TCP),
-                v6(deny("x/a", t, 80, TCP)),
-                v6(deny("y/a", t, 53, UDP)),
-            ],
+            vec![allow("x/a", t, 80, TCP), v6(deny("x/a", t, 80, TCP)), v6(deny("y/a", t, 53, UDP))],
         ),
         (
             "egress to one IPv6 address",

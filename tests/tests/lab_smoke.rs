@@ -26,31 +26,14 @@ fn pair() -> Pair {
     let server = NetNs::create_unique("server").expect("server netns");
     // Created inside the client namespace, so the names cannot clash with anything outside.
     client
-        .ip(&[
-            "link",
-            "add",
-            "veth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "veth1",
-            "netns",
-            server.name(),
-        ])
+        .ip(&["link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", server.name()])
         .expect("veth pair");
-    for (ns, dev, v4, v6) in [
-        (&client, "veth0", CLIENT4, "fd77:0:0:77::1"),
-        (&server, "veth1", SERVER4, SERVER6),
-    ] {
+    for (ns, dev, v4, v6) in [(&client, "veth0", CLIENT4, "fd77:0:0:77::1"), (&server, "veth1", SERVER4, SERVER6)] {
         // No duplicate address detection: a tentative link-local address would hold back
         // neighbour discovery, and with it the first IPv6 probes, for about a second.
-        ns.sysctl(&format!("net/ipv6/conf/{dev}/accept_dad"), "0")
-            .expect("accept_dad");
-        ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev])
-            .expect("IPv4 address");
-        ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"])
-            .expect("IPv6 address");
+        ns.sysctl(&format!("net/ipv6/conf/{dev}/accept_dad"), "0").expect("accept_dad");
+        ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]).expect("IPv4 address");
+        ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]).expect("IPv6 address");
         ns.ip(&["link", "set", dev, "up"]).expect("link up");
     }
     Pair { client, server }
@@ -111,11 +94,7 @@ fn a_port_nobody_serves_fails_fast() {
         let got = probe::probe(&probe_from(&p.client, SERVER4, 81, proto));
         assert!(!got.connected(), "{proto}/81 is not served, yet {got}");
         // A refusal (RST or ICMP) comes back at once; a timeout would take the full second.
-        assert!(
-            start.elapsed() < Duration::from_millis(900),
-            "{proto}/81: refusal took {:?}",
-            start.elapsed()
-        );
+        assert!(start.elapsed() < Duration::from_millis(900), "{proto}/81: refusal took {:?}", start.elapsed());
     }
 }
 
@@ -130,10 +109,7 @@ fn a_silent_address_times_out_after_about_a_second() {
     let took = start.elapsed();
     assert!(!got.connected(), "{got}");
     // Generous upper bound: a loaded machine schedules threads late.
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
-        "took {took:?}"
-    );
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "took {took:?}");
 }
 
 #[test]
@@ -144,19 +120,14 @@ fn probes_run_in_parallel_within_the_bound() {
     let p = pair();
     let _servers = serve_all(&p, "srv");
     // 40 one-second timeouts and 40 quick answers, 40 at a time: two waves at most.
-    let mut probes: Vec<Probe> = (0..40)
-        .map(|_| probe_from(&p.client, SILENT4, 80, Protocol::Tcp))
-        .collect();
+    let mut probes: Vec<Probe> = (0..40).map(|_| probe_from(&p.client, SILENT4, 80, Protocol::Tcp)).collect();
     probes.extend((0..40).map(|_| probe_from(&p.client, SERVER4, 80, Protocol::Udp)));
     let start = Instant::now();
     let got = probe::probe_all(&probes, 40);
     let took = start.elapsed();
     assert_eq!(got.len(), 80);
     assert!(got[..40].iter().all(|o| !o.connected()), "silent address answered");
-    assert!(
-        got[40..].iter().all(|o| *o == Outcome::Connected("srv".into())),
-        "{got:?}"
-    );
+    assert!(got[40..].iter().all(|o| *o == Outcome::Connected("srv".into())), "{got:?}");
     // One at a time would take 40 s; two waves take about 2 s, more on a loaded machine.
     assert!(took < Duration::from_secs(10), "80 probes took {took:?}");
 }
@@ -171,11 +142,7 @@ fn stopped_servers_no_longer_answer() {
     assert!(probe::probe(&probe_from(&p.client, SERVER4, 80, Protocol::Tcp)).connected());
     let start = Instant::now();
     servers.stop();
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "stopping took {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(1), "stopping took {:?}", start.elapsed());
     for proto in [Protocol::Tcp, Protocol::Udp] {
         let got = probe::probe(&probe_from(&p.client, SERVER4, 80, proto));
         assert!(!got.connected(), "{proto} still answered after stop: {got}");

@@ -78,11 +78,7 @@ impl Podman {
     fn podman(&self, args: &[&str], must: bool) -> Output {
         let out = self.command(args).output().unwrap_or_else(|e| panic!("running podman: {e}"));
         if must {
-            assert!(
-                out.status.success(),
-                "podman {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "podman {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         out
     }

@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 use serde_yaml::Value;
 use ward_lab::echo::Echo;
 use ward_lab::probe::{self, Probe};
-use ward_lab::{
-    Family, Labels, Node, NodeConfig, Outcome, PodRef, PodSpec, Protocol, Serve, netns, require_root,
-};
+use ward_lab::{Family, Labels, Node, NodeConfig, Outcome, PodRef, PodSpec, Protocol, Serve, netns, require_root};
 
 const TCP: Protocol = Protocol::Tcp;
 const UDP: Protocol = Protocol::Udp;
@@ -35,17 +33,12 @@ fn pref(s: &str) -> PodRef {
 /// and `x/other` (what unrelated policies select).
 fn lab() -> Node {
     let mut node = Node::start(NodeConfig::default()).unwrap_or_else(|e| panic!("starting a lab node: {e}"));
-    node.set_namespace("x", &Labels::new())
-        .unwrap_or_else(|e| panic!("namespace x: {e}"));
+    node.set_namespace("x", &Labels::new()).unwrap_or_else(|e| panic!("namespace x: {e}"));
     let pod = |name: &str| PodSpec {
         namespace: "x".into(),
         name: name.into(),
         labels: labels(&[("app", name)]),
-        serves: vec![
-            Serve::new(80, TCP, Some("http")),
-            Serve::new(81, TCP, None),
-            Serve::new(53, UDP, Some("dns")),
-        ],
+        serves: vec![Serve::new(80, TCP, Some("http")), Serve::new(81, TCP, None), Serve::new(53, UDP, Some("dns"))],
     };
     node.create_pods(&[pod("server"), pod("client"), pod("intruder"), pod("other")])
         .unwrap_or_else(|e| panic!("pods through ward-cni: {e}"));
@@ -63,11 +56,7 @@ fn netpol(name: &str, annotations: &str, spec: &str) -> Value {
 
 /// Default deny for the server's ingress.
 fn deny_policy(annotation: &str) -> Value {
-    netpol(
-        "deny",
-        annotation,
-        "{podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}",
-    )
+    netpol("deny", annotation, "{podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}")
 }
 
 /// Client to server on TCP 80, UDP 53 and `extra` TCP ports; `by_expression` writes the same
@@ -78,10 +67,7 @@ fn allow_policy(annotation: &str, by_expression: bool, extra: &[u16]) -> Value {
     } else {
         "{podSelector: {matchLabels: {app: client}}}"
     };
-    let mut ports = vec![
-        "{port: 80, protocol: TCP}".to_owned(),
-        "{port: dns, protocol: UDP}".to_owned(),
-    ];
+    let mut ports = vec!["{port: 80, protocol: TCP}".to_owned(), "{port: dns, protocol: UDP}".to_owned()];
     ports.extend(extra.iter().map(|p| format!("{{port: {p}, protocol: TCP}}")));
     netpol(
         "allow",
@@ -110,13 +96,8 @@ fn unrelated_policy(version: usize) -> Value {
 }
 
 fn apply(node: &mut Node, policies: &[Value]) -> Vec<String> {
-    node.apply(policies).unwrap_or_else(|e| {
-        panic!(
-            "applying {} policies: {e}\nrejections: {:?}",
-            policies.len(),
-            node.rejections()
-        )
-    })
+    node.apply(policies)
+        .unwrap_or_else(|e| panic!("applying {} policies: {e}\nrejections: {:?}", policies.len(), node.rejections()))
 }
 
 fn status_json(node: &Node) -> serde_json::Value {
@@ -154,10 +135,7 @@ fn prober(node: &Node, from: &str, to: &str, port: u16, protocol: Protocol, allo
         .unwrap_or_else(|e| panic!("probe {from} -> {to}: {e}"));
     probe.timeout = if allowed { ALLOWED_TIMEOUT } else { DENIED_TIMEOUT };
     Prober {
-        label: format!(
-            "{from} -> {to} {protocol}/{port} ({})",
-            if allowed { "allowed" } else { "denied" }
-        ),
+        label: format!("{from} -> {to} {protocol}/{port} ({})", if allowed { "allowed" } else { "denied" }),
         probe,
         allowed,
         reply: to.name,
@@ -208,13 +186,9 @@ impl Record {
 
 /// Probes from inside the from-pod (entered once) until `stop`, `MAX_PROBES` or `HARD_CAP`.
 fn run_prober(p: &Prober, stop: &AtomicBool, count: &AtomicU64) -> Record {
-    let mut rec = Record {
-        label: p.label.clone(),
-        results: Vec::new(),
-    };
+    let mut rec = Record { label: p.label.clone(), results: Vec::new() };
     if let Err(e) = netns::enter(&p.probe.from_netns, &p.probe.from_path) {
-        rec.results
-            .push((Instant::now(), Some(format!("entering the pod: {e}"))));
+        rec.results.push((Instant::now(), Some(format!("entering the pod: {e}"))));
         return rec;
     }
     let end = Instant::now() + HARD_CAP;
@@ -266,10 +240,8 @@ fn under_probing<T>(
             let _stop = StopOnDrop(&stop);
             work(node, &counts)
         };
-        let records = handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| panic!("a prober thread panicked")))
-            .collect();
+        let records =
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| panic!("a prober thread panicked"))).collect();
         (out, records)
     })
 }
@@ -301,18 +273,9 @@ fn summarize(records: &[Record], phase_of: impl Fn(Instant) -> &'static str) -> 
     for r in records {
         let wrong: Vec<_> = r.wrong().collect();
         wrong_total += wrong.len();
-        text.push_str(&format!(
-            "\n  {}: {} probes, {} wrong",
-            r.label,
-            r.results.len(),
-            wrong.len()
-        ));
+        text.push_str(&format!("\n  {}: {} probes, {} wrong", r.label, r.results.len(), wrong.len()));
         for (at, why) in wrong.iter().take(5) {
-            text.push_str(&format!(
-                "\n    during {}: {}",
-                phase_of(*at),
-                why.as_deref().unwrap_or_default()
-            ));
+            text.push_str(&format!("\n    during {}: {}", phase_of(*at), why.as_deref().unwrap_or_default()));
         }
     }
     (wrong_total, text)
@@ -328,23 +291,14 @@ fn a_thousand_policy_updates_under_continuous_probing_never_leak_a_denied_or_ref
     }
     const UPDATES: usize = 1000;
     let mut node = lab();
-    let files = apply(
-        &mut node,
-        &[deny_policy(""), allow_policy("", false, &[]), unrelated_policy(0)],
-    );
+    let files = apply(&mut node, &[deny_policy(""), allow_policy("", false, &[]), unrelated_policy(0)]);
     let [deny_file, allow_file, unrelated_file] = [&files[0], &files[1], &files[2]].map(String::clone);
     let probers = denied_copies(standard_probers(&node), 4);
     let rev_before = status_json(&node)["policy_revision"].as_u64().unwrap_or(0);
     let started = Instant::now();
 
     let (updates_took, records) = under_probing(&mut node, &probers, |node, counts| {
-        wait_probes(
-            counts,
-            &snapshot(counts),
-            1,
-            Duration::from_secs(10),
-            "before the updates",
-        );
+        wait_probes(counts, &snapshot(counts), 1, Duration::from_secs(10), "before the updates");
         let t0 = Instant::now();
         for i in 1..=UPDATES {
             let note = format!("ward.test/update: '{i}'");
@@ -364,13 +318,7 @@ fn a_thousand_policy_updates_under_continuous_probing_never_leak_a_denied_or_ref
             node.sync().unwrap_or_else(|e| panic!("sync after update {i}: {e}"));
         }
         // Let every prober finish a probe against the final state.
-        wait_probes(
-            counts,
-            &snapshot(counts),
-            1,
-            Duration::from_secs(10),
-            "after the updates",
-        );
+        wait_probes(counts, &snapshot(counts), 1, Duration::from_secs(10), "after the updates");
         t0.elapsed()
     });
 
@@ -428,59 +376,30 @@ fn agent_killed_with_sigkill_and_restarted_under_traffic_changes_nothing() {
     }
     const ECHO_PORT: u16 = 7000;
     let mut node = lab();
-    apply(
-        &mut node,
-        &[
-            deny_policy(""),
-            allow_policy("", false, &[ECHO_PORT]),
-            unrelated_policy(1),
-        ],
-    );
-    let server_ip = node
-        .pod_ip(&pref("x/server"), Family::IPv4)
-        .unwrap_or_else(|e| panic!("{e}"));
+    apply(&mut node, &[deny_policy(""), allow_policy("", false, &[ECHO_PORT]), unrelated_policy(1)]);
+    let server_ip = node.pod_ip(&pref("x/server"), Family::IPv4).unwrap_or_else(|e| panic!("{e}"));
     let mut echo = {
         let server = node.pod(&pref("x/server")).unwrap_or_else(|e| panic!("{e}"));
         let client = node.pod(&pref("x/client")).unwrap_or_else(|e| panic!("{e}"));
         Echo::open(server.netns(), client.netns(), SocketAddr::new(server_ip, ECHO_PORT))
     };
-    echo.exchange()
-        .unwrap_or_else(|e| panic!("the echo connection before the kill: {e}"));
+    echo.exchange().unwrap_or_else(|e| panic!("the echo connection before the kill: {e}"));
     let before = status_json(&node);
     let probers = denied_copies(standard_probers(&node), 2);
 
     let ((killed_at, restarted_at, down_echo), records) = under_probing(&mut node, &probers, |node, counts| {
         wait_probes(counts, &snapshot(counts), 2, Duration::from_secs(15), "before the kill");
         let pid = node.agent_pid();
-        let status = node
-            .kill_agent()
-            .unwrap_or_else(|e| panic!("SIGKILL to the agent: {e}"));
+        let status = node.kill_agent().unwrap_or_else(|e| panic!("SIGKILL to the agent: {e}"));
         let killed_at = Instant::now();
-        assert!(
-            !node.agent_running(),
-            "agent {pid:?} still running after SIGKILL ({status:?})"
-        );
+        assert!(!node.agent_running(), "agent {pid:?} still running after SIGKILL ({status:?})");
         // The down period: every prober gets at least two probes in with no agent at all.
-        wait_probes(
-            counts,
-            &snapshot(counts),
-            2,
-            Duration::from_secs(15),
-            "while the agent is down",
-        );
+        wait_probes(counts, &snapshot(counts), 2, Duration::from_secs(15), "while the agent is down");
         let down_echo = echo.exchange();
-        node.start_agent()
-            .unwrap_or_else(|e| panic!("restarting the agent: {e}"));
-        node.sync()
-            .unwrap_or_else(|e| panic!("the restarted agent re-applying the manifests: {e}"));
+        node.start_agent().unwrap_or_else(|e| panic!("restarting the agent: {e}"));
+        node.sync().unwrap_or_else(|e| panic!("the restarted agent re-applying the manifests: {e}"));
         let restarted_at = Instant::now();
-        wait_probes(
-            counts,
-            &snapshot(counts),
-            2,
-            Duration::from_secs(15),
-            "after the restart",
-        );
+        wait_probes(counts, &snapshot(counts), 2, Duration::from_secs(15), "after the restart");
         (killed_at, restarted_at, down_echo)
     });
 
@@ -502,17 +421,9 @@ fn agent_killed_with_sigkill_and_restarted_under_traffic_changes_nothing() {
     );
     let down: usize = records
         .iter()
-        .map(|r| {
-            r.results
-                .iter()
-                .filter(|(at, _)| phase(*at) == "the kill, down period and restart")
-                .count()
-        })
+        .map(|r| r.results.iter().filter(|(at, _)| phase(*at) == "the kill, down period and restart").count())
         .sum();
-    assert!(
-        down >= probers.len() * 2,
-        "too few probes while the agent was down ({down}):{text}"
-    );
+    assert!(down >= probers.len() * 2, "too few probes while the agent was down ({down}):{text}");
 
     let after = status_json(&node);
     let (was, is) = (adopted_state(&before), adopted_state(&after));
@@ -523,12 +434,8 @@ fn agent_killed_with_sigkill_and_restarted_under_traffic_changes_nothing() {
     );
     // Each allowed probe is a new flow the server's ingress allows by policy (a few may reuse
     // a tracked tuple); counters recreated at restart would have lost the earlier ones.
-    let allowed_probes = records
-        .iter()
-        .zip(&probers)
-        .filter(|(_, p)| p.allowed)
-        .map(|(r, _)| r.results.len() as u64)
-        .sum::<u64>();
+    let allowed_probes =
+        records.iter().zip(&probers).filter(|(_, p)| p.allowed).map(|(r, _)| r.results.len() as u64).sum::<u64>();
     let allowed_before = before["reason_counters"]["policy_allow"].as_u64().unwrap_or(0);
     let allowed_after = after["reason_counters"]["policy_allow"].as_u64().unwrap_or(0);
     assert!(
@@ -598,9 +505,7 @@ fn bad_cases() -> Vec<BadCase> {
     vec![
         BadCase {
             name: "endPort below port",
-            content: web_with_rule(&format!(
-                "{{{from}, ports: [{{port: 80, endPort: 70, protocol: TCP}}]}}"
-            )),
+            content: web_with_rule(&format!("{{{from}, ports: [{{port: 80, endPort: 70, protocol: TCP}}]}}")),
             object: "NetworkPolicy x/web",
             field: "spec.ingress[0].ports[0].endPort",
             message: "70 is below port 80",
@@ -663,10 +568,7 @@ fn cli_status(node: &Node) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "ward status --json printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
+        panic!("ward status --json printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
     })
 }
 
@@ -695,8 +597,7 @@ fn invalid_policy_versions_are_rejected_naming_file_object_and_field_while_the_l
     }
     let mut node = lab();
     let web_file = ward_lab::manifest::object_file("NetworkPolicy", "x", "web");
-    node.write_manifest(&web_file, WEB_VALID)
-        .unwrap_or_else(|e| panic!("{e}"));
+    node.write_manifest(&web_file, WEB_VALID).unwrap_or_else(|e| panic!("{e}"));
     node.sync().unwrap_or_else(|e| panic!("the valid policy: {e}"));
     // What the valid version enforces, and what the fix and the other file each change.
     let valid_in_force = [
@@ -709,16 +610,10 @@ fn invalid_policy_versions_are_rejected_naming_file_object_and_field_while_the_l
         prober(&node, "x/intruder", "x/server", 81, TCP, true),
         prober(&node, "x/intruder", "x/server", 80, TCP, false),
     ];
-    let fix_applied = [
-        prober(&node, "x/client", "x/server", 81, TCP, true),
-        prober(&node, "x/client", "x/server", 80, TCP, false),
-    ];
+    let fix_applied =
+        [prober(&node, "x/client", "x/server", 81, TCP, true), prober(&node, "x/client", "x/server", 80, TCP, false)];
     let mut failures = check_probes("the valid version", &valid_in_force);
-    assert!(
-        failures.is_empty(),
-        "before any invalid input:\n  {}",
-        failures.join("\n  ")
-    );
+    assert!(failures.is_empty(), "before any invalid input:\n  {}", failures.join("\n  "));
     let other = netpol(
         "other",
         "",
@@ -727,23 +622,16 @@ fn invalid_policy_versions_are_rejected_naming_file_object_and_field_while_the_l
 
     for case in bad_cases() {
         let name = case.name;
-        node.write_manifest(&web_file, &case.content)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        node.write_manifest(&web_file, &case.content).unwrap_or_else(|e| panic!("{name}: {e}"));
         // The agent reports the file's new bytes as loaded once it has read them.
         if let Err(e) = node.sync() {
             failures.push(format!("{name}: the agent did not take in the invalid version: {e}"));
             continue;
         }
         if !node.agent_running() {
-            panic!(
-                "{name}: the agent died on invalid input; log:\n{}",
-                node.agent_log_tail()
-            );
+            panic!("{name}: the agent died on invalid input; log:\n{}", node.agent_log_tail());
         }
-        for (source, status) in [
-            ("agent status", status_json(&node)),
-            ("ward status --json", cli_status(&node)),
-        ] {
+        for (source, status) in [("agent status", status_json(&node)), ("ward status --json", cli_status(&node))] {
             let rejected = status["rejected"].as_array().cloned().unwrap_or_default();
             let hit = rejected.iter().find(|r| {
                 r["file"] == web_file.as_str()
@@ -763,24 +651,16 @@ fn invalid_policy_versions_are_rejected_naming_file_object_and_field_while_the_l
                 ));
             }
         }
-        failures.extend(check_probes(
-            &format!("{name}: the last valid version"),
-            &valid_in_force,
-        ));
+        failures.extend(check_probes(&format!("{name}: the last valid version"), &valid_in_force));
 
         // Another file of the directory still loads while this one is bad...
         let other_files = apply(&mut node, std::slice::from_ref(&other));
-        failures.extend(check_probes(
-            &format!("{name}: another file changed"),
-            &other_file_applied,
-        ));
+        failures.extend(check_probes(&format!("{name}: another file changed"), &other_file_applied));
         node.remove_manifest(&other_files[0]).unwrap_or_else(|e| panic!("{e}"));
-        node.sync()
-            .unwrap_or_else(|e| panic!("{name}: removing the other file: {e}"));
+        node.sync().unwrap_or_else(|e| panic!("{name}: removing the other file: {e}"));
 
         // ...and fixing the file applies the fix and clears the rejection.
-        node.write_manifest(&web_file, WEB_FIXED)
-            .unwrap_or_else(|e| panic!("{e}"));
+        node.write_manifest(&web_file, WEB_FIXED).unwrap_or_else(|e| panic!("{e}"));
         node.sync().unwrap_or_else(|e| panic!("{name}: the fixed version: {e}"));
         failures.extend(check_probes(&format!("{name}: fixed"), &fix_applied));
         let left = node.rejections();
@@ -788,10 +668,8 @@ fn invalid_policy_versions_are_rejected_naming_file_object_and_field_while_the_l
             failures.push(format!("{name}: rejections left after the fix: {left:?}"));
         }
         // Back to the valid version for the next case.
-        node.write_manifest(&web_file, WEB_VALID)
-            .unwrap_or_else(|e| panic!("{e}"));
-        node.sync()
-            .unwrap_or_else(|e| panic!("{name}: restoring the valid version: {e}"));
+        node.write_manifest(&web_file, WEB_VALID).unwrap_or_else(|e| panic!("{e}"));
+        node.sync().unwrap_or_else(|e| panic!("{name}: restoring the valid version: {e}"));
     }
     assert!(
         failures.is_empty(),

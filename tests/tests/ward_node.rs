@@ -16,20 +16,15 @@ fn pod(ns: &str, name: &str) -> PodSpec {
         namespace: ns.into(),
         name: name.into(),
         labels: labels(&[("app", name)]),
-        serves: vec![
-            Serve::new(80, Protocol::Tcp, Some("http")),
-            Serve::new(53, Protocol::Udp, Some("dns")),
-        ],
+        serves: vec![Serve::new(80, Protocol::Tcp, Some("http")), Serve::new(53, Protocol::Udp, Some("dns"))],
     }
 }
 
 /// A node with namespace `n` and pods `n/a`, `n/b`.
 fn two_pods() -> Node {
     let mut node = Node::start(NodeConfig::default()).unwrap_or_else(|e| panic!("lab node: {e}"));
-    node.set_namespace("n", &Labels::new())
-        .unwrap_or_else(|e| panic!("namespace: {e}"));
-    node.create_pods(&[pod("n", "a"), pod("n", "b")])
-        .unwrap_or_else(|e| panic!("pods through ward-cni: {e}"));
+    node.set_namespace("n", &Labels::new()).unwrap_or_else(|e| panic!("namespace: {e}"));
+    node.create_pods(&[pod("n", "a"), pod("n", "b")]).unwrap_or_else(|e| panic!("pods through ward-cni: {e}"));
     node
 }
 
@@ -43,8 +38,7 @@ fn deny_ingress(ns: &str) -> Value {
 
 fn connects(node: &Node, from: &str, to: &str, port: u16, protocol: Protocol) -> Outcome {
     let (from, to): (PodRef, PodRef) = (from.parse().expect("pod ref"), to.parse().expect("pod ref"));
-    node.probe(&from, &to, port, protocol, Family::IPv4)
-        .unwrap_or_else(|e| panic!("probe: {e}"))
+    node.probe(&from, &to, port, protocol, Family::IPv4).unwrap_or_else(|e| panic!("probe: {e}"))
 }
 
 #[test]
@@ -73,22 +67,14 @@ fn default_deny_ingress_is_enforced_once_synced_and_lifted_on_delete() {
         return;
     }
     let mut node = two_pods();
-    node.apply(&[deny_ingress("n")])
-        .unwrap_or_else(|e| panic!("applying the policy: {e}"));
+    node.apply(&[deny_ingress("n")]).unwrap_or_else(|e| panic!("applying the policy: {e}"));
     for proto in [Protocol::Tcp, Protocol::Udp] {
         let port = if proto == Protocol::Tcp { 80 } else { 53 };
         let got = connects(&node, "n/a", "n/b", port, proto);
-        assert!(
-            !got.connected(),
-            "deny-ingress in force, yet n/a -> n/b {proto}/{port}: {got}"
-        );
+        assert!(!got.connected(), "deny-ingress in force, yet n/a -> n/b {proto}/{port}: {got}");
     }
-    node.delete_object("NetworkPolicy", "n", "deny")
-        .unwrap_or_else(|e| panic!("deleting the policy: {e}"));
-    assert!(
-        connects(&node, "n/a", "n/b", 80, Protocol::Tcp).connected(),
-        "allowed again after delete"
-    );
+    node.delete_object("NetworkPolicy", "n", "deny").unwrap_or_else(|e| panic!("deleting the policy: {e}"));
+    assert!(connects(&node, "n/a", "n/b", 80, Protocol::Tcp).connected(), "allowed again after delete");
 }
 
 #[test]
@@ -97,28 +83,15 @@ fn enforcement_survives_an_agent_crash_and_restart() {
         return;
     }
     let mut node = two_pods();
-    node.apply(&[deny_ingress("n")])
-        .unwrap_or_else(|e| panic!("applying the policy: {e}"));
+    node.apply(&[deny_ingress("n")]).unwrap_or_else(|e| panic!("applying the policy: {e}"));
     node.kill_agent().unwrap_or_else(|e| panic!("killing the agent: {e}"));
     let got = connects(&node, "n/a", "n/b", 80, Protocol::Tcp);
-    assert!(
-        !got.connected(),
-        "pinned policy must hold while the agent is down: {got}"
-    );
-    node.start_agent()
-        .unwrap_or_else(|e| panic!("restarting the agent: {e}"));
-    node.sync()
-        .unwrap_or_else(|e| panic!("restarted agent re-applying every manifest: {e}"));
-    assert!(
-        !connects(&node, "n/a", "n/b", 80, Protocol::Tcp).connected(),
-        "still denied after restart"
-    );
-    node.delete_object("NetworkPolicy", "n", "deny")
-        .unwrap_or_else(|e| panic!("deleting the policy: {e}"));
-    assert!(
-        connects(&node, "n/a", "n/b", 80, Protocol::Tcp).connected(),
-        "the restarted agent enforces changes"
-    );
+    assert!(!got.connected(), "pinned policy must hold while the agent is down: {got}");
+    node.start_agent().unwrap_or_else(|e| panic!("restarting the agent: {e}"));
+    node.sync().unwrap_or_else(|e| panic!("restarted agent re-applying every manifest: {e}"));
+    assert!(!connects(&node, "n/a", "n/b", 80, Protocol::Tcp).connected(), "still denied after restart");
+    node.delete_object("NetworkPolicy", "n", "deny").unwrap_or_else(|e| panic!("deleting the policy: {e}"));
+    assert!(connects(&node, "n/a", "n/b", 80, Protocol::Tcp).connected(), "the restarted agent enforces changes");
 }
 
 #[test]
@@ -129,11 +102,7 @@ fn dropping_a_node_removes_its_namespaces_pins_and_files() {
     let node = two_pods();
     let mut paths = vec![node.netns().path().to_owned(), node.pin_dir(), node.dir().to_owned()];
     paths.extend(node.pods().map(|p| p.netns().path().to_owned()));
-    assert!(
-        node.pin_dir().exists(),
-        "the agent pins under {}",
-        node.pin_dir().display()
-    );
+    assert!(node.pin_dir().exists(), "the agent pins under {}", node.pin_dir().display());
     drop(node);
     for p in paths {
         assert!(!Path::new(&p).exists(), "{} survived teardown", p.display());

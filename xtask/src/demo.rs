@@ -36,16 +36,10 @@ pub fn demo(keep: bool) -> anyhow::Result<ExitCode> {
     for ns in &namespaces {
         node.set_namespace(&ns.name, &ns.labels)?;
     }
-    node.create_pods(&pods)
-        .context("creating the demo pods through ward-cni")?;
+    node.create_pods(&pods).context("creating the demo pods through ward-cni")?;
     for p in node.pods() {
         let ips: Vec<String> = p.ips().iter().map(ToString::to_string).collect();
-        println!(
-            "  pod {:<22} {:<28} netns {}",
-            p.pod_ref().to_string(),
-            ips.join(", "),
-            p.netns().name()
-        );
+        println!("  pod {:<22} {:<28} netns {}", p.pod_ref().to_string(), ips.join(", "), p.netns().name());
     }
 
     println!("\nBefore any policy (every path should connect):");
@@ -53,8 +47,7 @@ pub fn demo(keep: bool) -> anyhow::Result<ExitCode> {
     let before_ok = print_matrix(&pods, &before, |_, _| true);
 
     node.write_manifest("shop-policy.yaml", &policy)?;
-    node.sync()
-        .context("waiting for the agent to enforce demo/policy.yaml")?;
+    node.sync().context("waiting for the agent to enforce demo/policy.yaml")?;
     println!("\nAfter demo/policy.yaml (default deny in shop, then only what the app needs):");
     for (from, to, why) in ALLOWED {
         println!("  should connect: {from} -> {to} ({why})");
@@ -85,11 +78,7 @@ pub fn demo(keep: bool) -> anyhow::Result<ExitCode> {
         let (from, to) = (ALLOWED[0].0.parse::<PodRef>()?, ALLOWED[0].1.parse::<PodRef>()?);
         let try_from = node.pod(&from)?.netns().name().to_owned();
         let try_to = node.pod_ip(&to, Family::IPv4)?;
-        let try_port = pods
-            .iter()
-            .find(|p| p.pod_ref() == to)
-            .and_then(|p| p.serves.first())
-            .map_or(0, |s| s.port);
+        let try_port = pods.iter().find(|p| p.pod_ref() == to).and_then(|p| p.serves.first()).map_or(0, |s| s.port);
         let script = node.keep()?;
         println!("\nThe lab is still running (node {name}). Inspect it:");
         println!("  {} --socket {} status", cli.display(), socket.display());
@@ -97,11 +86,7 @@ pub fn demo(keep: bool) -> anyhow::Result<ExitCode> {
         println!("  bpftool link show                                   # Ward's TCX links on the pod veths");
         println!("  ls {}    # pinned maps and links", pin_dir.display());
         println!("  ip netns exec {try_from} socat - TCP:{try_to}:{try_port}    # {from} -> {to}");
-        println!(
-            "  edit files in {} (hot-reloaded); agent log: {}",
-            manifests.display(),
-            log.display()
-        );
+        println!("  edit files in {} (hot-reloaded); agent log: {}", manifests.display(), log.display());
         println!("Remove it: sh {}", script.display());
     } else {
         drop(node);

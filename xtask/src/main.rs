@@ -74,20 +74,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Cmd::Setup => setup::setup()?,
         Cmd::Build => build()?,
         Cmd::Test { cases } => return test(cases),
-        Cmd::Conformance {
-            cases,
-            filter,
-            no_build,
-        } => {
+        Cmd::Conformance { cases, filter, no_build } => {
             if !no_build {
                 build()?;
             }
             let summary = run_conformance(cases, filter)?;
-            return Ok(if summary.failed() == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+            return Ok(if summary.failed() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
         Cmd::Demo { keep, no_build } => {
             if !no_build {
@@ -171,18 +163,12 @@ fn run_conformance(cases: Option<PathBuf>, filter: Option<String>) -> anyhow::Re
     }
     let mut canonical = Vec::new();
     for d in dirs {
-        canonical.push(
-            d.canonicalize()
-                .with_context(|| format!("cases directory {}", d.display()))?,
-        );
+        canonical.push(d.canonicalize().with_context(|| format!("cases directory {}", d.display()))?);
     }
     for d in &canonical {
         println!("conformance: cases from {}", d.display());
     }
-    let opts = RunOptions {
-        filter,
-        ..RunOptions::default()
-    };
+    let opts = RunOptions { filter, ..RunOptions::default() };
     conformance::run_dirs(&canonical, &opts).context("reading the cases")
 }
 

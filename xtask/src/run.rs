@@ -19,9 +19,7 @@ pub fn status(mut cmd: Command) -> anyhow::Result<()> {
 
 /// Runs `cmd` and returns its stdout, empty if it could not run.
 pub fn stdout(cmd: &mut Command) -> String {
-    cmd.output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
+    cmd.output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
 }
 
 /// `cargo <args>` in the workspace root, with the cargo that runs xtask.
@@ -98,8 +96,7 @@ pub fn on_path(program: &str) -> bool {
 
 pub fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 fn describe(cmd: &Command) -> String {

@@ -131,23 +131,15 @@ fn bpf_linker() -> anyhow::Result<bool> {
     let mut dirs = vec![PathBuf::from(LLVM_BIN)];
     dirs.extend(std::env::split_paths(&path));
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.args([
-        "install",
-        "bpf-linker",
-        "--no-default-features",
-        "--features",
-        "llvm-22",
-    ])
-    .env("PATH", std::env::join_paths(dirs).context("building PATH")?);
+    cmd.args(["install", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
+        .env("PATH", std::env::join_paths(dirs).context("building PATH")?);
     run::status(cmd)?;
     Ok(true)
 }
 
 fn bpffs() -> anyhow::Result<bool> {
     let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    if mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf"))
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf"))
     {
         return Ok(false);
     }

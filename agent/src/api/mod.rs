@@ -3,5 +3,5 @@
 //! the `ward` CLI reads status, endpoints and flows through it.
 
 pub mod client;
-pub mod server;
 pub mod proto;
+pub mod server;

@@ -16,12 +16,20 @@ pub enum Request {
     /// answers only once the endpoint's maps are written and its programs attached.
     Register(EndpointRegistration),
     /// CNI DEL: forget the endpoint (idempotent).
-    Deregister { container_id: String, ifname: String },
+    Deregister {
+        container_id: String,
+        ifname: String,
+    },
     Status,
     Endpoints,
     /// Why would traffic from `from` to `to` on `protocol`/`port` be allowed or denied?
     /// `from`/`to` are `namespace/pod` or an IP address.
-    Explain { from: String, to: String, protocol: String, port: u16 },
+    Explain {
+        from: String,
+        to: String,
+        protocol: String,
+        port: u16,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

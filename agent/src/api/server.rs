@@ -74,7 +74,8 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Resul
             }
         }
     };
-    let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"result\":\"error\",\"message\":\"encoding\"}".to_vec());
+    let mut out =
+        serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"result\":\"error\",\"message\":\"encoding\"}".to_vec());
     out.push(b'\n');
     write.write_all(&out).await
 }

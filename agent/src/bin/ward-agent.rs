@@ -45,7 +45,11 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARD_LOG").unwrap_or_else(|_| "info".into());
     let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if args.log_json { fmt.json().init() } else { fmt.init() }
+    if args.log_json {
+        fmt.json().init()
+    } else {
+        fmt.init()
+    }
 
     // Network namespaces are per thread: switch while this is the only thread, so every
     // runtime thread starts inside it.

@@ -118,10 +118,8 @@ pub fn parse(var: impl Fn(&str) -> Option<String>) -> Result<Invocation, EnvErro
                 return Err(EnvError::Missing { var: "CNI_NETNS" });
             }
             let name = pod_name.ok_or(EnvError::ArgsMissing { key: POD_NAME_KEY })?;
-            let pod = PodRef {
-                namespace: pod_namespace.ok_or(EnvError::ArgsMissing { key: POD_NAMESPACE_KEY })?,
-                name,
-            };
+            let pod =
+                PodRef { namespace: pod_namespace.ok_or(EnvError::ArgsMissing { key: POD_NAMESPACE_KEY })?, name };
             Ok(Invocation::Add(attachment, pod))
         }
         Command::Check => {

@@ -144,8 +144,7 @@ fn node_addresses() -> Vec<IpAddr> {
 
 /// Pods are routed through the node: forwarding must be on in the agent's namespace.
 fn enable_forwarding() {
-    for (path, what) in
-        [("/proc/sys/net/ipv4/ip_forward", "IPv4"), ("/proc/sys/net/ipv6/conf/all/forwarding", "IPv6")]
+    for (path, what) in [("/proc/sys/net/ipv4/ip_forward", "IPv4"), ("/proc/sys/net/ipv6/conf/all/forwarding", "IPv6")]
     {
         if let Err(e) = std::fs::write(path, "1") {
             tracing::warn!(error = %e, "could not enable {what} forwarding");
@@ -272,8 +271,12 @@ impl Agent {
     /// Forgets endpoints whose interface is gone (a DEL that never reached us) and links
     /// pinned for interfaces we no longer protect.
     fn gc(&mut self) {
-        let gone: Vec<LocalEndpoint> =
-            self.registry.iter().filter(|e| !reconcile::interface_is(&e.reg.host_ifname, e.reg.host_ifindex)).cloned().collect();
+        let gone: Vec<LocalEndpoint> = self
+            .registry
+            .iter()
+            .filter(|e| !reconcile::interface_is(&e.reg.host_ifname, e.reg.host_ifindex))
+            .cloned()
+            .collect();
         for ep in gone {
             tracing::info!(endpoint = ep.ep_id, ifname = %ep.reg.host_ifname, "interface vanished; forgetting endpoint");
             self.forget(&ep);

@@ -38,7 +38,8 @@ pub enum StateError {
 pub fn load_identities(state_dir: &Path) -> Result<Identities, StateError> {
     let path = state_dir.join(IDENTITIES_FILE);
     match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|source| StateError::Corrupt { path: path.display().to_string(), source }),
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|source| StateError::Corrupt { path: path.display().to_string(), source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Identities::default()),
         Err(source) => Err(StateError::Read { path: path.display().to_string(), source }),
     }

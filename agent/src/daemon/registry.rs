@@ -45,21 +45,20 @@ impl Registry {
     pub fn load(state_dir: &Path) -> Result<Self, RegistryError> {
         let path = state_dir.join("endpoints.json");
         let persisted: Persisted = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| RegistryError::Corrupt { path: path.clone(), source })?,
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| RegistryError::Corrupt { path: path.clone(), source })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
             Err(source) => return Err(RegistryError::Read { path, source }),
         };
-        let endpoints = persisted
-            .endpoints
-            .into_iter()
-            .map(|e| ((e.reg.container_id.clone(), e.reg.ifname.clone()), e))
-            .collect();
+        let endpoints =
+            persisted.endpoints.into_iter().map(|e| ((e.reg.container_id.clone(), e.reg.ifname.clone()), e)).collect();
         Ok(Registry { path, next_ep_id: persisted.next_ep_id.max(1), endpoints })
     }
 
     fn save(&self) -> Result<(), RegistryError> {
         let p = Persisted { next_ep_id: self.next_ep_id, endpoints: self.endpoints.values().cloned().collect() };
-        let bytes = serde_json::to_vec_pretty(&p).map_err(|source| RegistryError::Corrupt { path: self.path.clone(), source })?;
+        let bytes = serde_json::to_vec_pretty(&p)
+            .map_err(|source| RegistryError::Corrupt { path: self.path.clone(), source })?;
         write_atomic(&self.path, &bytes).map_err(|source| RegistryError::Write { path: self.path.clone(), source })
     }
 

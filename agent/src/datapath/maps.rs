@@ -12,8 +12,8 @@ use aya::{
 use ward_common::{
     Addr16, Reason,
     maps::{
-        self as m, CFG_EVENTS_DROPPED, ConfigValue, Counter, CtKey, CtValue, EndpointInfo, IpcacheKey, IpcacheValue,
-        FlowEvent, LAYOUT_VERSION, PolicyKey, PolicyKeyData, PolicyValue,
+        self as m, CFG_EVENTS_DROPPED, ConfigValue, Counter, CtKey, CtValue, EndpointInfo, FlowEvent, IpcacheKey,
+        IpcacheValue, LAYOUT_VERSION, PolicyKey, PolicyKeyData, PolicyValue,
     },
 };
 
@@ -188,7 +188,8 @@ impl Maps {
                 }
             }
         }
-        let stale: Vec<u32> = current.endpoints.keys().filter(|k| !desired.endpoints.contains_key(k)).copied().collect();
+        let stale: Vec<u32> =
+            current.endpoints.keys().filter(|k| !desired.endpoints.contains_key(k)).copied().collect();
         for k in stale {
             let r = self.endpoints.remove(&k).map_err(map_err(m::MAP_ENDPOINTS));
             if note(r, &mut stats, false) {
@@ -203,7 +204,8 @@ impl Maps {
                 current.ipcache.remove(&k);
             }
         }
-        let stale: Vec<PolicyKey> = current.policy.keys().filter(|k| !desired.policy.contains_key(k)).copied().collect();
+        let stale: Vec<PolicyKey> =
+            current.policy.keys().filter(|k| !desired.policy.contains_key(k)).copied().collect();
         for k in stale {
             let r = self.policy.remove(&Key::new(k.prefixlen, k.data())).map_err(map_err(m::MAP_POLICY));
             if note(r, &mut stats, false) {

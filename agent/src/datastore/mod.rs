@@ -71,7 +71,9 @@ pub fn validate(obj: &Object, file: &str) -> Result<(ObjKey, Valid), Box<Invalid
     match obj {
         Object::Namespace(ns) => {
             let k = key("Namespace", None, &ns.metadata.name);
-            v::namespace(ns, file).map(|(_, labels)| (k.clone(), Valid::Namespace(labels))).map_err(|e| invalid(Some(k), e))
+            v::namespace(ns, file)
+                .map(|(_, labels)| (k.clone(), Valid::Namespace(labels)))
+                .map_err(|e| invalid(Some(k), e))
         }
         Object::Pod(p) => {
             let k = key("Pod", p.metadata.namespace.as_ref(), &p.metadata.name);

@@ -25,10 +25,7 @@ pub enum CaseError {
 }
 
 fn invalid(path: impl Into<String>, message: impl Into<String>) -> CaseError {
-    CaseError::Invalid {
-        path: path.into(),
-        message: message.into(),
-    }
+    CaseError::Invalid { path: path.into(), message: message.into() }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -103,12 +100,7 @@ impl Action {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ProbeSet {
     /// Every ordered pair of model pods on one port (diagonal not checked).
-    Matrix {
-        protocol: Protocol,
-        port: u16,
-        family: Family,
-        matrix: Matrix,
-    },
+    Matrix { protocol: Protocol, port: u16, family: Family, matrix: Matrix },
     /// One pair.
     Single(Check),
 }
@@ -118,12 +110,7 @@ impl ProbeSet {
     pub fn checks(&self) -> Vec<Check> {
         match self {
             ProbeSet::Single(c) => vec![c.clone()],
-            ProbeSet::Matrix {
-                protocol,
-                port,
-                family,
-                matrix,
-            } => {
+            ProbeSet::Matrix { protocol, port, family, matrix } => {
                 let pods = model::pods();
                 let mut out = Vec::new();
                 for (i, from) in pods.iter().enumerate() {
@@ -281,11 +268,7 @@ pub fn parse(text: &str) -> Result<Case, CaseError> {
     for (i, s) in raw.steps.into_iter().enumerate() {
         steps.push(parse_step(i, s, model)?);
     }
-    Ok(Case {
-        name: raw.name,
-        cluster: raw.cluster,
-        steps,
-    })
+    Ok(Case { name: raw.name, cluster: raw.cluster, steps })
 }
 
 fn validate_cluster(c: &ClusterSpec) -> Result<(), CaseError> {
@@ -293,18 +276,11 @@ fn validate_cluster(c: &ClusterSpec) -> Result<(), CaseError> {
         if !c.namespaces.iter().any(|n| n.name == p.namespace) {
             return Err(invalid(
                 format!("cluster.pods[{i}]"),
-                format!(
-                    "pod {} is in namespace {}, which cluster.namespaces does not list",
-                    p.pod_ref(),
-                    p.namespace
-                ),
+                format!("pod {} is in namespace {}, which cluster.namespaces does not list", p.pod_ref(), p.namespace),
             ));
         }
         if c.pods[..i].iter().any(|q| q.pod_ref() == p.pod_ref()) {
-            return Err(invalid(
-                format!("cluster.pods[{i}]"),
-                format!("pod {} is listed twice", p.pod_ref()),
-            ));
+            return Err(invalid(format!("cluster.pods[{i}]"), format!("pod {} is listed twice", p.pod_ref())));
         }
     }
     Ok(())
@@ -320,38 +296,23 @@ fn parse_step(i: usize, s: RawStep, model: bool) -> Result<Step, CaseError> {
         actions.push(Action::Apply(objs));
     }
     if let Some(u) = s.update_pod_labels {
-        actions.push(Action::UpdatePodLabels {
-            pod: u.pod,
-            labels: u.labels,
-        });
+        actions.push(Action::UpdatePodLabels { pod: u.pod, labels: u.labels });
     }
     if let Some(u) = s.update_namespace_labels {
-        actions.push(Action::UpdateNamespaceLabels {
-            namespace: u.namespace,
-            labels: u.labels,
-        });
+        actions.push(Action::UpdateNamespaceLabels { namespace: u.namespace, labels: u.labels });
     }
     if let Some(d) = s.delete_policy {
-        actions.push(Action::DeletePolicy {
-            namespace: d.namespace,
-            name: d.name,
-        });
+        actions.push(Action::DeletePolicy { namespace: d.namespace, name: d.name });
     }
     if let Some(p) = s.create_pod {
         actions.push(Action::CreatePod(p));
     }
     if let Some(d) = s.delete_pod {
-        actions.push(Action::DeletePod(PodRef {
-            namespace: d.namespace,
-            name: d.name,
-        }));
+        actions.push(Action::DeletePod(PodRef { namespace: d.namespace, name: d.name }));
     }
     if actions.len() != 1 {
         let keys: Vec<&str> = actions.iter().map(Action::key).collect();
-        return Err(invalid(
-            path,
-            format!("a step needs exactly one action key, found {keys:?}"),
-        ));
+        return Err(invalid(path, format!("a step needs exactly one action key, found {keys:?}")));
     }
     let action = actions.remove(0);
     let mut probes = Vec::new();
@@ -361,12 +322,7 @@ fn parse_step(i: usize, s: RawStep, model: bool) -> Result<Step, CaseError> {
         let set = if model {
             let p: RawMatrixProbe = serde_yaml::from_value(v).map_err(err)?;
             let matrix = matrix::parse(&p.matrix).map_err(|m| invalid(format!("{ppath}.matrix"), m))?;
-            ProbeSet::Matrix {
-                protocol: p.protocol,
-                port: p.port,
-                family: p.family,
-                matrix,
-            }
+            ProbeSet::Matrix { protocol: p.protocol, port: p.port, family: p.family, matrix }
         } else {
             let p: RawSingleProbe = serde_yaml::from_value(v).map_err(err)?;
             // `external/<host>` names a `cluster.external` host and `dns:<name>` a DNS name;
@@ -374,10 +330,7 @@ fn parse_step(i: usize, s: RawStep, model: bool) -> Result<Step, CaseError> {
             let unsupported = || {
                 invalid(
                     format!("{ppath}.to"),
-                    format!(
-                        "probe target `{}` is not supported (only namespace/pod targets are)",
-                        p.to
-                    ),
+                    format!("probe target `{}` is not supported (only namespace/pod targets are)", p.to),
                 )
             };
             if p.to.starts_with("external/") {
@@ -405,10 +358,7 @@ fn check_supported(path: &str, obj: &Value) -> Result<(), CaseError> {
     if SUPPORTED_OBJECTS.contains(&(api, kind)) {
         Ok(())
     } else {
-        Err(invalid(
-            path,
-            format!("objects of kind `{kind}` (apiVersion `{api}`) are not supported by the harness"),
-        ))
+        Err(invalid(path, format!("objects of kind `{kind}` (apiVersion `{api}`) are not supported by the harness")))
     }
 }
 
@@ -477,11 +427,7 @@ steps:
         let first = &checks[0];
         assert_eq!(first.to_string(), "from x/a to x/b TCP/80");
         assert!(!first.allow);
-        assert!(
-            checks
-                .iter()
-                .any(|c| c.from.to_string() == "y/a" && c.to.to_string() == "y/b" && c.allow)
-        );
+        assert!(checks.iter().any(|c| c.from.to_string() == "y/a" && c.to.to_string() == "y/b" && c.allow));
         assert_eq!(
             c.steps[1].action,
             Action::UpdatePodLabels {
@@ -489,13 +435,7 @@ steps:
                 labels: [("pod".into(), "b".into()), ("pod2".into(), "updated".into())].into()
             }
         );
-        assert_eq!(
-            c.steps[3].action,
-            Action::DeletePolicy {
-                namespace: "x".into(),
-                name: "deny-ingress".into()
-            }
-        );
+        assert_eq!(c.steps[3].action, Action::DeletePolicy { namespace: "x".into(), name: "deny-ingress".into() });
     }
 
     #[test]
@@ -503,9 +443,7 @@ steps:
         let c = parse(SCENARIO).unwrap();
         assert!(!c.is_model());
         assert_eq!(c.initial_cluster().pods[0].serves[0].name.as_deref(), Some("pg"));
-        let ProbeSet::Single(check) = &c.steps[1].probes[0] else {
-            panic!("single probe expected")
-        };
+        let ProbeSet::Single(check) = &c.steps[1].probes[0] else { panic!("single probe expected") };
         assert!(!check.allow);
         assert_eq!(check.family, Family::IPv6);
         assert_eq!(check.to_string(), "from shop/web to shop/db TCP/5432 (IPv6)");
@@ -559,16 +497,10 @@ steps:
     #[test]
     fn ward_policies_fail_naming_the_kind() {
         let text = MODEL
-            .replace(
-                "apiVersion: networking.k8s.io/v1",
-                "apiVersion: policy.ward.dev/v1alpha1",
-            )
+            .replace("apiVersion: networking.k8s.io/v1", "apiVersion: policy.ward.dev/v1alpha1")
             .replace("kind: NetworkPolicy", "kind: WardNetworkPolicy");
         let e = err(&text);
-        assert!(
-            e.contains("steps[0].apply[0]") && e.contains("WardNetworkPolicy"),
-            "{e}"
-        );
+        assert!(e.contains("steps[0].apply[0]") && e.contains("WardNetworkPolicy"), "{e}");
     }
 
     #[test]
@@ -580,10 +512,7 @@ steps:
 
     #[test]
     fn a_step_needs_exactly_one_action() {
-        let e = err(&MODEL.replace(
-            "  - delete_policy: {namespace: x, name: deny-ingress}",
-            "  - probes: []",
-        ));
+        let e = err(&MODEL.replace("  - delete_policy: {namespace: x, name: deny-ingress}", "  - probes: []"));
         assert!(e.contains("exactly one action"), "{e}");
         let e = err(&MODEL.replace(
             "  - delete_policy: {namespace: x, name: deny-ingress}",

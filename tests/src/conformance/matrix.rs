@@ -17,9 +17,7 @@ impl Matrix {
     /// Every cell allowed: the state of a lab with no policy.
     pub fn all_allowed() -> Self {
         let n = model::pods().len();
-        Matrix {
-            allowed: vec![vec![true; n]; n],
-        }
+        Matrix { allowed: vec![vec![true; n]; n] }
     }
 
     /// Renders the rows as in the case files, with the from-pod after each.

@@ -50,9 +50,7 @@ pub fn resolve_str(s: &str, ipv4: &dyn Fn(&PodRef) -> Result<Ipv4Addr, String>) 
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| PlaceholderError::Unclosed(s.to_owned()))?;
+        let end = after.find("}}").ok_or_else(|| PlaceholderError::Unclosed(s.to_owned()))?;
         let text = &after[..end];
         out.push_str(&expand(text, ipv4)?);
         rest = &after[end + 2..];
@@ -66,10 +64,7 @@ fn expand(text: &str, ipv4: &dyn Fn(&PodRef) -> Result<Ipv4Addr, String>) -> Res
     let (Some(kind), Some(arg), None) = (words.next(), words.next(), words.next()) else {
         return Err(PlaceholderError::Unknown(text.to_owned()));
     };
-    let bad = |message: String| PlaceholderError::BadPod {
-        text: text.to_owned(),
-        message,
-    };
+    let bad = |message: String| PlaceholderError::BadPod { text: text.to_owned(), message };
     let pod: PodRef = match kind {
         "ip" | "net4" => arg.parse().map_err(|e: crate::spec::BadPodRef| bad(e.to_string()))?,
         _ => return Err(PlaceholderError::Unknown(text.to_owned())),
@@ -110,24 +105,10 @@ mod tests {
     #[test]
     fn unknown_placeholders_pods_and_unclosed_braces_are_errors() {
         let e = resolve_str("{{ip6 x/a}}", &lookup).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "unknown placeholder `{{ip6 x/a}}` (known: `{{ip ns/pod}}`, `{{net4 ns/pod}}`)"
-        );
-        assert!(
-            resolve_str("{{ip y/q}}", &lookup)
-                .unwrap_err()
-                .to_string()
-                .contains("no pod y/q")
-        );
-        assert!(matches!(
-            resolve_str("{{ip x/a", &lookup),
-            Err(PlaceholderError::Unclosed(_))
-        ));
-        assert!(matches!(
-            resolve_str("{{ip}}", &lookup),
-            Err(PlaceholderError::Unknown(_))
-        ));
+        assert_eq!(e.to_string(), "unknown placeholder `{{ip6 x/a}}` (known: `{{ip ns/pod}}`, `{{net4 ns/pod}}`)");
+        assert!(resolve_str("{{ip y/q}}", &lookup).unwrap_err().to_string().contains("no pod y/q"));
+        assert!(matches!(resolve_str("{{ip x/a", &lookup), Err(PlaceholderError::Unclosed(_))));
+        assert!(matches!(resolve_str("{{ip}}", &lookup), Err(PlaceholderError::Unknown(_))));
     }
 
     #[test]

@@ -110,10 +110,7 @@ pub fn run_dirs(dirs: &[PathBuf], opts: &RunOptions) -> std::io::Result<Summary>
             _ => PathBuf::new(),
         };
         for path in discover(dir)? {
-            let name = prefix
-                .join(path.strip_prefix(dir).unwrap_or(&path))
-                .display()
-                .to_string();
+            let name = prefix.join(path.strip_prefix(dir).unwrap_or(&path)).display().to_string();
             named.push((name, path));
         }
     }
@@ -122,10 +119,8 @@ pub fn run_dirs(dirs: &[PathBuf], opts: &RunOptions) -> std::io::Result<Summary>
 
 /// Runs `files` (named relative to `root` in the output).
 pub fn run_files(root: &Path, files: &[PathBuf], opts: &RunOptions) -> Summary {
-    let named: Vec<(String, PathBuf)> = files
-        .iter()
-        .map(|p| (p.strip_prefix(root).unwrap_or(p).display().to_string(), p.clone()))
-        .collect();
+    let named: Vec<(String, PathBuf)> =
+        files.iter().map(|p| (p.strip_prefix(root).unwrap_or(p).display().to_string(), p.clone())).collect();
     run_named(&named, opts)
 }
 
@@ -247,12 +242,8 @@ fn reset(node: &mut Node, cluster: &ClusterSpec) -> Result<(), NodeError> {
             Some(_) => {}
         }
     }
-    let extra_ns: Vec<String> = node
-        .namespaces()
-        .keys()
-        .filter(|n| !cluster.namespaces.iter().any(|c| &c.name == *n))
-        .cloned()
-        .collect();
+    let extra_ns: Vec<String> =
+        node.namespaces().keys().filter(|n| !cluster.namespaces.iter().any(|c| &c.name == *n)).cloned().collect();
     for ns in extra_ns {
         node.delete_namespace(&ns)?;
     }
@@ -278,9 +269,7 @@ fn model_readiness(case: &Case) -> Vec<Check> {
     let mut checks = Vec::new();
     for step in &case.steps {
         for p in &step.probes {
-            if let ProbeSet::Matrix {
-                protocol, port, family, ..
-            } = p
+            if let ProbeSet::Matrix { protocol, port, family, .. } = p
                 && seen.insert((*protocol, *port, *family == Family::IPv6))
             {
                 let all = ProbeSet::Matrix {
@@ -355,9 +344,8 @@ fn act(node: &mut Node, action: &Action) -> Result<(), String> {
             node.update_namespace_labels(namespace, labels).map_err(lab)
         }
         Action::DeletePolicy { namespace, name } => {
-            let exists = node
-                .objects()
-                .any(|o| o.kind == "NetworkPolicy" && &o.namespace == namespace && &o.name == name);
+            let exists =
+                node.objects().any(|o| o.kind == "NetworkPolicy" && &o.namespace == namespace && &o.name == name);
             if !exists {
                 return Err(format!("no NetworkPolicy {namespace}/{name} to delete"));
             }
@@ -400,9 +388,7 @@ fn verify(node: &Node, checks: &[Check], opts: &RunOptions) -> Result<(), String
     }
     // Upstream probes the whole matrix a second time before declaring failure.
     let outcomes = probe::probe_all(&probes, opts.parallelism);
-    let wrong: Vec<usize> = (0..checks.len())
-        .filter(|&i| outcomes[i].connected() != checks[i].allow)
-        .collect();
+    let wrong: Vec<usize> = (0..checks.len()).filter(|&i| outcomes[i].connected() != checks[i].allow).collect();
     if wrong.is_empty() {
         return Ok(());
     }
@@ -445,9 +431,7 @@ fn describe_failure(checks: &[Check], outcomes: &[Outcome], wrong: &[usize], bud
     }
     for ((protocol, port, v6), cells) in tables {
         let family = if v6 { " IPv6" } else { "" };
-        s.push_str(&format!(
-            "\n  observed {protocol}/{port}{family} (diagonal not probed):\n"
-        ));
+        s.push_str(&format!("\n  observed {protocol}/{port}{family} (diagonal not probed):\n"));
         s.push_str(Matrix::render(&cells).trim_end());
     }
     s
@@ -459,15 +443,8 @@ mod tests {
 
     #[test]
     fn the_summary_line_counts_passes_and_failures() {
-        let r = |passed| CaseResult {
-            file: "f".into(),
-            passed,
-            elapsed: Duration::ZERO,
-            message: String::new(),
-        };
-        let s = Summary {
-            results: vec![r(true), r(false), r(true)],
-        };
+        let r = |passed| CaseResult { file: "f".into(), passed, elapsed: Duration::ZERO, message: String::new() };
+        let s = Summary { results: vec![r(true), r(false), r(true)] };
         assert_eq!(s.line(), "2 passed, 1 failed");
     }
 
@@ -478,31 +455,21 @@ mod tests {
         for f in ["b/2.yaml", "a.yml", "README.md", "c.yaml"] {
             std::fs::write(dir.join(f), "").unwrap();
         }
-        let found: Vec<String> = discover(&dir)
-            .unwrap()
-            .iter()
-            .map(|p| p.strip_prefix(&dir).unwrap().display().to_string())
-            .collect();
+        let found: Vec<String> =
+            discover(&dir).unwrap().iter().map(|p| p.strip_prefix(&dir).unwrap().display().to_string()).collect();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(found, ["a.yml", "b/2.yaml", "c.yaml"]);
     }
 
     #[test]
     fn failures_name_each_differing_cell_and_show_the_observed_matrix() {
-        let set = ProbeSet::Matrix {
-            protocol: Protocol::Tcp,
-            port: 80,
-            family: Family::IPv4,
-            matrix: Matrix::all_allowed(),
-        };
+        let set =
+            ProbeSet::Matrix { protocol: Protocol::Tcp, port: 80, family: Family::IPv4, matrix: Matrix::all_allowed() };
         let checks = set.checks();
         let mut outcomes = vec![Outcome::Connected("b".into()); checks.len()];
         outcomes[0] = Outcome::Failed("timed out".into());
         let s = describe_failure(&checks, &outcomes, &[0], Duration::from_secs(10));
-        assert!(
-            s.contains("\n  from x/a to x/b TCP/80: expected ., got X (timed out)"),
-            "{s}"
-        );
+        assert!(s.contains("\n  from x/a to x/b TCP/80: expected ., got X (timed out)"), "{s}");
         assert!(s.contains("1 of 72 checks differ"), "{s}");
         assert!(s.contains("\" X.......\"  # from x/a"), "{s}");
     }
