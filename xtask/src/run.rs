@@ -76,15 +76,6 @@ fn parse_test_result(line: &str) -> Option<(u64, u64)> {
     Some((passed, failed))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reads_cargo_test_result_lines() {
-        let l = "test result: FAILED. 7 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.61s";
-        assert_eq!(super::parse_test_result(l), Some((7, 1)));
-        assert_eq!(super::parse_test_result("running 7 tests"), None);
-    }
-}
 
 /// Whether `program` is found in `$PATH` (or the sbin directories root has).
 pub fn on_path(program: &str) -> bool {
@@ -106,4 +97,14 @@ fn describe(cmd: &Command) -> String {
         s.push_str(&a.to_string_lossy());
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_cargo_test_result_lines() {
+        let l = "test result: FAILED. 7 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.61s";
+        assert_eq!(super::parse_test_result(l), Some((7, 1)));
+        assert_eq!(super::parse_test_result("running 7 tests"), None);
+    }
 }
