@@ -233,10 +233,12 @@ impl Agent {
             Err(e) => return Response::Error { message: e.to_string() },
         };
         self.reconcile();
-        if let Some(e) = &self.last_error {
-            let message = format!("writing the endpoint's maps: {e}");
+        // The pod is protected once its endpoint entry is in the kernel: anything else that
+        // failed to load (a full policy map, say) can only leave it with fewer allows.
+        if !self.mirror.endpoints.contains_key(&ep.reg.host_ifindex) {
+            let why = self.last_error.clone().unwrap_or_else(|| "no endpoint entry was written".into());
             self.forget(&ep);
-            return Response::Error { message };
+            return Response::Error { message: format!("writing the endpoint's maps: {why}") };
         }
         if let Err(e) = self.dp.attach(&ep.reg.host_ifname, ep.reg.host_ifindex) {
             self.forget(&ep);
