@@ -68,6 +68,8 @@ impl EndpointInfo {
 }
 
 /// `WARD_IPCACHE` key (LPM trie): an address prefix; IPv4 is IPv4-mapped with `prefixlen + 96`.
+/// The derived order compares `prefixlen` first; the agent relies on it to write specific
+/// prefixes before broad ones.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IpcacheKey {

@@ -172,7 +172,10 @@ impl Maps {
                 }
             }
         }
-        for (k, v) in &desired.ipcache {
+        // Most specific prefixes first: an `except` carve-out must be in place before the
+        // broader block that allows around it, or the excepted addresses would match the
+        // block for an instant. (Deletes below go broadest first, for the same reason.)
+        for (k, v) in desired.ipcache.iter().rev() {
             if current.ipcache.get(k) != Some(v) {
                 let r = self.ipcache.insert(&Key::new(k.prefixlen, k.addr), v, 0).map_err(map_err(m::MAP_IPCACHE));
                 if note(r, &mut stats, true) {
@@ -196,6 +199,7 @@ impl Maps {
                 current.endpoints.remove(&k);
             }
         }
+        // Ascending key order is ascending prefix length: broadest first.
         let stale: Vec<IpcacheKey> =
             current.ipcache.keys().filter(|k| !desired.ipcache.contains_key(k)).copied().collect();
         for k in stale {
