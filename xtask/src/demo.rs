@@ -56,6 +56,43 @@ pub fn demo(keep: bool) -> anyhow::Result<ExitCode> {
     let after = measure(&node, &pods)?;
     let after_ok = print_matrix(&pods, &after, expected);
 
+    // Explainable: ask the agent why, for the compromised pod's attempt on the database and
+    // for the payments service's allowed path, and show what the datapath counted.
+    let cli = node.binaries().cli.clone();
+    let ward = |args: &[&str]| -> anyhow::Result<String> {
+        let out = std::process::Command::new(&cli)
+            .arg("--socket")
+            .arg(node.socket())
+            .args(args)
+            .output()
+            .with_context(|| format!("running ward {args:?}"))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    println!(
+        "
+Why? (ward policy explain)"
+    );
+    for (from, to, port) in [("attacker/compromised", "shop/db", "5432"), ("shop/payments", "shop/db", "5432")] {
+        let text = ward(&["policy", "explain", "--from", from, "--to", to, "--port", port])?;
+        for line in text.lines() {
+            println!("  {line}");
+        }
+    }
+    println!(
+        "
+What the datapath counted (ward status):"
+    );
+    let status = ward(&["status"])?;
+    let mut in_counters = false;
+    for line in status.lines() {
+        if line.starts_with("Packets by reason") || line.starts_with("Endpoints") {
+            in_counters = line.starts_with("Packets");
+            println!("  {line}");
+        } else if in_counters {
+            println!("  {line}");
+        }
+    }
+
     let ok = before_ok && after_ok;
     println!(
         "\n{}",

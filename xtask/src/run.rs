@@ -76,7 +76,6 @@ fn parse_test_result(line: &str) -> Option<(u64, u64)> {
     Some((passed, failed))
 }
 
-
 /// Whether `program` is found in `$PATH` (or the sbin directories root has).
 pub fn on_path(program: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
