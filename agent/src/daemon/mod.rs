@@ -260,18 +260,26 @@ impl Agent {
         }
     }
 
-    /// Removes an endpoint everywhere: registry, links, maps, its tracked flows.
+    /// Removes an endpoint everywhere: registry, maps, its tracked flows, and its links once
+    /// the interface is gone.
     fn forget(&mut self, ep: &LocalEndpoint) {
         if let Err(e) = self.registry.remove(&ep.reg.container_id, &ep.reg.ifname) {
             tracing::error!(endpoint = ep.ep_id, error = %e, "persisting endpoint removal");
         }
-        self.dp.detach(ep.reg.host_ifindex);
         self.reconcile();
         self.dp.maps.flush_ct(ep.ep_id);
+        // While the interface exists its programs stay: with the endpoint entry gone they drop
+        // everything (the plugin deletes the veth right after). Detaching first would leave a
+        // moment of unpoliced traffic. `gc` removes the pins once the interface is gone.
+        if !reconcile::interface_exists(ep.reg.host_ifindex) {
+            self.dp.detach(ep.reg.host_ifindex);
+        }
     }
 
-    /// Forgets endpoints whose interface is gone (a DEL that never reached us) and links
-    /// pinned for interfaces we no longer protect.
+    /// Forgets endpoints whose interface is gone (a DEL that never reached us) and the links
+    /// pinned for interfaces that no longer exist. A link on an interface that still exists
+    /// stays even when no endpoint claims it (a lost registry, say): its programs then drop
+    /// everything as an unknown endpoint, where detaching would let traffic flow unpoliced.
     fn gc(&mut self) {
         let gone: Vec<LocalEndpoint> = self
             .registry
@@ -285,7 +293,7 @@ impl Agent {
         }
         let live: std::collections::BTreeSet<u32> = self.registry.iter().map(|e| e.reg.host_ifindex).collect();
         for ifindex in self.dp.pinned_link_ifindexes() {
-            if !live.contains(&ifindex) {
+            if !live.contains(&ifindex) && !reconcile::interface_exists(ifindex) {
                 self.dp.detach(ifindex);
             }
         }

@@ -62,6 +62,13 @@ pub fn interface_is(name: &str, ifindex: u32) -> bool {
     nix::net::if_::if_nametoindex(name).is_ok_and(|i| i == ifindex)
 }
 
+/// True if an interface with this ifindex exists in our network namespace.
+pub fn interface_exists(ifindex: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` has the IF_NAMESIZE bytes if_indextoname may write.
+    !unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null()
+}
+
 pub fn pod_key(namespace: &str, name: &str) -> PodKey {
     PodKey { namespace: namespace.to_owned(), name: name.to_owned() }
 }
