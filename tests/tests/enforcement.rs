@@ -695,3 +695,29 @@ fn ipv6_pods_get_the_same_allow_and_deny_including_ipv6_ip_blocks() {
     ];
     run_cases(&mut node, cases);
 }
+
+// ---- the node itself ----
+
+#[test]
+fn the_node_always_reaches_its_pods_even_when_they_deny_all_ingress() {
+    if !require_root("the_node_always_reaches_its_pods_even_when_they_deny_all_ingress") {
+        return;
+    }
+    let mut node = lock_lab();
+    apply(&mut node, &[netpol("x", "lock", "{podSelector: {}, policyTypes: [Ingress, Egress]}")]);
+    let from_node = |family: Family| {
+        let ip = node.pod_ip(&pref("x/p"), family).unwrap_or_else(|e| panic!("{e}"));
+        Probe {
+            from_netns: node.netns().name().to_owned(),
+            from_path: node.netns().path().to_owned(),
+            to: SocketAddr::new(ip, 80),
+            protocol: Protocol::Tcp,
+            timeout: probe::DEFAULT_TIMEOUT,
+        }
+    };
+    for family in [Family::IPv4, Family::IPv6] {
+        let got = probe::probe(&from_node(family));
+        assert_eq!(got, Outcome::Connected("p".into()), "node -> x/p over {family}: host traffic is always allowed");
+    }
+    verify(&node, "the pods themselves stay isolated", &[deny("y/p", "x/p", 80, TCP), deny("x/p", "y/p", 80, TCP)]);
+}
