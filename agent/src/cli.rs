@@ -48,6 +48,13 @@ fn status(s: &StatusReport) -> String {
             let _ = writeln!(o, "  {r:<18} {n}");
         }
     }
+    if !s.rule_counters.is_empty() {
+        let _ = writeln!(o, "New flows allowed, by rule:");
+        for r in &s.rule_counters {
+            let rule = format!("{} {} rule {}", r.policy, r.direction, r.index);
+            let _ = writeln!(o, "  {rule:<40} {}", r.flows);
+        }
+    }
     o
 }
 

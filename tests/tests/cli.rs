@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use serde_yaml::Value;
-use ward_lab::{Labels, Node, NodeConfig, PodSpec, Protocol, Serve, require_root};
+use ward_lab::{Family, Labels, Node, NodeConfig, PodRef, PodSpec, Protocol, Serve, require_root};
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
@@ -78,4 +78,20 @@ fn status_endpoints_and_explain_report_the_enforced_state() {
 
     let (ok, _) = ward(&node, &["policy", "explain", "--from", "shop/nobody", "--to", "shop/db", "--port", "1"]);
     assert!(!ok, "an unknown pod is an error, not an answer");
+
+    // Per-rule counters: one allowed connection shows up under the rule that allowed it.
+    let (api, db) = (PodRef::new("shop", "api"), PodRef::new("shop", "db"));
+    let probe = node.probe(&api, &db, 5432, Protocol::Tcp, Family::IPv4).unwrap_or_else(|e| panic!("{e}"));
+    assert!(probe.connected(), "api reaches db: {probe}");
+    let (_, out) = ward(&node, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
+    let rules = status["rule_counters"].as_array().unwrap_or_else(|| panic!("no rule_counters in {out}"));
+    let rule = rules
+        .iter()
+        .find(|r| r["policy"] == "shop/db-from-api")
+        .unwrap_or_else(|| panic!("no counter for shop/db-from-api in {out}"));
+    assert_eq!((rule["direction"].as_str(), rule["index"].as_u64()), (Some("ingress"), Some(0)), "{rule}");
+    assert!(rule["flows"].as_u64().unwrap_or(0) >= 1, "{rule}");
+    let (_, text) = ward(&node, &["status"]);
+    assert!(text.contains("shop/db-from-api ingress rule 0"), "{text}");
 }

@@ -84,6 +84,20 @@ pub struct StatusReport {
     pub last_error: Option<String>,
     /// Packets per reason code name, summed over CPUs.
     pub reason_counters: BTreeMap<String, u64>,
+    /// New flows each policy rule allowed, summed over CPUs (rules that allowed none are
+    /// left out).
+    pub rule_counters: Vec<RuleCounter>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuleCounter {
+    pub rule_id: u32,
+    /// `namespace/name` of the policy.
+    pub policy: String,
+    pub direction: String,
+    /// Index into the policy's `ingress` or `egress` list.
+    pub index: usize,
+    pub flows: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use ward_common::maps::{CFG_EVENTS_ALLOWED, CFG_EVENTS_DROPPED};
 use ward_policy::identity::Identities;
 
-use crate::api::proto::{EndpointRegistration, EndpointStatus, Request, Response, StatusReport};
+use crate::api::proto::{EndpointRegistration, EndpointStatus, Request, Response, RuleCounter, StatusReport};
 use crate::api::server;
 use crate::datapath::{Datapath, MirrorContents};
 use crate::datastore::directory::DirectoryStore;
@@ -312,6 +312,22 @@ impl Agent {
             .reason_counters()
             .map(|m| m.into_iter().map(|(r, c)| (r.as_str().to_owned(), c.packets)).collect())
             .unwrap_or_default();
+        let rule_counters = match (self.dp.maps.rule_counters(), &self.compiled) {
+            (Ok(counts), Some(compiled)) => counts
+                .into_iter()
+                .filter_map(|(rule_id, c)| {
+                    let info = compiled.rules.get(&rule_id)?;
+                    Some(RuleCounter {
+                        rule_id,
+                        policy: info.policy.to_string(),
+                        direction: info.direction.as_str().to_owned(),
+                        index: info.index,
+                        flows: c.packets,
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         StatusReport {
             node: self.cfg.node_name.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -327,6 +343,7 @@ impl Agent {
             rejected: self.store.rejected().to_vec(),
             last_error: self.last_error.clone(),
             reason_counters,
+            rule_counters,
         }
     }
 
