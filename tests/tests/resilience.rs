@@ -464,17 +464,6 @@ spec:
       ports: [{port: 80, protocol: TCP}]
 ";
 
-/// The fix: valid again, now admitting TCP 81 instead.
-const WEB_FIXED: &str = "apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: web, namespace: x}
-spec:
-  podSelector: {matchLabels: {app: server}}
-  ingress:
-    - from: [{podSelector: {matchLabels: {app: client}}}]
-      ports: [{port: 81, protocol: TCP}]
-";
-
 /// `WEB_VALID` with its ingress rule replaced.
 fn web_with_rule(rule: &str) -> String {
     format!(
@@ -660,7 +649,7 @@ fn invalid_policy_versions_are_rejected_naming_file_object_and_field_while_the_l
         node.sync().unwrap_or_else(|e| panic!("{name}: removing the other file: {e}"));
 
         // ...and fixing the file applies the fix and clears the rejection.
-        node.write_manifest(&web_file, WEB_FIXED).unwrap_or_else(|e| panic!("{e}"));
+        node.write_manifest(&web_file, &WEB_VALID.replace("port: 80", "port: 81")).unwrap_or_else(|e| panic!("{e}"));
         node.sync().unwrap_or_else(|e| panic!("{name}: the fixed version: {e}"));
         failures.extend(check_probes(&format!("{name}: fixed"), &fix_applied));
         let left = node.rejections();

@@ -185,9 +185,8 @@ impl Agent {
         agent.reconcile();
         let eps: Vec<LocalEndpoint> = agent.registry.iter().cloned().collect();
         for ep in eps {
+            // An interface that vanished while the agent was down is forgotten by `gc` below.
             if !reconcile::interface_is(&ep.reg.host_ifname, ep.reg.host_ifindex) {
-                tracing::info!(endpoint = ep.ep_id, ifname = %ep.reg.host_ifname, "interface vanished while down; forgetting it");
-                agent.forget(&ep);
                 continue;
             }
             if let Err(e) = agent.dp.attach(&ep.reg.host_ifname, ep.reg.host_ifindex) {
@@ -237,11 +236,11 @@ impl Agent {
         // failed to load (a full policy map, say) can only leave it with fewer allows.
         if !self.mirror.endpoints.contains_key(&ep.reg.host_ifindex) {
             let why = self.last_error.clone().unwrap_or_else(|| "no endpoint entry was written".into());
-            self.forget(&ep);
+            self.forget(std::slice::from_ref(&ep));
             return Response::Error { message: format!("writing the endpoint's maps: {why}") };
         }
         if let Err(e) = self.dp.attach(&ep.reg.host_ifname, ep.reg.host_ifindex) {
-            self.forget(&ep);
+            self.forget(std::slice::from_ref(&ep));
             return Response::Error { message: e.to_string() };
         }
         let identity = self.mirror.endpoints.get(&ep.reg.host_ifindex).map(|i| i.identity).unwrap_or(0);
@@ -253,26 +252,32 @@ impl Agent {
         let ep = self.registry.iter().find(|e| e.reg.container_id == container_id && e.reg.ifname == ifname).cloned();
         match ep {
             Some(ep) => {
-                self.forget(&ep);
+                self.forget(std::slice::from_ref(&ep));
                 Response::Deregistered { existed: true }
             }
             None => Response::Deregistered { existed: false },
         }
     }
 
-    /// Removes an endpoint everywhere: registry, maps, its tracked flows, and its links once
+    /// Removes endpoints everywhere: registry, maps, their tracked flows, and their links once
     /// the interface is gone.
-    fn forget(&mut self, ep: &LocalEndpoint) {
-        if let Err(e) = self.registry.remove(&ep.reg.container_id, &ep.reg.ifname) {
-            tracing::error!(endpoint = ep.ep_id, error = %e, "persisting endpoint removal");
+    fn forget(&mut self, eps: &[LocalEndpoint]) {
+        for ep in eps {
+            if let Err(e) = self.registry.remove(&ep.reg.container_id, &ep.reg.ifname) {
+                tracing::error!(endpoint = ep.ep_id, error = %e, "persisting endpoint removal");
+            }
         }
+        // One reconcile and one conntrack sweep for the whole batch.
         self.reconcile();
-        self.dp.maps.flush_ct(ep.ep_id);
+        let ids: std::collections::BTreeSet<u32> = eps.iter().map(|e| e.ep_id).collect();
+        self.dp.maps.flush_ct(&ids);
         // While the interface exists its programs stay: with the endpoint entry gone they drop
         // everything (the plugin deletes the veth right after). Detaching first would leave a
         // moment of unpoliced traffic. `gc` removes the pins once the interface is gone.
-        if !reconcile::interface_exists(ep.reg.host_ifindex) {
-            self.dp.detach(ep.reg.host_ifindex);
+        for ep in eps {
+            if !reconcile::interface_exists(ep.reg.host_ifindex) {
+                self.dp.detach(ep.reg.host_ifindex);
+            }
         }
     }
 
@@ -287,9 +292,11 @@ impl Agent {
             .filter(|e| !reconcile::interface_is(&e.reg.host_ifname, e.reg.host_ifindex))
             .cloned()
             .collect();
-        for ep in gone {
-            tracing::info!(endpoint = ep.ep_id, ifname = %ep.reg.host_ifname, "interface vanished; forgetting endpoint");
-            self.forget(&ep);
+        if !gone.is_empty() {
+            for ep in &gone {
+                tracing::info!(endpoint = ep.ep_id, ifname = %ep.reg.host_ifname, "interface vanished; forgetting endpoint");
+            }
+            self.forget(&gone);
         }
         let live: std::collections::BTreeSet<u32> = self.registry.iter().map(|e| e.reg.host_ifindex).collect();
         for ifindex in self.dp.pinned_link_ifindexes() {

@@ -271,9 +271,9 @@ impl Maps {
         self.ct.keys().filter(|k| k.is_ok()).count()
     }
 
-    /// Forgets the tracked flows of one endpoint (on deregistration).
-    pub fn flush_ct(&mut self, ep_id: u32) {
-        let keys: Vec<CtKey> = self.ct.keys().filter_map(|k| k.ok()).filter(|k| k.ep_id == ep_id).collect();
+    /// Forgets the tracked flows of these endpoints (on deregistration), in one sweep.
+    pub fn flush_ct(&mut self, ep_ids: &std::collections::BTreeSet<u32>) {
+        let keys: Vec<CtKey> = self.ct.keys().filter_map(|k| k.ok()).filter(|k| ep_ids.contains(&k.ep_id)).collect();
         for k in keys {
             let _ = self.ct.remove(&k);
         }
