@@ -5,17 +5,7 @@
 //! Parts: the datapath against no program, iptables and nftables ([`datapath`]); policy
 //! compilation and incremental updates ([`control`]); policy-change-to-enforcement, CNI
 //! ADD/DEL and agent memory in a lab node ([`lab`]); and places for parts whose features are
-//! still to come ([`later`]).
-
-mod control;
-mod datapath;
-mod lab;
-mod later;
-mod machine;
-mod report;
-mod stats;
-mod svg;
-mod synth;
+//! still to come ([`later`]). The parts live in the library (`lib.rs`) so tests reach them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,7 +14,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use report::{Report, Section, Target};
+use ward_bench::report::{Report, Section};
+use ward_bench::{Ctx, PartResult, control, datapath, lab, later, machine};
 
 #[derive(Parser)]
 #[command(about = "Ward's benchmark suite (run it through `cargo xtask bench`)")]
@@ -66,30 +57,6 @@ enum Part {
     Control,
     Lab,
     Later,
-}
-
-/// What every part of the suite is given.
-pub struct Ctx {
-    pub quick: bool,
-    /// Ward's release binaries (ward-agent, ward-cni, ward).
-    pub bins: ward_lab::bins::Binaries,
-    /// This executable, for child processes (`compile-one`).
-    pub self_exe: PathBuf,
-    /// The command line the report names.
-    pub command_line: String,
-}
-
-impl Ctx {
-    /// Rounds of alternating configurations: each figure is the median of this many runs.
-    pub fn rounds(&self) -> usize {
-        if self.quick { 2 } else { 5 }
-    }
-}
-
-/// What one part contributes to the report.
-pub struct PartResult {
-    pub section: Section,
-    pub targets: Vec<Target>,
 }
 
 fn main() -> ExitCode {
