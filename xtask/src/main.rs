@@ -55,8 +55,19 @@ enum Cmd {
     },
     /// Remove what killed lab runs left behind (namespaces, agents, pins, scratch dirs).
     LabClean,
-    /// Benchmarks (not yet).
-    Bench,
+    /// Setup (with the benchmark tools), a release build, then the benchmark suite in lab
+    /// namespaces (root): writes bench/RESULTS.md and its SVG plots.
+    Bench {
+        /// A reduced matrix (a few minutes): checks the harness, not for publishing.
+        #[arg(long)]
+        quick: bool,
+        /// Only these parts, comma-separated: datapath, control, lab, later.
+        #[arg(long)]
+        only: Option<String>,
+        /// Where RESULTS.md and the plots go [default: bench/].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -92,7 +103,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 println!("lab-clean: nothing left behind");
             }
         }
-        Cmd::Bench => bail!("`cargo xtask bench` is not implemented yet; the benchmark harness is its own issue"),
+        Cmd::Bench { quick, only, out } => bench(quick, only, out)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -138,6 +149,33 @@ fn test(cases: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let unit_failed = counts.failed + u64::from(unit.is_err() && counts.failed == 0);
     println!("xtask: {} passed, {} failed", counts.passed + conf_passed, unit_failed + conf_failed);
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `cargo xtask bench`: release binaries (what users run; debug builds would measure the
+/// compiler's opt-level, not Ward), then `ward-bench run` with them.
+fn bench(quick: bool, only: Option<String>, out: Option<PathBuf>) -> anyhow::Result<()> {
+    setup::setup_bench()?;
+    if !ward_lab::privileged::is_root() {
+        bail!("the benchmarks need root (network namespaces, eBPF, iptables)");
+    }
+    run::cargo(&["build", "--release", "--workspace", "--exclude", "ward-ebpf", "--bins"])?;
+    clean_stale_labs();
+    let release = ward_lab::bins::target_dir().join("release");
+    let root = ward_lab::bins::workspace_root();
+    let mut line = String::from("cargo xtask bench");
+    let mut cmd = std::process::Command::new(release.join("ward-bench"));
+    cmd.arg("run").env("WARD_BIN_DIR", &release).current_dir(&root);
+    if quick {
+        cmd.arg("--quick");
+        line.push_str(" --quick");
+    }
+    if let Some(only) = only {
+        cmd.args(["--only", &only]);
+        line.push_str(&format!(" --only {only}"));
+    }
+    let out = out.unwrap_or_else(|| root.join("bench"));
+    cmd.arg("--out").arg(&out).args(["--command-line", &line]);
+    run::status(cmd)
 }
 
 /// Runs the cases in `cases`, or by default the shared suite (`../shared/conformance`) and

@@ -26,6 +26,17 @@ const APT_PACKAGES: [(&str, Option<&str>); 13] = [
     ("busybox-static", Some("busybox")),
 ];
 
+/// What `cargo xtask bench` needs beyond building and testing: the load generators and the
+/// netfilter baselines it compares Ward with, and perf for profiling missed targets.
+const BENCH_PACKAGES: [(&str, Option<&str>); 6] = [
+    ("sockperf", Some("sockperf")),
+    ("iperf3", Some("iperf3")),
+    ("qperf", Some("qperf")),
+    ("iptables", Some("iptables")),
+    ("nftables", Some("nft")),
+    ("linux-perf", Some("perf")),
+];
+
 /// bpf-linker must link against Debian's LLVM 22 (its llvm-config first in PATH).
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const BPFFS: &str = "/sys/fs/bpf";
@@ -33,7 +44,7 @@ const BPFFS: &str = "/sys/fs/bpf";
 pub fn setup() -> anyhow::Result<()> {
     cargo_bin_on_path()?;
     let mut did = false;
-    did |= apt()?;
+    did |= apt(&APT_PACKAGES)?;
     did |= rust_toolchain()?;
     did |= bpf_linker()?;
     did |= bpffs()?;
@@ -47,8 +58,18 @@ fn dpkg_installed(pkg: &str) -> bool {
     run::stdout(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg])).contains("install ok installed")
 }
 
-fn apt() -> anyhow::Result<bool> {
-    let missing: Vec<&str> = APT_PACKAGES
+/// Setup, plus the benchmark tools.
+pub fn setup_bench() -> anyhow::Result<()> {
+    setup()?;
+    if apt(&BENCH_PACKAGES)? {
+        println!("setup: benchmark tools installed");
+    }
+    Ok(())
+}
+
+/// Installs the packages of `packages` that are missing; true if it installed any.
+fn apt(packages: &[(&str, Option<&str>)]) -> anyhow::Result<bool> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(pkg, program)| !(dpkg_installed(pkg) || program.is_some_and(run::on_path)))
         .map(|(pkg, _)| *pkg)
