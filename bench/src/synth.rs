@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 use ward_policy::cluster::{Cluster, PodKey};
-use ward_policy::model::{self, Object};
+use ward_policy::model::Object;
 use ward_policy::validate::ObjectError;
 
 /// Fewest user namespaces, so that even a small cluster has cross-namespace policies.
@@ -419,15 +419,9 @@ impl Synthetic {
     /// Every object, typed through the agent's model (serde, lenient as for the API).
     pub fn objects(&self) -> Vec<Object> {
         let mut out = Vec::with_capacity(self.namespaces.len() + self.pods.len() + self.policies.len());
-        for (_, ns) in &self.namespaces {
-            out.extend(typed::<model::Namespace>(ns).map(Object::Namespace));
-        }
-        for p in &self.pods {
-            out.extend(typed::<model::Pod>(&p.object).map(Object::Pod));
-        }
-        for (_, np) in &self.policies {
-            out.extend(typed::<model::NetworkPolicy>(np).map(Object::NetworkPolicy));
-        }
+        let all = self.namespaces.iter().map(|(_, v)| v);
+        let all = all.chain(self.pods.iter().map(|p| &p.object)).chain(self.policies.iter().map(|(_, v)| v));
+        out.extend(all.filter_map(to_object));
         out
     }
 
@@ -475,6 +469,17 @@ impl Synthetic {
 
 fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> Option<T> {
     serde_json::from_value(v.clone()).ok()
+}
+
+/// One generated (or edited) object, typed through the agent's model by its `kind`: how the
+/// benchmarks feed a change to `Cluster::apply`, as the datastore would.
+pub fn to_object(v: &Value) -> Option<Object> {
+    match v.get("kind")?.as_str()? {
+        "Namespace" => typed(v).map(Object::Namespace),
+        "Pod" => typed(v).map(Object::Pod),
+        "NetworkPolicy" => typed(v).map(Object::NetworkPolicy),
+        _ => None,
+    }
 }
 
 fn yaml_documents(docs: &[&Value]) -> String {
