@@ -25,7 +25,7 @@
 //! maps. Identities are allocated in sorted key order.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -211,10 +211,8 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
             }
         }
     }
-    let longest_prefix = |ip: IpAddr| -> Option<IpNet> {
-        let ip = ip.to_canonical();
-        prefixes.iter().filter(|n| n.contains(&ip)).max_by_key(|n| n.prefix_len()).copied()
-    };
+    let prefix_index = PrefixIndex::new(&prefixes);
+    let longest_prefix = |ip: IpAddr| prefix_index.longest(ip);
     let flavour = |ports: &[NamedPort]| -> Vec<NamedPort> {
         ports.iter().filter(|np| flavour_names.contains(np.name.as_str())).cloned().collect()
     };
@@ -310,6 +308,37 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
         out.isolation.insert(subject, bits);
     }
     out
+}
+
+/// The policy prefixes grouped by length, so that an address's longest containing prefix is
+/// one hash lookup per distinct length rather than a scan of every prefix: every pod address
+/// is looked up, and a scan made the compile O(pods × prefixes).
+struct PrefixIndex {
+    /// Distinct lengths of the IPv4 and the IPv6 prefixes, longest first.
+    v4_lens: Vec<u8>,
+    v6_lens: Vec<u8>,
+    nets: HashSet<IpNet>,
+}
+
+impl PrefixIndex {
+    fn new(prefixes: &BTreeSet<IpNet>) -> Self {
+        let lens = |v6: bool| -> Vec<u8> {
+            let set: BTreeSet<u8> =
+                prefixes.iter().filter(|n| matches!(n, IpNet::V6(_)) == v6).map(|n| n.prefix_len()).collect();
+            set.into_iter().rev().collect()
+        };
+        PrefixIndex { v4_lens: lens(false), v6_lens: lens(true), nets: prefixes.iter().copied().collect() }
+    }
+
+    /// The longest policy prefix containing `ip`. Prefixes are canonical (host bits clear,
+    /// IPv4-mapped written as IPv4), so the address truncated to a length finds the prefix
+    /// of that length that contains it, if there is one; a prefix of one family never
+    /// contains an address of the other.
+    fn longest(&self, ip: IpAddr) -> Option<IpNet> {
+        let ip = ip.to_canonical();
+        let lens = if ip.is_ipv4() { &self.v4_lens } else { &self.v6_lens };
+        lens.iter().filter_map(|len| IpNet::new(ip, *len).ok()).map(|n| n.trunc()).find(|n| self.nets.contains(n))
+    }
 }
 
 fn rules_of(p: &Policy) -> impl Iterator<Item = (Direction, &Rule)> {

@@ -886,3 +886,43 @@ fn gc_keeps_live_numbers_and_frees_the_rest() {
     assert_eq!(ids.label_key(b), None);
     assert_eq!(compile_all(&c, &mut ids), after, "live numbers are kept");
 }
+
+#[test]
+fn prefix_index_finds_the_same_longest_prefix_as_a_scan() {
+    let prefixes: BTreeSet<IpNet> = [
+        "0.0.0.0/0",
+        "10.0.0.0/8",
+        "10.1.0.0/16",
+        "10.1.2.0/24",
+        "10.1.2.3/32",
+        "192.168.0.0/16",
+        "::/0",
+        "fd00::/8",
+        "fd00:1::/32",
+    ]
+    .iter()
+    .map(|s| s.parse().expect("test prefix"))
+    .collect();
+    let index = super::PrefixIndex::new(&prefixes);
+    let scan = |ip: IpAddr| {
+        let ip = ip.to_canonical();
+        prefixes.iter().filter(|n| n.contains(&ip)).max_by_key(|n| n.prefix_len()).copied()
+    };
+    for a in [
+        "10.1.2.3",
+        "10.1.2.4",
+        "10.1.3.1",
+        "10.2.0.1",
+        "192.168.9.9",
+        "8.8.8.8",
+        "::ffff:10.1.2.3",
+        "fd00:1::1",
+        "fd00:2::1",
+        "2001:db8::1",
+    ] {
+        let ip: IpAddr = a.parse().expect("test address");
+        assert_eq!(index.longest(ip), scan(ip), "{a}");
+    }
+    let only_v6 = super::PrefixIndex::new(&["::/0".parse().expect("prefix")].into_iter().collect());
+    assert_eq!(only_v6.longest("10.0.0.1".parse().expect("ip")), None, "IPv6 prefixes never contain IPv4");
+}
