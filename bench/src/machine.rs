@@ -19,7 +19,11 @@ pub fn facts() -> Vec<(String, String)> {
     add("iperf3", first_line(&output("iperf3", &["--version"])));
     add(
         "hardware counters",
-        if perf_counters() { "available".into() } else { "not available (VM): CPU cost from bpf run-time stats".into() },
+        if perf_counters() {
+            "available".into()
+        } else {
+            "not available (VM): CPU cost from bpf run-time stats".into()
+        },
     );
     f
 }

@@ -33,7 +33,13 @@ const COLORS: [&str; 8] = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f"
 
 impl BarChart {
     pub fn new(title: impl Into<String>, y_label: impl Into<String>) -> BarChart {
-        BarChart { title: title.into(), y_label: y_label.into(), categories: Vec::new(), series: Vec::new(), log_y: false }
+        BarChart {
+            title: title.into(),
+            y_label: y_label.into(),
+            categories: Vec::new(),
+            series: Vec::new(),
+            log_y: false,
+        }
     }
 
     /// The SVG document.
@@ -44,14 +50,14 @@ impl BarChart {
             r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
         );
         let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-        let _ = writeln!(s, r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{}</text>"#, W / 2.0, esc(&self.title));
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{}</text>"#,
+            W / 2.0,
+            esc(&self.title)
+        );
         let (plot_w, plot_h) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
-        let max = self
-            .series
-            .iter()
-            .flat_map(|s| s.values.iter().flatten())
-            .map(|v| v.max)
-            .fold(0.0_f64, f64::max);
+        let max = self.series.iter().flat_map(|s| s.values.iter().flatten()).map(|v| v.max).fold(0.0_f64, f64::max);
         let min_pos = self
             .series
             .iter()
@@ -100,21 +106,14 @@ impl BarChart {
                 );
                 if v.n > 1 {
                     let cx = x + (bar_w - 2.0).max(1.0) / 2.0;
-                    let (y0, y1) =
-                        (TOP + plot_h * (1.0 - scale.frac(v.min)), TOP + plot_h * (1.0 - scale.frac(v.max)));
-                    let _ = writeln!(
-                        s,
-                        r#"<line x1="{cx:.1}" y1="{y0:.1}" x2="{cx:.1}" y2="{y1:.1}" stroke="black"/>"#
-                    );
+                    let (y0, y1) = (TOP + plot_h * (1.0 - scale.frac(v.min)), TOP + plot_h * (1.0 - scale.frac(v.max)));
+                    let _ =
+                        writeln!(s, r#"<line x1="{cx:.1}" y1="{y0:.1}" x2="{cx:.1}" y2="{y1:.1}" stroke="black"/>"#);
                 }
             }
         }
-        let _ = writeln!(
-            s,
-            r#"<line x1="{LEFT}" y1="{0}" x2="{1}" y2="{0}" stroke="black"/>"#,
-            TOP + plot_h,
-            W - RIGHT
-        );
+        let _ =
+            writeln!(s, r#"<line x1="{LEFT}" y1="{0}" x2="{1}" y2="{0}" stroke="black"/>"#, TOP + plot_h, W - RIGHT);
         // Legend, below the axis labels.
         let legend_y = H - 40.0;
         let item_w = plot_w / n_ser as f64;
