@@ -40,7 +40,8 @@ impl TestDatapath {
     }
 
     fn apply(&mut self, desired: &MirrorContents) {
-        self.dp.maps.apply(&mut self.mirror, desired).expect("apply maps");
+        let delta = self.mirror.delta_to(desired);
+        self.dp.maps.apply(&mut self.mirror, &delta).expect("apply maps");
     }
 
     fn run(&self, program: &'static str, pkt: &[u8]) -> i32 {

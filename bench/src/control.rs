@@ -5,7 +5,7 @@
 //! Each compile size runs in its own child process (`ward-bench compile-one`), so that its
 //! peak RSS is that compile's alone; the child prints one JSON [`CompileMeasurement`]. The
 //! incremental updates run in this process through [`reconcile::Reconciler`], the agent's own
-//! per-change pass without the bpf syscalls. The compiler is run for the pods of one synthetic
+//! per-change pass (its own functions) without the bpf syscalls. The compiler is run for the pods of one synthetic
 //! node (about 100 pods), as a node agent compiles for its local pods; every pod of the
 //! cluster still gets an identity and an ipcache entry.
 
@@ -111,7 +111,7 @@ pub fn measure_compile(pods: usize, policies: usize) -> anyhow::Result<CompileMe
     drop((compiled, ids));
 
     let dir = ScratchDir::new("compile")?;
-    let mut agent = Reconciler::new(dir.0.clone());
+    let mut agent = Reconciler::new(dir.0.clone())?;
     let first = agent.pass(&cluster, &local)?;
     let again = agent.pass(&cluster, &local)?;
     anyhow::ensure!(again.writes == 0, "an unchanged cluster made {} map writes", again.writes);
@@ -263,7 +263,7 @@ pub fn incremental(pods: usize, policies: usize, reps: usize) -> anyhow::Result<
     let mut cluster = s.cluster();
     let local = s.pods_on_node(LOCAL_NODE);
     let dir = ScratchDir::new("incremental")?;
-    let mut agent = Reconciler::new(dir.0.clone());
+    let mut agent = Reconciler::new(dir.0.clone())?;
     agent.pass(&cluster, &local)?;
     let mut rng = synth::Rng::new(SEED);
     let mut out: Vec<ChangeRuns> = CHANGES.iter().map(|n| ChangeRuns { name: (*n).into(), passes: vec![] }).collect();
@@ -425,7 +425,7 @@ fn section(ctx: &Ctx, sizes: &[SizeRuns], changes: &[ChangeRuns], reps: usize) -
             "agent pass p50",
             "p99",
             "of which compile p50",
-            "clone / diff / persist p50",
+            "cluster / diff / persist p50",
             "map writes p50 (max)",
             "n",
         ],
@@ -438,7 +438,7 @@ fn section(ctx: &Ctx, sizes: &[SizeRuns], changes: &[ChangeRuns], reps: usize) -
             p(|x| x.total_secs, 50.0),
             p(|x| x.total_secs, 99.0),
             p(|x| x.compile_secs, 50.0),
-            format!("{} / {} / {}", p(|x| x.clone_secs, 50.0), p(|x| x.diff_secs, 50.0), p(|x| x.persist_secs, 50.0)),
+            format!("{} / {} / {}", p(|x| x.cluster_secs, 50.0), p(|x| x.diff_secs, 50.0), p(|x| x.persist_secs, 50.0)),
             format!(
                 "{} ({})",
                 c.percentile(|x| x.writes as f64, 50.0).map_or("–".into(), |v| format!("{v:.0}")),
@@ -489,8 +489,9 @@ fn section(ctx: &Ctx, sizes: &[SizeRuns], changes: &[ChangeRuns], reps: usize) -
         ),
         "The compile is for the pods of one synthetic node (`synth-node-0`), as each node agent compiles \
          for its own pods; every pod of the cluster still gets an identity and an ipcache entry. \
-         \"Agent pass\" is the agent's whole per-change work (`agent/src/daemon/reconcile.rs` without the bpf \
-         syscalls, replicated in `bench/src/control/reconcile.rs`): cloning the datastore snapshot, compiling, \
+         \"Agent pass\" is the agent's whole per-change work, run through the agent's own \
+         `ward_agent::daemon::reconcile::{plan, settle_identities}` with the bpf syscalls replaced by \
+         updating the mirror: building the compiler's view of the datastore snapshot, compiling, \
          building the desired maps, comparing them with the loaded ones, identity GC, and writing the identity \
          state file."
             .into(),
@@ -587,12 +588,12 @@ fn label_target(remote: &ChangeRuns, local: Option<&ChangeRuns>) -> Target {
     if !met {
         comment.push_str(&format!(
             "; {:.1}× over: the compiler is whole-cluster, so every change recompiles all {} pods \
-             (compile p50 {}), and the agent's pass also clones the snapshot ({}), diffs the full maps \
+             (compile p50 {}), and the agent's pass also builds its view of the snapshot ({}), diffs the full maps \
              ({}) and rewrites the identity file ({}); meeting it needs an incremental compiler",
             p50 / LABEL_TARGET_SECS,
             stats::human(INCR_PODS as f64),
             stage(|x| x.compile_secs),
-            stage(|x| x.clone_secs),
+            stage(|x| x.cluster_secs),
             stage(|x| x.diff_secs),
             stage(|x| x.persist_secs),
         ));

@@ -4,7 +4,7 @@
 //! timer drives garbage collection. Each change ends in `reconcile`, which compiles the
 //! desired map contents and applies the difference to the kernel.
 
-mod reconcile;
+pub mod reconcile;
 pub mod registry;
 
 use std::collections::BTreeMap;

@@ -1,24 +1,31 @@
 //! Desired state from the snapshot and the local endpoints, compiled by the pure compiler
 //! (`ward_policy::compile`) and applied to the kernel as a diff against the mirror.
+//!
+//! A pass has a pure half, [`plan`] (cluster view, compile, desired maps, the writes against
+//! the mirror), then the kernel writes (`Maps::apply`), then [`settle_identities`] (identity
+//! GC and the identity file). The benchmark (`ward-bench`) runs exactly these functions, with
+//! the kernel writes replaced by `MirrorDelta::apply_to`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use ward_common::{
     addr::v4_mapped,
     identity::{ID_UNKNOWN_POD, ID_WORLD},
     maps::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EndpointInfo, IpcacheKey, IpcacheValue},
 };
-use ward_policy::cluster::{Cluster, PodKey};
+use ward_policy::cluster::{Cluster, PodKey, PolicyRef};
 use ward_policy::identity::Identities;
 use ward_policy::reference::Peer;
-use ward_policy::validate::Protocol;
+use ward_policy::selector::Labels;
+use ward_policy::validate::{PodInfo, Policy, Protocol};
 
 use super::Agent;
 use super::registry::{Registry, write_atomic};
 use crate::api::proto::Response;
-use crate::datapath::MirrorContents;
+use crate::datapath::{MirrorContents, MirrorDelta};
 use crate::datastore::Snapshot;
 
 pub use ward_policy::compile::Compiled;
@@ -45,7 +52,7 @@ pub fn load_identities(state_dir: &Path) -> Result<Identities, StateError> {
     }
 }
 
-fn save_identities(state_dir: &Path, ids: &Identities) {
+pub fn save_identities(state_dir: &Path, ids: &Identities) {
     let path = state_dir.join(IDENTITIES_FILE);
     match serde_json::to_vec(ids) {
         Ok(bytes) => {
@@ -73,8 +80,29 @@ pub fn pod_key(namespace: &str, name: &str) -> PodKey {
     PodKey { namespace: namespace.to_owned(), name: name.to_owned() }
 }
 
+/// What a pass reads from the datastore: a [`Snapshot`] in the agent, a `Cluster` in the
+/// benchmark and tests.
+#[derive(Clone, Copy, Debug)]
+pub struct Source<'a> {
+    pub namespaces: &'a BTreeMap<String, Labels>,
+    pub pods: &'a BTreeMap<PodKey, PodInfo>,
+    pub policies: &'a BTreeMap<PolicyRef, Policy>,
+}
+
+impl<'a> From<&'a Snapshot> for Source<'a> {
+    fn from(s: &'a Snapshot) -> Self {
+        Source { namespaces: &s.namespaces, pods: &s.pods, policies: &s.policies }
+    }
+}
+
+impl<'a> From<&'a Cluster> for Source<'a> {
+    fn from(c: &'a Cluster) -> Self {
+        Source { namespaces: &c.namespaces, pods: &c.pods, policies: &c.policies }
+    }
+}
+
 /// The cluster as the compiler sees it: local pods get the addresses their CNI ADD gave them.
-fn build_cluster(snap: &Snapshot, registry: &Registry, host_addrs: &[IpAddr]) -> Cluster {
+fn build_cluster(snap: Source<'_>, registry: &Registry, host_addrs: &[IpAddr]) -> Cluster {
     let mut pods = snap.pods.clone();
     for ep in registry.iter() {
         if let Some(p) = pods.get_mut(&pod_key(&ep.reg.pod_namespace, &ep.reg.pod_name)) {
@@ -112,7 +140,7 @@ fn host_prefix(ip: &IpAddr) -> IpcacheKey {
 }
 
 /// The three user-owned maps as they should be.
-fn desired_maps(compiled: &Compiled, registry: &Registry) -> MirrorContents {
+pub fn desired_maps(compiled: &Compiled, registry: &Registry) -> MirrorContents {
     let mut desired = MirrorContents {
         endpoints: BTreeMap::new(),
         ipcache: compiled.ipcache.clone(),
@@ -140,26 +168,78 @@ fn desired_maps(compiled: &Compiled, registry: &Registry) -> MirrorContents {
     desired
 }
 
+/// How long each stage of [`plan`] took.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PlanTimings {
+    /// Building the compiler's view of the cluster from the datastore and the endpoints.
+    pub cluster: Duration,
+    pub compile: Duration,
+    /// Desired maps and the writes against the mirror.
+    pub diff: Duration,
+}
+
+/// The pure half of a pass: what the kernel maps should hold and the writes that get them there.
+pub struct Plan {
+    pub cluster: Cluster,
+    pub compiled: Compiled,
+    pub desired: MirrorContents,
+    /// From the mirror to `desired`.
+    pub delta: MirrorDelta,
+    pub timings: PlanTimings,
+}
+
+/// Compiles `snap` for the registered endpoints (allocating identities in `ids`) and diffs
+/// the result against `mirror`, the maps as loaded. Touches neither the kernel nor the disk.
+pub fn plan(
+    snap: Source<'_>,
+    registry: &Registry,
+    host_addrs: &[IpAddr],
+    ids: &mut Identities,
+    mirror: &MirrorContents,
+) -> Plan {
+    let t0 = Instant::now();
+    let cluster = build_cluster(snap, registry, host_addrs);
+    let local: BTreeSet<PodKey> = registry
+        .iter()
+        .map(|e| pod_key(&e.reg.pod_namespace, &e.reg.pod_name))
+        .filter(|k| cluster.pods.contains_key(k))
+        .collect();
+    let t1 = Instant::now();
+    let compiled = ward_policy::compile::compile(&cluster, &local, ids);
+    let t2 = Instant::now();
+    let desired = desired_maps(&compiled, registry);
+    let delta = mirror.delta_to(&desired);
+    let t3 = Instant::now();
+    Plan {
+        cluster,
+        compiled,
+        desired,
+        delta,
+        timings: PlanTimings { cluster: t1 - t0, compile: t2 - t1, diff: t3 - t2 },
+    }
+}
+
+/// After the maps were written: frees the identity numbers this compile no longer uses, but
+/// only if the writes succeeded (otherwise a map may still refer to them), and persists the
+/// identity table.
+pub fn settle_identities(ids: &mut Identities, compiled: &Compiled, applied: bool, state_dir: &Path) {
+    if applied {
+        ids.gc(&compiled.live());
+    }
+    save_identities(state_dir, ids);
+}
+
 impl Agent {
     /// Compiles the current snapshot and applies the difference to the kernel.
     pub(super) fn reconcile(&mut self) {
         let span = tracing::info_span!("reconcile");
         let _g = span.enter();
-        let started = std::time::Instant::now();
-        let cluster = build_cluster(self.store.snapshot(), &self.registry, &self.cfg.host_addrs);
-        let local: BTreeSet<PodKey> = self
-            .registry
-            .iter()
-            .map(|e| pod_key(&e.reg.pod_namespace, &e.reg.pod_name))
-            .filter(|k| cluster.pods.contains_key(k))
-            .collect();
-        let compiled = ward_policy::compile::compile(&cluster, &local, &mut self.ids);
-        let desired = desired_maps(&compiled, &self.registry);
-        match self.dp.maps.apply(&mut self.mirror, &desired) {
+        let started = Instant::now();
+        let plan =
+            plan(self.store.snapshot().into(), &self.registry, &self.cfg.host_addrs, &mut self.ids, &self.mirror);
+        let applied = match self.dp.maps.apply(&mut self.mirror, &plan.delta) {
             Ok(stats) => {
                 self.last_error = None;
-                // Only now does no map refer to numbers this compile no longer uses.
-                self.ids.gc(&compiled.live());
                 if stats.upserts + stats.deletes > 0 {
                     tracing::info!(
                         upserts = stats.upserts,
@@ -168,16 +248,19 @@ impl Agent {
                         "maps updated"
                     );
                 }
+                true
             }
             Err(e) => {
                 tracing::error!(error = %e, "applying maps");
                 self.last_error = Some(e.to_string());
+                false
             }
-        }
-        save_identities(&self.cfg.state_dir, &self.ids);
+        };
+        // Only after a successful apply does no map refer to numbers this compile no longer uses.
+        settle_identities(&mut self.ids, &plan.compiled, applied, &self.cfg.state_dir);
         self.applied_files = self.store.file_hashes();
-        self.compiled = Some(compiled);
-        self.cluster = Some(cluster);
+        self.compiled = Some(plan.compiled);
+        self.cluster = Some(plan.cluster);
     }
 
     pub(super) fn explain(&self, from: &str, to: &str, protocol: &str, port: u16) -> Response {

@@ -28,6 +28,82 @@ pub struct MirrorContents {
     pub policy: BTreeMap<PolicyKey, PolicyValue>,
 }
 
+/// The writes that move the kernel from one [`MirrorContents`] to another, in the order
+/// [`Maps::apply`] makes them (see [`MirrorContents::delta_to`]). Pure, so the benchmark and
+/// tests count exactly what the kernel would receive.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MirrorDelta {
+    pub policy_upserts: Vec<(PolicyKey, PolicyValue)>,
+    /// Most specific prefix first.
+    pub ipcache_upserts: Vec<(IpcacheKey, IpcacheValue)>,
+    pub endpoint_upserts: Vec<(u32, EndpointInfo)>,
+    pub endpoint_deletes: Vec<u32>,
+    /// Broadest prefix first.
+    pub ipcache_deletes: Vec<IpcacheKey>,
+    pub policy_deletes: Vec<PolicyKey>,
+}
+
+impl MirrorContents {
+    /// The writes from `self` to `desired`. Order: allows are added before anything starts
+    /// using them (policy, then ipcache, then endpoints), and removed only after (endpoints,
+    /// ipcache, then policy), so no instant denies what both old and new policy allow.
+    pub fn delta_to(&self, desired: &MirrorContents) -> MirrorDelta {
+        fn upserts<'a, K: Ord + Copy + 'a, V: PartialEq + Copy + 'a>(
+            current: &BTreeMap<K, V>,
+            desired: impl Iterator<Item = (&'a K, &'a V)>,
+        ) -> Vec<(K, V)> {
+            desired.filter(|(k, v)| current.get(k) != Some(*v)).map(|(k, v)| (*k, *v)).collect()
+        }
+        fn deletes<K: Ord + Copy, V>(current: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> Vec<K> {
+            current.keys().filter(|k| !desired.contains_key(k)).copied().collect()
+        }
+        MirrorDelta {
+            policy_upserts: upserts(&self.policy, desired.policy.iter()),
+            // Most specific prefixes first: an `except` carve-out must be in place before the
+            // broader block that allows around it, or the excepted addresses would match the
+            // block for an instant. (Deletes go broadest first, for the same reason.)
+            ipcache_upserts: upserts(&self.ipcache, desired.ipcache.iter().rev()),
+            endpoint_upserts: upserts(&self.endpoints, desired.endpoints.iter()),
+            endpoint_deletes: deletes(&self.endpoints, &desired.endpoints),
+            // Ascending key order is ascending prefix length: broadest first.
+            ipcache_deletes: deletes(&self.ipcache, &desired.ipcache),
+            policy_deletes: deletes(&self.policy, &desired.policy),
+        }
+    }
+}
+
+impl MirrorDelta {
+    /// Map writes (upserts and deletes) in all three maps.
+    pub fn len(&self) -> usize {
+        self.policy_upserts.len()
+            + self.ipcache_upserts.len()
+            + self.endpoint_upserts.len()
+            + self.endpoint_deletes.len()
+            + self.ipcache_deletes.len()
+            + self.policy_deletes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What a fully successful [`Maps::apply`] does to its mirror.
+    pub fn apply_to(&self, m: &mut MirrorContents) {
+        m.policy.extend(self.policy_upserts.iter().copied());
+        m.ipcache.extend(self.ipcache_upserts.iter().copied());
+        m.endpoints.extend(self.endpoint_upserts.iter().copied());
+        for k in &self.endpoint_deletes {
+            m.endpoints.remove(k);
+        }
+        for k in &self.ipcache_deletes {
+            m.ipcache.remove(k);
+        }
+        for k in &self.policy_deletes {
+            m.policy.remove(k);
+        }
+    }
+}
+
 /// What one `apply` did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ApplyStats {
@@ -135,17 +211,11 @@ impl Maps {
         Ok(out)
     }
 
-    /// Moves the kernel from `current` to `desired`, updating `current` as it goes so that it
-    /// stays the truth even when an operation fails. Order: allows are added before anything
-    /// starts using them (policy, then ipcache, then endpoints), and removed only after
-    /// (endpoints, ipcache, then policy), so no instant denies what both old and new policy
-    /// allow. Errors do not stop the pass (a failed insert only leaves traffic denied); the
-    /// first one is returned after the revision bump.
-    pub fn apply(
-        &mut self,
-        current: &mut MirrorContents,
-        desired: &MirrorContents,
-    ) -> Result<ApplyStats, DatapathError> {
+    /// Makes the writes of `delta` (see [`MirrorContents::delta_to`] for their order),
+    /// updating `current` as it goes so that it stays the truth even when an operation fails.
+    /// Errors do not stop the pass (a failed insert only leaves traffic denied); the first one
+    /// is returned after the revision bump.
+    pub fn apply(&mut self, current: &mut MirrorContents, delta: &MirrorDelta) -> Result<ApplyStats, DatapathError> {
         let mut stats = ApplyStats::default();
         let mut first_err = None;
         let mut note = |r: Result<(), DatapathError>, stats: &mut ApplyStats, upsert: bool| match r {
@@ -164,56 +234,40 @@ impl Maps {
             }
         };
 
-        for (k, v) in &desired.policy {
-            if current.policy.get(k) != Some(v) {
-                let r = self.policy.insert(&Key::new(k.prefixlen, k.data()), v, 0).map_err(map_err(m::MAP_POLICY));
-                if note(r, &mut stats, true) {
-                    current.policy.insert(*k, *v);
-                }
+        for (k, v) in &delta.policy_upserts {
+            let r = self.policy.insert(&Key::new(k.prefixlen, k.data()), v, 0).map_err(map_err(m::MAP_POLICY));
+            if note(r, &mut stats, true) {
+                current.policy.insert(*k, *v);
             }
         }
-        // Most specific prefixes first: an `except` carve-out must be in place before the
-        // broader block that allows around it, or the excepted addresses would match the
-        // block for an instant. (Deletes below go broadest first, for the same reason.)
-        for (k, v) in desired.ipcache.iter().rev() {
-            if current.ipcache.get(k) != Some(v) {
-                let r = self.ipcache.insert(&Key::new(k.prefixlen, k.addr), v, 0).map_err(map_err(m::MAP_IPCACHE));
-                if note(r, &mut stats, true) {
-                    current.ipcache.insert(*k, *v);
-                }
+        for (k, v) in &delta.ipcache_upserts {
+            let r = self.ipcache.insert(&Key::new(k.prefixlen, k.addr), v, 0).map_err(map_err(m::MAP_IPCACHE));
+            if note(r, &mut stats, true) {
+                current.ipcache.insert(*k, *v);
             }
         }
-        for (k, v) in &desired.endpoints {
-            if current.endpoints.get(k) != Some(v) {
-                let r = self.endpoints.insert(k, v, 0).map_err(map_err(m::MAP_ENDPOINTS));
-                if note(r, &mut stats, true) {
-                    current.endpoints.insert(*k, *v);
-                }
+        for (k, v) in &delta.endpoint_upserts {
+            let r = self.endpoints.insert(k, v, 0).map_err(map_err(m::MAP_ENDPOINTS));
+            if note(r, &mut stats, true) {
+                current.endpoints.insert(*k, *v);
             }
         }
-        let stale: Vec<u32> =
-            current.endpoints.keys().filter(|k| !desired.endpoints.contains_key(k)).copied().collect();
-        for k in stale {
-            let r = self.endpoints.remove(&k).map_err(map_err(m::MAP_ENDPOINTS));
+        for k in &delta.endpoint_deletes {
+            let r = self.endpoints.remove(k).map_err(map_err(m::MAP_ENDPOINTS));
             if note(r, &mut stats, false) {
-                current.endpoints.remove(&k);
+                current.endpoints.remove(k);
             }
         }
-        // Ascending key order is ascending prefix length: broadest first.
-        let stale: Vec<IpcacheKey> =
-            current.ipcache.keys().filter(|k| !desired.ipcache.contains_key(k)).copied().collect();
-        for k in stale {
+        for k in &delta.ipcache_deletes {
             let r = self.ipcache.remove(&Key::new(k.prefixlen, k.addr)).map_err(map_err(m::MAP_IPCACHE));
             if note(r, &mut stats, false) {
-                current.ipcache.remove(&k);
+                current.ipcache.remove(k);
             }
         }
-        let stale: Vec<PolicyKey> =
-            current.policy.keys().filter(|k| !desired.policy.contains_key(k)).copied().collect();
-        for k in stale {
+        for k in &delta.policy_deletes {
             let r = self.policy.remove(&Key::new(k.prefixlen, k.data())).map_err(map_err(m::MAP_POLICY));
             if note(r, &mut stats, false) {
-                current.policy.remove(&k);
+                current.policy.remove(k);
             }
         }
         if stats.upserts + stats.deletes > 0 {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use aya::{Ebpf, EbpfLoader};
 
-pub use maps::{Maps, MirrorContents};
+pub use maps::{Maps, MirrorContents, MirrorDelta};
 
 /// The eBPF object built by `build.rs`.
 #[cfg(ward_ebpf_object)]

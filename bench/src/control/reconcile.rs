@@ -1,28 +1,29 @@
-//! The agent's per-change work, as `agent/src/daemon/reconcile.rs` does it, minus the bpf
-//! syscalls: clone the datastore snapshot into a `Cluster` (`build_cluster`), compile it for
-//! the local pods, build the desired maps (`desired_maps` clones the compiled ipcache and
-//! policy maps and adds one endpoint entry per local pod), compare them with the mirror of
-//! what is loaded (`Maps::apply` walks desired and current), collect identity garbage, and
-//! persist the identities (JSON, written and renamed). The benchmark times exactly this, so a
-//! change to the agent's pass should be mirrored here; the map writes it counts are the ones
-//! the kernel would receive.
+//! The agent's per-change pass, run through the agent's own code
+//! (`ward_agent::daemon::reconcile`: [`plan`] then [`settle_identities`]) with the kernel
+//! writes replaced by [`MirrorDelta::apply_to`](ward_agent::datapath::MirrorDelta::apply_to).
+//! The map writes counted are the ones the kernel would receive.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
+use ward_agent::api::proto::EndpointRegistration;
+use ward_agent::daemon::reconcile::{Compiled, Source, plan, settle_identities};
+use ward_agent::daemon::registry::Registry;
+use ward_agent::datapath::MirrorContents;
 use ward_policy::cluster::{Cluster, PodKey};
-use ward_policy::compile::{Compiled, compile, diff};
 use ward_policy::identity::Identities;
 
 /// What one pass did and how long each stage took (seconds).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Pass {
-    pub clone_secs: f64,
+    /// Building the compiler's view of the cluster from the snapshot and the endpoints.
+    pub cluster_secs: f64,
     pub compile_secs: f64,
-    /// Desired maps, the comparison with the mirror and identity GC.
+    /// Desired maps and the comparison with the mirror.
     pub diff_secs: f64,
-    /// Encoding and writing the identity state.
+    /// Identity GC and writing the identity state.
     pub persist_secs: f64,
     pub total_secs: f64,
     /// Map entries written or deleted (ipcache, policy, endpoints).
@@ -32,67 +33,66 @@ pub struct Pass {
 /// One node agent's state between passes.
 pub struct Reconciler {
     pub ids: Identities,
-    /// What the kernel holds (the agent's mirror), as compiled maps.
-    pub mirror: Compiled,
-    /// Endpoint flags as loaded: local pod → (identity, isolation bits).
-    endpoints: BTreeMap<PodKey, (u32, u32)>,
-    state_file: PathBuf,
+    /// What the kernel holds (the agent's mirror).
+    pub mirror: MirrorContents,
+    /// The last pass's compile, kept as the agent keeps it for status and explain.
+    pub compiled: Option<Compiled>,
+    registry: Registry,
+    state_dir: PathBuf,
+    registered: BTreeSet<PodKey>,
 }
 
 impl Reconciler {
-    /// `state_dir` receives the identity file, as the agent's state directory does.
-    pub fn new(state_dir: PathBuf) -> Self {
-        Reconciler {
+    /// `state_dir` receives the identity and endpoint files, as the agent's state directory does.
+    pub fn new(state_dir: PathBuf) -> anyhow::Result<Self> {
+        let registry = Registry::load(&state_dir).context("endpoint registry")?;
+        Ok(Reconciler {
             ids: Identities::new(),
-            mirror: Compiled::default(),
-            endpoints: BTreeMap::new(),
-            state_file: state_dir.join("identities.json"),
-        }
+            mirror: MirrorContents::default(),
+            compiled: None,
+            registry,
+            state_dir,
+            registered: BTreeSet::new(),
+        })
     }
 
-    /// One reconcile pass of `snapshot` for the `local` pods.
-    pub fn pass(&mut self, snapshot: &Cluster, local: &BTreeSet<PodKey>) -> std::io::Result<Pass> {
+    /// Registers the `local` pods not registered yet, as their CNI ADDs would (untimed).
+    fn register(&mut self, snapshot: &Cluster, local: &BTreeSet<PodKey>) -> anyhow::Result<()> {
+        for key in local.difference(&self.registered.clone()) {
+            let Some(info) = snapshot.pods.get(key) else { continue };
+            let n = self.registered.len() as u32;
+            self.registry.add(&EndpointRegistration {
+                container_id: format!("bench-{}-{}", key.namespace, key.name),
+                ifname: "eth0".into(),
+                netns: String::new(),
+                pod_namespace: key.namespace.clone(),
+                pod_name: key.name.clone(),
+                host_ifname: format!("wb{n}"),
+                host_ifindex: 1000 + n,
+                ips: info.ips.clone(),
+            })?;
+            self.registered.insert(key.clone());
+        }
+        Ok(())
+    }
+
+    /// One reconcile pass of `snapshot` with the `local` pods registered.
+    pub fn pass(&mut self, snapshot: &Cluster, local: &BTreeSet<PodKey>) -> anyhow::Result<Pass> {
+        self.register(snapshot, local)?;
         let t0 = Instant::now();
-        let cluster = snapshot.clone();
+        let p = plan(Source::from(snapshot), &self.registry, &snapshot.host_addrs, &mut self.ids, &self.mirror);
+        p.delta.apply_to(&mut self.mirror);
         let t1 = Instant::now();
-        let compiled = compile(&cluster, local, &mut self.ids);
+        settle_identities(&mut self.ids, &p.compiled, true, &self.state_dir);
         let t2 = Instant::now();
-        // desired_maps: copies of the two big maps plus the endpoint entries.
-        let desired =
-            Compiled { ipcache: compiled.ipcache.clone(), policy: compiled.policy.clone(), ..Compiled::default() };
-        let endpoints: BTreeMap<PodKey, (u32, u32)> = local
-            .iter()
-            .filter_map(|k| compiled.pod_identity.get(k).map(|id| (k.clone(), (*id, compiled.isolation_of(k)))))
-            .collect();
-        let delta = diff(&self.mirror, &desired);
-        let endpoint_writes = endpoints.iter().filter(|(k, v)| self.endpoints.get(*k) != Some(*v)).count()
-            + self.endpoints.keys().filter(|k| !endpoints.contains_key(*k)).count();
-        let writes = delta.ipcache_upserts.len()
-            + delta.ipcache_deletes.len()
-            + delta.policy_upserts.len()
-            + delta.policy_deletes.len()
-            + endpoint_writes;
-        delta.apply_to(&mut self.mirror);
-        self.endpoints = endpoints;
-        self.ids.gc(&compiled.live());
-        let t3 = Instant::now();
-        let bytes = serde_json::to_vec(&self.ids).map_err(std::io::Error::other)?;
-        let tmp = self.state_file.with_extension("tmp");
-        std::fs::write(&tmp, &bytes)?;
-        std::fs::rename(&tmp, &self.state_file)?;
-        let t4 = Instant::now();
-        // The agent keeps the compile for `explain` and status; so does this.
-        self.mirror.pod_identity = compiled.pod_identity;
-        self.mirror.isolation = compiled.isolation;
-        self.mirror.rules = compiled.rules;
-        self.mirror.cidr_identity = compiled.cidr_identity;
+        self.compiled = Some(p.compiled);
         Ok(Pass {
-            clone_secs: (t1 - t0).as_secs_f64(),
-            compile_secs: (t2 - t1).as_secs_f64(),
-            diff_secs: (t3 - t2).as_secs_f64(),
-            persist_secs: (t4 - t3).as_secs_f64(),
-            total_secs: (t4 - t0).as_secs_f64(),
-            writes,
+            cluster_secs: p.timings.cluster.as_secs_f64(),
+            compile_secs: p.timings.compile.as_secs_f64(),
+            diff_secs: (t1 - t0 - p.timings.cluster - p.timings.compile).as_secs_f64(),
+            persist_secs: (t2 - t1).as_secs_f64(),
+            total_secs: (t2 - t0).as_secs_f64(),
+            writes: p.delta.len(),
         })
     }
 }
@@ -120,6 +120,7 @@ impl Drop for ScratchDir {
 mod tests {
     use super::*;
     use crate::synth;
+    use ward_policy::compile::compile;
 
     #[test]
     fn a_repeated_pass_writes_nothing_and_the_mirror_equals_a_fresh_compile() {
@@ -127,12 +128,13 @@ mod tests {
         let cluster = s.cluster();
         let local = s.pods_on_node(0);
         let dir = ScratchDir::new("test").expect("temp dir");
-        let mut r = Reconciler::new(dir.0.clone());
+        let mut r = Reconciler::new(dir.0.clone()).expect("reconciler");
         let first = r.pass(&cluster, &local).expect("pass");
-        assert!(first.writes >= cluster.pods.len(), "every pod address is written: {first:?}");
+        assert!(first.writes >= cluster.pods.len() + local.len(), "every pod address and endpoint: {first:?}");
         assert_eq!(r.pass(&cluster, &local).expect("pass").writes, 0);
         let fresh = compile(&cluster, &local, &mut r.ids.clone());
         assert_eq!((&r.mirror.ipcache, &r.mirror.policy), (&fresh.ipcache, &fresh.policy));
+        assert_eq!(r.mirror.endpoints.len(), local.len(), "one endpoint entry per local pod");
         assert!(dir.0.join("identities.json").exists(), "identities persisted");
     }
 
@@ -142,7 +144,7 @@ mod tests {
         let mut cluster = s.cluster();
         let local = s.pods_on_node(0);
         let dir = ScratchDir::new("test").expect("temp dir");
-        let mut r = Reconciler::new(dir.0.clone());
+        let mut r = Reconciler::new(dir.0.clone()).expect("reconciler");
         r.pass(&cluster, &local).expect("pass");
         let (key, info) = cluster.pods.iter().next_back().map(|(k, i)| (k.clone(), i.clone())).expect("pods");
         let mut info = info;
