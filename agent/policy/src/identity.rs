@@ -98,9 +98,10 @@ impl<K: Ord + Clone> Space<K> {
         Space { by_key: BTreeMap::new(), by_id: BTreeMap::new(), next: first, first, last }
     }
 
-    fn get_or_alloc(&mut self, key: &K) -> Option<u32> {
+    /// The number of `key`, and whether it was allocated just now.
+    fn get_or_alloc(&mut self, key: &K) -> (Option<u32>, bool) {
         if let Some(id) = self.by_key.get(key) {
-            return Some(*id);
+            return (Some(*id), false);
         }
         let start = self.next.clamp(self.first, self.last);
         let mut id = start;
@@ -110,11 +111,11 @@ impl<K: Ord + Clone> Space<K> {
                 self.next = following;
                 self.by_key.insert(key.clone(), id);
                 self.by_id.insert(id, key.clone());
-                return Some(id);
+                return (Some(id), true);
             }
             id = following;
             if id == start {
-                return None;
+                return (None, false);
             }
         }
     }
@@ -148,13 +149,25 @@ impl<K: Ord + Clone> Space<K> {
 
 /// The allocator for label identities, CIDR identities and rule ids. Serialises to a JSON
 /// state the agent keeps across restarts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "State", into = "State")]
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "State")]
 pub struct Identities {
     labels: Space<LabelKey>,
     cidrs: Space<CidrKey>,
     rules: Space<RuleInfo>,
+    /// Bumped by every allocation and every `gc` that frees a number, so the agent persists
+    /// the table only when it changed. Neither persisted nor compared.
+    revision: u64,
 }
+
+/// Equal when they hand out the same numbers (the `revision` counter is left out).
+impl PartialEq for Identities {
+    fn eq(&self, other: &Self) -> bool {
+        self.labels == other.labels && self.cidrs == other.cidrs && self.rules == other.rules
+    }
+}
+
+impl Eq for Identities {}
 
 impl Default for Identities {
     fn default() -> Self {
@@ -162,6 +175,7 @@ impl Default for Identities {
             labels: Space::new(FIRST_LABEL_ID, LAST_LABEL_ID),
             cidrs: Space::new(FIRST_CIDR_ID, LAST_CIDR_ID),
             rules: Space::new(FIRST_RULE_ID, LAST_RULE_ID),
+            revision: 0,
         }
     }
 }
@@ -173,17 +187,29 @@ impl Identities {
 
     /// The label identity of `key`, allocated if new; `None` only when all 16M are live.
     pub fn label(&mut self, key: &LabelKey) -> Option<u32> {
-        self.labels.get_or_alloc(key)
+        let (id, new) = self.labels.get_or_alloc(key);
+        self.revision += u64::from(new);
+        id
     }
 
     /// The CIDR identity of `key` (it has `CIDR_ID_BIT` set), allocated if new.
     pub fn cidr(&mut self, key: &CidrKey) -> Option<u32> {
-        self.cidrs.get_or_alloc(key)
+        let (id, new) = self.cidrs.get_or_alloc(key);
+        self.revision += u64::from(new);
+        id
     }
 
     /// The rule id of `rule` (from 1), allocated if new.
     pub fn rule(&mut self, rule: &RuleInfo) -> Option<u32> {
-        self.rules.get_or_alloc(rule)
+        let (id, new) = self.rules.get_or_alloc(rule);
+        self.revision += u64::from(new);
+        id
+    }
+
+    /// Changes whenever a number is allocated or freed: equal revisions of one table mean
+    /// equal contents.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     pub fn label_key(&self, id: u32) -> Option<&LabelKey> {
@@ -201,7 +227,9 @@ impl Identities {
     /// Frees every number not in `live`; returns how many were freed. Call it only once no
     /// loaded map refers to the freed numbers any more.
     pub fn gc(&mut self, live: &Live) -> usize {
-        self.labels.gc(&live.labels) + self.cidrs.gc(&live.cidrs) + self.rules.gc(&live.rules)
+        let freed = self.labels.gc(&live.labels) + self.cidrs.gc(&live.cidrs) + self.rules.gc(&live.rules);
+        self.revision += u64::from(freed > 0);
+        freed
     }
 
     /// Numbers currently held: (label identities, CIDR identities, rule ids).
@@ -210,8 +238,46 @@ impl Identities {
     }
 }
 
+/// Written through [`StateRef`] (no copy of the table), read as [`State`].
+impl Serialize for Identities {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        fn entries<K: Ord>(s: &Space<K>) -> Vec<EntryRef<'_, K>> {
+            s.by_id.iter().map(|(id, key)| EntryRef { id: *id, key }).collect()
+        }
+        StateRef {
+            version: STATE_VERSION,
+            labels: entries(&self.labels),
+            cidrs: entries(&self.cidrs),
+            rules: entries(&self.rules),
+            next_label: self.labels.next,
+            next_cidr: self.cidrs.next,
+            next_rule: self.rules.next,
+        }
+        .serialize(s)
+    }
+}
+
+/// [`State`] borrowed from the table: the same fields in the same order.
+#[derive(Serialize)]
+struct StateRef<'a> {
+    version: u32,
+    labels: Vec<EntryRef<'a, LabelKey>>,
+    cidrs: Vec<EntryRef<'a, CidrKey>>,
+    rules: Vec<EntryRef<'a, RuleInfo>>,
+    next_label: u32,
+    next_cidr: u32,
+    next_rule: u32,
+}
+
+#[derive(Serialize)]
+struct EntryRef<'a, K> {
+    id: u32,
+    #[serde(flatten)]
+    key: &'a K,
+}
+
 /// The persisted form: lists instead of maps (JSON maps need string keys), checked on load.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct State {
     version: u32,
     labels: Vec<Entry<LabelKey>>,
@@ -222,7 +288,7 @@ struct State {
     next_rule: u32,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Entry<K> {
     id: u32,
     #[serde(flatten)]
@@ -230,23 +296,6 @@ struct Entry<K> {
 }
 
 const STATE_VERSION: u32 = 1;
-
-impl From<Identities> for State {
-    fn from(ids: Identities) -> State {
-        fn entries<K: Ord>(s: Space<K>) -> Vec<Entry<K>> {
-            s.by_id.into_iter().map(|(id, key)| Entry { id, key }).collect()
-        }
-        State {
-            version: STATE_VERSION,
-            next_label: ids.labels.next,
-            next_cidr: ids.cidrs.next,
-            next_rule: ids.rules.next,
-            labels: entries(ids.labels),
-            cidrs: entries(ids.cidrs),
-            rules: entries(ids.rules),
-        }
-    }
-}
 
 impl TryFrom<State> for Identities {
     type Error = String;
@@ -350,6 +399,20 @@ mod tests {
     }
 
     #[test]
+    fn the_revision_moves_exactly_when_a_number_is_allocated_or_freed() {
+        let mut ids = Identities::new();
+        let r0 = ids.revision();
+        let a = ids.label(&lk("x", "a")).expect("space");
+        let r1 = ids.revision();
+        assert_ne!(r1, r0, "allocation");
+        ids.label(&lk("x", "a"));
+        ids.gc(&Live { labels: BTreeSet::from([a]), ..Live::default() });
+        assert_eq!(ids.revision(), r1, "a lookup and a gc that frees nothing change nothing");
+        ids.gc(&Live::default());
+        assert_ne!(ids.revision(), r1, "a freed number");
+    }
+
+    #[test]
     fn corrupt_state_is_rejected() {
         let dup = r#"{"version":1,"labels":[{"id":256,"namespace":"x","labels":{},"named_ports":[]},
             {"id":256,"namespace":"y","labels":{},"named_ports":[]}],"cidrs":[],"rules":[],
@@ -363,11 +426,12 @@ mod tests {
     #[test]
     fn a_full_space_refuses_instead_of_reusing_a_live_number() {
         let mut s: Space<u8> = Space::new(10, 12);
-        assert_eq!(s.get_or_alloc(&1), Some(10));
-        assert_eq!(s.get_or_alloc(&2), Some(11));
-        assert_eq!(s.get_or_alloc(&3), Some(12));
-        assert_eq!(s.get_or_alloc(&4), None);
+        assert_eq!(s.get_or_alloc(&1), (Some(10), true));
+        assert_eq!(s.get_or_alloc(&2), (Some(11), true));
+        assert_eq!(s.get_or_alloc(&3), (Some(12), true));
+        assert_eq!(s.get_or_alloc(&4), (None, false));
         s.gc(&BTreeSet::from([10, 12]));
-        assert_eq!(s.get_or_alloc(&4), Some(11), "wraps to the one free number");
+        assert_eq!(s.get_or_alloc(&4), (Some(11), true), "wraps to the one free number");
+        assert_eq!(s.get_or_alloc(&4), (Some(11), false));
     }
 }
