@@ -68,7 +68,10 @@ pub struct Agent {
     mirror: MirrorContents,
     /// The last compile's outputs, for status, endpoints and explain.
     compiled: Option<reconcile::Compiled>,
-    cluster: Option<ward_policy::cluster::Cluster>,
+    /// The cluster as the last compile saw it, updated in place by each pass.
+    cluster: ward_policy::cluster::Cluster,
+    /// The identity table's revision last written to the state directory.
+    ids_saved: Option<u64>,
     applied_files: BTreeMap<String, String>,
     last_error: Option<String>,
 }
@@ -172,7 +175,8 @@ impl Agent {
             dp,
             mirror,
             compiled: None,
-            cluster: None,
+            cluster: ward_policy::cluster::Cluster::default(),
+            ids_saved: None,
             applied_files: BTreeMap::new(),
             last_error: None,
         };

@@ -20,7 +20,7 @@ use ward_policy::cluster::{Cluster, PodKey, PolicyRef};
 use ward_policy::identity::Identities;
 use ward_policy::reference::Peer;
 use ward_policy::selector::Labels;
-use ward_policy::validate::{PodInfo, Policy, Protocol};
+use ward_policy::validate::{NAMESPACE_NAME_LABEL, PodInfo, Policy, Protocol};
 
 use super::Agent;
 use super::registry::{Registry, write_atomic};
@@ -52,15 +52,21 @@ pub fn load_identities(state_dir: &Path) -> Result<Identities, StateError> {
     }
 }
 
-pub fn save_identities(state_dir: &Path, ids: &Identities) {
+/// Writes the identity file; false (logged) if that failed.
+fn save_identities(state_dir: &Path, ids: &Identities) -> bool {
     let path = state_dir.join(IDENTITIES_FILE);
     match serde_json::to_vec(ids) {
-        Ok(bytes) => {
-            if let Err(e) = write_atomic(&path, &bytes) {
+        Ok(bytes) => match write_atomic(&path, &bytes) {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "persisting identities");
+                false
             }
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "encoding identities");
+            false
         }
-        Err(e) => tracing::error!(error = %e, "encoding identities"),
     }
 }
 
@@ -101,23 +107,67 @@ impl<'a> From<&'a Cluster> for Source<'a> {
     }
 }
 
-/// The cluster as the compiler sees it: local pods get the addresses their CNI ADD gave them.
-fn build_cluster(snap: Source<'_>, registry: &Registry, host_addrs: &[IpAddr]) -> Cluster {
-    let mut pods = snap.pods.clone();
-    for ep in registry.iter() {
-        if let Some(p) = pods.get_mut(&pod_key(&ep.reg.pod_namespace, &ep.reg.pod_name)) {
-            p.ips = ep.reg.ips.clone();
+/// Brings `view`, the cluster as the compiler sees it (kept between passes), up to date with
+/// the datastore: local pods get the addresses their CNI ADD gave them, every namespace of a
+/// pod exists, and every namespace carries `kubernetes.io/metadata.name`. Only what changed
+/// is copied, so a pass after one relabel copies one pod rather than the whole snapshot.
+pub fn update_view(view: &mut Cluster, snap: Source<'_>, registry: &Registry, host_addrs: &[IpAddr]) {
+    // A later registration of the same pod wins, as when the addresses were assigned in turn.
+    let cni_ips: BTreeMap<(&str, &str), &[IpAddr]> = registry
+        .iter()
+        .map(|ep| ((ep.reg.pod_namespace.as_str(), ep.reg.pod_name.as_str()), ep.reg.ips.as_slice()))
+        .collect();
+    let mut pod_namespaces: BTreeSet<&str> = BTreeSet::new();
+    let mut same_keys = view.pods.len() == snap.pods.len();
+    if same_keys {
+        // The common case, no pod added or removed: one walk over both maps in key order,
+        // without a lookup per pod.
+        for ((key, cur), (skey, info)) in view.pods.iter_mut().zip(snap.pods) {
+            if key != skey {
+                same_keys = false;
+                break;
+            }
+            sync_pod(cur, info, cni_ips.get(&(key.namespace.as_str(), key.name.as_str())).copied());
         }
     }
-    let mut namespaces = snap.namespaces.clone();
-    for pod in pods.keys() {
-        namespaces.entry(pod.namespace.clone()).or_default();
+    if !same_keys {
+        view.pods.retain(|k, _| snap.pods.contains_key(k));
+        for (key, info) in snap.pods {
+            let ips = cni_ips.get(&(key.namespace.as_str(), key.name.as_str())).copied();
+            match view.pods.get_mut(key) {
+                Some(cur) => sync_pod(cur, info, ips),
+                None => {
+                    let ips = ips.unwrap_or(&info.ips).to_vec();
+                    view.pods
+                        .insert(key.clone(), PodInfo { labels: info.labels.clone(), ports: info.ports.clone(), ips });
+                }
+            }
+        }
     }
-    for (name, labels) in namespaces.iter_mut() {
+    for key in snap.pods.keys() {
+        if pod_namespaces.last().copied() != Some(key.namespace.as_str()) {
+            pod_namespaces.insert(&key.namespace);
+        }
+    }
+    view.namespaces.retain(|name, _| snap.namespaces.contains_key(name) || pod_namespaces.contains(name.as_str()));
+    let names = snap.namespaces.keys().map(String::as_str).chain(pod_namespaces.iter().copied());
+    for name in names {
         // The API server sets this label on every namespace.
-        labels.insert("kubernetes.io/metadata.name".into(), name.clone());
+        let mut labels = snap.namespaces.get(name).cloned().unwrap_or_default();
+        labels.insert(NAMESPACE_NAME_LABEL.into(), name.to_owned());
+        if view.namespaces.get(name) != Some(&labels) {
+            view.namespaces.insert(name.to_owned(), labels);
+        }
     }
-    Cluster { namespaces, pods, policies: snap.policies.clone(), host_addrs: host_addrs.to_vec() }
+    view.policies.retain(|k, _| snap.policies.contains_key(k));
+    for (key, p) in snap.policies {
+        if view.policies.get(key) != Some(p) {
+            view.policies.insert(key.clone(), p.clone());
+        }
+    }
+    if view.host_addrs != host_addrs {
+        view.host_addrs = host_addrs.to_vec();
+    }
 }
 
 fn addr_slots(ips: &[IpAddr]) -> ([u8; 16], [u8; 16]) {
@@ -136,6 +186,20 @@ fn host_prefix(ip: &IpAddr) -> IpcacheKey {
     match ip {
         IpAddr::V4(a) => IpcacheKey { prefixlen: 128, addr: v4_mapped(a.octets()) },
         IpAddr::V6(a) => IpcacheKey { prefixlen: 128, addr: a.octets() },
+    }
+}
+
+/// Makes `cur` the snapshot's `info`, with the CNI's addresses if the pod is local.
+fn sync_pod(cur: &mut PodInfo, info: &PodInfo, cni_ips: Option<&[IpAddr]>) {
+    let ips = cni_ips.unwrap_or(&info.ips);
+    if cur.labels != info.labels {
+        cur.labels.clone_from(&info.labels);
+    }
+    if cur.ports != info.ports {
+        cur.ports.clone_from(&info.ports);
+    }
+    if cur.ips != ips {
+        cur.ips = ips.to_vec();
     }
 }
 
@@ -180,7 +244,6 @@ pub struct PlanTimings {
 
 /// The pure half of a pass: what the kernel maps should hold and the writes that get them there.
 pub struct Plan {
-    pub cluster: Cluster,
     pub compiled: Compiled,
     pub desired: MirrorContents,
     /// From the mirror to `desired`.
@@ -188,9 +251,11 @@ pub struct Plan {
     pub timings: PlanTimings,
 }
 
-/// Compiles `snap` for the registered endpoints (allocating identities in `ids`) and diffs
-/// the result against `mirror`, the maps as loaded. Touches neither the kernel nor the disk.
+/// Updates `view` from `snap` (see [`update_view`]), compiles it for the registered
+/// endpoints (allocating identities in `ids`) and diffs the result against `mirror`, the maps
+/// as loaded. Touches neither the kernel nor the disk.
 pub fn plan(
+    view: &mut Cluster,
     snap: Source<'_>,
     registry: &Registry,
     host_addrs: &[IpAddr],
@@ -198,35 +263,37 @@ pub fn plan(
     mirror: &MirrorContents,
 ) -> Plan {
     let t0 = Instant::now();
-    let cluster = build_cluster(snap, registry, host_addrs);
+    update_view(view, snap, registry, host_addrs);
     let local: BTreeSet<PodKey> = registry
         .iter()
         .map(|e| pod_key(&e.reg.pod_namespace, &e.reg.pod_name))
-        .filter(|k| cluster.pods.contains_key(k))
+        .filter(|k| view.pods.contains_key(k))
         .collect();
     let t1 = Instant::now();
-    let compiled = ward_policy::compile::compile(&cluster, &local, ids);
+    let compiled = ward_policy::compile::compile(view, &local, ids);
     let t2 = Instant::now();
     let desired = desired_maps(&compiled, registry);
     let delta = mirror.delta_to(&desired);
     let t3 = Instant::now();
-    Plan {
-        cluster,
-        compiled,
-        desired,
-        delta,
-        timings: PlanTimings { cluster: t1 - t0, compile: t2 - t1, diff: t3 - t2 },
-    }
+    Plan { compiled, desired, delta, timings: PlanTimings { cluster: t1 - t0, compile: t2 - t1, diff: t3 - t2 } }
 }
 
 /// After the maps were written: frees the identity numbers this compile no longer uses, but
 /// only if the writes succeeded (otherwise a map may still refer to them), and persists the
-/// identity table.
-pub fn settle_identities(ids: &mut Identities, compiled: &Compiled, applied: bool, state_dir: &Path) {
+/// identity table if it changed since it was last persisted (`saved` holds that revision).
+pub fn settle_identities(
+    ids: &mut Identities,
+    compiled: &Compiled,
+    applied: bool,
+    state_dir: &Path,
+    saved: &mut Option<u64>,
+) {
     if applied {
         ids.gc(&compiled.live());
     }
-    save_identities(state_dir, ids);
+    if *saved != Some(ids.revision()) && save_identities(state_dir, ids) {
+        *saved = Some(ids.revision());
+    }
 }
 
 impl Agent {
@@ -235,8 +302,14 @@ impl Agent {
         let span = tracing::info_span!("reconcile");
         let _g = span.enter();
         let started = Instant::now();
-        let plan =
-            plan(self.store.snapshot().into(), &self.registry, &self.cfg.host_addrs, &mut self.ids, &self.mirror);
+        let plan = plan(
+            &mut self.cluster,
+            self.store.snapshot().into(),
+            &self.registry,
+            &self.cfg.host_addrs,
+            &mut self.ids,
+            &self.mirror,
+        );
         let applied = match self.dp.maps.apply(&mut self.mirror, &plan.delta) {
             Ok(stats) => {
                 self.last_error = None;
@@ -257,14 +330,13 @@ impl Agent {
             }
         };
         // Only after a successful apply does no map refer to numbers this compile no longer uses.
-        settle_identities(&mut self.ids, &plan.compiled, applied, &self.cfg.state_dir);
+        settle_identities(&mut self.ids, &plan.compiled, applied, &self.cfg.state_dir, &mut self.ids_saved);
         self.applied_files = self.store.file_hashes();
         self.compiled = Some(plan.compiled);
-        self.cluster = Some(plan.cluster);
     }
 
     pub(super) fn explain(&self, from: &str, to: &str, protocol: &str, port: u16) -> Response {
-        let (Some(cluster), Some(compiled)) = (&self.cluster, &self.compiled) else {
+        let (cluster, Some(compiled)) = (&self.cluster, &self.compiled) else {
             return Response::Error { message: "nothing compiled yet".into() };
         };
         let proto = match protocol.to_ascii_uppercase().as_str() {
@@ -289,5 +361,97 @@ impl Agent {
         };
         let ex = ward_policy::explain::explain(cluster, compiled, from, to, proto, port);
         Response::Explanation { allowed: ex.allowed(), text: ex.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::proto::EndpointRegistration;
+    use ward_policy::selector::Selector;
+
+    /// What `update_view` must produce, written as a fresh copy of everything.
+    fn fresh_view(snap: Source<'_>, registry: &Registry, host_addrs: &[IpAddr]) -> Cluster {
+        let mut pods = snap.pods.clone();
+        for ep in registry.iter() {
+            if let Some(p) = pods.get_mut(&pod_key(&ep.reg.pod_namespace, &ep.reg.pod_name)) {
+                p.ips = ep.reg.ips.clone();
+            }
+        }
+        let mut namespaces = snap.namespaces.clone();
+        for pod in pods.keys() {
+            namespaces.entry(pod.namespace.clone()).or_default();
+        }
+        for (name, labels) in namespaces.iter_mut() {
+            labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
+        }
+        Cluster { namespaces, pods, policies: snap.policies.clone(), host_addrs: host_addrs.to_vec() }
+    }
+
+    fn pod(app: &str, ip: &str) -> PodInfo {
+        PodInfo {
+            labels: Labels::from([("app".into(), app.into())]),
+            ports: vec![],
+            ips: vec![ip.parse().expect("test address")],
+        }
+    }
+
+    fn policy(ns: &str, name: &str, app: &str) -> Policy {
+        Policy {
+            namespace: ns.into(),
+            name: name.into(),
+            pod_selector: Selector { match_labels: Labels::from([("app".into(), app.into())]), requirements: vec![] },
+            ingress: Some(vec![]),
+            egress: None,
+        }
+    }
+
+    #[test]
+    fn the_kept_view_equals_a_fresh_copy_through_every_kind_of_change() {
+        let dir = std::env::temp_dir().join(format!("ward-view-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut registry = Registry::load(&dir).expect("registry");
+        registry
+            .add(&EndpointRegistration {
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+                netns: String::new(),
+                pod_namespace: "a".into(),
+                pod_name: "p1".into(),
+                host_ifname: "wd1".into(),
+                host_ifindex: 7,
+                ips: vec!["10.9.0.1".parse().expect("ip")],
+            })
+            .expect("register");
+        let host = ["192.168.0.1".parse().expect("ip")];
+        let mut snap = Cluster::default();
+        snap.namespaces.insert("a".into(), Labels::from([("team".into(), "x".into())]));
+        snap.namespaces.insert("empty".into(), Labels::new());
+        snap.pods.insert(pod_key("a", "p1"), pod("web", "10.0.0.1"));
+        snap.pods.insert(pod_key("a", "p2"), pod("web", "10.0.0.2"));
+        snap.pods.insert(pod_key("b", "p3"), pod("db", "10.0.0.3"));
+        snap.policies.insert(PolicyRef::new("a", "deny"), policy("a", "deny", "web"));
+        let mut view = Cluster::default();
+        let check = |view: &mut Cluster, snap: &Cluster, host: &[IpAddr], what: &str| {
+            update_view(view, snap.into(), &registry, host);
+            assert_eq!(*view, fresh_view(snap.into(), &registry, host), "after {what}");
+        };
+        check(&mut view, &snap, &host, "the first pass");
+        assert_eq!(view.pods[&pod_key("a", "p1")].ips, vec!["10.9.0.1".parse::<IpAddr>().expect("ip")]);
+        snap.pods.insert(pod_key("a", "p2"), pod("api", "10.0.0.2"));
+        check(&mut view, &snap, &host, "a relabel");
+        snap.pods.insert(pod_key("c", "p4"), pod("db", "10.0.0.4"));
+        check(&mut view, &snap, &host, "a pod in a namespace with no Namespace object");
+        snap.pods.remove(&pod_key("b", "p3"));
+        snap.namespaces.remove("empty");
+        snap.namespaces.get_mut("a").expect("a").insert("team".into(), "y".into());
+        check(&mut view, &snap, &host, "removals and a namespace relabel");
+        snap.policies.insert(PolicyRef::new("a", "deny"), policy("a", "deny", "api"));
+        snap.policies.insert(PolicyRef::new("c", "other"), policy("c", "other", "db"));
+        check(&mut view, &snap, &[], "policy edits and other host addresses");
+        snap.policies.remove(&PolicyRef::new("a", "deny"));
+        snap.pods.insert(pod_key("a", "p1"), pod("api", "10.0.0.1"));
+        check(&mut view, &snap, &[], "a policy deleted and the local pod relabelled");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

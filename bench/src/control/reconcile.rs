@@ -18,7 +18,7 @@ use ward_policy::identity::Identities;
 /// What one pass did and how long each stage took (seconds).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Pass {
-    /// Building the compiler's view of the cluster from the snapshot and the endpoints.
+    /// Updating the compiler's view of the cluster from the snapshot and the endpoints.
     pub cluster_secs: f64,
     pub compile_secs: f64,
     /// Desired maps and the comparison with the mirror.
@@ -37,7 +37,10 @@ pub struct Reconciler {
     pub mirror: MirrorContents,
     /// The last pass's compile, kept as the agent keeps it for status and explain.
     pub compiled: Option<Compiled>,
+    /// The cluster as the last compile saw it (the agent keeps it between passes).
+    pub view: Cluster,
     registry: Registry,
+    ids_saved: Option<u64>,
     state_dir: PathBuf,
     registered: BTreeSet<PodKey>,
 }
@@ -50,7 +53,9 @@ impl Reconciler {
             ids: Identities::new(),
             mirror: MirrorContents::default(),
             compiled: None,
+            view: Cluster::default(),
             registry,
+            ids_saved: None,
             state_dir,
             registered: BTreeSet::new(),
         })
@@ -80,10 +85,17 @@ impl Reconciler {
     pub fn pass(&mut self, snapshot: &Cluster, local: &BTreeSet<PodKey>) -> anyhow::Result<Pass> {
         self.register(snapshot, local)?;
         let t0 = Instant::now();
-        let p = plan(Source::from(snapshot), &self.registry, &snapshot.host_addrs, &mut self.ids, &self.mirror);
+        let p = plan(
+            &mut self.view,
+            Source::from(snapshot),
+            &self.registry,
+            &snapshot.host_addrs,
+            &mut self.ids,
+            &self.mirror,
+        );
         p.delta.apply_to(&mut self.mirror);
         let t1 = Instant::now();
-        settle_identities(&mut self.ids, &p.compiled, true, &self.state_dir);
+        settle_identities(&mut self.ids, &p.compiled, true, &self.state_dir, &mut self.ids_saved);
         let t2 = Instant::now();
         self.compiled = Some(p.compiled);
         Ok(Pass {
