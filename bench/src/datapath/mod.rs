@@ -33,11 +33,14 @@ use topology::Lab;
 pub struct Plan {
     pub ns: Vec<usize>,
     pub rounds: usize,
-    /// sockperf and iperf3 run length, seconds (their `-t` takes whole seconds).
+    /// sockperf and iperf3 TCP run length, seconds (their `-t` takes whole seconds; sockperf
+    /// adds two seconds of its own before every run).
     pub tool_secs: u32,
+    /// iperf3 UDP run length, seconds.
+    pub udp_secs: u32,
     pub conn_time: Duration,
-    /// The shorter runs with BPF statistics on (Ward only).
-    pub stats_tool_secs: u32,
+    /// The shorter runs with BPF statistics on (Ward only): a UDP stream, then short connections.
+    pub stats_udp_secs: u32,
     pub stats_conn_time: Duration,
 }
 
@@ -53,8 +56,9 @@ impl Plan {
                 ns: vec![10, 1_000],
                 rounds,
                 tool_secs: 1,
+                udp_secs: 1,
                 conn_time: Duration::from_secs(1),
-                stats_tool_secs: 1,
+                stats_udp_secs: 1,
                 stats_conn_time: Duration::from_millis(500),
             }
         } else {
@@ -62,8 +66,9 @@ impl Plan {
                 ns: vec![10, 1_000, 10_000, 100_000],
                 rounds,
                 tool_secs: 2,
-                conn_time: Duration::from_millis(1500),
-                stats_tool_secs: 1,
+                udp_secs: 1,
+                conn_time: Duration::from_secs(1),
+                stats_udp_secs: 1,
                 stats_conn_time: Duration::from_millis(500),
             }
         }
@@ -158,9 +163,13 @@ fn measure(
         Ok(bps) => s.push(config, Metric::TcpBps, bps),
         Err(e) => note("iperf3 TCP", e),
     }
-    match retry(|| {
-        tools::parse_iperf3_udp(&tools::run_in(client, &tools::iperf3_udp(p.server, PORT_IPERF, secs), limit)?)
-    }) {
+    let udp = |secs: u32| {
+        let limit = Duration::from_secs(secs.into()) + TOOL_GRACE;
+        retry(|| {
+            tools::parse_iperf3_udp(&tools::run_in(client, &tools::iperf3_udp(p.server, PORT_IPERF, secs), limit)?)
+        })
+    };
+    match udp(plan.udp_secs) {
         Ok(pps) => s.push(config, Metric::UdpPps, pps),
         Err(e) => note("iperf3 UDP", e),
     }
@@ -176,8 +185,7 @@ fn measure(
     let stats = (|| -> anyhow::Result<()> {
         let _on = bpfstats::StatsOn::enable()?;
         let before = bpfstats::read(programs)?;
-        let argv = tools::sockperf_ping_pong(p.server, PORT_SOCKPERF, plan.stats_tool_secs);
-        tools::run_in(client, &argv, Duration::from_secs(plan.stats_tool_secs.into()) + TOOL_GRACE)?;
+        udp(plan.stats_udp_secs)?;
         let mid = bpfstats::read(programs)?;
         connrate::measure(p.client, conn_to, plan.stats_conn_time, MAX_CONNS)?;
         let after = bpfstats::read(programs)?;

@@ -128,7 +128,7 @@ fn shown(plan: &Plan) -> Vec<Shown> {
             title: "UDP packet rate, 64-byte payloads",
             unit: "packets/s received",
             fmt: per_sec,
-            commands: vec![tools::shown("client pod", &tools::iperf3_udp("<server>", PORT_IPERF, t))],
+            commands: vec![tools::shown("client pod", &tools::iperf3_udp("<server>", PORT_IPERF, plan.udp_secs))],
         },
         Shown {
             metric: Metric::ConnRate,
@@ -199,9 +199,11 @@ fn prog_table(s: &Samples, plan: &Plan) -> Table {
     let col_refs: Vec<&str> = cols.iter().map(String::as_str).collect();
     let mut t = Table::new("Ward's programs: run time per invocation (BPF run-time statistics)", &col_refs);
     t.command(format!(
-        "BPF_ENABLE_STATS (kernel.bpf_stats_enabled) on only around: {} (established flows), then {:.1} s of short \
-         connections (new flows); run_time_ns / run_cnt deltas of the programs behind the node's pinned TCX links",
-        tools::shown("client pod", &tools::sockperf_ping_pong("<server>", PORT_SOCKPERF, plan.stats_tool_secs)),
+        "BPF_ENABLE_STATS (kernel.bpf_stats_enabled) on only around: {} (established flows: one UDP stream of \
+         64-byte packets), then {:.1} s of short connections (new flows: every connection is a new flow, its \
+         handshake and teardown packets included); run_time_ns / run_cnt deltas of the programs behind the \
+         node's pinned TCX links",
+        tools::shown("client pod", &tools::iperf3_udp("<server>", PORT_IPERF, plan.stats_udp_secs)),
         plan.stats_conn_time.as_secs_f64()
     ));
     for config in Config::round(&plan.ns).into_iter().filter(|c| c.on_ward_pods()) {
@@ -365,12 +367,13 @@ fn intro(plan: &Plan, took: Duration) -> String {
          ... drop`. Rule sets are loaded once and hooked in only for their configuration: the others run with no \
          netfilter base chain in the node (so no conntrack either). Before the first measurement of each \
          configuration a client connection must succeed and one from an intruder pod (in no rule) must fail. \
-         N ∈ {{{ns}}}; sockperf and iperf3 run {t} s each (sockperf's first 0.4 s is warm-up), new connections \
-         {conn:.1} s; servers: `sockperf server --tcp -i <server> -p {PORT_SOCKPERF}`, `iperf3 -s -B <server> -p \
+         N ∈ {{{ns}}}; sockperf and iperf3 TCP run {t} s each (sockperf leaves its first 0.4 s out), iperf3 UDP \
+         {udp} s, new connections {conn:.1} s; servers: `sockperf server --tcp -i <server> -p {PORT_SOCKPERF}`, `iperf3 -s -B <server> -p \
          {PORT_IPERF}`, a Rust accept loop on {PORT_CONN}. The part took {took:.0} s.",
         rounds = plan.rounds,
         ns = plan.ns.iter().map(|n| configs::count(*n)).collect::<Vec<_>>().join(", "),
         t = plan.tool_secs,
+        udp = plan.udp_secs,
         conn = plan.conn_time.as_secs_f64(),
         took = took.as_secs_f64(),
     )
