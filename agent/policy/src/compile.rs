@@ -25,7 +25,7 @@
 //! maps. Identities are allocated in sorted key order.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -160,10 +160,17 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
 
     // Label identities, with one representative pod's facts per identity.
     let mut facts: BTreeMap<u32, LabelFacts> = BTreeMap::new();
+    // Replicas share namespace, labels and ports: each distinct borrowed triple is looked up
+    // in the identity table once (building an owned `LabelKey` and comparing it there was
+    // most of a compile). Ports in another order only miss this memo; the table still
+    // gives them the same identity.
+    let mut label_memo: HashMap<(&str, &Labels, &[NamedPort]), u32> = HashMap::new();
     for (key, info) in &cluster.pods {
         // Exhausting 16M label identities is not a real case; such a pod gets the identity no
         // selector matches, which fails closed.
-        let id = ids.label(&LabelKey::of(key, info)).unwrap_or(ID_UNKNOWN_POD);
+        let id = *label_memo
+            .entry((key.namespace.as_str(), &info.labels, info.ports.as_slice()))
+            .or_insert_with(|| ids.label(&LabelKey::of(key, info)).unwrap_or(ID_UNKNOWN_POD));
         out.pod_identity.insert(key.clone(), id);
         if id != ID_UNKNOWN_POD {
             facts.entry(id).or_insert_with(|| LabelFacts {
@@ -276,7 +283,19 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
     out.ipcache.extend(pod_entries);
 
     // Policy entries and isolation, once per local subject identity.
-    let ctx = RuleCtx { facts: &facts, cidr_ids: &cidr_ids };
+    let mut facts_by_namespace: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (id, f) in &facts {
+        facts_by_namespace.entry(f.namespace).or_default().push(*id);
+    }
+    let ctx = RuleCtx { facts: &facts, facts_by_namespace: &facts_by_namespace, cidr_ids: &cidr_ids };
+    // A policy only selects pods of its own namespace.
+    let mut policies_by_namespace: BTreeMap<&str, Vec<(&PolicyRef, &Policy)>> = BTreeMap::new();
+    for (pref, p) in &cluster.policies {
+        policies_by_namespace.entry(pref.namespace.as_str()).or_default().push((pref, p));
+    }
+    // A rule's peers do not depend on the subject: resolved once per rule, however many
+    // local identities the policy selects.
+    let mut peers_of_rule: BTreeMap<u32, BTreeMap<u32, &[NamedPort]>> = BTreeMap::new();
     let mut subjects: BTreeMap<u32, (&PodKey, &[NamedPort], &Labels)> = BTreeMap::new();
     for key in local {
         let (Some(info), Some(id)) = (cluster.pods.get(key), out.pod_identity.get(key)) else {
@@ -288,8 +307,8 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
     }
     for (subject, (key, ports, labels)) in subjects {
         let mut bits = 0;
-        for (pref, p) in &cluster.policies {
-            if pref.namespace != key.namespace || !p.pod_selector.matches(labels) {
+        for (pref, p) in policies_by_namespace.get(key.namespace.as_str()).into_iter().flatten() {
+            if !p.pod_selector.matches(labels) {
                 continue;
             }
             for (dir, bit, rules) in [
@@ -299,8 +318,9 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
                 let Some(rules) = rules else { continue };
                 bits |= bit;
                 for (index, rule) in rules.iter().enumerate() {
-                    if let Some(rule_id) = rule_ids.get(&(pref, dir, index)) {
-                        ctx.emit(&mut out.policy, subject, ports, p, dir, rule, *rule_id);
+                    if let Some(rule_id) = rule_ids.get(&(*pref, dir, index)) {
+                        let peers = peers_of_rule.entry(*rule_id).or_insert_with(|| ctx.peers(p, &rule.peers));
+                        ctx.emit(&mut out.policy, subject, ports, peers, dir, rule, *rule_id);
                     }
                 }
             }
@@ -349,6 +369,9 @@ fn rules_of(p: &Policy) -> impl Iterator<Item = (Direction, &Rule)> {
 
 struct RuleCtx<'a, 'b> {
     facts: &'b BTreeMap<u32, LabelFacts<'a>>,
+    /// The label identities of each namespace: a peer without a namespace selector only
+    /// looks at its policy's namespace.
+    facts_by_namespace: &'b BTreeMap<&'a str, Vec<u32>>,
     cidr_ids: &'b BTreeMap<CidrKey, u32>,
 }
 
@@ -363,14 +386,27 @@ impl RuleCtx<'_, '_> {
         };
         for peer in peers {
             match peer {
-                Peer::Pods { namespace_selector, pod_selector } => {
-                    for (id, f) in self.facts {
-                        let ns_ok = match namespace_selector {
-                            None => f.namespace == policy.namespace,
-                            Some(s) => s.matches(&f.namespace_labels),
-                        };
-                        if ns_ok && pod_selector.as_ref().is_none_or(|s| s.matches(f.labels)) {
-                            out.insert(*id, f.ports);
+                Peer::Pods { namespace_selector: None, pod_selector } => {
+                    let same_namespace = self.facts_by_namespace.get(policy.namespace.as_str()).into_iter().flatten();
+                    for (id, f) in same_namespace.filter_map(|id| Some((*id, self.facts.get(id)?))) {
+                        if pod_selector.as_ref().is_none_or(|s| s.matches(f.labels)) {
+                            out.insert(id, f.ports);
+                        }
+                    }
+                }
+                Peer::Pods { namespace_selector: Some(ns_selector), pod_selector } => {
+                    // The identities of one namespace share its labels: one namespace match
+                    // per namespace, not per identity.
+                    for ids in self.facts_by_namespace.values() {
+                        let of_namespace = ids.iter().filter_map(|id| Some((*id, self.facts.get(id)?)));
+                        let mut of_namespace = of_namespace.peekable();
+                        if !of_namespace.peek().is_some_and(|(_, f)| ns_selector.matches(&f.namespace_labels)) {
+                            continue;
+                        }
+                        for (id, f) in of_namespace {
+                            if pod_selector.as_ref().is_none_or(|s| s.matches(f.labels)) {
+                                out.insert(id, f.ports);
+                            }
                         }
                     }
                 }
@@ -393,12 +429,11 @@ impl RuleCtx<'_, '_> {
         map: &mut BTreeMap<PolicyKey, PolicyValue>,
         subject: u32,
         subject_ports: &[NamedPort],
-        policy: &Policy,
+        peers: &BTreeMap<u32, &[NamedPort]>,
         dir: Direction,
         rule: &Rule,
         rule_id: u32,
     ) {
-        let peers = self.peers(policy, &rule.peers);
         let mut put = |key: PolicyKey| {
             let v = map.entry(key).or_insert(PolicyValue { rule_id, flags: 0 });
             v.rule_id = v.rule_id.min(rule_id);
@@ -430,7 +465,7 @@ impl RuleCtx<'_, '_> {
                             }
                         }
                         Direction::Egress => {
-                            for (peer, dst_ports) in &peers {
+                            for (peer, dst_ports) in peers {
                                 if *peer == ID_ANY {
                                     // Only pods have named ports: every pod identity that
                                     // resolves the name, by its label identity.
