@@ -88,10 +88,17 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<PartResult> {
     let mut checks = Vec::new();
     let mut failures = Vec::new();
     let mut programs = BTreeMap::new();
+    let agents = lab.agents();
+    let cpu_before: Vec<Option<f64>> = agents.iter().map(|(_, pid)| cpu_secs(*pid)).collect();
+    let measuring = Instant::now();
     for round in 0..plan.rounds {
         let t = Instant::now();
         for config in Config::round(&plan.ns) {
+            let t = Instant::now();
             lab.switch(config).with_context(|| format!("switching to {config}"))?;
+            if t.elapsed() > Duration::from_secs(1) {
+                log(&format!("{config}: switching took {:.1} s", t.elapsed().as_secs_f64()));
+            }
             if round == 0 {
                 let t = Instant::now();
                 let c = lab.check(config)?;
@@ -110,10 +117,30 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<PartResult> {
         }
         log(&format!("round {}/{} took {:.0} s", round + 1, plan.rounds, t.elapsed().as_secs_f64()));
     }
+    let wall = measuring.elapsed().as_secs_f64();
+    let agent_cpu: Vec<(String, f64)> = agents
+        .iter()
+        .zip(&cpu_before)
+        .filter_map(|((what, pid), before)| Some((what.clone(), (cpu_secs(*pid)? - (*before)?) / wall)))
+        .collect();
     lab.switch(Config::Plain)?;
     let loads = lab.loads.clone();
     drop(lab);
-    Ok(results::part(ctx, &plan, &samples, &checks, &loads, &failures, started.elapsed()))
+    let mut part = results::part(ctx, &plan, &samples, &checks, &loads, &failures, started.elapsed());
+    part.section.notes.push(results::agent_cpu_note(&agent_cpu));
+    Ok(part)
+}
+
+/// CPU time (user + system) a process has used so far, seconds.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks / hz as f64)
 }
 
 /// Runs `f`, once more after a short pause if it fails (an iperf3 server still finishing the
@@ -200,5 +227,24 @@ fn measure(
     })();
     if let Err(e) = stats {
         note("BPF run-time statistics", e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_of_a_process_grows_with_work() {
+        let me = std::process::id();
+        let before = cpu_secs(me).expect("this process's CPU time");
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = cpu_secs(me).expect("this process's CPU time");
+        assert!(after - before >= 0.1, "busy for 200 ms, CPU time went from {before} to {after}");
+        assert_eq!(cpu_secs(u32::MAX), None, "no such process");
     }
 }

@@ -351,6 +351,17 @@ pub fn part(
     PartResult { section, targets: targets(s, plan) }
 }
 
+/// How busy Ward's agents were while the rounds ran: they share the machine's cores with the
+/// traffic, so a busy agent slows every configuration.
+pub fn agent_cpu_note(cpu: &[(String, f64)]) -> String {
+    let parts: Vec<String> = cpu.iter().map(|(what, share)| format!("{what}: {:.0}%", share * 100.0)).collect();
+    format!(
+        "CPU used by Ward's agents while the rounds ran, as a share of one core (the agents share this \
+         machine's cores with the traffic, so a busy agent slows every configuration alike): {}.",
+        parts.join(", ")
+    )
+}
+
 fn intro(plan: &Plan, took: Duration) -> String {
     format!(
         "Traffic between a client and a server pod on one lab node, {rounds} rounds; each round alternates every \
@@ -441,6 +452,12 @@ mod tests {
         let plan = Plan::new(true, 2);
         let t = targets(&samples(&plan.ns), &plan);
         assert!(t.iter().all(|t| t.met.is_none() && t.comment.contains("quick")), "{t:?}");
+    }
+
+    #[test]
+    fn agent_cpu_is_stated_per_node() {
+        let n = agent_cpu_note(&[("main node (no policy)".into(), 0.012), ("N=100k".into(), 0.4)]);
+        assert!(n.ends_with("main node (no policy): 1%, N=100k: 40%."), "{n}");
     }
 
     #[test]

@@ -413,6 +413,18 @@ impl Lab {
         Ok(Check { client, intruder })
     }
 
+    /// Each Ward node's agent process: (what it serves, pid).
+    pub fn agents(&self) -> Vec<(String, u32)> {
+        let mut v: Vec<(String, u32)> =
+            self.open.node.agent_pid().map(|p| ("main node (no policy)".to_owned(), p)).into_iter().collect();
+        for (n, side) in &self.by_n {
+            if let Some(p) = side.node.agent_pid() {
+                v.push((format!("N={}", configs::count(*n)), p));
+            }
+        }
+        v
+    }
+
     /// The node and namespaces, for reports and debugging.
     pub fn describe(&self) -> String {
         format!(
