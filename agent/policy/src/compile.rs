@@ -411,8 +411,8 @@ impl RuleCtx<'_, '_> {
                     }
                 }
                 Peer::IpBlock { cidr, except } => {
-                    for (key, id) in self.cidr_ids {
-                        if cidr.contains(&key.prefix) && !except.iter().any(|e| e.contains(&key.prefix)) {
+                    for (key, id) in cidrs_within(self.cidr_ids, cidr) {
+                        if !except.iter().any(|e| e.contains(&key.prefix)) {
                             out.insert(*id, &key.ports);
                         }
                     }
@@ -484,6 +484,30 @@ impl RuleCtx<'_, '_> {
             }
         }
     }
+}
+
+/// The CIDR identities whose prefix lies inside `cidr`. Keys order by prefix address first
+/// (then length, then ports), and every prefix inside `cidr` has its address in `cidr`'s
+/// range: a range scan, not a pass over every CIDR identity per ipBlock peer (which made
+/// 100k ipBlock peers quadratic).
+fn cidrs_within<'m>(
+    cidr_ids: &'m BTreeMap<CidrKey, u32>,
+    cidr: &IpNet,
+) -> impl Iterator<Item = (&'m CidrKey, &'m u32)> + 'm {
+    let cidr = *cidr;
+    let first = match cidr {
+        IpNet::V4(n) => IpNet::V4(Ipv4Net::new(n.network(), 0).unwrap_or_default()),
+        IpNet::V6(n) => IpNet::V6(Ipv6Net::new(n.network(), 0).unwrap_or_default()),
+    };
+    let last = cidr.broadcast();
+    cidr_ids
+        .range(CidrKey { prefix: first, ports: vec![] }..)
+        .take_while(move |(k, _)| match (k.prefix, last) {
+            (IpNet::V4(p), IpAddr::V4(l)) => p.addr() <= l,
+            (IpNet::V6(p), IpAddr::V6(l)) => p.addr() <= l,
+            _ => false,
+        })
+        .filter(move |(k, _)| cidr.contains(&k.prefix))
 }
 
 /// The port blocks of a numeric or any-port spec.

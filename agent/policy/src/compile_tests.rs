@@ -926,3 +926,38 @@ fn prefix_index_finds_the_same_longest_prefix_as_a_scan() {
     let only_v6 = super::PrefixIndex::new(&["::/0".parse().expect("prefix")].into_iter().collect());
     assert_eq!(only_v6.longest("10.0.0.1".parse().expect("ip")), None, "IPv6 prefixes never contain IPv4");
 }
+
+#[test]
+fn cidrs_within_finds_the_same_identities_as_a_scan() {
+    let keys = [
+        ("0.0.0.0/0", false),
+        ("10.0.0.0/8", false),
+        ("10.0.0.0/16", true),
+        ("10.1.0.0/16", false),
+        ("10.1.2.0/24", false),
+        ("10.1.2.3/32", true),
+        ("10.1.2.3/32", false),
+        ("10.255.255.255/32", false),
+        ("11.0.0.0/8", false),
+        ("192.168.0.0/16", false),
+        ("::/0", false),
+        ("fd00::/8", false),
+        ("fd00:1::/32", true),
+    ];
+    let port = NamedPort { name: "http".into(), protocol: Protocol::Tcp, port: 80 };
+    let cidr_ids: BTreeMap<CidrKey, u32> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, (p, flavoured))| {
+            let ports = if *flavoured { vec![port.clone()] } else { vec![] };
+            (CidrKey { prefix: p.parse().expect("test prefix"), ports }, i as u32)
+        })
+        .collect();
+    for c in ["0.0.0.0/0", "10.0.0.0/8", "10.0.0.0/16", "10.1.2.0/24", "10.1.2.3/32", "12.0.0.0/8", "::/0", "fd00::/8"]
+    {
+        let cidr: IpNet = c.parse().expect("test cidr");
+        let fast: Vec<u32> = super::cidrs_within(&cidr_ids, &cidr).map(|(_, id)| *id).collect();
+        let scan: Vec<u32> = cidr_ids.iter().filter(|(k, _)| cidr.contains(&k.prefix)).map(|(_, id)| *id).collect();
+        assert_eq!(fast, scan, "{c}");
+    }
+}

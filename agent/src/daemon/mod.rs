@@ -104,11 +104,11 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             Some(()) = fs_events.recv() => {
                 tokio::time::sleep(DEBOUNCE).await;
                 while fs_events.try_recv().is_ok() {}
-                agent.reload();
+                agent.reload(Reread::Changed);
             }
             _ = gc.tick() => {
                 agent.gc();
-                agent.reload();
+                agent.reload(Reread::All);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -153,6 +153,14 @@ fn enable_forwarding() {
             tracing::warn!(error = %e, "could not enable {what} forwarding");
         }
     }
+}
+
+/// Which manifests a reload reads: after a change event only the files whose metadata
+/// changed; on the periodic safety re-read all of them.
+#[derive(Clone, Copy)]
+enum Reread {
+    Changed,
+    All,
 }
 
 impl Agent {
@@ -212,8 +220,12 @@ impl Agent {
     }
 
     /// Re-reads the manifests; reconciles if anything changed.
-    fn reload(&mut self) {
-        if self.store.reload() {
+    fn reload(&mut self, what: Reread) {
+        let changed = match what {
+            Reread::All => self.store.reload(),
+            Reread::Changed => self.store.reload_changed(),
+        };
+        if changed {
             self.reconcile();
         }
     }

@@ -19,7 +19,32 @@ use crate::api::proto::{Rejection, file_hash};
 #[derive(Debug, Clone)]
 struct FileState {
     hash: String,
+    /// What the file's metadata was when it was read: an event-driven reload reads only
+    /// files whose metadata changed (see [`DirectoryStore::reload_changed`]).
+    stamp: Option<Stamp>,
     rejections: Vec<Rejection>,
+}
+
+/// Device, inode, size and modification time (ns): an atomic replace (new inode) or any
+/// write changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        }
+    }
 }
 
 pub struct DirectoryStore {
@@ -29,6 +54,8 @@ pub struct DirectoryStore {
     objects: BTreeMap<ObjKey, (String, Valid)>,
     snapshot: Snapshot,
     rejected: Vec<Rejection>,
+    /// Objects added, replaced or removed since the snapshot was last brought up to date.
+    dirty: BTreeSet<ObjKey>,
 }
 
 impl DirectoryStore {
@@ -39,6 +66,7 @@ impl DirectoryStore {
             objects: BTreeMap::new(),
             snapshot: Snapshot::default(),
             rejected: Vec::new(),
+            dirty: BTreeSet::new(),
         }
     }
 
@@ -55,8 +83,20 @@ impl DirectoryStore {
         self.files.iter().map(|(f, s)| (f.clone(), s.hash.clone())).collect()
     }
 
-    /// Re-reads the directory. Returns true if anything changed.
+    /// Re-reads every file of the directory (start-up and the periodic safety re-read).
+    /// Returns true if anything changed.
     pub fn reload(&mut self) -> bool {
+        self.reload_files(true)
+    }
+
+    /// After a change event: re-reads only the files whose metadata (inode, size, mtime)
+    /// changed, which is what one edited file among thousands of objects costs. A write that
+    /// leaves all of them equal is still caught by the next [`reload`](Self::reload).
+    pub fn reload_changed(&mut self) -> bool {
+        self.reload_files(false)
+    }
+
+    fn reload_files(&mut self, all: bool) -> bool {
         let listed = match list_manifests(&self.dir) {
             Ok(l) => l,
             Err(e) => {
@@ -70,10 +110,21 @@ impl DirectoryStore {
         let vanished: Vec<String> = self.files.keys().filter(|f| !names.contains(*f)).cloned().collect();
         for f in vanished {
             self.files.remove(&f);
-            self.objects.retain(|_, (file, _)| *file != f);
+            let dirty = &mut self.dirty;
+            self.objects.retain(|k, (file, _)| {
+                let keep = *file != f;
+                if !keep {
+                    dirty.insert(k.clone());
+                }
+                keep
+            });
             changed = true;
         }
         for (name, path) in listed {
+            let stamp = std::fs::metadata(&path).ok().map(|m| Stamp::of(&m));
+            if !all && stamp.is_some() && self.files.get(&name).is_some_and(|s| s.stamp == stamp) {
+                continue;
+            }
             let bytes = match std::fs::read(&path) {
                 Ok(b) => b,
                 Err(e) => {
@@ -82,11 +133,14 @@ impl DirectoryStore {
                 }
             };
             let hash = file_hash(&bytes);
-            if self.files.get(&name).is_some_and(|s| s.hash == hash) {
+            if let Some(state) = self.files.get_mut(&name)
+                && state.hash == hash
+            {
+                state.stamp = stamp;
                 continue;
             }
             changed = true;
-            self.load_file(&name, &bytes, hash);
+            self.load_file(&name, &bytes, hash, stamp);
         }
         if changed {
             self.rebuild();
@@ -94,7 +148,7 @@ impl DirectoryStore {
         changed
     }
 
-    fn load_file(&mut self, name: &str, bytes: &[u8], hash: String) {
+    fn load_file(&mut self, name: &str, bytes: &[u8], hash: String, stamp: Option<Stamp>) {
         let mut declared = BTreeSet::new();
         let mut rejections = Vec::new();
         let mut all_named = true;
@@ -107,7 +161,7 @@ impl DirectoryStore {
                     field: "".into(),
                     message: format!("not UTF-8: {e}"),
                 });
-                self.files.insert(name.to_owned(), FileState { hash, rejections });
+                self.files.insert(name.to_owned(), FileState { hash, stamp, rejections });
                 return;
             }
         };
@@ -123,6 +177,7 @@ impl DirectoryStore {
             match validate(&obj, name) {
                 Ok((key, valid)) => {
                     declared.insert(key.clone());
+                    self.dirty.insert(key.clone());
                     self.objects.insert(key, (name.to_owned(), valid));
                 }
                 Err(invalid) => {
@@ -140,20 +195,30 @@ impl DirectoryStore {
         // Objects the file no longer declares are deleted, unless a document could not be
         // read at all (it might still be one of them: keep them rather than guess).
         if all_named {
-            self.objects.retain(|k, (file, _)| file != name || declared.contains(k));
+            let dirty = &mut self.dirty;
+            self.objects.retain(|k, (file, _)| {
+                let keep = file != name || declared.contains(k);
+                if !keep {
+                    dirty.insert(k.clone());
+                }
+                keep
+            });
         }
         for r in &rejections {
             tracing::warn!(file = %r.file, object = %r.object, field = %r.field, "rejected: {}", r.message);
         }
-        self.files.insert(name.to_owned(), FileState { hash, rejections });
+        self.files.insert(name.to_owned(), FileState { hash, stamp, rejections });
     }
 
+    /// Brings the snapshot up to date with the objects that changed (not a copy of all of
+    /// them: one edited file among 10k pods costs that file's objects).
     fn rebuild(&mut self) {
-        let mut snap = Snapshot::default();
-        for (key, (_, valid)) in &self.objects {
-            snap.insert(key, valid);
+        for key in std::mem::take(&mut self.dirty) {
+            match self.objects.get(&key) {
+                Some((_, valid)) => self.snapshot.insert(&key, valid),
+                None => self.snapshot.remove(&key),
+            }
         }
-        self.snapshot = snap;
         self.rejected = self.files.values().flat_map(|f| f.rejections.iter().cloned()).collect();
     }
 }
@@ -308,5 +373,70 @@ items:
         s.reload();
         assert!(s.snapshot().policies.is_empty());
         assert_eq!(s.snapshot().pods.len(), 1);
+    }
+
+    /// The snapshot as a full rebuild from every object in force would make it.
+    fn from_scratch(s: &DirectoryStore) -> String {
+        let mut snap = Snapshot::default();
+        for (key, (_, valid)) in &s.objects {
+            snap.insert(key, valid);
+        }
+        format!("{snap:?}")
+    }
+
+    #[test]
+    fn the_snapshot_kept_up_to_date_equals_a_rebuild_through_every_kind_of_change() {
+        let d = dir("incremental");
+        let mut s = DirectoryStore::new(d.0.clone());
+        let same = |s: &DirectoryStore, step: &str| {
+            assert_eq!(format!("{:?}", s.snapshot()), from_scratch(s), "after {step}");
+        };
+        std::fs::write(d.0.join("objects.yaml"), OBJECTS).unwrap();
+        std::fs::write(d.0.join("policy.yaml"), POLICY_V1).unwrap();
+        assert!(s.reload_changed());
+        same(&s, "first load");
+        // Another size: two writes within one mtime tick may otherwise look alike (the
+        // next test covers that case).
+        std::fs::write(d.0.join("policy.yaml"), POLICY_V1.replace("80", "8181")).unwrap();
+        assert!(s.reload_changed());
+        same(&s, "an edit");
+        std::fs::write(d.0.join("policy.yaml"), POLICY_BAD).unwrap();
+        assert!(s.reload_changed());
+        same(&s, "an invalid version (the last valid stays)");
+        // The object moves to another file, and its old file goes.
+        std::fs::write(d.0.join("moved.yaml"), POLICY_V1).unwrap();
+        std::fs::remove_file(d.0.join("policy.yaml")).unwrap();
+        assert!(s.reload_changed());
+        same(&s, "a move and a removed file");
+        assert!(s.snapshot().policies.contains_key(&web()));
+        std::fs::write(d.0.join("objects.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n").unwrap();
+        assert!(s.reload_changed());
+        same(&s, "a pod removed from its file");
+        assert!(s.snapshot().pods.is_empty());
+        std::fs::remove_file(d.0.join("moved.yaml")).unwrap();
+        assert!(s.reload());
+        same(&s, "the policy's file removed");
+        assert!(s.snapshot().policies.is_empty());
+    }
+
+    #[test]
+    fn an_event_reload_reads_changed_files_and_the_full_reread_catches_a_write_that_hid_its_tracks() {
+        let d = dir("stamp");
+        let path = d.0.join("policy.yaml");
+        std::fs::write(&path, POLICY_V1).unwrap();
+        let mut s = DirectoryStore::new(d.0.clone());
+        assert!(s.reload());
+        // An ordinary edit changes size or mtime: the event path sees it.
+        std::fs::write(&path, POLICY_V1.replace("80", "8080")).unwrap();
+        assert!(s.reload_changed());
+        assert_eq!(s.file_hashes()["policy.yaml"], file_hash(POLICY_V1.replace("80", "8080").as_bytes()));
+        // Same size, in place, and the old mtime put back: only the full re-read notices.
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let edited = POLICY_V1.replace("80", "8181");
+        std::fs::write(&path, &edited).unwrap();
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+        assert!(!s.reload_changed(), "metadata unchanged: the event path skips the file");
+        assert!(s.reload(), "the periodic full re-read compares contents");
+        assert_eq!(s.file_hashes()["policy.yaml"], file_hash(edited.as_bytes()));
     }
 }

@@ -37,6 +37,22 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Removes the object `key` names, whatever its kind.
+    fn remove(&mut self, key: &ObjKey) {
+        match key.kind {
+            KIND_NAMESPACE => {
+                self.namespaces.remove(&key.name);
+            }
+            KIND_POD => {
+                self.pods.remove(&PodKey { namespace: key.namespace.clone(), name: key.name.clone() });
+            }
+            KIND_POLICY => {
+                self.policies.remove(&PolicyRef { namespace: key.namespace.clone(), name: key.name.clone() });
+            }
+            _ => {}
+        }
+    }
+
     fn insert(&mut self, key: &ObjKey, valid: &Valid) {
         match valid {
             Valid::Namespace(labels) => {
@@ -60,6 +76,10 @@ pub struct Invalid {
     pub error: ObjectError,
 }
 
+const KIND_NAMESPACE: &str = "Namespace";
+const KIND_POD: &str = "Pod";
+const KIND_POLICY: &str = "NetworkPolicy";
+
 /// Validates one object.
 pub fn validate(obj: &Object, file: &str) -> Result<(ObjKey, Valid), Box<Invalid>> {
     let invalid = |key: Option<ObjKey>, error| Box::new(Invalid { key, error });
@@ -70,17 +90,17 @@ pub fn validate(obj: &Object, file: &str) -> Result<(ObjKey, Valid), Box<Invalid
     };
     match obj {
         Object::Namespace(ns) => {
-            let k = key("Namespace", None, &ns.metadata.name);
+            let k = key(KIND_NAMESPACE, None, &ns.metadata.name);
             v::namespace(ns, file)
                 .map(|(_, labels)| (k.clone(), Valid::Namespace(labels)))
                 .map_err(|e| invalid(Some(k), e))
         }
         Object::Pod(p) => {
-            let k = key("Pod", p.metadata.namespace.as_ref(), &p.metadata.name);
+            let k = key(KIND_POD, p.metadata.namespace.as_ref(), &p.metadata.name);
             v::pod(p, file).map(|(_, info)| (k.clone(), Valid::Pod(info))).map_err(|e| invalid(Some(k), e))
         }
         Object::NetworkPolicy(np) => {
-            let k = key("NetworkPolicy", np.metadata.namespace.as_ref(), &np.metadata.name);
+            let k = key(KIND_POLICY, np.metadata.namespace.as_ref(), &np.metadata.name);
             v::policy(np, file).map(|p| (k.clone(), Valid::Policy(p))).map_err(|e| invalid(Some(k), e))
         }
         other => Err(invalid(
