@@ -57,26 +57,37 @@ impl Registry {
 
     fn save(&self) -> Result<(), RegistryError> {
         let p = Persisted { next_ep_id: self.next_ep_id, endpoints: self.endpoints.values().cloned().collect() };
-        let bytes = serde_json::to_vec_pretty(&p)
+        let bytes = serde_json::to_vec(&p)
             .map_err(|source| RegistryError::Corrupt { path: self.path.clone(), source })?;
         write_atomic(&self.path, &bytes).map_err(|source| RegistryError::Write { path: self.path.clone(), source })
     }
 
     /// Adds (or replaces, for a repeated ADD) an endpoint; returns it with its id.
     pub fn add(&mut self, r: &EndpointRegistration) -> Result<LocalEndpoint, RegistryError> {
-        let key = (r.container_id.clone(), r.ifname.clone());
-        let ep_id = match self.endpoints.get(&key) {
-            Some(old) => old.ep_id,
-            None => {
-                let id = self.next_ep_id;
-                self.next_ep_id = self.next_ep_id.checked_add(1).unwrap_or(1);
-                id
-            }
-        };
-        let ep = LocalEndpoint { ep_id, reg: r.clone() };
-        self.endpoints.insert(key, ep.clone());
+        let mut added = self.add_many(std::slice::from_ref(r))?;
+        Ok(added.remove(0))
+    }
+
+    /// Adds many endpoints with one write of the state file (adding them one by one writes
+    /// it once each). Used to prepare an agent's state in bulk, e.g. by the benchmarks.
+    pub fn add_many(&mut self, regs: &[EndpointRegistration]) -> Result<Vec<LocalEndpoint>, RegistryError> {
+        let mut added = Vec::with_capacity(regs.len());
+        for r in regs {
+            let key = (r.container_id.clone(), r.ifname.clone());
+            let ep_id = match self.endpoints.get(&key) {
+                Some(old) => old.ep_id,
+                None => {
+                    let id = self.next_ep_id;
+                    self.next_ep_id = self.next_ep_id.checked_add(1).unwrap_or(1);
+                    id
+                }
+            };
+            let ep = LocalEndpoint { ep_id, reg: r.clone() };
+            self.endpoints.insert(key, ep.clone());
+            added.push(ep);
+        }
         self.save()?;
-        Ok(ep)
+        Ok(added)
     }
 
     pub fn remove(&mut self, container_id: &str, ifname: &str) -> Result<Option<LocalEndpoint>, RegistryError> {
@@ -143,6 +154,21 @@ mod tests {
         let mut r2 = r2;
         let c = r2.add(&reg("c", "10.0.0.4")).unwrap();
         assert!(c.ep_id > b.ep_id, "a new endpoint never gets an old id");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn many_added_at_once_persist_with_distinct_ids() {
+        let dir = std::env::temp_dir().join(format!("ward-registry-many-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut r = Registry::load(&dir).unwrap();
+        let first = r.add(&reg("a", "10.0.0.2")).unwrap();
+        let added = r.add_many(&[reg("a", "10.0.0.2"), reg("b", "10.0.0.3"), reg("c", "10.0.0.4")]).unwrap();
+        assert_eq!(added[0].ep_id, first.ep_id, "an endpoint already there keeps its id");
+        let ids: std::collections::BTreeSet<u32> = added.iter().map(|e| e.ep_id).collect();
+        assert_eq!(ids.len(), 3);
+        let again = Registry::load(&dir).unwrap();
+        assert_eq!(again.iter().cloned().collect::<Vec<_>>(), r.iter().cloned().collect::<Vec<_>>());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
