@@ -69,10 +69,10 @@ fn load_be16(ctx: &TcContext, off: usize) -> Result<u16, ()> {
 /// Parses into `out` (which lives in the per-CPU scratch map, not on the 512-byte stack).
 #[inline(always)]
 pub fn parse(ctx: &TcContext, out: &mut Packet) -> Parsed {
-    let ethertype = match load_be16(ctx, 12) {
-        Ok(t) => t,
-        Err(()) => return Parsed::NotIp,
-    };
+    // The kernel has already read the EtherType into skb->protocol (network order): no
+    // helper call. Frames too short for an Ethernet header never get here as IP.
+    // SAFETY: `skb` is the context pointer the kernel handed us.
+    let ethertype = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
     out.kind = Kind::Flow;
     out.tcp_flags = 0;
     let r = match ethertype {
