@@ -536,8 +536,9 @@ fn memory(ctx: &Ctx, section: &mut Section) -> anyhow::Result<()> {
          programs with TCX links); the rest are added to the agent's registry in one write and adopted \
          by a restarted agent (its recovery path), so the last row is a fresh process. The veths' pod \
          sides are in one namespace instead of one each, which the agent cannot tell apart. \
-         Endpoints are spread over {MEM_APPS} applications with one policy each. RSS is read from \
-         /proc/PID/status 3 s after the step."
+         Endpoints are spread over {MEM_APPS} applications with one policy each; the row with 0 \
+         endpoints already holds every endpoint's Pod object and the policies in the datastore. \
+         RSS is read from /proc/PID/status 3 s after the step."
     ));
     Ok(())
 }

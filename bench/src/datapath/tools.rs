@@ -16,7 +16,8 @@ use anyhow::{Context, bail};
 pub struct RrResult {
     /// Round trips per second over sockperf's valid measuring window.
     pub rate: f64,
-    /// Round-trip latency percentiles, seconds.
+    /// Latency percentiles, seconds, as sockperf's ping-pong reports them: half the round
+    /// trip (so `1 / (2 × p50)` is about the round-trip rate).
     pub p50: f64,
     pub p99: f64,
     pub observations: u64,
