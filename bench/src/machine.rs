@@ -17,6 +17,15 @@ pub fn facts() -> Vec<(String, String)> {
     add("nftables", first_line(&output("nft", &["--version"])));
     add("sockperf", first_line(&output("sockperf", &["--version"])));
     add("iperf3", first_line(&output("iperf3", &["--version"])));
+    // Node-wide: the CNI figures set it per pod, everything else runs with what is here.
+    add(
+        "RCU grace periods",
+        match std::fs::read_to_string("/sys/kernel/rcu_expedited").map(|v| v.trim().to_owned()).as_deref() {
+            Ok("0") => "normal (/sys/kernel/rcu_expedited = 0)".into(),
+            Ok(v) => format!("expedited (/sys/kernel/rcu_expedited = {v})"),
+            Err(_) => String::new(),
+        },
+    );
     add(
         "hardware counters",
         if perf_counters() {
