@@ -110,14 +110,7 @@ impl DirectoryStore {
         let vanished: Vec<String> = self.files.keys().filter(|f| !names.contains(*f)).cloned().collect();
         for f in vanished {
             self.files.remove(&f);
-            let dirty = &mut self.dirty;
-            self.objects.retain(|k, (file, _)| {
-                let keep = *file != f;
-                if !keep {
-                    dirty.insert(k.clone());
-                }
-                keep
-            });
+            self.drop_objects(|_, file| *file == f);
             changed = true;
         }
         for (name, path) in listed {
@@ -195,19 +188,24 @@ impl DirectoryStore {
         // Objects the file no longer declares are deleted, unless a document could not be
         // read at all (it might still be one of them: keep them rather than guess).
         if all_named {
-            let dirty = &mut self.dirty;
-            self.objects.retain(|k, (file, _)| {
-                let keep = file != name || declared.contains(k);
-                if !keep {
-                    dirty.insert(k.clone());
-                }
-                keep
-            });
+            self.drop_objects(|k, file| file == name && !declared.contains(k));
         }
         for r in &rejections {
             tracing::warn!(file = %r.file, object = %r.object, field = %r.field, "rejected: {}", r.message);
         }
         self.files.insert(name.to_owned(), FileState { hash, stamp, rejections });
+    }
+
+    /// Removes the objects for which `gone(key, file)` holds, marking them for the snapshot.
+    fn drop_objects(&mut self, gone: impl Fn(&ObjKey, &String) -> bool) {
+        let dirty = &mut self.dirty;
+        self.objects.retain(|k, (file, _)| {
+            let drop = gone(k, file);
+            if drop {
+                dirty.insert(k.clone());
+            }
+            !drop
+        });
     }
 
     /// Brings the snapshot up to date with the objects that changed (not a copy of all of
