@@ -57,8 +57,8 @@ impl Registry {
 
     fn save(&self) -> Result<(), RegistryError> {
         let p = Persisted { next_ep_id: self.next_ep_id, endpoints: self.endpoints.values().cloned().collect() };
-        let bytes = serde_json::to_vec(&p)
-            .map_err(|source| RegistryError::Corrupt { path: self.path.clone(), source })?;
+        let bytes =
+            serde_json::to_vec(&p).map_err(|source| RegistryError::Corrupt { path: self.path.clone(), source })?;
         write_atomic(&self.path, &bytes).map_err(|source| RegistryError::Write { path: self.path.clone(), source })
     }
 
