@@ -32,11 +32,8 @@ const APT_PACKAGES: [(&str, Option<&str>); 15] = [
 
 /// What `cargo xtask bench` needs beyond building and testing: the load generators, and perf
 /// for profiling missed targets.
-const BENCH_PACKAGES: [(&str, Option<&str>); 3] = [
-    ("sockperf", Some("sockperf")),
-    ("iperf3", Some("iperf3")),
-    ("linux-perf", Some("perf")),
-];
+const BENCH_PACKAGES: [(&str, Option<&str>); 3] =
+    [("sockperf", Some("sockperf")), ("iperf3", Some("iperf3")), ("linux-perf", Some("perf"))];
 
 /// bpf-linker must link against Debian's LLVM 22 (its llvm-config first in PATH).
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
