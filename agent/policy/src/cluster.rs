@@ -22,12 +22,39 @@ pub struct PodKey {
     pub name: String,
 }
 
-/// A NetworkPolicy by namespace and name (not `ward_common::maps::PolicyKey`, the map key).
-/// Displays as `namespace/name`.
+/// A policy by namespace, name and kind (not `ward_common::maps::PolicyKey`, the map key).
+/// Displays as `namespace/name`, with ` (WardNetworkPolicy)` after it for that kind: a
+/// NetworkPolicy and a WardNetworkPolicy may share a name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PolicyRef {
     pub namespace: String,
     pub name: String,
+    /// Absent in state written before WardNetworkPolicy existed: a NetworkPolicy.
+    #[serde(default, skip_serializing_if = "PolicyKind::is_network_policy")]
+    pub kind: PolicyKind,
+}
+
+/// Which API type a policy came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PolicyKind {
+    /// `networking.k8s.io/v1` NetworkPolicy.
+    #[default]
+    NetworkPolicy,
+    /// `policy.ward.dev/v1alpha1` WardNetworkPolicy: NetworkPolicy plus `fqdn` and `http`.
+    WardNetworkPolicy,
+}
+
+impl PolicyKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PolicyKind::NetworkPolicy => "NetworkPolicy",
+            PolicyKind::WardNetworkPolicy => "WardNetworkPolicy",
+        }
+    }
+
+    fn is_network_policy(&self) -> bool {
+        *self == PolicyKind::NetworkPolicy
+    }
 }
 
 impl PodKey {
@@ -37,8 +64,13 @@ impl PodKey {
 }
 
 impl PolicyRef {
+    /// A NetworkPolicy.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        PolicyRef { namespace: namespace.into(), name: name.into() }
+        PolicyRef { namespace: namespace.into(), name: name.into(), kind: PolicyKind::NetworkPolicy }
+    }
+
+    pub fn of_kind(kind: PolicyKind, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        PolicyRef { namespace: namespace.into(), name: name.into(), kind }
     }
 }
 
@@ -50,7 +82,11 @@ impl fmt::Display for PodKey {
 
 impl fmt::Display for PolicyRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+        write!(f, "{}/{}", self.namespace, self.name)?;
+        if self.kind != PolicyKind::NetworkPolicy {
+            write!(f, " ({})", self.kind.as_str())?;
+        }
+        Ok(())
     }
 }
 
@@ -95,7 +131,11 @@ impl Cluster {
             }
             Object::NetworkPolicy(np) => {
                 let p = validate::policy(np, file)?;
-                self.policies.insert(PolicyRef::new(&p.namespace, &p.name), p);
+                self.policies.insert(p.policy_ref(), p);
+            }
+            Object::WardNetworkPolicy(wp) => {
+                let p = validate::ward_policy(wp, file)?;
+                self.policies.insert(p.policy_ref(), p);
             }
         }
         Ok(())

@@ -417,6 +417,9 @@ impl RuleCtx<'_, '_> {
                         }
                     }
                 }
+                // The addresses of an fqdn peer are learned at run time by the DNS proxy, not
+                // known here: no identity stands for them in this compile (fails closed).
+                Peer::Fqdn(_) => {}
             }
         }
         out
@@ -445,6 +448,11 @@ impl RuleCtx<'_, '_> {
             return;
         };
         for spec in specs {
+            // A port with HTTP rules admits matching requests, never a whole connection at L4:
+            // no L4 entry for it (fails closed until the request-level check allows).
+            if spec.http.is_some() {
+                continue;
+            }
             let proto = spec.protocol.number();
             match &spec.port {
                 PortRef::Any | PortRef::Number(_) => {

@@ -961,3 +961,44 @@ fn cidrs_within_finds_the_same_identities_as_a_scan() {
         assert_eq!(fast, scan, "{c}");
     }
 }
+
+/// Until the request-level check and the DNS proxy enforce them, a WardNetworkPolicy's
+/// extensions allow nothing at L4: an HTTP port and an fqdn peer open no entry, while the
+/// policy's plain ports and peers work as in a NetworkPolicy and the pods are isolated.
+#[test]
+fn ward_policy_extensions_fail_closed_at_l4() {
+    let (c, compiled) = lab_with(
+        r#"
+apiVersion: policy.ward.dev/v1alpha1
+kind: WardNetworkPolicy
+metadata: {name: l7, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+    - ports:
+        - {port: 80, protocol: TCP, http: [{method: GET, path: /}]}
+        - {port: 81, protocol: TCP}
+  egress:
+    - to: [{fqdn: {matchName: api.bank.example}}]
+    - to: [{podSelector: {matchLabels: {pod: b}}}]
+"#,
+    );
+    // Nobody reaches x/a on port 80 (HTTP rules only); x/a reaches only x/b.
+    let expected80 = [
+        "X.XXXXXXX",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+        "X........",
+    ];
+    assert_matrix(&c, &compiled, TCP, 80, expected80);
+    // Port 81 is plain L4: everyone reaches x/a.
+    let mut expected81 = ALL_ALLOWED;
+    expected81[0] = "X.XXXXXXX";
+    assert_matrix(&c, &compiled, TCP, 81, expected81);
+}

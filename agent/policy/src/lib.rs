@@ -10,6 +10,8 @@
 pub mod cluster;
 pub mod compile;
 pub mod explain;
+pub mod fqdn;
+pub mod http;
 pub mod identity;
 pub mod model;
 pub mod reference;

@@ -115,8 +115,9 @@ pub struct NetworkPolicy {
     pub spec: NetworkPolicySpec,
 }
 
-/// The spec is its own type so that a later `WardNetworkPolicy` (policy.ward.dev) can embed
-/// it and add its extensions beside it.
+/// The spec is shared with `WardNetworkPolicy` (policy.ward.dev), a strict superset: its
+/// extensions (`fqdn` peers, `http` port rules) are optional fields of the peer and port types,
+/// which `validate` accepts only in a `WardNetworkPolicy`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkPolicySpec {
@@ -159,6 +160,35 @@ pub struct NetworkPolicyPeer {
     pub namespace_selector: Option<LabelSelector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_block: Option<IpBlock>,
+    /// `WardNetworkPolicy` only (egress `to`): a DNS name or name pattern; the addresses a
+    /// selected pod resolves for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fqdn: Option<FqdnPeer>,
+}
+
+/// `fqdn: {matchName: api.bank.example}` or `fqdn: {matchPattern: "*.s3.example"}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FqdnPeer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_pattern: Option<String>,
+}
+
+/// One entry of a `WardNetworkPolicy` port's `http` list: an HTTP request that port admits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRuleSpec {
+    /// Absent: any method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Exactly this (normalised) path; the query string is not part of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Every (normalised) path that starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +209,9 @@ pub struct NetworkPolicyPort {
     pub port: Option<IntOrString>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_port: Option<i64>,
+    /// `WardNetworkPolicy` only (ingress): the HTTP requests this port admits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Vec<HttpRuleSpec>>,
 }
 
 /// A port by number or by container-port name. As in the API, the string `"80"` is a name
@@ -234,13 +267,28 @@ pub struct LabelSelectorRequirement {
     pub values: Vec<String>,
 }
 
-/// One object from a manifest. Non-exhaustive: `WardNetworkPolicy` will join it.
+/// `policy.ward.dev/v1alpha1/WardNetworkPolicy`: the NetworkPolicy shape plus `fqdn` egress
+/// peers and per-port `http` rules (see ../shared/DESIGN.md and the README).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WardNetworkPolicy {
+    #[serde(default, deserialize_with = "null_default")]
+    pub metadata: ObjectMeta,
+    #[serde(default, deserialize_with = "null_default")]
+    pub spec: NetworkPolicySpec,
+}
+
+/// The API group and version of `WardNetworkPolicy`.
+pub const WARD_API_VERSION: &str = "policy.ward.dev/v1alpha1";
+
+/// One object from a manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Object {
     Namespace(Namespace),
     Pod(Pod),
     NetworkPolicy(NetworkPolicy),
+    WardNetworkPolicy(WardNetworkPolicy),
 }
 
 impl Object {
@@ -249,6 +297,7 @@ impl Object {
             Object::Namespace(_) => "Namespace",
             Object::Pod(_) => "Pod",
             Object::NetworkPolicy(_) => "NetworkPolicy",
+            Object::WardNetworkPolicy(_) => "WardNetworkPolicy",
         }
     }
 
@@ -257,6 +306,7 @@ impl Object {
             Object::Namespace(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
             Object::NetworkPolicy(o) => &o.metadata,
+            Object::WardNetworkPolicy(o) => &o.metadata,
         }
     }
 
@@ -275,7 +325,12 @@ pub(crate) fn describe(kind: &str, meta: &ObjectMeta) -> String {
 }
 
 /// The kinds this crate reads, with the apiVersion each must carry.
-const KINDS: [(&str, &str); 3] = [("Namespace", "v1"), ("Pod", "v1"), ("NetworkPolicy", "networking.k8s.io/v1")];
+const KINDS: [(&str, &str); 4] = [
+    ("Namespace", "v1"),
+    ("Pod", "v1"),
+    ("NetworkPolicy", "networking.k8s.io/v1"),
+    ("WardNetworkPolicy", WARD_API_VERSION),
+];
 
 /// Parses a multi-document YAML (or JSON) manifest. Each document is one object or a
 /// `kind: List` of objects; a document that is malformed or of an unknown kind yields an
@@ -423,6 +478,7 @@ fn typed_object(
     Ok(match kind {
         "Namespace" => Object::Namespace(from_text(text, file, &object, first_line)?),
         "Pod" => Object::Pod(from_text(text, file, &object, first_line)?),
+        "WardNetworkPolicy" => Object::WardNetworkPolicy(from_text(text, file, &object, first_line)?),
         _ => Object::NetworkPolicy(from_text(text, file, &object, first_line)?),
     })
 }

@@ -155,6 +155,8 @@ fn peer_matches(cluster: &Cluster, policy: &Policy, spec: &validate::Peer, peer:
             namespace_ok && pod_ok
         }
         validate::Peer::IpBlock { .. } => addresses(cluster, peer).iter().any(|a| spec.block_contains(*a)),
+        // Learned addresses are not part of the cluster state this evaluator reads.
+        validate::Peer::Fqdn(_) => false,
     }
 }
 

@@ -12,8 +12,11 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
+use ward_common::Direction;
 
-use crate::cluster::PodKey;
+use crate::cluster::{PodKey, PolicyKind, PolicyRef};
+use crate::fqdn::FqdnSelector;
+use crate::http::HttpRule;
 use crate::model::{self, IntOrString, LabelSelector, NetworkPolicyPeer, NetworkPolicyPort};
 use crate::selector::{Labels, Operator, Requirement, Selector};
 
@@ -115,12 +118,22 @@ pub struct PortSpec {
     pub port: PortRef,
     /// Only with `PortRef::Number`, and never below it.
     pub end_port: Option<u16>,
+    /// `WardNetworkPolicy` ingress only (TCP): this port admits only HTTP/1.x requests that
+    /// match one of these rules. `None`: plain L4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Vec<HttpRule>>,
 }
 
 impl PortSpec {
     /// Whether a packet's protocol and port match, given how the destination pod names its
-    /// ports (`dst_ports`; empty for a destination that is not a pod).
+    /// ports (`dst_ports`; empty for a destination that is not a pod). A port with HTTP rules
+    /// admits requests, not connections: it never matches at L4 alone.
     pub fn matches(&self, proto: Protocol, port: u16, dst_ports: &[NamedPort]) -> bool {
+        self.http.is_none() && self.matches_l4(proto, port, dst_ports)
+    }
+
+    /// Whether protocol and port match, whatever HTTP rules the port carries.
+    pub fn matches_l4(&self, proto: Protocol, port: u16, dst_ports: &[NamedPort]) -> bool {
         if self.protocol != proto {
             return false;
         }
@@ -140,11 +153,16 @@ impl PortSpec {
 impl fmt::Display for PortSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.port, self.end_port) {
-            (PortRef::Any, _) => write!(f, "{}/*", self.protocol),
-            (PortRef::Number(p), None) => write!(f, "{}/{p}", self.protocol),
-            (PortRef::Number(p), Some(e)) => write!(f, "{}/{p}-{e}", self.protocol),
-            (PortRef::Named(n), _) => write!(f, "{}/{n}", self.protocol),
+            (PortRef::Any, _) => write!(f, "{}/*", self.protocol)?,
+            (PortRef::Number(p), None) => write!(f, "{}/{p}", self.protocol)?,
+            (PortRef::Number(p), Some(e)) => write!(f, "{}/{p}-{e}", self.protocol)?,
+            (PortRef::Named(n), _) => write!(f, "{}/{n}", self.protocol)?,
         }
+        if let Some(rules) = &self.http {
+            let shown: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
+            write!(f, " http [{}]", shown.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -157,6 +175,9 @@ pub enum Peer {
     /// Addresses in `cidr` but in no `except` (each strictly inside `cidr`). Canonical:
     /// host bits are cleared and IPv4-mapped IPv6 prefixes are written as IPv4.
     IpBlock { cidr: IpNet, except: Vec<IpNet> },
+    /// `WardNetworkPolicy` egress only: the addresses the subject pod resolved for a name that
+    /// this selector matches (learned by the DNS proxy, not known to the compiler).
+    Fqdn(FqdnSelector),
 }
 
 impl Peer {
@@ -167,7 +188,7 @@ impl Peer {
                 let addr = addr.to_canonical();
                 cidr.contains(&addr) && !except.iter().any(|e| e.contains(&addr))
             }
-            Peer::Pods { .. } => false,
+            Peer::Pods { .. } | Peer::Fqdn(_) => false,
         }
     }
 }
@@ -185,6 +206,7 @@ impl fmt::Display for Peer {
                 let ex: Vec<String> = except.iter().map(|e| e.to_string()).collect();
                 write!(f, "ipBlock {cidr} except {}", ex.join(", "))
             }
+            Peer::Fqdn(sel) => write!(f, "fqdn {sel}"),
         }
     }
 }
@@ -198,9 +220,11 @@ pub struct Rule {
     pub ports: Option<Vec<PortSpec>>,
 }
 
-/// A validated NetworkPolicy with the API server's defaults applied.
+/// A validated NetworkPolicy (or WardNetworkPolicy) with the API server's defaults applied.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Policy {
+    #[serde(default)]
+    pub kind: PolicyKind,
     pub namespace: String,
     pub name: String,
     pub pod_selector: Selector,
@@ -208,6 +232,12 @@ pub struct Policy {
     pub ingress: Option<Vec<Rule>>,
     /// `None`: not an egress policy. `Some([])`: deny all egress.
     pub egress: Option<Vec<Rule>>,
+}
+
+impl Policy {
+    pub fn policy_ref(&self) -> PolicyRef {
+        PolicyRef::of_kind(self.kind, &self.namespace, &self.name)
+    }
 }
 
 /// A named container port: what a named policy port resolves to.
@@ -229,10 +259,11 @@ pub struct PodInfo {
     pub ips: Vec<IpAddr>,
 }
 
-/// Where an error is reported: the file and the object.
+/// Where an error is reported: the file and the object; and which policy kind is checked.
 struct Ctx<'a> {
     file: &'a str,
     object: String,
+    kind: PolicyKind,
 }
 
 impl Ctx<'_> {
@@ -263,7 +294,7 @@ fn require_namespace(ctx: &Ctx, meta: &model::ObjectMeta) -> Result<String, Obje
 /// A Namespace's name and labels, with `kubernetes.io/metadata.name` set as the API server
 /// sets it.
 pub fn namespace(ns: &model::Namespace, file: &str) -> Result<(String, Labels), ObjectError> {
-    let ctx = Ctx { file, object: model::describe("Namespace", &ns.metadata) };
+    let ctx = Ctx { file, object: model::describe("Namespace", &ns.metadata), kind: PolicyKind::NetworkPolicy };
     require_name(&ctx, &ns.metadata)?;
     let mut labels = ns.metadata.labels.clone();
     labels.insert(NAMESPACE_NAME_LABEL.into(), ns.metadata.name.clone());
@@ -272,7 +303,7 @@ pub fn namespace(ns: &model::Namespace, file: &str) -> Result<(String, Labels), 
 
 /// A Pod's key and policy-relevant facts.
 pub fn pod(p: &model::Pod, file: &str) -> Result<(PodKey, PodInfo), ObjectError> {
-    let ctx = Ctx { file, object: model::describe("Pod", &p.metadata) };
+    let ctx = Ctx { file, object: model::describe("Pod", &p.metadata), kind: PolicyKind::NetworkPolicy };
     require_name(&ctx, &p.metadata)?;
     let namespace = require_namespace(&ctx, &p.metadata)?;
 
@@ -324,10 +355,23 @@ pub fn pod(p: &model::Pod, file: &str) -> Result<(PodKey, PodInfo), ObjectError>
 
 /// A NetworkPolicy, with the API server's defaults applied.
 pub fn policy(np: &model::NetworkPolicy, file: &str) -> Result<Policy, ObjectError> {
-    let ctx = Ctx { file, object: model::describe("NetworkPolicy", &np.metadata) };
-    require_name(&ctx, &np.metadata)?;
-    let namespace = require_namespace(&ctx, &np.metadata)?;
-    let spec = &np.spec;
+    policy_of_kind(PolicyKind::NetworkPolicy, &np.metadata, &np.spec, file)
+}
+
+/// A WardNetworkPolicy: the same checks and defaults, and its extensions allowed.
+pub fn ward_policy(wp: &model::WardNetworkPolicy, file: &str) -> Result<Policy, ObjectError> {
+    policy_of_kind(PolicyKind::WardNetworkPolicy, &wp.metadata, &wp.spec, file)
+}
+
+fn policy_of_kind(
+    kind: PolicyKind,
+    meta: &model::ObjectMeta,
+    spec: &model::NetworkPolicySpec,
+    file: &str,
+) -> Result<Policy, ObjectError> {
+    let ctx = Ctx { file, object: model::describe(kind.as_str(), meta), kind };
+    require_name(&ctx, meta)?;
+    let namespace = require_namespace(&ctx, meta)?;
     let pod_selector = selector_at(&ctx, "spec.podSelector", &spec.pod_selector)?;
 
     let mut ingress_type = false;
@@ -360,7 +404,7 @@ pub fn policy(np: &model::NetworkPolicy, file: &str) -> Result<Policy, ObjectErr
         let mut rules = Vec::new();
         for (i, r) in spec.ingress.iter().flatten().enumerate() {
             let field = format!("spec.ingress[{i}]");
-            rules.push(rule(&ctx, &field, "from", r.from.as_deref(), r.ports.as_deref())?);
+            rules.push(rule(&ctx, &field, Direction::Ingress, r.from.as_deref(), r.ports.as_deref())?);
         }
         ingress = Some(rules);
     }
@@ -369,26 +413,30 @@ pub fn policy(np: &model::NetworkPolicy, file: &str) -> Result<Policy, ObjectErr
         let mut rules = Vec::new();
         for (i, r) in spec.egress.iter().flatten().enumerate() {
             let field = format!("spec.egress[{i}]");
-            rules.push(rule(&ctx, &field, "to", r.to.as_deref(), r.ports.as_deref())?);
+            rules.push(rule(&ctx, &field, Direction::Egress, r.to.as_deref(), r.ports.as_deref())?);
         }
         egress = Some(rules);
     }
-    Ok(Policy { namespace, name: np.metadata.name.clone(), pod_selector, ingress, egress })
+    Ok(Policy { kind, namespace, name: meta.name.clone(), pod_selector, ingress, egress })
 }
 
 fn rule(
     ctx: &Ctx,
     field: &str,
-    peers_name: &str,
+    dir: Direction,
     peers: Option<&[NetworkPolicyPeer]>,
     ports: Option<&[NetworkPolicyPort]>,
 ) -> Result<Rule, ObjectError> {
+    let peers_name = match dir {
+        Direction::Ingress => "from",
+        Direction::Egress => "to",
+    };
     let peers = match peers {
         None | Some([]) => None,
         Some(list) => {
             let mut out = Vec::new();
             for (i, p) in list.iter().enumerate() {
-                out.push(peer(ctx, &format!("{field}.{peers_name}[{i}]"), p)?);
+                out.push(peer(ctx, &format!("{field}.{peers_name}[{i}]"), dir, p)?);
             }
             Some(out)
         }
@@ -398,7 +446,7 @@ fn rule(
         Some(list) => {
             let mut out = Vec::new();
             for (i, p) in list.iter().enumerate() {
-                out.push(port_spec(ctx, &format!("{field}.ports[{i}]"), p)?);
+                out.push(port_spec(ctx, &format!("{field}.ports[{i}]"), dir, p)?);
             }
             Some(out)
         }
@@ -406,7 +454,39 @@ fn rule(
     Ok(Rule { peers, ports })
 }
 
-fn peer(ctx: &Ctx, field: &str, p: &NetworkPolicyPeer) -> Result<Peer, ObjectError> {
+/// The error for an extension field in a plain NetworkPolicy.
+fn ward_only(ctx: &Ctx, field: String, what: &str) -> ObjectError {
+    ctx.err(
+        field,
+        format!(
+            "{what} is a WardNetworkPolicy extension (apiVersion {}); a NetworkPolicy has none",
+            model::WARD_API_VERSION
+        ),
+    )
+}
+
+fn peer(ctx: &Ctx, field: &str, dir: Direction, p: &NetworkPolicyPeer) -> Result<Peer, ObjectError> {
+    if let Some(fqdn) = &p.fqdn {
+        let ff = format!("{field}.fqdn");
+        if ctx.kind != PolicyKind::WardNetworkPolicy {
+            return Err(ward_only(ctx, ff, "fqdn"));
+        }
+        if dir != Direction::Egress {
+            return Err(ctx.err(ff, "fqdn peers are egress destinations: only in egress `to`"));
+        }
+        if p.ip_block.is_some() || p.pod_selector.is_some() || p.namespace_selector.is_some() {
+            return Err(ctx.err(field, "fqdn may not be combined with podSelector, namespaceSelector or ipBlock"));
+        }
+        return match (&fqdn.match_name, &fqdn.match_pattern) {
+            (Some(name), None) => {
+                FqdnSelector::name(name).map(Peer::Fqdn).map_err(|e| ctx.err(format!("{ff}.matchName"), e.to_string()))
+            }
+            (None, Some(pattern)) => FqdnSelector::pattern(pattern)
+                .map(Peer::Fqdn)
+                .map_err(|e| ctx.err(format!("{ff}.matchPattern"), e.to_string())),
+            _ => Err(ctx.err(ff, "exactly one of matchName and matchPattern")),
+        };
+    }
     match (&p.ip_block, &p.pod_selector, &p.namespace_selector) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
             Err(ctx.err(field, "ipBlock may not be combined with podSelector or namespaceSelector"))
@@ -469,7 +549,7 @@ pub(crate) fn canonical_net(net: IpNet) -> IpNet {
     net
 }
 
-fn port_spec(ctx: &Ctx, field: &str, p: &NetworkPolicyPort) -> Result<PortSpec, ObjectError> {
+fn port_spec(ctx: &Ctx, field: &str, dir: Direction, p: &NetworkPolicyPort) -> Result<PortSpec, ObjectError> {
     let protocol = protocol(ctx, &format!("{field}.protocol"), p.protocol.as_deref())?;
     let port = match &p.port {
         None => PortRef::Any,
@@ -496,7 +576,30 @@ fn port_spec(ctx: &Ctx, field: &str, p: &NetworkPolicyPort) -> Result<PortSpec, 
             }
         }
     };
-    Ok(PortSpec { protocol, port, end_port })
+    let http = match &p.http {
+        None => None,
+        Some(rules) => {
+            let hf = format!("{field}.http");
+            if ctx.kind != PolicyKind::WardNetworkPolicy {
+                return Err(ward_only(ctx, hf, "http"));
+            }
+            if dir != Direction::Ingress {
+                return Err(ctx.err(hf, "http rules apply to a server's ingress ports only"));
+            }
+            if protocol != Protocol::Tcp {
+                return Err(ctx.err(hf, format!("http rules need protocol TCP, not {protocol}")));
+            }
+            if rules.is_empty() {
+                return Err(ctx.err(hf, "must list at least one request (omit http for plain L4)"));
+            }
+            let mut out = Vec::new();
+            for (i, r) in rules.iter().enumerate() {
+                out.push(HttpRule::from_spec(r).map_err(|(sub, e)| ctx.err(format!("{hf}[{i}]{sub}"), e))?);
+            }
+            Some(out)
+        }
+    };
+    Ok(PortSpec { protocol, port, end_port, http })
 }
 
 fn protocol(ctx: &Ctx, field: &str, p: Option<&str>) -> Result<Protocol, ObjectError> {
@@ -543,7 +646,7 @@ fn check_port_name(ctx: &Ctx, field: &str, name: &str) -> Result<(), ObjectError
 
 /// Validates a `LabelSelector` on its own (the CLI uses it for `--selector`-like input).
 pub fn selector(sel: &LabelSelector, file: &str, object: &str, field: &str) -> Result<Selector, ObjectError> {
-    selector_at(&Ctx { file, object: object.into() }, field, sel)
+    selector_at(&Ctx { file, object: object.into(), kind: PolicyKind::NetworkPolicy }, field, sel)
 }
 
 fn selector_at(ctx: &Ctx, field: &str, sel: &LabelSelector) -> Result<Selector, ObjectError> {
@@ -702,6 +805,84 @@ mod tests {
         }
     }
 
+    fn wnp(spec: &str) -> Result<Policy, ObjectError> {
+        let o = one(&format!(
+            "apiVersion: policy.ward.dev/v1alpha1\nkind: WardNetworkPolicy\nmetadata: {{name: w, namespace: x}}\nspec: {spec}\n"
+        ));
+        match o {
+            Object::WardNetworkPolicy(p) => ward_policy(&p, "t.yaml"),
+            other => panic!("not a WardNetworkPolicy: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ward_network_policy_takes_fqdn_peers_and_http_rules() {
+        let p = wnp("{podSelector: {}, policyTypes: [Ingress, Egress], \
+             egress: [{to: [{fqdn: {matchName: API.bank.example.}}, {fqdn: {matchPattern: '*.s3.example'}}], ports: [{port: 443}]}], \
+             ingress: [{ports: [{port: 8080, http: [{method: GET, path: /api/v1/products}, {pathPrefix: /api/v1/orders/}]}]}]}")
+        .expect("valid WardNetworkPolicy");
+        assert_eq!(p.kind, PolicyKind::WardNetworkPolicy);
+        assert_eq!(p.policy_ref().to_string(), "x/w (WardNetworkPolicy)");
+        let peers = p.egress.as_ref().expect("egress")[0].peers.clone().expect("peers");
+        assert_eq!(
+            peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            ["fqdn api.bank.example", "fqdn *.s3.example"]
+        );
+        let port = &p.ingress.as_ref().expect("ingress")[0].ports.as_ref().expect("ports")[0];
+        assert_eq!(port.to_string(), "TCP/8080 http [GET /api/v1/products, * /api/v1/orders/*]");
+        assert!(!port.matches(Protocol::Tcp, 8080, &[]), "an HTTP port never matches at L4 alone");
+        assert!(port.matches_l4(Protocol::Tcp, 8080, &[]));
+    }
+
+    #[test]
+    fn extension_fields_are_rejected_where_they_do_not_belong() {
+        let np_fqdn = np("{podSelector: {}, egress: [{to: [{fqdn: {matchName: a.example}}]}]}").expect_err("NP fqdn");
+        assert_eq!(np_fqdn.field, "spec.egress[0].to[0].fqdn");
+        assert!(np_fqdn.message.contains("WardNetworkPolicy"), "{np_fqdn}");
+        let np_http =
+            np("{podSelector: {}, ingress: [{ports: [{port: 80, http: [{path: /}]}]}]}").expect_err("NP http");
+        assert_eq!(np_http.field, "spec.ingress[0].ports[0].http");
+        let cases = [
+            ("{podSelector: {}, ingress: [{from: [{fqdn: {matchName: a.example}}]}]}", "spec.ingress[0].from[0].fqdn"),
+            (
+                "{podSelector: {}, egress: [{to: [{fqdn: {matchName: a.example, matchPattern: '*.a'}}]}]}",
+                "spec.egress[0].to[0].fqdn",
+            ),
+            ("{podSelector: {}, egress: [{to: [{fqdn: {}}]}]}", "spec.egress[0].to[0].fqdn"),
+            (
+                "{podSelector: {}, egress: [{to: [{fqdn: {matchPattern: 'api.*.example'}}]}]}",
+                "spec.egress[0].to[0].fqdn.matchPattern",
+            ),
+            (
+                "{podSelector: {}, egress: [{to: [{fqdn: {matchName: '*.example'}}]}]}",
+                "spec.egress[0].to[0].fqdn.matchName",
+            ),
+            (
+                "{podSelector: {}, egress: [{to: [{fqdn: {matchName: a.example}, podSelector: {}}]}]}",
+                "spec.egress[0].to[0]",
+            ),
+            ("{podSelector: {}, egress: [{ports: [{port: 80, http: [{path: /}]}]}]}", "spec.egress[0].ports[0].http"),
+            (
+                "{podSelector: {}, ingress: [{ports: [{port: 80, protocol: UDP, http: [{path: /}]}]}]}",
+                "spec.ingress[0].ports[0].http",
+            ),
+            ("{podSelector: {}, ingress: [{ports: [{port: 80, http: []}]}]}", "spec.ingress[0].ports[0].http"),
+            (
+                "{podSelector: {}, ingress: [{ports: [{port: 80, http: [{path: /a, method: 'G T'}]}]}]}",
+                "spec.ingress[0].ports[0].http[0].method",
+            ),
+            (
+                "{podSelector: {}, ingress: [{ports: [{port: 80, http: [{path: /a/../b}]}]}]}",
+                "spec.ingress[0].ports[0].http[0].path",
+            ),
+        ];
+        for (spec, field) in cases {
+            let e = wnp(spec).expect_err(spec);
+            assert_eq!(e.object, "WardNetworkPolicy x/w", "{spec}");
+            assert_eq!(e.field, field, "{spec}: {e}");
+        }
+    }
+
     #[test]
     fn missing_name_or_namespace_is_an_error() {
         let o = one("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: x}\nspec: {}\n");
@@ -749,8 +930,8 @@ mod tests {
         assert_eq!(
             rules[1].ports,
             Some(vec![
-                PortSpec { protocol: Protocol::Tcp, port: PortRef::Number(80), end_port: None },
-                PortSpec { protocol: Protocol::Udp, port: PortRef::Any, end_port: None },
+                PortSpec { protocol: Protocol::Tcp, port: PortRef::Number(80), end_port: None, http: None },
+                PortSpec { protocol: Protocol::Udp, port: PortRef::Any, end_port: None, http: None },
             ])
         );
     }

@@ -398,6 +398,7 @@ mod tests {
 
     fn policy(ns: &str, name: &str, app: &str) -> Policy {
         Policy {
+            kind: Default::default(),
             namespace: ns.into(),
             name: name.into(),
             pod_selector: Selector { match_labels: Labels::from([("app".into(), app.into())]), requirements: vec![] },

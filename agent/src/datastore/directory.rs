@@ -303,7 +303,7 @@ items:
 ";
 
     fn web() -> PolicyRef {
-        PolicyRef { namespace: "shop".into(), name: "web".into() }
+        PolicyRef::new("shop", "web")
     }
 
     #[test]

@@ -6,7 +6,7 @@ pub mod directory;
 
 use std::collections::BTreeMap;
 
-use ward_policy::cluster::{PodKey, PolicyRef};
+use ward_policy::cluster::{PodKey, PolicyKind, PolicyRef};
 use ward_policy::model::Object;
 use ward_policy::validate::{self as v, ObjectError, PodInfo, Policy};
 
@@ -47,7 +47,10 @@ impl Snapshot {
                 self.pods.remove(&PodKey { namespace: key.namespace.clone(), name: key.name.clone() });
             }
             KIND_POLICY => {
-                self.policies.remove(&PolicyRef { namespace: key.namespace.clone(), name: key.name.clone() });
+                self.policies.remove(&PolicyRef::new(&key.namespace, &key.name));
+            }
+            KIND_WARD_POLICY => {
+                self.policies.remove(&PolicyRef::of_kind(PolicyKind::WardNetworkPolicy, &key.namespace, &key.name));
             }
             _ => {}
         }
@@ -62,7 +65,7 @@ impl Snapshot {
                 self.pods.insert(PodKey { namespace: key.namespace.clone(), name: key.name.clone() }, p.clone());
             }
             Valid::Policy(p) => {
-                self.policies.insert(PolicyRef { namespace: key.namespace.clone(), name: key.name.clone() }, p.clone());
+                self.policies.insert(p.policy_ref(), p.clone());
             }
         }
     }
@@ -79,6 +82,7 @@ pub struct Invalid {
 const KIND_NAMESPACE: &str = "Namespace";
 const KIND_POD: &str = "Pod";
 const KIND_POLICY: &str = "NetworkPolicy";
+const KIND_WARD_POLICY: &str = "WardNetworkPolicy";
 
 /// Validates one object.
 pub fn validate(obj: &Object, file: &str) -> Result<(ObjKey, Valid), Box<Invalid>> {
@@ -102,6 +106,10 @@ pub fn validate(obj: &Object, file: &str) -> Result<(ObjKey, Valid), Box<Invalid
         Object::NetworkPolicy(np) => {
             let k = key(KIND_POLICY, np.metadata.namespace.as_ref(), &np.metadata.name);
             v::policy(np, file).map(|p| (k.clone(), Valid::Policy(p))).map_err(|e| invalid(Some(k), e))
+        }
+        Object::WardNetworkPolicy(wp) => {
+            let k = key(KIND_WARD_POLICY, wp.metadata.namespace.as_ref(), &wp.metadata.name);
+            v::ward_policy(wp, file).map(|p| (k.clone(), Valid::Policy(p))).map_err(|e| invalid(Some(k), e))
         }
         other => Err(invalid(
             None,
