@@ -1,166 +1,21 @@
 //! Kernel-logic tests: the real eBPF programs, loaded into this kernel, run on crafted
 //! packets with BPF_PROG_TEST_RUN against maps the test fills in. Root required; under CI
-//! (CI=true) a missing privilege fails the test instead of skipping it.
+//! (CI=true) a missing privilege fails the test instead of skipping it. The crafted-packet
+//! suite (`crafted_packets.rs`) holds the attacker's cases; these are the basic semantics.
+
+mod support;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ward_agent::datapath::{Datapath, MirrorContents};
 use ward_common::{
     Direction, Reason, Verdict,
     addr::v4_mapped,
-    identity::{CIDR_ID_BIT, ID_ANY, ID_HOST, ID_WORLD},
-    maps::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EndpointInfo, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue},
-    ports::{MAX_BLOCKS, PortBlock, range_to_blocks},
+    identity::{CIDR_ID_BIT, ID_ANY, ID_WORLD},
+    maps::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue},
 };
 
-const PASS: i32 = 0;
-const DROP: i32 = 2;
-const LO: u32 = 1;
-
-fn privileged() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "kernel-logic tests need root and CI runs as root");
-    eprintln!("skipping: not root");
-    false
-}
-
-/// A datapath pinned under a unique node name, removed on drop (also on panic).
-struct TestDatapath {
-    dp: Datapath,
-    mirror: MirrorContents,
-}
-
-impl TestDatapath {
-    fn new(tag: &str) -> Self {
-        let node = format!("ward-test-{}-{tag}", std::process::id());
-        let dp = Datapath::open(std::path::Path::new("/sys/fs/bpf"), &node).expect("load datapath");
-        TestDatapath { dp, mirror: MirrorContents::default() }
-    }
-
-    fn apply(&mut self, desired: &MirrorContents) {
-        let delta = self.mirror.delta_to(desired);
-        self.dp.maps.apply(&mut self.mirror, &delta).expect("apply maps");
-    }
-
-    fn run(&self, program: &'static str, pkt: &[u8]) -> i32 {
-        self.dp.run_program(program, pkt, LO).expect("test run")
-    }
-
-    /// Runs a packet and also returns the reason the programs counted for it.
-    fn run_reason(&self, program: &'static str, pkt: &[u8]) -> (i32, Reason) {
-        let before = self.dp.maps.reason_counters().expect("counters");
-        let verdict = self.run(program, pkt);
-        let after = self.dp.maps.reason_counters().expect("counters");
-        let counted: Vec<Reason> = Reason::ALL.into_iter().filter(|r| after[r].packets != before[r].packets).collect();
-        assert_eq!(counted.len(), 1, "exactly one reason counted per packet, got {counted:?}");
-        assert_eq!(after[&counted[0]].bytes - before[&counted[0]].bytes, pkt.len() as u64, "bytes counted");
-        (verdict, counted[0])
-    }
-}
-
-impl Drop for TestDatapath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(self.dp.pin_dir());
-    }
-}
-
-const POD: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
-const PEER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 3);
-const OUTSIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
-const NODE: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 1);
-const POD6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2);
-const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 3);
-const SUBJECT: u32 = 300;
-const PEER_ID: u32 = 301;
-
-const TCP: u8 = 6;
-const UDP: u8 = 17;
-const SCTP: u8 = 132;
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
-
-fn l4(proto: u8, sport: u16, dport: u16, tcp_flags: u8) -> Vec<u8> {
-    let len = match proto {
-        TCP => 20,
-        SCTP => 12,
-        _ => 8,
-    };
-    let mut l4 = vec![0u8; len];
-    l4[0..2].copy_from_slice(&sport.to_be_bytes());
-    l4[2..4].copy_from_slice(&dport.to_be_bytes());
-    if proto == TCP {
-        l4[12] = 0x50;
-        l4[13] = tcp_flags;
-    }
-    l4
-}
-
-/// Ethernet + IPv4 + L4 (checksums are not checked by the programs).
-fn packet(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, sport: u16, dport: u16, tcp_flags: u8) -> Vec<u8> {
-    let l4 = l4(proto, sport, dport, tcp_flags);
-    let mut p = vec![0u8; 12];
-    p.extend_from_slice(&[0x08, 0x00]);
-    let total = (20 + l4.len()) as u16;
-    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0];
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    p.extend_from_slice(&ip);
-    p.extend_from_slice(&l4);
-    p
-}
-
-/// Ethernet + IPv6 + L4.
-fn packet6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, sport: u16, dport: u16, tcp_flags: u8) -> Vec<u8> {
-    let l4 = l4(proto, sport, dport, tcp_flags);
-    let mut p = vec![0u8; 12];
-    p.extend_from_slice(&[0x86, 0xdd]);
-    let mut ip = vec![0x60, 0, 0, 0];
-    ip.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-    ip.extend_from_slice(&[proto, 64]);
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    p.extend_from_slice(&ip);
-    p.extend_from_slice(&l4);
-    p
-}
-
-fn host_key(ip: Ipv4Addr) -> IpcacheKey {
-    IpcacheKey { prefixlen: 128, addr: v4_mapped(ip.octets()) }
-}
-
-fn base(flags: u32) -> MirrorContents {
-    let mut m = MirrorContents::default();
-    m.endpoints.insert(
-        LO,
-        EndpointInfo {
-            ep_id: 7,
-            identity: SUBJECT,
-            flags,
-            _pad: 0,
-            addr_v4: v4_mapped(POD.octets()),
-            addr_v6: POD6.octets(),
-        },
-    );
-    m.ipcache.insert(host_key(POD), IpcacheValue { identity: SUBJECT, cidr_identity: ID_WORLD });
-    m.ipcache.insert(host_key(PEER), IpcacheValue { identity: PEER_ID, cidr_identity: ID_WORLD });
-    m.ipcache.insert(host_key(NODE), IpcacheValue { identity: ID_HOST, cidr_identity: ID_WORLD });
-    m.ipcache.insert(
-        IpcacheKey { prefixlen: 128, addr: PEER6.octets() },
-        IpcacheValue { identity: PEER_ID, cidr_identity: ID_WORLD },
-    );
-    m
-}
-
-fn allow(m: &mut MirrorContents, dir: Direction, peer: u32, proto: u8, first: u16, last: u16, rule_id: u32) {
-    let mut blocks = [PortBlock { base: 0, prefix_len: 0 }; MAX_BLOCKS];
-    let n = range_to_blocks(first, last, &mut blocks);
-    for b in &blocks[..n] {
-        m.policy.insert(PolicyKey::port_block(SUBJECT, peer, dir, proto, *b), PolicyValue { rule_id, flags: 0 });
-    }
-}
+use support::*;
+use ward_agent::datapath::MirrorContents;
 
 #[test]
 fn unisolated_pod_passes_everything() {
@@ -288,24 +143,15 @@ fn spoofed_source_unknown_endpoint_and_malformed_packets_are_dropped() {
 }
 
 /// Ethernet + IPv4 + ICMP with the given type and rest-of-header/payload bytes.
-fn icmp(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, body: &[u8]) -> Vec<u8> {
-    let mut p = vec![0u8; 12];
-    p.extend_from_slice(&[0x08, 0x00]);
-    let total = (20 + 4 + body.len()) as u16;
-    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    p.extend_from_slice(&ip);
-    p.extend_from_slice(&[ty, 0, 0, 0]);
-    p.extend_from_slice(body);
-    p
+fn icmp(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, ty: u8, body: &[u8]) -> Vec<u8> {
+    let mut rest = [0u8; 4];
+    let n = body.len().min(4);
+    rest[..n].copy_from_slice(&body[..n]);
+    V4::new(src, dst, ICMP).frame(&icmp_msg(ty, 0, rest, body.get(4..).unwrap_or(&[])))
 }
 
-fn echo(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, id: u16) -> Vec<u8> {
-    let mut body = id.to_be_bytes().to_vec();
-    body.extend_from_slice(&[0, 1]);
-    icmp(src, dst, ty, &body)
+fn echo(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, ty: u8, id: u16) -> Vec<u8> {
+    V4::new(src, dst, ICMP).frame(&icmp_msg(ty, 0, echo_rest(id, 1), &[]))
 }
 
 #[test]
@@ -358,7 +204,7 @@ fn every_pinned_map_has_the_key_value_sizes_and_capacity_of_its_shared_type() {
     }
     let t = TestDatapath::new("layout");
     // LPM trie keys are the 4-byte prefix length plus the data.
-    let expected: [(&str, usize, usize, u32); 7] = [
+    let expected: [(&str, usize, usize, u32); 9] = [
         (MAP_ENDPOINTS, size_of::<EndpointKey>(), size_of::<EndpointInfo>(), ENDPOINTS_MAX),
         (MAP_IPCACHE, size_of::<IpcacheKey>(), size_of::<IpcacheValue>(), IPCACHE_MAX),
         (MAP_POLICY, size_of::<PolicyKey>(), size_of::<PolicyValue>(), POLICY_MAX),
@@ -366,6 +212,8 @@ fn every_pinned_map_has_the_key_value_sizes_and_capacity_of_its_shared_type() {
         (MAP_CONFIG, 4, size_of::<ConfigValue>(), 1),
         (MAP_REASON_CNT, 4, size_of::<Counter>(), ward_common::Reason::COUNT),
         (MAP_RULE_CNT, 4, size_of::<Counter>(), RULE_CNT_MAX),
+        (MAP_CT_COUNT, size_of::<CtCountKey>(), size_of::<i64>(), CT_COUNT_MAX),
+        (MAP_FRAGS, size_of::<FragKey>(), size_of::<FragValue>(), FRAGS_MAX),
     ];
     for (name, key, value, max) in expected {
         let info = MapInfo::from_pin(t.dp.pin_dir().join(name)).unwrap_or_else(|e| panic!("{name} not pinned: {e}"));

@@ -15,6 +15,15 @@ pub const fn v4_mapped(v4: [u8; 4]) -> Addr16 {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
 }
 
+/// Any address in the 16-byte form (IPv4, and IPv4-mapped IPv6 written as IPv4, both mapped):
+/// the one conversion from `IpAddr` user space uses.
+pub fn addr16(ip: core::net::IpAddr) -> Addr16 {
+    match ip.to_canonical() {
+        core::net::IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        core::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
 /// True if the address is IPv4-mapped.
 #[inline(always)]
 pub fn is_v4_mapped(a: &Addr16) -> bool {

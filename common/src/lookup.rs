@@ -6,7 +6,9 @@
 //! Lookup order for a packet that starts a flow at an endpoint, in direction `dir`:
 //! 1. Resolve the peer address in the ipcache to (label identity, CIDR identity); a miss is
 //!    (`ID_WORLD`, `ID_WORLD`).
-//! 2. Ingress from a node address (`ID_HOST`): allowed (`FromHost`).
+//! 2. Ingress from a node address (`ID_HOST`) that the node's own stack sent: allowed
+//!    (`FromHost`). A packet forwarded from elsewhere with a node address as its source is
+//!    not the node's traffic and goes on to policy like any other.
 //! 3. The endpoint is not isolated in `dir`: allowed (`NotIsolated`).
 //! 4. Policy LPM lookups, full key, peer = label identity, then CIDR identity, then `ID_ANY`:
 //!    the first hit allows (`PolicyAllow`, with the entry's rule id).
@@ -39,23 +41,57 @@ pub struct Decision {
 
 const WORLD: IpcacheValue = IpcacheValue { identity: ID_WORLD, cidr_identity: ID_WORLD };
 
-/// Decides a packet that no tracked flow covers. `peer` is the remote address (source for
-/// ingress, destination for egress); `port` is the destination port (0 for port-less
-/// protocols).
+/// IP protocol numbers whose ports policy rules name.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+
+/// What the decision needs to know about a packet that starts a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// The remote end: the source for ingress, the destination for egress.
+    pub peer: Addr16,
+    pub proto: u8,
+    /// The destination port, 0 for protocols without ports in policy.
+    pub port: u16,
+    /// The node's own stack sent the packet (ingress only): a node source address makes it
+    /// the node's traffic only then.
+    pub from_node_stack: bool,
+}
+
+impl Flow {
+    /// The flow of a packet from `saddr` to `daddr` seen at an endpoint in `dir`. Only TCP,
+    /// UDP and SCTP have ports in policy; for every other protocol only port-less rules apply.
+    #[inline(always)]
+    pub fn of_packet(
+        dir: Direction,
+        saddr: &Addr16,
+        daddr: &Addr16,
+        proto: u8,
+        dport: u16,
+        from_node_stack: bool,
+    ) -> Flow {
+        let peer = match dir {
+            Direction::Ingress => *saddr,
+            Direction::Egress => *daddr,
+        };
+        let port = match proto {
+            PROTO_TCP | PROTO_UDP | PROTO_SCTP => dport,
+            _ => 0,
+        };
+        Flow { peer, proto, port, from_node_stack: from_node_stack && matches!(dir, Direction::Ingress) }
+    }
+}
+
+/// Decides a packet that no tracked flow covers.
 #[inline(always)]
-pub fn decide_new_flow<T: Tables>(
-    tables: &T,
-    ep: &EndpointInfo,
-    dir: Direction,
-    peer: &Addr16,
-    proto: u8,
-    port: u16,
-) -> Decision {
-    let peer = match tables.ipcache(peer) {
+pub fn decide_new_flow<T: Tables>(tables: &T, ep: &EndpointInfo, dir: Direction, flow: &Flow) -> Decision {
+    let peer = match tables.ipcache(&flow.peer) {
         Some(v) => v,
         None => WORLD,
     };
-    if matches!(dir, Direction::Ingress) && peer.identity == ID_HOST {
+    let (proto, port) = (flow.proto, flow.port);
+    if matches!(dir, Direction::Ingress) && peer.identity == ID_HOST && flow.from_node_stack {
         return Decision { reason: Reason::FromHost, rule_id: 0, peer };
     }
     if !ep.isolated(dir) {

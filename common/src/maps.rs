@@ -9,7 +9,12 @@ use crate::reason::Direction;
 
 /// Bumped whenever a map's layout changes; part of the pin path (`<bpffs>/ward/v{N}/`) and
 /// stored in `WARD_CONFIG`, so an agent never adopts maps it cannot read.
-pub const LAYOUT_VERSION: u32 = 1;
+///
+/// v2: `WARD_CT` is a hash with no eviction (was an LRU that one pod's flood could empty of
+/// other pods' flows), with per-state timeouts and a per-endpoint quota counted in
+/// `WARD_CT_COUNT`; `WARD_FRAGS` tracks allowed first fragments; `ConfigValue` carries the
+/// quota. The agent migrates a v1 node's tracked flows and links (`datapath::migrate`).
+pub const LAYOUT_VERSION: u32 = 2;
 
 pub const MAP_ENDPOINTS: &str = "WARD_ENDPOINTS";
 pub const MAP_IPCACHE: &str = "WARD_IPCACHE";
@@ -19,15 +24,35 @@ pub const MAP_CONFIG: &str = "WARD_CONFIG";
 pub const MAP_EVENTS: &str = "WARD_EVENTS";
 pub const MAP_REASON_CNT: &str = "WARD_REASON_CNT";
 pub const MAP_RULE_CNT: &str = "WARD_RULE_CNT";
+pub const MAP_CT_COUNT: &str = "WARD_CT_COUNT";
+pub const MAP_FRAGS: &str = "WARD_FRAGS";
 
-/// Every map, for pinning and for the layout check in tests.
-pub const ALL_MAPS: [&str; 8] =
-    [MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_CT, MAP_CONFIG, MAP_EVENTS, MAP_REASON_CNT, MAP_RULE_CNT];
+/// Every pinned map, for pinning and for the layout check in tests.
+pub const ALL_MAPS: [&str; 10] = [
+    MAP_ENDPOINTS,
+    MAP_IPCACHE,
+    MAP_POLICY,
+    MAP_CT,
+    MAP_CONFIG,
+    MAP_EVENTS,
+    MAP_REASON_CNT,
+    MAP_RULE_CNT,
+    MAP_CT_COUNT,
+    MAP_FRAGS,
+];
 
 pub const ENDPOINTS_MAX: u32 = 16 * 1024;
 pub const IPCACHE_MAX: u32 = 512 * 1024;
 pub const POLICY_MAX: u32 = 1024 * 1024;
-pub const CT_MAX: u32 = 128 * 1024;
+/// Tracked flows on the node. Preallocated (about 100 bytes each with the kernel's overhead).
+pub const CT_MAX: u32 = 256 * 1024;
+/// Default per-endpoint share of `WARD_CT` (`ConfigValue::ct_quota`): one pod's flood of new
+/// flows fills its own share and is then refused (`ct_quota`), never touching other pods'.
+pub const CT_QUOTA_DEFAULT: u32 = 32 * 1024;
+/// Two counters per endpoint (kernel and agent side, see [`CtCountKey`]).
+pub const CT_COUNT_MAX: u32 = 2 * ENDPOINTS_MAX;
+/// First fragments whose later fragments may pass (an LRU: losing one only drops fragments).
+pub const FRAGS_MAX: u32 = 16 * 1024;
 pub const RULE_CNT_MAX: u32 = 64 * 1024;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;
@@ -247,7 +272,114 @@ pub struct CtValue {
     pub rev: u32,
     pub rule_id: u32,
     pub created_ns: u64,
+    /// When a packet of the flow last passed (coarse clock, refreshed at most every
+    /// [`CT_REFRESH_NS`]); with `state` it decides expiry ([`CtValue::expired`]).
+    pub seen_ns: u64,
+    /// `CT_*` state bits.
+    pub state: u8,
+    pub _pad: [u8; 7],
 }
+
+/// A packet of the reply direction has passed.
+pub const CT_SEEN_REPLY: u8 = 1;
+/// TCP FIN seen in the direction the flow was first seen in.
+pub const CT_FIN_ORIG: u8 = 2;
+/// TCP FIN seen in the reply direction.
+pub const CT_FIN_REPLY: u8 = 4;
+/// TCP RST seen (either direction).
+pub const CT_RST: u8 = 8;
+
+/// How stale `seen_ns` may get before a packet refreshes it (one map write per flow and
+/// interval, not per packet).
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+const SEC: u64 = 1_000_000_000;
+/// TCP: no reply yet (a SYN and its retransmissions).
+pub const CT_TCP_OPENING_NS: u64 = 60 * SEC;
+/// TCP with replies, not closing.
+pub const CT_TCP_ESTABLISHED_NS: u64 = 6 * 3600 * SEC;
+/// TCP after a RST, or after FIN in both directions.
+pub const CT_TCP_CLOSED_NS: u64 = 10 * SEC;
+/// TCP after a FIN in one direction (the other may still send: half-close).
+pub const CT_TCP_CLOSING_NS: u64 = 120 * SEC;
+/// UDP, SCTP and other protocols, one way only.
+pub const CT_OTHER_NS: u64 = 60 * SEC;
+/// UDP, SCTP and other protocols with replies.
+pub const CT_OTHER_REPLIED_NS: u64 = 180 * SEC;
+/// ICMP echo.
+pub const CT_ICMP_NS: u64 = 30 * SEC;
+
+impl CtValue {
+    /// How long the flow may stay idle in its state (protocol from the key).
+    pub const fn timeout_ns(&self, proto: u8) -> u64 {
+        match proto {
+            6 => {
+                if self.state & CT_RST != 0 || self.state & (CT_FIN_ORIG | CT_FIN_REPLY) == CT_FIN_ORIG | CT_FIN_REPLY {
+                    CT_TCP_CLOSED_NS
+                } else if self.state & (CT_FIN_ORIG | CT_FIN_REPLY) != 0 {
+                    CT_TCP_CLOSING_NS
+                } else if self.state & CT_SEEN_REPLY != 0 {
+                    CT_TCP_ESTABLISHED_NS
+                } else {
+                    CT_TCP_OPENING_NS
+                }
+            }
+            1 | 58 => CT_ICMP_NS,
+            _ => {
+                if self.state & CT_SEEN_REPLY != 0 {
+                    CT_OTHER_REPLIED_NS
+                } else {
+                    CT_OTHER_NS
+                }
+            }
+        }
+    }
+
+    /// Whether the flow has been idle longer than its state allows at `now_ns` (same clock as
+    /// `seen_ns`). An expired entry relates nothing and lets nothing through.
+    pub const fn expired(&self, proto: u8, now_ns: u64) -> bool {
+        now_ns > self.seen_ns && now_ns - self.seen_ns > self.timeout_ns(proto)
+    }
+}
+
+/// `WARD_CT_COUNT` key: one endpoint's tracked-flow count, in two halves so that each has one
+/// kind of writer: [`CT_COUNT_KERNEL`] is changed only by the programs (atomic adds: +1 per
+/// flow they insert, -1 per flow they remove), [`CT_COUNT_AGENT`] only by the agent (flows its
+/// expiry sweep removed). In use = kernel - agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtCountKey {
+    pub ep_id: u32,
+    pub writer: u32,
+}
+
+pub const CT_COUNT_KERNEL: u32 = 0;
+pub const CT_COUNT_AGENT: u32 = 1;
+
+/// `WARD_FRAGS` key: the first fragment of an IP datagram that was allowed at an endpoint in a
+/// direction. Later fragments (no L4 header) pass when they carry the same key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub ep_id: u32,
+    /// IPv4 identification (16 bits) or IPv6 fragment header identification (32 bits).
+    pub id: u32,
+    pub saddr: Addr16,
+    pub daddr: Addr16,
+    pub proto: u8,
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+
+/// `WARD_FRAGS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragValue {
+    /// When the first fragment passed (coarse clock).
+    pub created_ns: u64,
+}
+
+/// How long later fragments of an allowed first fragment may follow (Linux's `ipfrag_time`).
+pub const FRAG_TIMEOUT_NS: u64 = 30 * SEC;
 
 /// `WARD_CONFIG` (array, one entry) value.
 #[repr(C)]
@@ -258,7 +390,8 @@ pub struct ConfigValue {
     pub policy_rev: u32,
     /// `CFG_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// Most tracked flows one endpoint may hold (0: [`CT_QUOTA_DEFAULT`]).
+    pub ct_quota: u32,
 }
 
 /// Emit a flow event for every newly allowed flow.
@@ -305,7 +438,10 @@ const _: () = assert!(size_of::<PolicyKey>() == 16);
 const _: () = assert!(size_of::<PolicyValue>() == 8);
 const _: () = assert!(size_of::<PolicyKeyData>() == 12);
 const _: () = assert!(size_of::<CtKey>() == 44);
-const _: () = assert!(size_of::<CtValue>() == 16);
+const _: () = assert!(size_of::<CtValue>() == 32);
+const _: () = assert!(size_of::<CtCountKey>() == 8);
+const _: () = assert!(size_of::<FragKey>() == 44);
+const _: () = assert!(size_of::<FragValue>() == 8);
 const _: () = assert!(size_of::<ConfigValue>() == 16);
 const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(size_of::<FlowEvent>() == 80);
@@ -326,6 +462,9 @@ mod pod {
     unsafe impl aya::Pod for ConfigValue {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for FlowEvent {}
+    unsafe impl aya::Pod for CtCountKey {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
 }
 
 #[cfg(test)]

@@ -78,12 +78,16 @@ pub enum Reason {
     Reply = 3,
     /// No policy selects the pod for this direction, so it is not isolated.
     NotIsolated = 4,
-    /// Traffic from the pod's own node, always allowed (NetworkPolicy spec).
+    /// Traffic the pod's own node sent, always allowed (NetworkPolicy spec).
     FromHost = 5,
-    /// An ICMP error about a tracked flow.
+    /// An ICMP error about a current tracked flow, going back to the sender of the packet it
+    /// quotes.
     Related = 6,
-    /// Not IP (ARP and the like) or IPv6 neighbour discovery: not policed.
+    /// ARP, or IPv6 neighbour discovery / MLD within what those protocols need (link-local
+    /// addresses, hop limit, the pod's own addresses): not policed.
     NotPoliced = 7,
+    /// A later fragment of a datagram whose first fragment was allowed here.
+    TrackedFragment = 8,
 
     /// The pod is isolated in this direction and no rule allows the peer/port (default deny).
     PolicyDenied = 64,
@@ -95,10 +99,14 @@ pub enum Reason {
     SpoofedSource = 67,
     /// The packet could not be parsed far enough to decide.
     Malformed = 68,
-    /// A non-first IP fragment (no L4 header to decide on).
+    /// A non-first IP fragment whose first fragment was not allowed here (or not seen).
     Fragment = 69,
     /// A map operation needed for the decision failed.
     MapError = 70,
+    /// The endpoint holds as many tracked flows as its quota allows: a new flow is refused.
+    CtQuota = 71,
+    /// A frame that is neither IP nor ARP.
+    UnsupportedProtocol = 72,
 }
 
 impl Reason {
@@ -107,7 +115,7 @@ impl Reason {
     /// Upper bound (exclusive) of reason codes; sizes the per-reason counter array.
     pub const COUNT: u32 = 128;
 
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 17] = [
         Reason::PolicyAllow,
         Reason::Established,
         Reason::Reply,
@@ -115,6 +123,7 @@ impl Reason {
         Reason::FromHost,
         Reason::Related,
         Reason::NotPoliced,
+        Reason::TrackedFragment,
         Reason::PolicyDenied,
         Reason::PolicyRevoked,
         Reason::UnknownEndpoint,
@@ -122,6 +131,8 @@ impl Reason {
         Reason::Malformed,
         Reason::Fragment,
         Reason::MapError,
+        Reason::CtQuota,
+        Reason::UnsupportedProtocol,
     ];
 
     pub const fn verdict(self) -> Verdict {
@@ -138,6 +149,7 @@ impl Reason {
             Reason::FromHost => "from_host",
             Reason::Related => "related",
             Reason::NotPoliced => "not_policed",
+            Reason::TrackedFragment => "tracked_fragment",
             Reason::PolicyDenied => "policy_denied",
             Reason::PolicyRevoked => "policy_revoked",
             Reason::UnknownEndpoint => "unknown_endpoint",
@@ -145,6 +157,8 @@ impl Reason {
             Reason::Malformed => "malformed",
             Reason::Fragment => "fragment",
             Reason::MapError => "map_error",
+            Reason::CtQuota => "ct_quota",
+            Reason::UnsupportedProtocol => "unsupported_protocol",
         }
     }
 }
@@ -173,5 +187,35 @@ mod tests {
             assert_eq!(r.verdict() == Verdict::Drop, r as u8 >= Reason::FIRST_DROP, "{r:?}");
         }
         assert_eq!(Reason::try_from(0), Err(0));
+    }
+
+    /// `ALL` is hand-written: this match has no wildcard arm, so a new variant fails to
+    /// compile here until it is added to the list below, which must equal `ALL`.
+    #[test]
+    fn all_lists_every_reason_once() {
+        fn index(r: Reason) -> usize {
+            match r {
+                Reason::PolicyAllow => 0,
+                Reason::Established => 1,
+                Reason::Reply => 2,
+                Reason::NotIsolated => 3,
+                Reason::FromHost => 4,
+                Reason::Related => 5,
+                Reason::NotPoliced => 6,
+                Reason::TrackedFragment => 7,
+                Reason::PolicyDenied => 8,
+                Reason::PolicyRevoked => 9,
+                Reason::UnknownEndpoint => 10,
+                Reason::SpoofedSource => 11,
+                Reason::Malformed => 12,
+                Reason::Fragment => 13,
+                Reason::MapError => 14,
+                Reason::CtQuota => 15,
+                Reason::UnsupportedProtocol => 16,
+            }
+        }
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(index(*r), i, "{r:?}");
+        }
     }
 }

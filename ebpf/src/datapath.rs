@@ -1,19 +1,32 @@
 //! The per-packet pipeline shared by both programs.
 //!
-//! Order (fail closed at every step):
-//! 1. Not IP → pass (`NotPoliced`). IPv6 neighbour discovery/MLD → pass.
-//! 2. Endpoint by ifindex; none → drop (`UnknownEndpoint`).
-//! 3. Unparseable IP → drop if the pod is isolated in this direction (`Malformed`).
-//! 4. Leaving the pod with a source address not its own → drop (`SpoofedSource`).
-//! 5. Non-first fragment → drop if isolated (`Fragment`).
-//! 6. ICMP error about a tracked flow → pass (`Related`).
-//! 7. Conntrack: same direction → `Established`; reverse of the other direction → `Reply`.
-//!    A flow checked under an older policy revision is re-decided first and cut if denied.
-//! 8. New flow → `ward_common::lookup::decide_new_flow`; allowed flows are tracked.
+//! Order (fail closed at every step; each exemption as narrow as its protocol needs, and
+//! after the source check):
+//! 1. Endpoint by ifindex; none → drop (`UnknownEndpoint`), whatever the frame.
+//! 2. Neither IP nor ARP → drop (`UnsupportedProtocol`). ARP → pass (`NotPoliced`), but one
+//!    leaving a pod must speak for the pod's own IPv4 address (`SpoofedSource`).
+//! 3. No usable IP header, or IPv6 with IPv4-mapped addresses → drop (`Malformed`).
+//! 4. IPv6 neighbour discovery / MLD within what the protocol needs (`nd::exempt`) → pass
+//!    (`NotPoliced`).
+//! 5. Leaving the pod with a source address not its own → drop (`SpoofedSource`).
+//! 6. L4 or extension headers not decidable → drop if the pod is isolated (`Malformed`).
+//! 7. A later fragment → pass if isolation does not apply, or if its first fragment was
+//!    allowed here (`TrackedFragment`); else drop (`Fragment`).
+//! 8. ICMP errors → pass when related to a current tracked flow and sent back to the sender
+//!    of the packet they quote (`Related`); other ICMP errors and ICMP types other than echo
+//!    are decided by policy, packet by packet, and never tracked.
+//! 9. Conntrack (live entries only): same direction → `Established`; reverse of the other
+//!    direction → `Reply`. A flow checked under an older policy revision is re-decided first
+//!    and cut if denied (`PolicyRevoked`).
+//! 10. New flow → `ward_common::lookup::decide_new_flow`; allowed flows are tracked, within the
+//!     endpoint's quota (`CtQuota`), except TCP resets and ICMP echo replies, which start
+//!     nothing.
+//! An allowed first fragment at an isolated endpoint lets its datagram's later fragments
+//! follow (step 7).
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
+    bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT},
+    helpers::bpf_ktime_get_coarse_ns,
     maps::lpm_trie::Key,
     programs::TcContext,
 };
@@ -21,17 +34,30 @@ use ward_common::{
     Addr16, Direction, Reason, Verdict,
     addr::is_v4_mapped,
     identity::ID_WORLD,
-    lookup::{Tables, decide_new_flow},
+    lookup::{Flow, Tables, decide_new_flow},
     maps::{
-        CFG_EVENTS_ALLOWED, CFG_EVENTS_DROPPED, ConfigValue, CtKey, CtValue, EndpointInfo, IpcacheValue, PolicyKey,
-        PolicyValue,
+        CFG_EVENTS_ALLOWED, CFG_EVENTS_DROPPED, CT_FIN_ORIG, CT_FIN_REPLY, CT_REFRESH_NS, CT_RST, CT_SEEN_REPLY,
+        ConfigValue, CtKey, CtValue, EndpointInfo, IpcacheValue, PolicyKey, PolicyValue,
     },
 };
 
 use crate::ct;
 use crate::event::{self, EventInfo};
+use crate::frag;
 use crate::maps::{CONFIG, ENDPOINTS, IPCACHE, POLICY, SCRATCH};
-use crate::parse::{self, Kind, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Packet, Parsed, Tuple};
+use crate::nd;
+use crate::parse::{self, Kind, PROTO_TCP, Packet, Parsed, Tuple};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+/// Largest ICMP error a host sends: RFC 1812 4.3.2.3 (IPv4, 576 bytes) and RFC 4443 2.4(c)
+/// (IPv6, the minimum MTU). Anything larger is no error a stack would generate: a channel.
+const ICMP_ERROR_MAX_V4: u32 = 576;
+const ICMP_ERROR_MAX_V6: u32 = 1280;
+const ETH_HLEN: u32 = 14;
+/// A conntrack state bit kept beside the protocol ones: the flow was started by the node's
+/// own stack (so a re-check after a policy change still sees the node, not its address).
+const CT_FROM_NODE: u8 = 0x80;
 
 /// `ward_common::lookup::Tables` over the BPF maps.
 struct KernelTables;
@@ -69,13 +95,26 @@ struct Outcome {
     new_flow: bool,
 }
 
+/// What one packet's decision needs besides the packet.
+struct Ctx {
+    dir: Direction,
+    rev: u32,
+    ct_quota: u32,
+    now: u64,
+    /// `to_pod` only: the node's own stack sent the packet (`skb->ingress_ifindex` is 0 for
+    /// locally generated packets and the receiving device for forwarded ones).
+    from_node_stack: bool,
+    /// Bytes from the IP header on.
+    len_l3: u32,
+}
+
 #[inline(always)]
 pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
     // SAFETY: `skb` is the context pointer the kernel handed us.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let (ifindex, ingress_ifindex) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
     let cfg = match CONFIG.get(0) {
         Some(c) => *c,
-        None => ConfigValue { layout_version: 0, policy_rev: 0, flags: 0, _pad: 0 },
+        None => ConfigValue { layout_version: 0, policy_rev: 0, flags: 0, ct_quota: 0 },
     };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         event::count_reason(Reason::MapError, ctx.len());
@@ -92,7 +131,16 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
         tcp_flags: 0,
         new_flow: false,
     };
-    let reason = decide(ctx, dir, ifindex, cfg.policy_rev, s);
+    let c = Ctx {
+        dir,
+        rev: cfg.policy_rev,
+        ct_quota: cfg.ct_quota,
+        // SAFETY: helper without preconditions.
+        now: unsafe { bpf_ktime_get_coarse_ns() },
+        from_node_stack: matches!(dir, Direction::Ingress) && ingress_ifindex == 0,
+        len_l3: ctx.len().saturating_sub(ETH_HLEN),
+    };
+    let reason = decide(ctx, &c, ifindex, s);
     let o = &s.o;
     let bytes = ctx.len();
     event::count_reason(reason, bytes);
@@ -117,16 +165,16 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
             },
         );
     }
-    if dropped { TC_ACT_SHOT } else { TC_ACT_OK }
+    // An allowed packet goes on to whatever runs after Ward (`TCX_NEXT`, which passes it when
+    // nothing does): `TC_ACT_OK` would end the hook there and skip, for instance, the
+    // bandwidth plugin's classic tc filter on the same device.
+    if dropped { TC_ACT_SHOT } else { TCX_NEXT }
 }
 
 #[inline(always)]
-fn decide(ctx: &TcContext, dir: Direction, ifindex: u32, rev: u32, s: &mut Scratch) -> Reason {
-    let parsed = match parse::parse(ctx, &mut s.pkt) {
-        Parsed::NotIp => return Reason::NotPoliced,
-        Parsed::Ip => true,
-        Parsed::Malformed => false,
-    };
+fn decide(ctx: &TcContext, c: &Ctx, ifindex: u32, s: &mut Scratch) -> Reason {
+    let dir = c.dir;
+    let parsed = parse::parse(ctx, &mut s.pkt);
     let o = &mut s.o;
     // SAFETY: copied out at once.
     let ep = match unsafe { ENDPOINTS.get(&ifindex) } {
@@ -136,87 +184,163 @@ fn decide(ctx: &TcContext, dir: Direction, ifindex: u32, rev: u32, s: &mut Scrat
     o.ep_id = ep.ep_id;
     o.subject = ep.identity;
     let isolated = ep.isolated(dir);
-    if !parsed {
-        return if isolated { Reason::Malformed } else { Reason::NotIsolated };
-    }
     let pkt = &s.pkt;
+    let l4_ok = match parsed {
+        Parsed::Other => return Reason::UnsupportedProtocol,
+        Parsed::Arp => {
+            let own = is_unspecified_v4(&pkt.arp_sender) || same(&pkt.arp_sender, &ep.addr_v4);
+            return if matches!(dir, Direction::Egress) && !own { Reason::SpoofedSource } else { Reason::NotPoliced };
+        }
+        Parsed::BadIp => return Reason::Malformed,
+        Parsed::BadL4 => false,
+        Parsed::Ip => true,
+    };
     o.tuple = pkt.tuple;
     o.tcp_flags = pkt.tcp_flags;
-    if pkt.kind == Kind::NeighbourDiscovery {
+    if l4_ok && pkt.kind == Kind::NeighbourDiscovery && nd::exempt(&ep, dir, pkt) {
         return Reason::NotPoliced;
     }
     if matches!(dir, Direction::Egress) && !source_is_pod(&ep, &pkt.tuple.saddr) {
         return Reason::SpoofedSource;
     }
+    if !l4_ok {
+        return if isolated { Reason::Malformed } else { Reason::NotIsolated };
+    }
     if pkt.kind == Kind::Fragment {
-        return if isolated { Reason::Fragment } else { Reason::NotIsolated };
+        if !isolated {
+            return Reason::NotIsolated;
+        }
+        return if frag::follows_allowed(ep.ep_id, dir as u8, pkt, c.now) {
+            Reason::TrackedFragment
+        } else {
+            Reason::Fragment
+        };
     }
-    if pkt.kind == Kind::IcmpError && related(&ep, dir, &pkt.inner, &mut s.back) {
-        return Reason::Related;
+    let reason = decide_ip(c, &ep, s);
+    let pkt = &s.pkt;
+    if pkt.first_fragment && isolated && matches!(reason.verdict(), Verdict::Allow) {
+        frag::remember(ep.ep_id, dir as u8, pkt, c.now);
     }
+    reason
+}
 
-    ct::fill_key(&mut s.fwd, ep.ep_id, dir as u8, &pkt.tuple, false);
-    if let Some(v) = ct::get(&s.fwd) {
-        return recheck(&ep, dir, &s.fwd, &v, rev, Reason::Established, o);
-    }
-    ct::fill_key(&mut s.back, ep.ep_id, dir.opposite() as u8, &pkt.tuple, true);
-    if let Some(v) = ct::get(&s.back) {
-        return recheck(&ep, dir.opposite(), &s.back, &v, rev, Reason::Reply, o);
-    }
-
+/// Steps 8-10 for a parsed IP packet that is not a later fragment.
+#[inline(always)]
+fn decide_ip(c: &Ctx, ep: &EndpointInfo, s: &mut Scratch) -> Reason {
+    let dir = c.dir;
+    let pkt = &s.pkt;
+    let o = &mut s.o;
     let t = &pkt.tuple;
-    let peer = match dir {
-        Direction::Egress => &t.daddr,
-        Direction::Ingress => &t.saddr,
-    };
-    let d = decide_new_flow(&KernelTables, &ep, dir, peer, t.proto, policy_port(t.proto, t.dport));
+    let flow = Flow::of_packet(dir, &t.saddr, &t.daddr, t.proto, t.dport, c.from_node_stack);
+    match pkt.kind {
+        Kind::IcmpError => {
+            if related(c, ep, pkt, &mut s.back) {
+                return Reason::Related;
+            }
+            return untracked(c, ep, &flow, o);
+        }
+        // Everything ICMP but echo (and neighbour discovery beyond its exemption) is decided
+        // packet by packet: tracking it would let any ICMP "reply" pass.
+        Kind::IcmpOther | Kind::NeighbourDiscovery => return untracked(c, ep, &flow, o),
+        Kind::Flow | Kind::EchoRequest | Kind::EchoReply | Kind::Fragment => {}
+    }
+
+    let tcp = t.proto == PROTO_TCP;
+    ct::fill_key(&mut s.fwd, ep.ep_id, dir as u8, t, false);
+    if pkt.kind != Kind::EchoReply
+        && let Some(v) = ct::live(&s.fwd, c.now)
+    {
+        let r = recheck(c, ep, dir, &s.fwd, v, Reason::Established, o);
+        touch(v, c.now, tcp, pkt.tcp_flags, false);
+        return r;
+    }
+    ct::fill_key(&mut s.back, ep.ep_id, dir.opposite() as u8, t, true);
+    if let Some(v) = ct::live(&s.back, c.now) {
+        let r = recheck(c, ep, dir.opposite(), &s.back, v, Reason::Reply, o);
+        touch(v, c.now, tcp, pkt.tcp_flags, true);
+        return r;
+    }
+
+    let d = decide_new_flow(&KernelTables, ep, dir, &flow);
     o.peer = d.peer;
     o.rule_id = d.rule_id;
-    if matches!(d.reason.verdict(), Verdict::Allow) {
+    let starts_flow = pkt.kind != Kind::EchoReply && !(tcp && pkt.tcp_flags & TCP_RST != 0);
+    if matches!(d.reason.verdict(), Verdict::Allow) && starts_flow {
         o.new_flow = true;
-        // SAFETY: helper without preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        if !ct::put(&s.fwd, &CtValue { rev, rule_id: d.rule_id, created_ns: now }) {
+        let mut state = if d.reason == Reason::FromHost { CT_FROM_NODE } else { 0 };
+        if tcp && pkt.tcp_flags & TCP_FIN != 0 {
+            state |= CT_FIN_ORIG;
+        }
+        let v = CtValue { rev: c.rev, rule_id: d.rule_id, created_ns: c.now, seen_ns: c.now, state, _pad: [0; 7] };
+        if let Err(reason) = ct::insert(&s.fwd, &v, c.ct_quota) {
             // Untracked, the replies would be judged as new flows; refuse rather than
             // half-open a connection.
-            return Reason::MapError;
+            return reason;
         }
     }
     d.reason
+}
+
+/// A policy decision for a packet that neither uses nor creates conntrack state.
+#[inline(always)]
+fn untracked(c: &Ctx, ep: &EndpointInfo, flow: &Flow, o: &mut Outcome) -> Reason {
+    let d = decide_new_flow(&KernelTables, ep, c.dir, flow);
+    o.peer = d.peer;
+    o.rule_id = d.rule_id;
+    d.reason
+}
+
+/// Refreshes a live flow's idle clock (at most once per `CT_REFRESH_NS`) and state bits
+/// (only when they change): at most a few writes per flow, not per packet.
+#[inline(always)]
+fn touch(v: *mut CtValue, now: u64, tcp: bool, flags: u8, reply: bool) {
+    // SAFETY: a pointer into the map value `ct::live` returned; races with other CPUs only
+    // lose a refresh or a state bit that the next packet sets again.
+    let v = unsafe { &mut *v };
+    if now > v.seen_ns && now - v.seen_ns > CT_REFRESH_NS {
+        v.seen_ns = now;
+    }
+    let mut state = v.state;
+    if reply {
+        state |= CT_SEEN_REPLY;
+    }
+    if tcp {
+        if flags & TCP_RST != 0 {
+            state |= CT_RST;
+        }
+        if flags & TCP_FIN != 0 {
+            state |= if reply { CT_FIN_REPLY } else { CT_FIN_ORIG };
+        }
+    }
+    if state != v.state {
+        v.state = state;
+    }
 }
 
 /// A tracked flow: pass while its policy revision is current; otherwise decide it again
 /// under the current policy (from the direction it was first seen in) and cut it if denied.
 #[inline(always)]
 fn recheck(
+    c: &Ctx,
     ep: &EndpointInfo,
     orig_dir: Direction,
     key: &CtKey,
-    v: &CtValue,
-    rev: u32,
+    v: *mut CtValue,
     ok: Reason,
     o: &mut Outcome,
 ) -> Reason {
+    // SAFETY: see `touch`.
+    let v = unsafe { &mut *v };
     o.rule_id = v.rule_id;
-    if v.rev == rev {
+    if v.rev == c.rev {
         return ok;
     }
-    let peer = match orig_dir {
-        Direction::Egress => &key.daddr,
-        Direction::Ingress => &key.saddr,
-    };
-    let d = decide_new_flow(
-        &KernelTables,
-        ep,
-        orig_dir,
-        peer,
-        key.proto,
-        policy_port(key.proto, u16::from_be_bytes(key.dport_be)),
-    );
+    let d = redecide(ep, orig_dir, key, v.state);
     o.peer = d.peer;
     if matches!(d.reason.verdict(), Verdict::Allow) {
         o.rule_id = d.rule_id;
-        let _ = ct::put(key, &CtValue { rev, rule_id: d.rule_id, created_ns: v.created_ns });
+        v.rule_id = d.rule_id;
+        v.rev = c.rev;
         ok
     } else {
         ct::remove(key);
@@ -224,29 +348,60 @@ fn recheck(
     }
 }
 
-/// An ICMP error is related when it reports on a packet of a tracked flow of this endpoint:
-/// a packet the pod sent (tracked in the other direction as is) or one it answered.
+/// The current policy's decision for a tracked flow, from the direction it was first seen in.
 #[inline(always)]
-fn related(ep: &EndpointInfo, dir: Direction, inner: &Tuple, key: &mut CtKey) -> bool {
-    ct::fill_key(key, ep.ep_id, dir.opposite() as u8, inner, false);
-    if ct::get(key).is_some() {
-        return true;
-    }
-    ct::fill_key(key, ep.ep_id, dir as u8, inner, true);
-    ct::get(key).is_some()
+fn redecide(ep: &EndpointInfo, orig_dir: Direction, key: &CtKey, state: u8) -> ward_common::lookup::Decision {
+    let flow = Flow::of_packet(
+        orig_dir,
+        &key.saddr,
+        &key.daddr,
+        key.proto,
+        u16::from_be_bytes(key.dport_be),
+        state & CT_FROM_NODE != 0,
+    );
+    decide_new_flow(&KernelTables, ep, orig_dir, &flow)
 }
 
-/// Only TCP, UDP and SCTP have ports in policy; for the rest only port-less rules apply.
+/// An ICMP error is related, as Linux conntrack means it, when it quotes a packet of a live
+/// tracked flow of this endpoint that the current policy still allows, and goes back to the
+/// sender of the quoted packet; and when it is no larger than a stack would send. Leaving the
+/// pod, it quotes a packet the pod received; entering it, one the pod sent.
 #[inline(always)]
-fn policy_port(proto: u8, dport: u16) -> u16 {
-    match proto {
-        PROTO_TCP | PROTO_UDP | PROTO_SCTP => dport,
-        _ => 0,
+fn related(c: &Ctx, ep: &EndpointInfo, pkt: &Packet, key: &mut CtKey) -> bool {
+    if !pkt.inner_valid || !same(&pkt.tuple.daddr, &pkt.inner.saddr) {
+        return false;
     }
+    let max = if pkt.v6 { ICMP_ERROR_MAX_V6 } else { ICMP_ERROR_MAX_V4 };
+    if c.len_l3 > max {
+        return false;
+    }
+    let dir = c.dir;
+    // The flow was first seen in the other direction (the quoted packet is of its first
+    // direction), or in this one (the quoted packet is a reply).
+    for (orig_dir, reverse) in [(dir.opposite(), false), (dir, true)] {
+        ct::fill_key(key, ep.ep_id, orig_dir as u8, &pkt.inner, reverse);
+        if let Some(v) = ct::live(key, c.now) {
+            // SAFETY: see `touch`; only read here.
+            let (rev, state) = unsafe { ((*v).rev, (*v).state) };
+            return rev == c.rev || matches!(redecide(ep, orig_dir, key, state).reason.verdict(), Verdict::Allow);
+        }
+    }
+    false
 }
 
+#[inline(always)]
+fn same(a: &Addr16, b: &Addr16) -> bool {
+    u128::from_ne_bytes(*a) == u128::from_ne_bytes(*b)
+}
+
+#[inline(always)]
+fn is_unspecified_v4(a: &Addr16) -> bool {
+    a[12..].iter().all(|b| *b == 0)
+}
+
+/// The pod's own address of the packet's family (a pod without one has none to send from).
 #[inline(always)]
 fn source_is_pod(ep: &EndpointInfo, saddr: &Addr16) -> bool {
-    let s = u128::from_ne_bytes(*saddr);
-    if is_v4_mapped(saddr) { s == u128::from_ne_bytes(ep.addr_v4) } else { s == u128::from_ne_bytes(ep.addr_v6) }
+    let own = if is_v4_mapped(saddr) { &ep.addr_v4 } else { &ep.addr_v6 };
+    u128::from_ne_bytes(*own) != 0 && same(saddr, own)
 }

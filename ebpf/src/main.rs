@@ -7,11 +7,16 @@
 //! and flow event. The entry points stay thin; the logic lives in the modules below.
 #![no_std]
 #![no_main]
+// `core::intrinsics::atomic_xadd`: see `ct::count`.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod ct;
 mod datapath;
 mod event;
+mod frag;
 mod maps;
+mod nd;
 mod parse;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};

@@ -8,8 +8,9 @@ use aya_ebpf::{
 use ward_common::{
     Addr16,
     maps::{
-        CT_MAX, ConfigValue, Counter, CtKey, CtValue, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo, EndpointKey,
-        IPCACHE_MAX, IpcacheValue, POLICY_MAX, PolicyKeyData, PolicyValue, RULE_CNT_MAX,
+        CT_COUNT_MAX, CT_MAX, ConfigValue, Counter, CtCountKey, CtKey, CtValue, ENDPOINTS_MAX, EVENTS_BYTES,
+        EndpointInfo, EndpointKey, FRAGS_MAX, FragKey, FragValue, IPCACHE_MAX, IpcacheValue, POLICY_MAX, PolicyKeyData,
+        PolicyValue, RULE_CNT_MAX,
     },
     reason::Reason,
 };
@@ -23,8 +24,16 @@ pub static IPCACHE: LpmTrie<Addr16, IpcacheValue> = LpmTrie::pinned(IPCACHE_MAX,
 #[map(name = "WARD_POLICY")]
 pub static POLICY: LpmTrie<PolicyKeyData, PolicyValue> = LpmTrie::pinned(POLICY_MAX, 0);
 
+/// A plain hash, not an LRU: nothing is ever evicted to make room (see `ct`).
 #[map(name = "WARD_CT")]
-pub static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CT_MAX, 0);
+pub static CT: HashMap<CtKey, CtValue> = HashMap::pinned(CT_MAX, 0);
+
+#[map(name = "WARD_CT_COUNT")]
+pub static CT_COUNT: HashMap<CtCountKey, i64> = HashMap::pinned(CT_COUNT_MAX, 0);
+
+/// An LRU: losing an entry only drops the later fragments of that datagram.
+#[map(name = "WARD_FRAGS")]
+pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAGS_MAX, 0);
 
 #[map(name = "WARD_CONFIG")]
 pub static CONFIG: Array<ConfigValue> = Array::pinned(1, 0);

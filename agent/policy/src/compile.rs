@@ -30,7 +30,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use ward_common::Direction;
-use ward_common::addr::{Addr16, V4_MAPPED_PREFIX_BITS, v4_mapped};
+use ward_common::addr::{V4_MAPPED_PREFIX_BITS, v4_mapped};
 use ward_common::identity::{FIRST_LABEL_ID, ID_ANY, ID_HOST, ID_UNKNOWN_POD, ID_WORLD};
 use ward_common::maps::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue};
 use ward_common::ports::{MAX_BLOCKS, PortBlock, range_to_blocks};
@@ -118,13 +118,7 @@ fn diff_map<K: Ord + Copy, V: PartialEq + Copy>(old: &BTreeMap<K, V>, new: &BTre
     (upserts, deletes)
 }
 
-/// An address in the 16-byte form the maps use (IPv4 as IPv4-mapped).
-pub fn addr16(ip: IpAddr) -> Addr16 {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => v4_mapped(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
+pub use ward_common::addr::addr16;
 
 /// The ipcache key of a prefix (host bits cleared; IPv4 mapped, prefix length + 96).
 pub fn ipcache_key(net: IpNet) -> IpcacheKey {

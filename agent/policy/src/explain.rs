@@ -9,12 +9,10 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use ward_common::lookup::decide_new_flow;
-use ward_common::maps::EndpointInfo;
 use ward_common::{Direction, Reason};
 
 use crate::cluster::{Cluster, PodKey, PolicyRef};
-use crate::compile::{Compiled, RuleInfo, addr16};
+use crate::compile::{Compiled, RuleInfo};
 use crate::reference::{self, Peer};
 use crate::tables::CompiledTables;
 use crate::validate::Protocol;
@@ -160,12 +158,9 @@ fn datapath(
         Direction::Ingress => (to, from),
     };
     let Peer::Pod(key) = subject else { return None };
-    let identity = *compiled.pod_identity.get(key)?;
-    let flags = *compiled.isolation.get(&identity)?;
     let subject_addrs = reference::addresses(cluster, subject);
     let peer_addr = pick_address(&reference::addresses(cluster, peer), subject_addrs.first())?;
-    let ep = EndpointInfo { ep_id: 0, identity, flags, _pad: 0, addr_v4: [0; 16], addr_v6: [0; 16] };
-    let d = decide_new_flow(&CompiledTables(compiled), &ep, dir, &addr16(peer_addr), proto.number(), port);
+    let d = CompiledTables(compiled).decide_for(key, dir, peer_addr, proto, port, *peer == Peer::Host)?;
     Some((d.reason, d.rule_id))
 }
 

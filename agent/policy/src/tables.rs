@@ -147,3 +147,31 @@ mod tests {
         assert_eq!(t.policy(&PolicyKey::lookup(300, 400, Direction::Egress, 6, 70)), None);
     }
 }
+
+impl CompiledTables<'_> {
+    /// The kernel's decision for a new flow of the local pod `subject` in `dir` with the peer
+    /// at `peer`, or `None` when `subject` is not a local pod of this compile. `from_node` says
+    /// the packet comes from the node's own stack (the node as a peer, not one of its
+    /// addresses forwarded from elsewhere).
+    pub fn decide_for(
+        &self,
+        subject: &crate::cluster::PodKey,
+        dir: ward_common::Direction,
+        peer: std::net::IpAddr,
+        proto: crate::validate::Protocol,
+        port: u16,
+        from_node: bool,
+    ) -> Option<ward_common::lookup::Decision> {
+        let identity = *self.0.pod_identity.get(subject)?;
+        let flags = *self.0.isolation.get(&identity)?;
+        let ep =
+            ward_common::maps::EndpointInfo { ep_id: 1, identity, flags, _pad: 0, addr_v4: [0; 16], addr_v6: [0; 16] };
+        let flow = ward_common::lookup::Flow {
+            peer: ward_common::addr::addr16(peer),
+            proto: proto.number(),
+            port,
+            from_node_stack: from_node && dir == ward_common::Direction::Ingress,
+        };
+        Some(ward_common::lookup::decide_new_flow(self, &ep, dir, &flow))
+    }
+}

@@ -5,11 +5,9 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ward_common::Direction;
-use ward_common::lookup::decide_new_flow;
-use ward_common::maps::EndpointInfo;
 
 use crate::cluster::{Cluster, PodKey};
-use crate::compile::{Compiled, addr16, compile};
+use crate::compile::{Compiled, compile};
 use crate::identity::Identities;
 use crate::model::parse_documents;
 use crate::reference::{self, Peer};
@@ -89,10 +87,10 @@ pub fn datapath_side(
     proto: Protocol,
     port: u16,
 ) -> bool {
-    let identity = *compiled.pod_identity.get(subject).unwrap_or_else(|| panic!("{subject} has no identity"));
-    let flags = *compiled.isolation.get(&identity).unwrap_or_else(|| panic!("{subject} is not local"));
-    let ep = EndpointInfo { ep_id: 1, identity, flags, _pad: 0, addr_v4: [0; 16], addr_v6: [0; 16] };
-    let d = decide_new_flow(&CompiledTables(compiled), &ep, dir, &addr16(peer_addr), proto.number(), port);
+    // A node address here stands for the node itself (the lab's host peer).
+    let d = CompiledTables(compiled)
+        .decide_for(subject, dir, peer_addr, proto, port, true)
+        .unwrap_or_else(|| panic!("{subject} is not a local pod"));
     d.reason.verdict() == ward_common::Verdict::Allow
 }
 

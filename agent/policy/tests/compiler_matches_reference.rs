@@ -12,10 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use proptest::prelude::*;
 use ward_common::Direction;
-use ward_common::lookup::decide_new_flow;
-use ward_common::maps::EndpointInfo;
 use ward_policy::cluster::{Cluster, PodKey};
-use ward_policy::compile::{Compiled, addr16, compile, diff};
+use ward_policy::compile::{Compiled, compile, diff};
 use ward_policy::identity::Identities;
 use ward_policy::model::{
     self, IntOrString, IpBlock, LabelSelector, LabelSelectorRequirement, NetworkPolicyEgressRule,
@@ -269,10 +267,8 @@ fn build(objects: &[Object]) -> Cluster {
 // --- the datapath, as the kernel runs it ----------------------------------------------------
 
 fn side(compiled: &Compiled, dir: Direction, subject: &PodKey, peer: IpAddr, proto: Protocol, port: u16) -> bool {
-    let identity = compiled.pod_identity[subject];
-    let flags = compiled.isolation[&identity];
-    let ep = EndpointInfo { ep_id: 1, identity, flags, _pad: 0, addr_v4: [0; 16], addr_v6: [0; 16] };
-    let d = decide_new_flow(&CompiledTables(compiled), &ep, dir, &addr16(peer), proto.number(), port);
+    // A node address here stands for the node itself (the generated clusters' host peer).
+    let d = CompiledTables(compiled).decide_for(subject, dir, peer, proto, port, true).expect("a local pod");
     d.reason.verdict() == ward_common::Verdict::Allow
 }
 

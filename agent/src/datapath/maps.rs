@@ -12,8 +12,9 @@ use aya::{
 use ward_common::{
     Addr16, Reason,
     maps::{
-        self as m, CFG_EVENTS_DROPPED, ConfigValue, Counter, CtKey, CtValue, EndpointInfo, FlowEvent, IpcacheKey,
-        IpcacheValue, LAYOUT_VERSION, PolicyKey, PolicyKeyData, PolicyValue,
+        self as m, CFG_EVENTS_DROPPED, CT_COUNT_AGENT, CT_COUNT_KERNEL, ConfigValue, Counter, CtCountKey, CtKey,
+        CtValue, EndpointInfo, FlowEvent, IpcacheKey, IpcacheValue, LAYOUT_VERSION, PolicyKey, PolicyKeyData,
+        PolicyValue,
     },
 };
 
@@ -119,7 +120,15 @@ pub struct Maps {
     reason_cnt: PerCpuArray<MapData, Counter>,
     rule_cnt: PerCpuHashMap<MapData, u32, Counter>,
     ct: HashMap<MapData, CtKey, CtValue>,
+    ct_count: HashMap<MapData, CtCountKey, i64>,
     events: RingBuf<MapData>,
+}
+
+/// What one conntrack expiry sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    pub scanned: usize,
+    pub expired: usize,
 }
 
 fn take<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, DatapathError>
@@ -144,6 +153,7 @@ impl Maps {
             reason_cnt: take(ebpf, m::MAP_REASON_CNT)?,
             rule_cnt: take(ebpf, m::MAP_RULE_CNT)?,
             ct: take(ebpf, m::MAP_CT)?,
+            ct_count: take(ebpf, m::MAP_CT_COUNT)?,
             events: take(ebpf, m::MAP_EVENTS)?,
         })
     }
@@ -164,7 +174,7 @@ impl Maps {
                 layout_version: LAYOUT_VERSION,
                 policy_rev: 1,
                 flags: CFG_EVENTS_DROPPED,
-                _pad: 0,
+                ct_quota: m::CT_QUOTA_DEFAULT,
             }),
             v if v == LAYOUT_VERSION => Ok(()),
             found => Err(DatapathError::Layout { pin_dir: pin_dir.to_owned(), found, expected: LAYOUT_VERSION }),
@@ -320,16 +330,74 @@ impl Maps {
         Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) })
     }
 
-    /// Number of tracked flows (for status).
-    pub fn ct_entries(&self) -> usize {
-        self.ct.keys().filter(|k| k.is_ok()).count()
+    /// Tracked flows per endpoint id, from the counters (no walk over the table).
+    pub fn ct_in_use(&self) -> BTreeMap<u32, u64> {
+        let mut kernel: BTreeMap<u32, i64> = BTreeMap::new();
+        let mut agent: BTreeMap<u32, i64> = BTreeMap::new();
+        for (k, v) in self.ct_count.iter().filter_map(Result::ok) {
+            match k.writer {
+                CT_COUNT_KERNEL => kernel.insert(k.ep_id, v),
+                _ => agent.insert(k.ep_id, v),
+            };
+        }
+        kernel
+            .into_iter()
+            .map(|(ep, n)| (ep, u64::try_from(n - agent.get(&ep).copied().unwrap_or(0)).unwrap_or(0)))
+            .collect()
     }
 
-    /// Forgets the tracked flows of these endpoints (on deregistration), in one sweep.
+    /// Number of tracked flows (for status).
+    pub fn ct_entries(&self) -> usize {
+        self.ct_in_use().values().map(|n| *n as usize).sum()
+    }
+
+    /// Removes the tracked flows that have been idle longer than their state allows
+    /// (`CtValue::expired`, on the programs' clock), and records per endpoint how many it
+    /// removed so the quota counts stay exact (see `ward_common::maps::CtCountKey`).
+    pub fn sweep_ct(&mut self, now_ns: u64) -> SweepStats {
+        let mut stats = SweepStats::default();
+        let mut expired: Vec<CtKey> = Vec::new();
+        for (k, v) in self.ct.iter().filter_map(Result::ok) {
+            stats.scanned += 1;
+            if v.expired(k.proto, now_ns) {
+                expired.push(k);
+            }
+        }
+        let mut removed: BTreeMap<u32, i64> = BTreeMap::new();
+        for k in &expired {
+            // A packet may have refreshed it since the read, or a program removed it first:
+            // re-read, and count only what this call removed.
+            if self.ct.get(k, 0).is_ok_and(|v| v.expired(k.proto, now_ns)) && self.ct.remove(k).is_ok() {
+                *removed.entry(k.ep_id).or_default() += 1;
+                stats.expired += 1;
+            }
+        }
+        for (ep_id, n) in removed {
+            self.add_agent_count(ep_id, n);
+        }
+        stats
+    }
+
+    fn add_agent_count(&mut self, ep_id: u32, n: i64) {
+        let key = CtCountKey { ep_id, writer: CT_COUNT_AGENT };
+        // The agent is this slot's only writer: read-modify-write cannot lose an update.
+        let cur = self.ct_count.get(&key, 0).unwrap_or(0);
+        if let Err(e) = self.ct_count.insert(key, cur + n, 0) {
+            tracing::warn!(endpoint = ep_id, error = %e, "recording swept conntrack entries");
+        }
+    }
+
+    /// Forgets the tracked flows of these endpoints (on deregistration), in one sweep, and
+    /// their counters (their ids are never reused).
     pub fn flush_ct(&mut self, ep_ids: &std::collections::BTreeSet<u32>) {
         let keys: Vec<CtKey> = self.ct.keys().filter_map(|k| k.ok()).filter(|k| ep_ids.contains(&k.ep_id)).collect();
         for k in keys {
             let _ = self.ct.remove(&k);
+        }
+        for ep_id in ep_ids {
+            for writer in [CT_COUNT_KERNEL, CT_COUNT_AGENT] {
+                let _ = self.ct_count.remove(&CtCountKey { ep_id: *ep_id, writer });
+            }
         }
     }
 }

@@ -11,7 +11,16 @@ use std::path::{Path, PathBuf};
 
 use aya::{Ebpf, EbpfLoader};
 
-pub use maps::{Maps, MirrorContents, MirrorDelta};
+pub use maps::{Maps, MirrorContents, MirrorDelta, SweepStats};
+
+/// The programs' clock (`bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC_COARSE), for comparing with
+/// the timestamps they write.
+pub fn kernel_now_ns() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE) {
+        Ok(ts) => (ts.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec() as u64),
+        Err(_) => 0,
+    }
+}
 
 /// The eBPF object built by `build.rs`.
 #[cfg(ward_ebpf_object)]
@@ -48,6 +57,13 @@ pub struct Datapath {
 impl Datapath {
     /// Loads (or adopts) the datapath of `node` under `bpffs`.
     pub fn open(bpffs: &Path, node: &str) -> Result<Self, DatapathError> {
+        Self::open_sized(bpffs, node, &[])
+    }
+
+    /// [`open`](Self::open) with some maps created at other capacities than `ward_common`'s
+    /// (map name, entries): how tests fill a map to the brim. Applies only to maps created now,
+    /// not to pinned ones adopted.
+    pub fn open_sized(bpffs: &Path, node: &str, sizes: &[(&str, u32)]) -> Result<Self, DatapathError> {
         if OBJECT.is_empty() {
             return Err(DatapathError::NoObject);
         }
@@ -56,8 +72,12 @@ impl Datapath {
         for dir in [pin_dir.clone(), pin_dir.join("links")] {
             std::fs::create_dir_all(&dir).map_err(|source| DatapathError::Bpffs { path: dir.clone(), source })?;
         }
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pin_dir)
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&pin_dir);
+        for (name, size) in sizes {
+            loader.map_max_entries(name, *size);
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .map_err(|source| DatapathError::Load { pin_dir: pin_dir.clone(), source: Box::new(source) })?;
         attach::load_programs(&mut ebpf)?;
@@ -109,6 +129,18 @@ impl Datapath {
     /// `ifindex` (which must exist in this network namespace; 1, loopback, always does).
     /// Returns the TC verdict (0 pass, 2 drop). Used by the kernel-logic tests.
     pub fn run_program(&self, program: &'static str, packet: &[u8], ifindex: u32) -> Result<i32, DatapathError> {
+        self.run_program_from(program, packet, ifindex, 0)
+    }
+
+    /// [`run_program`](Self::run_program) for a packet that arrived on `ingress_ifindex`
+    /// (forwarded by the node; 0 means sent by the node's own stack).
+    pub fn run_program_from(
+        &self,
+        program: &'static str,
+        packet: &[u8],
+        ifindex: u32,
+        ingress_ifindex: u32,
+    ) -> Result<i32, DatapathError> {
         use aya::programs::{TestRun, TestRunOptions};
         let prog: &SchedClassifier = self
             .ebpf
@@ -119,10 +151,11 @@ impl Datapath {
             })?
             .try_into()
             .map_err(|source| DatapathError::Program { program, source: Box::new(source) })?;
-        // struct __sk_buff: `ifindex` is the u32 at byte 40 (after len, pkt_type, mark,
-        // queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto, priority,
-        // ingress_ifindex). The kernel accepts only a few fields of the context as input.
+        // struct __sk_buff: `ingress_ifindex` is the u32 at byte 36 and `ifindex` the one at
+        // byte 40 (after len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci,
+        // vlan_proto, priority). The kernel accepts only a few fields of the context as input.
         let mut ctx = vec![0u8; SK_BUFF_SIZE];
+        ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
