@@ -601,3 +601,159 @@ fn a_rule_for_one_protocol_opens_no_other_protocol_number() {
         assert_eq!(t.run("to_pod", &frame), DROP, "IP protocol {proto} on a TCP/80 rule");
     }
 }
+
+// --- conntrack: one pod's flood cannot touch another's flows; idle flows expire ---------------
+
+#[test]
+fn a_pods_flood_of_new_flows_fills_only_its_own_quota() {
+    if !privileged() {
+        return;
+    }
+    let ns = IfaceNs::new("ct-quota", 1);
+    let flooder_if = ns.ifindexes[0];
+    let mut t = TestDatapath::new("ct-quota");
+    const QUOTA: u32 = 64;
+    t.dp.maps.set_ct_quota(QUOTA).expect("set quota");
+    let mut m = base(BOTH);
+    allow_any(&mut m, Direction::Egress, ward_common::identity::ID_ANY, 60);
+    // The flooder: another pod on its own interface, egress unrestricted too.
+    const FLOODER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 66);
+    m.endpoints.insert(flooder_if, endpoint(8, SUBJECT, BOTH, FLOODER, Ipv6Addr::UNSPECIFIED));
+    t.apply(&m);
+    ns.run(|| {
+        // The victim's long-lived connection, established before the flood.
+        assert_eq!(t.run("from_pod", &packet(POD, OUTSIDE, TCP, 30000, 443, SYN)), PASS);
+        assert_eq!(t.run_reason("to_pod", &packet(OUTSIDE, POD, TCP, 443, 30000, SYN | ACK)), (PASS, Reason::Reply));
+        // The flood: far more new flows than the quota.
+        let mut refused = 0;
+        for i in 0..(QUOTA as u16 * 4) {
+            let frame = packet(FLOODER, OUTSIDE, UDP, 10000 + i, 53, 0);
+            match t.run_reason_on("from_pod", &frame, flooder_if, 0) {
+                (PASS, Reason::PolicyAllow) => {}
+                (DROP, Reason::CtQuota) => refused += 1,
+                other => panic!("flood packet {i}: {other:?}"),
+            }
+        }
+        assert_eq!(refused, QUOTA as usize * 3, "exactly the flows past the quota are refused");
+        assert_eq!(t.dp.maps.ct_in_use().get(&8), Some(&(QUOTA as u64)));
+        // The victim's flow is intact, and it can still open new ones.
+        assert_eq!(t.run_reason("to_pod", &packet(OUTSIDE, POD, TCP, 443, 30000, ACK)), (PASS, Reason::Reply));
+        assert_eq!(t.run_reason("from_pod", &packet(POD, OUTSIDE, TCP, 30001, 443, SYN)), (PASS, Reason::PolicyAllow));
+        assert_eq!(t.dp.maps.ct_in_use().get(&EP_ID), Some(&2));
+    });
+}
+
+#[test]
+fn idle_flows_expire_by_state_and_the_sweep_gives_their_quota_back() {
+    use ward_common::maps::{CT_TCP_ESTABLISHED_NS, CT_TCP_OPENING_NS, CtKey};
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new("ct-expiry");
+    let mut m = base(BOTH);
+    allow(&mut m, Direction::Egress, PEER_ID, TCP, 443, 443, 61);
+    t.apply(&m);
+    // Two connections: one answered (established), one never answered (opening).
+    assert_eq!(t.run("from_pod", &packet(POD, PEER, TCP, 31000, 443, SYN)), PASS);
+    assert_eq!(t.run("to_pod", &packet(PEER, POD, TCP, 443, 31000, SYN | ACK)), PASS);
+    assert_eq!(t.run("from_pod", &packet(POD, PEER, TCP, 31001, 443, SYN)), PASS);
+    assert_eq!(t.dp.maps.ct_in_use().get(&EP_ID), Some(&2));
+    let mut ct = ct_table(&t);
+    let key = |sport: u16| CtKey {
+        ep_id: EP_ID,
+        saddr: ward_common::addr::v4_mapped(POD.octets()),
+        daddr: ward_common::addr::v4_mapped(PEER.octets()),
+        sport_be: sport.to_be_bytes(),
+        dport_be: 443u16.to_be_bytes(),
+        proto: TCP,
+        dir: Direction::Egress as u8,
+        _pad: [0; 2],
+    };
+    let age = |ct: &mut aya::maps::HashMap<_, CtKey, ward_common::maps::CtValue>, sport: u16, by: u64| {
+        let mut v = ct.get(&key(sport), 0).expect("tracked");
+        v.seen_ns = v.seen_ns.checked_sub(by).expect("the machine has been up longer than the ageing");
+        ct.insert(key(sport), v, 0).expect("age entry");
+    };
+    // Idle longer than an opening connection may be, but well within an established one's.
+    age(&mut ct, 31000, CT_TCP_OPENING_NS + 1_000_000_000);
+    age(&mut ct, 31001, CT_TCP_OPENING_NS + 1_000_000_000);
+    assert_eq!(
+        t.run_reason("to_pod", &packet(PEER, POD, TCP, 443, 31000, ACK)),
+        (PASS, Reason::Reply),
+        "established lives"
+    );
+    assert_eq!(
+        t.run_reason("to_pod", &packet(PEER, POD, TCP, 443, 31001, SYN | ACK)),
+        (DROP, Reason::PolicyDenied),
+        "an opening flow idle past its timeout is gone: its late answer is a new, denied flow"
+    );
+    // The sweep finds what nobody touched: looking from a time past the established one's
+    // timeout (the clock cannot be wound back that far on a machine up for less).
+    let now = ward_agent::datapath::kernel_now_ns();
+    assert_eq!(t.dp.maps.sweep_ct(now).expired, 0, "nothing idle long enough yet");
+    let stats = t.dp.maps.sweep_ct(now + CT_TCP_ESTABLISHED_NS + 1_000_000_000);
+    assert_eq!(stats.expired, 1, "{stats:?}");
+    assert_eq!(t.dp.maps.ct_in_use().get(&EP_ID), Some(&0), "the quota count follows both removals");
+    assert!(ct.get(&key(31000), 0).is_err());
+    // A FIN in both directions shortens the wait; a RST too.
+    assert_eq!(t.run("from_pod", &packet(POD, PEER, TCP, 31002, 443, SYN)), PASS);
+    assert_eq!(t.run("to_pod", &packet(PEER, POD, TCP, 443, 31002, SYN | ACK)), PASS);
+    assert_eq!(t.run("from_pod", &packet(POD, PEER, TCP, 31002, 443, FIN | ACK)), PASS);
+    assert_eq!(t.run("to_pod", &packet(PEER, POD, TCP, 443, 31002, FIN | ACK)), PASS);
+    age(&mut ct, 31002, ward_common::maps::CT_TCP_CLOSED_NS + 1_000_000_000);
+    assert_eq!(t.run("to_pod", &packet(PEER, POD, TCP, 443, 31002, ACK)), DROP, "closed and idle: gone");
+}
+
+// --- 3. a full ipcache never turns `except` into allow ----------------------------------------
+
+#[test]
+fn a_full_ipcache_withholds_a_block_whose_except_cannot_be_loaded() {
+    use ward_common::{
+        addr::v4_mapped,
+        identity::{CIDR_ID_BIT, ID_WORLD},
+        maps::{IpcacheKey, IpcacheValue, MAP_IPCACHE},
+    };
+    if !privileged() {
+        return;
+    }
+    const CAPACITY: u32 = 16;
+    let mut t = TestDatapath::sized("ipcache-full", &[(MAP_IPCACHE, CAPACITY)]);
+    let block = IpcacheKey { prefixlen: 96 + 8, addr: v4_mapped([10, 0, 0, 0]) };
+    let except = IpcacheKey { prefixlen: 96 + 16, addr: v4_mapped([10, 1, 0, 0]) };
+    let (block_id, except_id) = (CIDR_ID_BIT | 1, CIDR_ID_BIT | 2);
+    // ipBlock 10.0.0.0/8 except 10.1.0.0/16: policy allows the block's identity only.
+    let mut m = base(EP_ISOLATED_EGRESS);
+    m.ipcache.insert(block, IpcacheValue { identity: ID_WORLD, cidr_identity: block_id });
+    allow_any(&mut m, Direction::Egress, block_id, 70);
+    let filler = |i: u8| IpcacheKey { prefixlen: 128, addr: v4_mapped([172, 16, 0, i]) };
+    let mut i = 0;
+    while m.ipcache.len() < CAPACITY as usize {
+        m.ipcache.insert(filler(i), IpcacheValue { identity: ID_WORLD, cidr_identity: ID_WORLD });
+        i += 1;
+    }
+    t.apply(&m);
+    let to = |a: Ipv4Addr| packet(POD, a, TCP, 33000, 443, SYN);
+    let excepted = Ipv4Addr::new(10, 1, 2, 3);
+    let inside = Ipv4Addr::new(10, 2, 0, 1);
+    assert_eq!(t.run("from_pod", &to(inside)), PASS, "the block is allowed");
+    // The policy gains the except while the map is full: the except cannot be loaded.
+    let mut with_except = m.clone();
+    with_except.ipcache.insert(except, IpcacheValue { identity: ID_WORLD, cidr_identity: except_id });
+    let delta = t.mirror.delta_to(&with_except);
+    let err = t.dp.maps.apply(&mut t.mirror, &delta).expect_err("the map is full");
+    assert!(err.to_string().contains("withheld") || err.to_string().contains(MAP_IPCACHE), "{err}");
+    assert_eq!(t.run("from_pod", &to(excepted)), DROP, "an excepted address never matches the block");
+    assert_eq!(t.run("from_pod", &to(inside)), DROP, "fewer allows while the except is missing");
+    assert!(!t.mirror.ipcache.contains_key(&block), "the mirror says what the kernel holds");
+    // Room again (two fillers go): writes are ordered add-before-remove, so the pass that
+    // frees the room still cannot load the except (and withholds the block again); the next
+    // pass, which the agent makes while an error stands, loads both.
+    with_except.ipcache.remove(&filler(0));
+    with_except.ipcache.remove(&filler(1));
+    let delta = t.mirror.delta_to(&with_except);
+    assert!(t.dp.maps.apply(&mut t.mirror, &delta).is_err());
+    assert_eq!(t.run("from_pod", &to(excepted)), DROP);
+    t.apply(&with_except);
+    assert_eq!(t.run("from_pod", &to(inside)), PASS);
+    assert_eq!(t.run("from_pod", &to(excepted)), DROP);
+}

@@ -103,6 +103,24 @@ pub struct IpcacheKey {
     pub addr: Addr16,
 }
 
+impl IpcacheKey {
+    /// Whether every address of `other` lies inside this prefix.
+    pub fn contains(&self, other: &IpcacheKey) -> bool {
+        if self.prefixlen > other.prefixlen || self.prefixlen > 128 {
+            return false;
+        }
+        let full = (self.prefixlen / 8) as usize;
+        if self.addr[..full] != other.addr[..full] {
+            return false;
+        }
+        let rest = self.prefixlen % 8;
+        rest == 0 || {
+            let mask = 0xffu8 << (8 - rest);
+            self.addr[full] & mask == other.addr[full] & mask
+        }
+    }
+}
+
 /// `WARD_IPCACHE` value: the two identities of every address under the prefix.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -481,6 +499,19 @@ mod tests {
         assert_eq!(any.prefixlen, 72);
         let one = PolicyKey::port_block(1, 2, Direction::Ingress, 17, PortBlock { base: 53, prefix_len: 16 });
         assert_eq!(one.prefixlen, 96);
+    }
+
+    #[test]
+    fn ipcache_prefixes_contain_exactly_their_addresses() {
+        let p = |len: u32, a: [u8; 4]| IpcacheKey { prefixlen: 96 + len, addr: crate::addr::v4_mapped(a) };
+        assert!(p(8, [10, 0, 0, 0]).contains(&p(16, [10, 1, 0, 0])));
+        assert!(p(8, [10, 0, 0, 0]).contains(&p(8, [10, 0, 0, 0])));
+        assert!(!p(16, [10, 1, 0, 0]).contains(&p(8, [10, 0, 0, 0])), "narrower does not contain broader");
+        assert!(!p(8, [10, 0, 0, 0]).contains(&p(16, [11, 1, 0, 0])));
+        assert!(p(12, [10, 16, 0, 0]).contains(&p(32, [10, 31, 255, 255])));
+        assert!(!p(12, [10, 16, 0, 0]).contains(&p(32, [10, 32, 0, 0])));
+        let root = IpcacheKey { prefixlen: 0, addr: [0; 16] };
+        assert!(root.contains(&p(32, [1, 2, 3, 4])));
     }
 
     #[test]

@@ -245,8 +245,18 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
         longest_prefix(ip).and_then(|prefix| cidr_ids.get(&CidrKey { prefix, ports })).copied().unwrap_or(ID_WORLD)
     };
 
+    // A prefix without a number stays out of the maps, and so does every prefix containing it
+    // (its addresses would otherwise take the broader prefix's identity and allows: an
+    // `except` without its number would turn into allow).
+    let numberless: Vec<IpNet> =
+        prefixes.iter().filter(|p| !cidr_ids.contains_key(&CidrKey { prefix: **p, ports: vec![] })).copied().collect();
+    let withheld = |p: &IpNet| numberless.iter().any(|m| p.contains(m));
+
     // The ipcache: policy prefixes, then node addresses, then pod addresses over them.
     for prefix in &prefixes {
+        if withheld(prefix) {
+            continue;
+        }
         if let Some(id) = cidr_ids.get(&CidrKey { prefix: *prefix, ports: vec![] }) {
             out.ipcache.insert(ipcache_key(*prefix), IpcacheValue { identity: ID_WORLD, cidr_identity: *id });
         }

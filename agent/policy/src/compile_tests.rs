@@ -1002,3 +1002,43 @@ spec:
     expected81[0] = "X.XXXXXXX";
     assert_matrix(&c, &compiled, TCP, 81, expected81);
 }
+
+/// Issue 13, item 3, at the compiler: when an `except` prefix gets no CIDR identity (the
+/// space is exhausted), its enclosing block stays out of the ipcache too, so the excepted
+/// addresses never take the block's identity. Fewer allows, never more.
+#[test]
+fn a_block_whose_except_has_no_identity_stays_out_of_the_ipcache() {
+    let mut c = lab();
+    apply(
+        &mut c,
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-block, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{ipBlock: {cidr: 172.16.0.0/12, except: [172.17.0.0/16]}}]
+"#,
+    );
+    let x_a = pod("x/a");
+    let outside = |a: &str| Peer::External(a.parse().expect("address"));
+    let excepted = "172.17.3.4";
+    let inside = "172.18.0.1";
+    // With room for every identity: the block allows, the except does not.
+    let full = compile_all(&c, &mut Identities::new());
+    assert!(datapath_allows(&c, &full, &Peer::Pod(x_a.clone()), &outside(inside), TCP, 80));
+    assert!(!datapath_allows(&c, &full, &Peer::Pod(x_a.clone()), &outside(excepted), TCP, 80));
+    // Room for one CIDR identity: the block (first in key order) gets it, its except does not.
+    let mut ids = Identities::with_cidr_room(1);
+    let short = compile_all(&c, &mut ids);
+    assert_eq!(short.cidr_identity.len(), 1, "only one prefix numbered: {:?}", short.cidr_identity);
+    assert!(
+        !datapath_allows(&c, &short, &Peer::Pod(x_a.clone()), &outside(excepted), TCP, 80),
+        "an excepted address must never be allowed through the block"
+    );
+    assert!(!datapath_allows(&c, &short, &Peer::Pod(x_a), &outside(inside), TCP, 80), "the block is withheld");
+    let block = ipcache_key("172.16.0.0/12".parse().expect("net"));
+    assert!(!short.ipcache.contains_key(&block), "the block is not in the ipcache");
+}

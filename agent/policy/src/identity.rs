@@ -185,6 +185,12 @@ impl Identities {
         Identities::default()
     }
 
+    /// A table with room for only `n` CIDR identities: how tests exhaust the space.
+    #[cfg(test)]
+    pub(crate) fn with_cidr_room(n: u32) -> Self {
+        Identities { cidrs: Space::new(FIRST_CIDR_ID, FIRST_CIDR_ID + n - 1), ..Identities::default() }
+    }
+
     /// The label identity of `key`, allocated if new; `None` only when all 16M are live.
     pub fn label(&mut self, key: &LabelKey) -> Option<u32> {
         let (id, new) = self.labels.get_or_alloc(key);

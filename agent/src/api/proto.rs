@@ -121,6 +121,10 @@ pub struct EndpointStatus {
     pub labels: BTreeMap<String, String>,
     pub ingress_isolated: bool,
     pub egress_isolated: bool,
+    /// Flows conntrack holds for this endpoint (its share of `WARD_CT` is the agent's
+    /// `--ct-quota`).
+    #[serde(default)]
+    pub tracked_flows: u64,
 }
 
 /// The `applied_files` form of a file's content hash: FNV-1a 64 as 16 lowercase hex digits.

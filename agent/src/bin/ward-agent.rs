@@ -36,6 +36,10 @@ struct Args {
     /// Which verdicts emit flow events into the ring buffer.
     #[arg(long, value_enum, default_value_t = FlowEvents::Drops)]
     flow_events: FlowEvents,
+    /// Most tracked flows one pod may hold; past it the pod's new flows are refused
+    /// (`ct_quota`), so one pod's flood never crowds out another's connections.
+    #[arg(long, default_value_t = ward_common::maps::CT_QUOTA_DEFAULT)]
+    ct_quota: u32,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -67,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         bpffs: args.bpffs,
         host_addrs: args.host_addrs,
         flow_events: args.flow_events,
+        ct_quota: args.ct_quota,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(daemon::run(cfg))

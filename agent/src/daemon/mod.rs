@@ -50,6 +50,8 @@ pub struct Config {
     pub bpffs: PathBuf,
     pub host_addrs: Vec<IpAddr>,
     pub flow_events: FlowEvents,
+    /// Most tracked flows one endpoint may hold (`ward_common::maps::CT_QUOTA_DEFAULT`).
+    pub ct_quota: u32,
 }
 
 /// How often vanished interfaces are garbage-collected and the manifests re-read (the
@@ -58,6 +60,9 @@ const GC_PERIOD: Duration = Duration::from_secs(2);
 /// Quiet time after a file change before reloading, so an editor's several writes make one
 /// reload.
 const DEBOUNCE: Duration = Duration::from_millis(5);
+/// How often expired conntrack entries are swept (the programs also drop expired entries on
+/// sight; the sweep only gives their room, and their endpoint's quota, back).
+const CT_SWEEP_PERIOD: Duration = Duration::from_secs(10);
 
 pub struct Agent {
     cfg: Config,
@@ -92,6 +97,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     let _watcher = crate::datastore::directory::watch(&agent.cfg.manifests, fs_tx)
         .with_context(|| format!("watching {}", agent.cfg.manifests.display()))?;
     let mut gc = tokio::time::interval(GC_PERIOD);
+    let mut ct_sweep = tokio::time::interval(CT_SWEEP_PERIOD);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tracing::info!(node = %agent.cfg.node_name, socket = %agent.cfg.socket.display(), "ward agent running");
@@ -109,7 +115,13 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             _ = gc.tick() => {
                 agent.gc();
                 agent.reload(Reread::All);
+                // A pass that could not write everything (a full map, say) left fewer allows
+                // in force; try again until it can.
+                if agent.last_error.is_some() {
+                    agent.reconcile();
+                }
             }
+            _ = ct_sweep.tick() => agent.sweep_ct(),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -169,6 +181,7 @@ impl Agent {
             .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
         let mut dp = Datapath::open(&cfg.bpffs, &cfg.node_name)?;
         dp.maps.set_event_flags(cfg.flow_events.flags())?;
+        dp.maps.set_ct_quota(cfg.ct_quota)?;
         // Adopt what the kernel holds: the diff against it is what a restart changes.
         let mirror = dp.maps.read_all()?;
         let registry = Registry::load(&cfg.state_dir)?;
@@ -322,6 +335,20 @@ impl Agent {
         }
     }
 
+    /// Gives expired conntrack entries' room back.
+    fn sweep_ct(&mut self) {
+        let started = std::time::Instant::now();
+        let stats = self.dp.maps.sweep_ct(crate::datapath::kernel_now_ns());
+        if stats.expired > 0 {
+            tracing::info!(
+                scanned = stats.scanned,
+                expired = stats.expired,
+                micros = started.elapsed().as_micros() as u64,
+                "conntrack sweep"
+            );
+        }
+    }
+
     fn status(&self) -> StatusReport {
         let snap = self.store.snapshot();
         let mut map_entries = BTreeMap::new();
@@ -372,6 +399,7 @@ impl Agent {
 
     fn endpoints(&self) -> Vec<EndpointStatus> {
         let snap = self.store.snapshot();
+        let flows = self.dp.maps.ct_in_use();
         self.registry
             .iter()
             .map(|e| {
@@ -393,6 +421,7 @@ impl Agent {
                     labels,
                     ingress_isolated: flags & ward_common::maps::EP_ISOLATED_INGRESS != 0,
                     egress_isolated: flags & ward_common::maps::EP_ISOLATED_EGRESS != 0,
+                    tracked_flows: flows.get(&e.ep_id).copied().unwrap_or(0),
                 }
             })
             .collect()

@@ -191,6 +191,12 @@ impl Maps {
         self.set_config(ConfigValue { flags, ..c })
     }
 
+    /// Sets how many tracked flows one endpoint may hold.
+    pub fn set_ct_quota(&mut self, ct_quota: u32) -> Result<(), DatapathError> {
+        let c = self.config()?;
+        self.set_config(ConfigValue { ct_quota, ..c })
+    }
+
     /// Tells the programs that policy changed: every tracked flow is re-decided on its next
     /// packet (and cut if no longer allowed).
     pub fn bump_revision(&mut self) -> Result<u32, DatapathError> {
@@ -250,11 +256,30 @@ impl Maps {
                 current.policy.insert(*k, *v);
             }
         }
+        // A prefix is only in force while every more specific prefix inside it is: were an
+        // `except` (or any longer prefix) missing, its addresses would take the broader
+        // prefix's identity and its allows. So a prefix whose insert failed withholds every
+        // prefix containing it, already loaded or not: under map pressure fewer allows, never
+        // more. (Upserts go most specific first, so the failures are known in time.)
+        let mut failed: Vec<IpcacheKey> = Vec::new();
         for (k, v) in &delta.ipcache_upserts {
+            if failed.iter().any(|f| k.contains(f)) {
+                let r = self.withhold(current, k);
+                note(r, &mut stats, false);
+                continue;
+            }
             let r = self.ipcache.insert(&Key::new(k.prefixlen, k.addr), v, 0).map_err(map_err(m::MAP_IPCACHE));
             if note(r, &mut stats, true) {
                 current.ipcache.insert(*k, *v);
+            } else {
+                failed.push(*k);
             }
+        }
+        let covering: Vec<IpcacheKey> =
+            current.ipcache.keys().filter(|k| failed.iter().any(|f| k.contains(f) && *k != f)).copied().collect();
+        for k in covering {
+            let r = self.withhold(current, &k);
+            note(r, &mut stats, false);
         }
         for (k, v) in &delta.endpoint_upserts {
             let r = self.endpoints.insert(k, v, 0).map_err(map_err(m::MAP_ENDPOINTS));
@@ -280,13 +305,25 @@ impl Maps {
                 current.policy.remove(k);
             }
         }
-        if stats.upserts + stats.deletes > 0 {
+        // Whatever changed (a failed pass may still have removed or withheld entries), tracked
+        // flows must be decided again against what the maps now hold.
+        if !delta.is_empty() {
             self.bump_revision()?;
         }
         match first_err {
             Some(e) => Err(e),
             None => Ok(stats),
         }
+    }
+
+    /// Takes a prefix out of force because a more specific prefix inside it could not be
+    /// loaded (see `apply`); reported as an error so `ward status` shows it.
+    fn withhold(&mut self, current: &mut MirrorContents, k: &IpcacheKey) -> Result<(), DatapathError> {
+        if current.ipcache.contains_key(k) {
+            self.ipcache.remove(&Key::new(k.prefixlen, k.addr)).map_err(map_err(m::MAP_IPCACHE))?;
+            current.ipcache.remove(k);
+        }
+        Err(DatapathError::Withheld { prefixlen: k.prefixlen, addr: k.addr })
     }
 
     /// Packets and bytes per reason, summed over CPUs.

@@ -44,6 +44,12 @@ pub enum DatapathError {
     Map { map: &'static str, source: Box<aya::maps::MapError> },
     #[error("pinned maps in {pin_dir} have layout version {found}, this agent uses {expected}")]
     Layout { pin_dir: PathBuf, found: u32, expected: u32 },
+    #[error(
+        "ipcache prefix {}/{prefixlen} withheld: a more specific prefix inside it could not be loaded (map full?), \
+         and without it the broader prefix would allow what policy excepts",
+        std::net::Ipv6Addr::from(*addr)
+    )]
+    Withheld { prefixlen: u32, addr: ward_common::Addr16 },
     #[error("attaching to interface {ifname} (ifindex {ifindex}): {message}")]
     Attach { ifname: String, ifindex: u32, message: String },
 }

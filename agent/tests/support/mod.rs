@@ -341,3 +341,63 @@ pub fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, quoted: &[u8]) -> Vec<u8
 pub fn icmp6_error(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, quoted: &[u8]) -> Vec<u8> {
     V6::new(src, dst, ICMPV6).frame(&icmp_msg(ty, 0, [0; 4], quoted))
 }
+
+/// The pinned conntrack table of a test datapath, opened from user space as a second handle
+/// (to age entries the way time would).
+pub fn ct_table(
+    t: &TestDatapath,
+) -> aya::maps::HashMap<aya::maps::MapData, ward_common::maps::CtKey, ward_common::maps::CtValue> {
+    let data = aya::maps::MapData::from_pin(t.pin(ward_common::maps::MAP_CT)).expect("open pinned WARD_CT");
+    aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("WARD_CT is a hash")
+}
+
+/// A network namespace of the test's own with `pairs` veth pairs, so that programs can be run
+/// as if on several interfaces (BPF_PROG_TEST_RUN resolves `ifindex` in the caller's network
+/// namespace). Deleted on drop.
+pub struct IfaceNs {
+    pub name: String,
+    /// One side of each pair.
+    pub ifindexes: Vec<u32>,
+}
+
+impl IfaceNs {
+    pub fn new(tag: &str, pairs: usize) -> Self {
+        let name = format!("ward-{}-{tag}", std::process::id());
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip").args(args).output().expect("run ip");
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let _ = std::process::Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let mut ns = IfaceNs { name, ifindexes: Vec::new() };
+        for i in 0..pairs {
+            let (a, b) = (format!("ta{i}"), format!("tb{i}"));
+            ip(&["-n", &ns.name, "link", "add", &a, "type", "veth", "peer", "name", &b]);
+            let shown = ip(&["-n", &ns.name, "-o", "link", "show", &a]);
+            let index = shown.split(':').next().and_then(|n| n.trim().parse().ok()).expect("ifindex");
+            ns.ifindexes.push(index);
+        }
+        ns
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(&path).expect("open netns");
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter netns");
+                f()
+            })
+            .join()
+            .expect("test thread")
+        })
+    }
+}
+
+impl Drop for IfaceNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
