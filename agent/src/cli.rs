@@ -42,6 +42,12 @@ fn status(s: &StatusReport) -> String {
             let _ = writeln!(o, "  {}: {}: {}: {}", r.file, r.object, r.field, r.message);
         }
     }
+    if !s.address_conflicts.is_empty() {
+        let _ = writeln!(o, "Address conflicts ({}): refused claims are not in force", s.address_conflicts.len());
+        for c in &s.address_conflicts {
+            let _ = writeln!(o, "  {c}");
+        }
+    }
     let _ = writeln!(o, "Packets by reason:");
     for (r, n) in &s.reason_counters {
         if *n > 0 {

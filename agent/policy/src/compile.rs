@@ -54,6 +54,61 @@ pub struct Compiled {
     pub rules: BTreeMap<u32, RuleInfo>,
     /// What each CIDR identity used by this compile stands for.
     pub cidr_identity: BTreeMap<u32, CidrKey>,
+    /// Addresses claimed by more than one owner, and how each was settled.
+    pub address_conflicts: Vec<AddressConflict>,
+}
+
+/// An address more than one owner claims (see `compile`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressConflict {
+    pub address: IpAddr,
+    pub kept: Owner,
+    /// The pods whose claim on the address was refused.
+    pub refused: Vec<PodKey>,
+}
+
+/// Who keeps a contested address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// One of the node's own addresses.
+    Node,
+    /// Assigned to this local pod by this node's CNI plugin.
+    LocalPod(PodKey),
+    /// Claimed by several pods none of which this node placed: it resolves to no pod
+    /// (fails closed).
+    Nobody,
+}
+
+impl std::fmt::Display for AddressConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let refused: Vec<String> = self.refused.iter().map(|k| format!("Pod {k}")).collect();
+        match &self.kept {
+            Owner::Node => {
+                write!(f, "{} is an address of this node; refused the claim of {}", self.address, refused.join(", "))
+            }
+            Owner::LocalPod(k) => write!(
+                f,
+                "{} was assigned by this node's CNI to Pod {k}; refused the claim of {}",
+                self.address,
+                refused.join(", ")
+            ),
+            Owner::Nobody => {
+                write!(
+                    f,
+                    "{} is claimed by {}; it resolves to no pod until one claim remains",
+                    self.address,
+                    refused.join(" and ")
+                )
+            }
+        }
+    }
+}
+
+/// The claims on one address while compiling.
+struct Claim<'a> {
+    owner: &'a PodKey,
+    local: bool,
+    others: Vec<&'a PodKey>,
 }
 
 impl Compiled {
@@ -274,17 +329,61 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
         let v = IpcacheValue { identity: ID_HOST, cidr_identity: cidr_of(*ip, vec![]) };
         out.ipcache.insert(ipcache_key(host_net(*ip)), v);
     }
-    // Two pods claiming one address (a reused address before the old pod is gone): the
-    // first in key order keeps it, deterministically.
-    let mut pod_entries: BTreeMap<IpcacheKey, IpcacheValue> = BTreeMap::new();
+    // Who an address belongs to, most authoritative first: the node's own addresses, then the
+    // addresses this node's CNI assigned to its pods (`local`), then what other pods' objects
+    // claim. A claim on a node or local address is refused; two claims on another address
+    // leave it to no pod (no selector matches it; ipBlocks still see the address). Either
+    // way both objects are named in `address_conflicts`.
+    let host: BTreeSet<IpAddr> = cluster.host_addrs.iter().map(|a| a.to_canonical()).collect();
+    let mut claims: BTreeMap<IpAddr, Claim> = BTreeMap::new();
     for (key, info) in &cluster.pods {
-        let identity = out.pod_identity.get(key).copied().unwrap_or(ID_UNKNOWN_POD);
+        let is_local = local.contains(key);
         for ip in &info.ips {
-            let v = IpcacheValue { identity, cidr_identity: cidr_of(*ip, flavour(&info.ports)) };
-            pod_entries.entry(ipcache_key(host_net(*ip))).or_insert(v);
+            let ip = ip.to_canonical();
+            if host.contains(&ip) {
+                out.address_conflicts.push(AddressConflict {
+                    address: ip,
+                    kept: Owner::Node,
+                    refused: vec![key.clone()],
+                });
+                continue;
+            }
+            match claims.get_mut(&ip) {
+                None => {
+                    claims.insert(ip, Claim { owner: key, local: is_local, others: vec![] });
+                }
+                Some(c) if c.local && !is_local => c.others.push(key),
+                Some(c) if is_local && !c.local => {
+                    let displaced = std::mem::replace(&mut c.owner, key);
+                    c.local = true;
+                    c.others.push(displaced);
+                }
+                Some(c) => c.others.push(key),
+            }
         }
     }
-    out.ipcache.extend(pod_entries);
+    for (ip, claim) in claims {
+        let identity = if claim.others.is_empty() || claim.local {
+            out.pod_identity.get(claim.owner).copied().unwrap_or(ID_UNKNOWN_POD)
+        } else {
+            ID_UNKNOWN_POD
+        };
+        if !claim.others.is_empty() {
+            let kept = if claim.local { Owner::LocalPod(claim.owner.clone()) } else { Owner::Nobody };
+            let mut refused: Vec<PodKey> = claim.others.iter().map(|k| (*k).clone()).collect();
+            if !claim.local {
+                refused.insert(0, claim.owner.clone());
+            }
+            out.address_conflicts.push(AddressConflict { address: ip, kept, refused });
+        }
+        let ports = if identity == ID_UNKNOWN_POD {
+            vec![]
+        } else {
+            cluster.pods.get(claim.owner).map(|p| flavour(&p.ports)).unwrap_or_default()
+        };
+        let v = IpcacheValue { identity, cidr_identity: cidr_of(ip, ports) };
+        out.ipcache.insert(ipcache_key(host_net(ip)), v);
+    }
 
     // Policy entries and isolation, once per local subject identity.
     let mut facts_by_namespace: BTreeMap<&str, Vec<u32>> = BTreeMap::new();

@@ -1042,3 +1042,46 @@ spec:
     let block = ipcache_key("172.16.0.0/12".parse().expect("net"));
     assert!(!short.ipcache.contains_key(&block), "the block is not in the ipcache");
 }
+
+/// Issue 13, item 5: an address this node assigned (to a local pod, by its CNI plugin) or owns
+/// is never taken over by what another Pod object claims; claims between pods none of which
+/// this node placed leave the address to no pod. Each conflict names both objects.
+#[test]
+fn addresses_the_node_assigned_or_owns_are_never_taken_by_a_claim() {
+    let mut c = lab();
+    // Remote pods (not local) whose objects claim x/b's address, the node's, and each other's.
+    let claim = |name: &str, ip: &str, app: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: w, labels: {{app: {app}}}}}\nstatus: {{podIP: {ip}}}\n"
+        )
+    };
+    let x_b_ip = lab_ip(0, 1).to_string();
+    apply(&mut c, &claim("aa-thief", &x_b_ip, "db"));
+    apply(&mut c, &claim("node-thief", &HOST.to_string(), "db"));
+    apply(&mut c, &claim("r1", "10.99.0.7", "one"));
+    apply(&mut c, &claim("r2", "10.99.0.7", "two"));
+    let local: BTreeSet<PodKey> = lab().pods.keys().cloned().collect();
+    let compiled = compile(&c, &local, &mut Identities::new());
+    let entry = |ip: &str| compiled.ipcache[&ipcache_key(host_net(ip.parse().expect("ip")))];
+    assert_eq!(entry(&x_b_ip).identity, compiled.pod_identity[&pod("x/b")], "the local pod keeps its address");
+    assert_eq!(entry(&HOST.to_string()).identity, ID_HOST, "the node keeps its address");
+    assert_eq!(entry("10.99.0.7").identity, ID_UNKNOWN_POD, "a contested remote address is nobody's");
+    let shown: Vec<String> = compiled.address_conflicts.iter().map(|c| c.to_string()).collect();
+    assert_eq!(compiled.address_conflicts.len(), 3, "{shown:#?}");
+    assert!(
+        shown.iter().any(|s| s.contains(&x_b_ip) && s.contains("Pod x/b") && s.contains("Pod w/aa-thief")),
+        "{shown:#?}"
+    );
+    assert!(shown.iter().any(|s| s.contains("address of this node") && s.contains("Pod w/node-thief")), "{shown:#?}");
+    assert!(
+        shown.iter().any(|s| s.contains("10.99.0.7") && s.contains("Pod w/r1") && s.contains("Pod w/r2")),
+        "{shown:#?}"
+    );
+    // Once one claim remains, its pod has the address.
+    c.pods.remove(&pod("w/r1"));
+    let compiled = compile(&c, &local, &mut Identities::new());
+    assert_eq!(
+        compiled.ipcache[&ipcache_key(host_net("10.99.0.7".parse().expect("ip")))].identity,
+        compiled.pod_identity[&pod("w/r2")]
+    );
+}

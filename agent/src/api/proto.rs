@@ -80,6 +80,10 @@ pub struct StatusReport {
     pub map_entries: BTreeMap<String, usize>,
     /// Objects rejected as invalid; the last valid version of each stays in force.
     pub rejected: Vec<Rejection>,
+    /// Addresses claimed by more than one owner (the node, a pod this node's CNI placed,
+    /// other Pod objects) and how each was settled; the refused claims are not in force.
+    #[serde(default)]
+    pub address_conflicts: Vec<String>,
     /// The last failure to apply state to the kernel, if the latest attempt failed.
     pub last_error: Option<String>,
     /// Packets per reason code name, summed over CPUs.

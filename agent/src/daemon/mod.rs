@@ -391,6 +391,11 @@ impl Agent {
             identities: self.ids.counts().0,
             map_entries,
             rejected: self.store.rejected().to_vec(),
+            address_conflicts: self
+                .compiled
+                .as_ref()
+                .map(|c| c.address_conflicts.iter().map(|a| a.to_string()).collect())
+                .unwrap_or_default(),
             last_error: self.last_error.clone(),
             reason_counters,
             rule_counters,
