@@ -88,6 +88,9 @@ const LAST_RULE_ID: u32 = u32::MAX;
 struct Space<K: Ord> {
     by_key: BTreeMap<K, u32>,
     by_id: BTreeMap<u32, K>,
+    /// Numbers loaded maps use whose keys this table does not know (see
+    /// [`Identities::reserve`]): never handed out until the next `gc`.
+    reserved: BTreeSet<u32>,
     next: u32,
     first: u32,
     last: u32,
@@ -95,7 +98,7 @@ struct Space<K: Ord> {
 
 impl<K: Ord + Clone> Space<K> {
     fn new(first: u32, last: u32) -> Self {
-        Space { by_key: BTreeMap::new(), by_id: BTreeMap::new(), next: first, first, last }
+        Space { by_key: BTreeMap::new(), by_id: BTreeMap::new(), reserved: BTreeSet::new(), next: first, first, last }
     }
 
     /// The number of `key`, and whether it was allocated just now.
@@ -107,7 +110,7 @@ impl<K: Ord + Clone> Space<K> {
         let mut id = start;
         loop {
             let following = if id == self.last { self.first } else { id + 1 };
-            if !self.by_id.contains_key(&id) {
+            if !self.by_id.contains_key(&id) && !self.reserved.contains(&id) {
                 self.next = following;
                 self.by_key.insert(key.clone(), id);
                 self.by_id.insert(id, key.clone());
@@ -120,7 +123,31 @@ impl<K: Ord + Clone> Space<K> {
         }
     }
 
+    /// Gives `id` to `key` if both are free; false otherwise.
+    fn seed(&mut self, key: &K, id: u32) -> bool {
+        if id < self.first || id > self.last || self.by_id.contains_key(&id) || self.by_key.contains_key(key) {
+            return false;
+        }
+        self.reserved.remove(&id);
+        self.by_key.insert(key.clone(), id);
+        self.by_id.insert(id, key.clone());
+        true
+    }
+
+    fn reserve(&mut self, ids: impl IntoIterator<Item = u32>) -> usize {
+        let before = self.reserved.len();
+        for id in ids {
+            if id >= self.first && id <= self.last && !self.by_id.contains_key(&id) {
+                self.reserved.insert(id);
+            }
+        }
+        self.reserved.len() - before
+    }
+
     fn gc(&mut self, live: &BTreeSet<u32>) -> usize {
+        // After a successful apply the maps refer to live numbers only: the reservations
+        // have served.
+        self.reserved.clear();
         let dead: Vec<u32> = self.by_id.keys().filter(|id| !live.contains(id)).copied().collect();
         for id in &dead {
             if let Some(k) = self.by_id.remove(id) {
@@ -228,6 +255,31 @@ impl Identities {
 
     pub fn rule_info(&self, id: u32) -> Option<&RuleInfo> {
         self.rules.by_id.get(&id)
+    }
+
+    /// Gives a label identity number found in loaded maps back to the key it stands for
+    /// (rebuilding a lost or stale table from the pinned maps); false if either is taken.
+    pub fn seed_label(&mut self, key: &LabelKey, id: u32) -> bool {
+        let done = self.labels.seed(key, id);
+        self.revision += u64::from(done);
+        done
+    }
+
+    /// As [`seed_label`](Self::seed_label), for a CIDR identity.
+    pub fn seed_cidr(&mut self, key: &CidrKey, id: u32) -> bool {
+        let done = self.cidrs.seed(key, id);
+        self.revision += u64::from(done);
+        done
+    }
+
+    /// Marks numbers that loaded maps use but this table does not hold (a table lost, or
+    /// older than the maps), so they are never given to another key while the maps still
+    /// mean something by them: a new compile's entries can then never apply to the pods the
+    /// old entries were for. Released by the next [`gc`](Self::gc). Returns how many.
+    pub fn reserve(&mut self, live: &Live) -> usize {
+        self.labels.reserve(live.labels.iter().copied())
+            + self.cidrs.reserve(live.cidrs.iter().copied())
+            + self.rules.reserve(live.rules.iter().copied())
     }
 
     /// Frees every number not in `live`; returns how many were freed. Call it only once no
@@ -355,6 +407,37 @@ mod tests {
 
     fn ck(s: &str) -> CidrKey {
         CidrKey { prefix: s.parse().expect("test prefix"), ports: vec![] }
+    }
+
+    #[test]
+    fn reserved_numbers_are_never_handed_out_until_gc_and_seeds_take_their_number() {
+        let mut ids = Identities::new();
+        let live = Live {
+            labels: BTreeSet::from([FIRST_LABEL_ID, FIRST_LABEL_ID + 1, FIRST_LABEL_ID + 3]),
+            cidrs: BTreeSet::from([CIDR_ID_BIT]),
+            rules: BTreeSet::from([1, 2]),
+        };
+        assert!(ids.seed_label(&lk("x", "b"), FIRST_LABEL_ID + 1));
+        assert!(!ids.seed_label(&lk("x", "c"), FIRST_LABEL_ID + 1), "a number holds one key");
+        assert!(!ids.seed_label(&lk("x", "b"), FIRST_LABEL_ID + 3), "a key holds one number");
+        assert_eq!(ids.reserve(&live), 5, "every number the maps use but the table lacks");
+        // New keys get none of the reserved numbers (nor the seeded one).
+        assert_eq!(ids.label(&lk("x", "new")), Some(FIRST_LABEL_ID + 2));
+        assert_eq!(ids.label(&lk("x", "new2")), Some(FIRST_LABEL_ID + 4));
+        assert_eq!(ids.label(&lk("x", "b")), Some(FIRST_LABEL_ID + 1), "the seeded key keeps its number");
+        assert_eq!(ids.cidr(&ck("10.0.0.0/8")), Some(CIDR_ID_BIT + 1));
+        assert_eq!(
+            ids.rule(&RuleInfo { policy: PolicyRef::new("x", "p"), direction: Direction::Ingress, index: 0 }),
+            Some(3)
+        );
+        // After a successful apply the maps hold live numbers only: the reservations go.
+        let now_live = Live {
+            labels: BTreeSet::from([FIRST_LABEL_ID + 1, FIRST_LABEL_ID + 2, FIRST_LABEL_ID + 4]),
+            ..Live::default()
+        };
+        ids.gc(&now_live);
+        ids.gc(&now_live);
+        assert_eq!(ids.label(&lk("x", "later")), Some(FIRST_LABEL_ID + 5), "allocation moves forward");
     }
 
     #[test]

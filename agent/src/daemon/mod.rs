@@ -185,9 +185,13 @@ impl Agent {
         // Adopt what the kernel holds: the diff against it is what a restart changes.
         let mirror = dp.maps.read_all()?;
         let registry = Registry::load(&cfg.state_dir)?;
-        let ids = reconcile::load_identities(&cfg.state_dir)?;
+        let mut ids = reconcile::load_identities(&cfg.state_dir)?;
         let mut store = DirectoryStore::new(cfg.manifests.clone());
         store.reload();
+        let (seeded, reserved) = reconcile::adopt_numbers(&mut ids, &mirror, store.snapshot().into(), &registry);
+        if seeded + reserved > 0 {
+            tracing::info!(seeded, reserved, "identity numbers taken over from the pinned maps");
+        }
         let mut agent = Agent {
             cfg,
             store,

@@ -42,13 +42,125 @@ pub enum StateError {
 
 /// Identity numbers persist so that a restarted agent computes exactly the map contents
 /// already pinned in the kernel (an empty diff, no churn).
+///
+/// A corrupt file is set aside (`identities.json.corrupt`) rather than stopping the agent:
+/// [`adopt_numbers`] then rebuilds what it can from the pinned maps, and reserves the rest.
 pub fn load_identities(state_dir: &Path) -> Result<Identities, StateError> {
     let path = state_dir.join(IDENTITIES_FILE);
     match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map_err(|source| StateError::Corrupt { path: path.display().to_string(), source }),
+        Ok(b) => match serde_json::from_slice(&b) {
+            Ok(ids) => Ok(ids),
+            Err(source) => {
+                let e = StateError::Corrupt { path: path.display().to_string(), source };
+                tracing::error!(error = %e, "starting from the pinned maps' numbers instead");
+                let _ = std::fs::rename(&path, path.with_extension("json.corrupt"));
+                Ok(Identities::default())
+            }
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Identities::default()),
         Err(source) => Err(StateError::Read { path: path.display().to_string(), source }),
+    }
+}
+
+/// What the numbering must respect at start-up: the pinned maps may use numbers the loaded
+/// table does not hold (the table lost, corrupt, or written before the maps' last pass).
+/// Numbers whose meaning the maps show are given back to their keys (a pod's label identity
+/// from its address's ipcache entry, a policy prefix's CIDR identity from its entry), so the
+/// first pass computes the same numbers and an empty diff; every other number the maps use is
+/// reserved until that pass has applied (`Identities::reserve`). Without this a new number
+/// could land on one the pinned entries use for another pod, and the old entries would apply
+/// to it between the first writes and the last. Returns (seeded, reserved).
+pub fn adopt_numbers(
+    ids: &mut Identities,
+    mirror: &MirrorContents,
+    snap: Source<'_>,
+    registry: &Registry,
+) -> (usize, usize) {
+    use ward_common::identity::{CIDR_ID_BIT, FIRST_LABEL_ID, is_cidr_identity};
+    use ward_policy::identity::{CidrKey, LabelKey, Live};
+    let is_label = |id: u32| (FIRST_LABEL_ID..CIDR_ID_BIT).contains(&id);
+    let mut seeded = 0;
+    // Label identities from pod addresses (the CNI's for local pods, the objects' for the
+    // others): a number goes back to a key only when every address the maps give that number
+    // belongs to a pod that has that key now. Otherwise (labels changed while the agent was
+    // down, a pod gone) it is only reserved: giving it to one of several keys would let the
+    // old entries apply to pods they were not compiled for.
+    let cni_ips: BTreeMap<(&str, &str), &[IpAddr]> = registry
+        .iter()
+        .map(|ep| ((ep.reg.pod_namespace.as_str(), ep.reg.pod_name.as_str()), ep.reg.ips.as_slice()))
+        .collect();
+    let mut owner_key: BTreeMap<IpcacheKey, LabelKey> = BTreeMap::new();
+    for (key, info) in snap.pods {
+        let ips = cni_ips.get(&(key.namespace.as_str(), key.name.as_str())).copied().unwrap_or(&info.ips);
+        for ip in ips {
+            owner_key.insert(host_prefix(ip), LabelKey::of(key, info));
+        }
+    }
+    // Per number: the one key of all its addresses' owners, or None when they disagree or an
+    // address has no owner.
+    let mut keys_of: BTreeMap<u32, Option<&LabelKey>> = BTreeMap::new();
+    for (k, v) in &mirror.ipcache {
+        if !is_label(v.identity) {
+            continue;
+        }
+        let owner = owner_key.get(k);
+        keys_of
+            .entry(v.identity)
+            .and_modify(|agreed| {
+                if *agreed != owner {
+                    *agreed = None;
+                }
+            })
+            .or_insert(owner);
+    }
+    for (id, key) in keys_of {
+        if let Some(key) = key
+            && ids.seed_label(key, id)
+        {
+            seeded += 1;
+        }
+    }
+    // CIDR identities of plain policy prefixes (pod entries may carry flavoured ones, which
+    // are only reserved).
+    for (k, v) in &mirror.ipcache {
+        if v.identity == ID_WORLD && is_cidr_identity(v.cidr_identity) {
+            let prefix = ipnet_of(k);
+            if ids.seed_cidr(&CidrKey { prefix, ports: vec![] }, v.cidr_identity) {
+                seeded += 1;
+            }
+        }
+    }
+    let mut used = Live::default();
+    for ep in mirror.endpoints.values() {
+        used.labels.insert(ep.identity);
+    }
+    for v in mirror.ipcache.values() {
+        used.labels.insert(v.identity);
+        used.cidrs.insert(v.cidr_identity);
+    }
+    for (k, v) in &mirror.policy {
+        for id in [k.subject(), k.peer()] {
+            if is_cidr_identity(id) {
+                used.cidrs.insert(id);
+            } else {
+                used.labels.insert(id);
+            }
+        }
+        used.rules.insert(v.rule_id);
+    }
+    used.labels.retain(|id| is_label(*id));
+    used.cidrs.retain(|id| is_cidr_identity(*id));
+    (seeded, ids.reserve(&used))
+}
+
+/// The prefix an ipcache key stands for (IPv4-mapped keys as IPv4).
+fn ipnet_of(k: &IpcacheKey) -> ipnet::IpNet {
+    let v6 = std::net::Ipv6Addr::from(k.addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) if k.prefixlen >= 96 => {
+            ipnet::IpNet::V4(ipnet::Ipv4Net::new(v4, (k.prefixlen - 96) as u8).unwrap_or_default())
+        }
+        _ => ipnet::IpNet::V6(ipnet::Ipv6Net::new(v6, k.prefixlen as u8).unwrap_or_default()),
     }
 }
 
@@ -405,6 +517,47 @@ mod tests {
             ingress: Some(vec![]),
             egress: None,
         }
+    }
+
+    /// Suspected bypass of issue 13: a restart that finds the pinned maps but not the identity
+    /// table. Pod a had 256 and b 257 in the maps; a was deleted while the agent was down. A
+    /// fresh table would give b 256, a's number, and a's pinned entries would then apply to b
+    /// until the pass completes. Taken over from the maps, b keeps 257 and 256 is never reused
+    /// while the maps mean a by it.
+    #[test]
+    fn a_restart_without_the_identity_table_never_reuses_a_pinned_number_for_another_pod() {
+        use ward_common::identity::FIRST_LABEL_ID;
+        use ward_common::maps::{PolicyKey, PolicyValue};
+        let dir = std::env::temp_dir().join(format!("ward-adopt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let registry = Registry::load(&dir).expect("registry");
+        let (a, b) = (FIRST_LABEL_ID, FIRST_LABEL_ID + 1);
+        let mut mirror = MirrorContents::default();
+        mirror.ipcache.insert(
+            host_prefix(&"10.0.0.1".parse().expect("ip")),
+            IpcacheValue { identity: a, cidr_identity: ID_WORLD },
+        );
+        mirror.ipcache.insert(
+            host_prefix(&"10.0.0.2".parse().expect("ip")),
+            IpcacheValue { identity: b, cidr_identity: ID_WORLD },
+        );
+        // Pinned: a may reach the database pods (identity 900 as subject).
+        mirror.policy.insert(
+            PolicyKey::any_proto(900, a, ward_common::Direction::Ingress),
+            PolicyValue { rule_id: 1, flags: 0 },
+        );
+        let mut snap = Cluster::default();
+        snap.pods.insert(pod_key("x", "b"), pod("web", "10.0.0.2"));
+        snap.pods.insert(pod_key("x", "c"), pod("new", "10.0.0.3"));
+        let mut ids = Identities::new();
+        let (seeded, reserved) = adopt_numbers(&mut ids, &mirror, (&snap).into(), &registry);
+        assert_eq!((seeded, reserved), (1, 3), "b's number taken over; a's, the subject's and the rule id reserved");
+        let mut view = Cluster::default();
+        let p = plan(&mut view, (&snap).into(), &registry, &[], &mut ids, &mirror);
+        assert_eq!(p.compiled.pod_identity[&pod_key("x", "b")], b, "b keeps its number: an empty diff for it");
+        assert!(!p.compiled.pod_identity.values().any(|id| *id == a), "a's pinned number is not reused");
+        assert!(p.delta.ipcache_upserts.iter().all(|(_, v)| v.identity != a));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
