@@ -222,6 +222,9 @@ impl Agent {
                 tracing::error!(endpoint = ep.ep_id, error = %e, "re-attaching");
             }
         }
+        // Links of an older layout that no endpoint claimed get the new programs too (they
+        // then drop everything as an unknown endpoint, as any unclaimed link does).
+        agent.dp.finish_migration();
         agent.gc();
         Ok(agent)
     }

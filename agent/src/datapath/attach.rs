@@ -66,6 +66,37 @@ pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, ifname: &str, ifindex: u32) -> Re
     Ok(())
 }
 
+/// Replaces the program inside every pinned link of `pin_dir` with this object's (the link
+/// stays attached; the swap is atomic). Links of endpoints that `attach` already adopted get
+/// the same program again.
+pub fn replace_all(ebpf: &mut Ebpf, pin_dir: &Path) -> usize {
+    let mut replaced = 0;
+    let Ok(entries) = std::fs::read_dir(pin_dir.join("links")) else {
+        return 0;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let pin = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((program, _, _)) = PROGRAMS.iter().find(|(_, _, suffix)| name.ends_with(&format!("-{suffix}"))) else {
+            continue;
+        };
+        let Ok(prog) = classifier(ebpf, program) else { continue };
+        let adopted = PinnedLink::from_pin(&pin)
+            .ok()
+            .and_then(|old| old.unpin().ok())
+            .and_then(|fd| SchedClassifierLink::try_from(fd).ok())
+            .and_then(|link| prog.attach_to_link(link).ok());
+        match adopted.and_then(|id| prog.take_link(id).ok()).and_then(|l| FdLink::try_from(l).ok()) {
+            Some(fd) => match fd.pin(&pin) {
+                Ok(_) => replaced += 1,
+                Err(e) => tracing::error!(pin = %pin.display(), error = %e, "re-pinning a link"),
+            },
+            None => tracing::error!(pin = %pin.display(), "could not replace the program of a pinned link"),
+        }
+    }
+    replaced
+}
+
 pub fn detach(pin_dir: &Path, ifindex: u32) {
     for (_, _, suffix) in PROGRAMS {
         let pin = pin_dir.join("links").join(format!("{ifindex}-{suffix}"));

@@ -415,6 +415,28 @@ impl Maps {
         stats
     }
 
+    /// Inserts flows carried over from an older layout (before any program uses these maps)
+    /// and counts them towards their endpoints. Returns how many were inserted.
+    pub fn adopt_flows(&mut self, flows: impl Iterator<Item = (CtKey, CtValue)>) -> usize {
+        const BPF_NOEXIST: u64 = 1;
+        let mut per_ep: BTreeMap<u32, i64> = BTreeMap::new();
+        for (k, v) in flows {
+            if self.ct.insert(k, v, BPF_NOEXIST).is_ok() {
+                *per_ep.entry(k.ep_id).or_default() += 1;
+            }
+        }
+        let mut total = 0;
+        for (ep_id, n) in per_ep {
+            let key = CtCountKey { ep_id, writer: CT_COUNT_KERNEL };
+            // No program runs on these maps yet: this write races with nothing.
+            let cur = self.ct_count.get(&key, 0).unwrap_or(0);
+            if self.ct_count.insert(key, cur + n, 0).is_ok() {
+                total += n as usize;
+            }
+        }
+        total
+    }
+
     fn add_agent_count(&mut self, ep_id: u32, n: i64) {
         let key = CtCountKey { ep_id, writer: CT_COUNT_AGENT };
         // The agent is this slot's only writer: read-modify-write cannot lose an update.

@@ -6,6 +6,7 @@
 
 mod attach;
 mod maps;
+mod migrate;
 
 use std::path::{Path, PathBuf};
 
@@ -58,6 +59,9 @@ pub struct Datapath {
     ebpf: Ebpf,
     pub maps: Maps,
     pin_dir: PathBuf,
+    /// A node found under an older layout, carried over at load, finished by
+    /// [`finish_migration`](Self::finish_migration).
+    migration: Option<migrate::Migration>,
 }
 
 impl Datapath {
@@ -89,7 +93,25 @@ impl Datapath {
         attach::load_programs(&mut ebpf)?;
         let mut maps = Maps::take(&mut ebpf)?;
         maps.check_layout(&pin_dir)?;
-        Ok(Datapath { ebpf, maps, pin_dir })
+        let migration = migrate::from_older(bpffs, node, &pin_dir, &mut maps)?;
+        Ok(Datapath { ebpf, maps, pin_dir, migration })
+    }
+
+    /// Once the maps hold the compiled state and the endpoints are attached: every link still
+    /// running an older layout's program gets this one, and the older pins go (see
+    /// `migrate`). Returns what was carried over, if anything.
+    pub fn finish_migration(&mut self) -> Option<(u32, usize, usize)> {
+        let m = self.migration.take()?;
+        let replaced = attach::replace_all(&mut self.ebpf, &self.pin_dir);
+        migrate::remove_old(&m);
+        tracing::info!(
+            from_version = m.from_version,
+            flows = m.flows,
+            links = m.links,
+            replaced,
+            "layout migration finished"
+        );
+        Some((m.from_version, m.flows, m.links))
     }
 
     pub fn pin_dir(&self) -> &Path {
