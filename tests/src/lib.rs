@@ -24,6 +24,7 @@ pub mod netns;
 pub mod node;
 pub mod privileged;
 pub mod probe;
+pub mod rawframe;
 pub mod serve;
 pub mod spec;
 
