@@ -4,6 +4,7 @@
 //! timer drives garbage collection. Each change ends in `reconcile`, which compiles the
 //! desired map contents and applies the difference to the kernel.
 
+mod plugin;
 pub mod reconcile;
 pub mod registry;
 
@@ -50,6 +51,8 @@ pub struct Config {
     pub bpffs: PathBuf,
     pub host_addrs: Vec<IpAddr>,
     pub flow_events: FlowEvents,
+    /// The CNI conflist to write once ready (`--cni-conf-dir`), if any.
+    pub conflist: Option<crate::cni::install::ConflistSpec>,
 }
 
 /// How often vanished interfaces are garbage-collected and the manifests re-read (the
@@ -74,6 +77,7 @@ pub struct Agent {
     ids_saved: Option<u64>,
     applied_files: BTreeMap<String, String>,
     last_error: Option<String>,
+    conflist: Option<plugin::Conflist>,
 }
 
 pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
@@ -95,6 +99,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tracing::info!(node = %agent.cfg.node_name, socket = %agent.cfg.socket.display(), "ward agent running");
+    agent.publish_conflist();
     loop {
         tokio::select! {
             Some((req, reply)) = calls.recv() => {
@@ -109,6 +114,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             _ = gc.tick() => {
                 agent.gc();
                 agent.reload(Reread::All);
+                agent.publish_conflist();
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -175,6 +181,7 @@ impl Agent {
         let ids = reconcile::load_identities(&cfg.state_dir)?;
         let mut store = DirectoryStore::new(cfg.manifests.clone());
         store.reload();
+        let conflist = cfg.conflist.clone().map(plugin::Conflist::new);
         let mut agent = Agent {
             cfg,
             store,
@@ -187,6 +194,7 @@ impl Agent {
             ids_saved: None,
             applied_files: BTreeMap::new(),
             last_error: None,
+            conflist,
         };
         tracing::info!(
             endpoints = agent.registry.len(),
@@ -213,6 +221,8 @@ impl Agent {
         match req {
             Request::Register(r) => self.register(r),
             Request::Deregister { container_id, ifname } => self.deregister(&container_id, &ifname),
+            Request::Readiness => Response::Readiness(self.readiness()),
+            Request::Gc { network, valid } => self.collect(&network, &valid),
             Request::Status => Response::Status(Box::new(self.status())),
             Request::Endpoints => Response::Endpoints { endpoints: self.endpoints() },
             Request::Explain { from, to, protocol, port } => self.explain(&from, &to, &protocol, port),
