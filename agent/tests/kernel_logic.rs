@@ -13,7 +13,8 @@ use ward_common::{
     ports::{MAX_BLOCKS, PortBlock, range_to_blocks},
 };
 
-const PASS: i32 = 0;
+/// TCX_NEXT: allowed, and whatever runs after Ward on the hook runs too.
+const PASS: i32 = -1;
 const DROP: i32 = 2;
 const LO: u32 = 1;
 

@@ -12,7 +12,7 @@
 //! 8. New flow → `ward_common::lookup::decide_new_flow`; allowed flows are tracked.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     maps::lpm_trie::Key,
     programs::TcContext,
@@ -117,7 +117,11 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
             },
         );
     }
-    if dropped { TC_ACT_SHOT } else { TC_ACT_OK }
+    // An allowed packet goes on to whatever runs after Ward on this hook (TCX_NEXT, the tc
+    // value UNSPEC): a later TCX program or the legacy tc filters, such as the bandwidth
+    // plugin's ingress redirect to its shaping ifb. TC_ACT_OK would end the hook there and
+    // silently bypass them; with nothing after Ward the kernel passes the packet either way.
+    if dropped { TC_ACT_SHOT } else { TC_ACT_UNSPEC }
 }
 
 #[inline(always)]

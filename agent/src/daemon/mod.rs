@@ -93,8 +93,16 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     let (call_tx, mut calls) = mpsc::channel::<server::Call>(64);
     tokio::spawn(server::serve(listener, call_tx));
     let (fs_tx, mut fs_events) = mpsc::unbounded_channel::<()>();
-    let _watcher = crate::datastore::directory::watch(&agent.cfg.manifests, fs_tx)
-        .with_context(|| format!("watching {}", agent.cfg.manifests.display()))?;
+    // A manifests path that cannot be watched (not a directory, say) is bad input, not a reason
+    // to stop enforcing: the periodic re-read picks the directory up once it is one, and
+    // until then the datastore has not synced (no CNI conflist, STATUS not ready).
+    let _watcher = match crate::datastore::directory::watch(&agent.cfg.manifests, fs_tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(dir = %agent.cfg.manifests.display(), error = %e, "cannot watch the manifests; re-reading them every {GC_PERIOD:?}");
+            None
+        }
+    };
     let mut gc = tokio::time::interval(GC_PERIOD);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
