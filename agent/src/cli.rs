@@ -15,6 +15,11 @@ pub fn render(resp: &Response) -> String {
             format!("registered endpoint {endpoint_id} (identity {identity})\n")
         }
         Response::Deregistered { existed } => format!("deregistered (existed: {existed})\n"),
+        Response::Readiness(r) => match &r.reason {
+            None => "ready\n".to_owned(),
+            Some(why) => format!("not ready: {why}\n"),
+        },
+        Response::Collected { forgotten } => format!("forgot {} stale endpoints\n", forgotten.len()),
         Response::Error { message } => format!("error: {message}\n"),
     }
 }

@@ -24,9 +24,11 @@ use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
 use serde_json::{Value, json};
-use ward_agent::api::proto::{EndpointRegistration, Request, Response};
+use ward_agent::api::proto::{AttachmentKey, EndpointRegistration, EndpointStatus, Readiness, Request, Response};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_ward-cni");
+/// Debian's reference plugins (host-local for delegated IPAM).
+const CNI_PATH: &str = "/usr/lib/cni";
 const POD_CIDR_V4: &str = "10.244.1.0/24";
 const POD_CIDR_V6: &str = "fd77:1::/64";
 /// The node's own addresses (documentation ranges), on the node namespace's loopback: the
@@ -214,11 +216,83 @@ enum AgentMode {
 
 const REFUSAL: &str = "policy compilation failed for this pod";
 
+/// What the fake agent knows: the endpoints it protects and whether it says it is ready.
+#[derive(Default)]
+struct AgentState {
+    observed: Vec<NodeAtRegistration>,
+    registered: Vec<EndpointRegistration>,
+    not_ready: Option<String>,
+}
+
+type Shared = Arc<Mutex<AgentState>>;
+
+fn lock(state: &Shared) -> std::sync::MutexGuard<'_, AgentState> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The fake agent's answers: the local API as the real agent gives it, from `state`.
+fn answer(mode: AgentMode, node_name: String, state: Shared) -> Answer {
+    Box::new(move |request| match request {
+        Request::Register(reg) => {
+            let seen = observe_node(&node_name, reg);
+            let mut st = lock(&state);
+            st.observed.push(seen);
+            if mode == AgentMode::Refuse {
+                return Response::Error { message: REFUSAL.into() };
+            }
+            st.registered.retain(|r| (&r.container_id, &r.ifname) != (&reg.container_id, &reg.ifname));
+            st.registered.push(reg.clone());
+            Response::Registered { endpoint_id: 7, identity: 4242 }
+        }
+        Request::Deregister { container_id, ifname } => {
+            let mut st = lock(&state);
+            let before = st.registered.len();
+            st.registered.retain(|r| (&r.container_id, &r.ifname) != (container_id, ifname));
+            Response::Deregistered { existed: st.registered.len() != before }
+        }
+        Request::Readiness => {
+            let why = lock(&state).not_ready.clone();
+            Response::Readiness(Readiness { ready: why.is_none(), datastore_synced: why.is_none(), reason: why })
+        }
+        Request::Endpoints => Response::Endpoints {
+            endpoints: lock(&state)
+                .registered
+                .iter()
+                .map(|r| EndpointStatus {
+                    endpoint_id: 7,
+                    container_id: r.container_id.clone(),
+                    pod: format!("{}/{}", r.pod_namespace, r.pod_name),
+                    host_ifname: r.host_ifname.clone(),
+                    host_ifindex: r.host_ifindex,
+                    ips: r.ips.clone(),
+                    identity: 4242,
+                    labels: Default::default(),
+                    ingress_isolated: false,
+                    egress_isolated: false,
+                    tracked_flows: 0,
+                })
+                .collect(),
+        },
+        Request::Gc { network, valid } => {
+            let mut st = lock(&state);
+            let key = |r: &EndpointRegistration| AttachmentKey {
+                container_id: r.container_id.clone(),
+                ifname: r.ifname.clone(),
+            };
+            let (stale, kept): (Vec<_>, Vec<_>) =
+                st.registered.drain(..).partition(|r| &r.network == network && !valid.contains(&key(r)));
+            st.registered = kept;
+            Response::Collected { forgotten: stale.iter().map(key).collect() }
+        }
+        other => Response::Error { message: format!("fake agent: unexpected {other:?}") },
+    })
+}
+
 struct Lab {
     id: String,
     // Field order is drop order: the agent thread first, then the namespaces and files.
     agent: Option<FakeAgent>,
-    observed: Arc<Mutex<Vec<NodeAtRegistration>>>,
+    state: Shared,
     pods: Vec<Netns>,
     node: Netns,
     dir: TempDir,
@@ -273,30 +347,52 @@ impl Lab {
         node.ip(&["link", "set", "lo", "up"]);
         node.ip(&["addr", "add", &format!("{NODE_V4}/32"), "dev", "lo"]);
         node.ip(&["addr", "add", &format!("{NODE_V6}/128"), "dev", "lo"]);
-        let observed = Arc::new(Mutex::new(Vec::new()));
-        let agent = (mode != AgentMode::Absent).then(|| {
-            let (observed, node_name) = (observed.clone(), node.name.clone());
-            FakeAgent::start(
-                dir.0.join("agent.sock"),
-                Box::new(move |request| match request {
-                    Request::Register(reg) => {
-                        let seen = observe_node(&node_name, reg);
-                        observed.lock().unwrap_or_else(|p| p.into_inner()).push(seen);
-                        match mode {
-                            AgentMode::Refuse => Response::Error { message: REFUSAL.into() },
-                            _ => Response::Registered { endpoint_id: 7, identity: 4242 },
-                        }
-                    }
-                    Request::Deregister { .. } => Response::Deregistered { existed: true },
-                    other => Response::Error { message: format!("fake agent: unexpected {other:?}") },
-                }),
-            )
-        });
-        Some(Self { id, agent, observed, pods: Vec::new(), node, dir })
+        let state = Shared::default();
+        let mut lab = Self { id, agent: None, state, pods: Vec::new(), node, dir };
+        if mode != AgentMode::Absent {
+            lab.start_agent(mode);
+        }
+        Some(lab)
+    }
+
+    fn start_agent(&mut self, mode: AgentMode) {
+        let socket = self.dir.0.join("agent.sock");
+        let _ = fs::remove_file(&socket);
+        self.agent = Some(FakeAgent::start(socket, answer(mode, self.node.name.clone(), self.state.clone())));
+    }
+
+    fn stop_agent(&mut self) {
+        self.agent = None;
+        let _ = fs::remove_file(self.dir.0.join("agent.sock"));
     }
 
     fn agent(&self) -> &FakeAgent {
         self.agent.as_ref().unwrap_or_else(|| panic!("this lab has no agent"))
+    }
+
+    fn registered(&self) -> Vec<String> {
+        lock(&self.state).registered.iter().map(|r| r.container_id.clone()).collect()
+    }
+
+    /// The plugin's records and queue under the state directory.
+    fn state_files(&self, sub: &str) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.ipam_dir().join("ward").join(sub)) else { return Vec::new() };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str().map(str::to_owned))
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Host-side veths in the node namespace.
+    fn host_links(&self) -> Vec<String> {
+        self.node
+            .links()
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+            .filter(|n| n.starts_with("wd"))
+            .collect()
     }
 
     fn ipam_dir(&self) -> PathBuf {
@@ -339,19 +435,28 @@ impl Lab {
 
     /// Runs the plugin inside the node namespace.
     fn cni(&self, command: &str, container_id: &str, netns: Option<&Path>, conf: &Value) -> Run {
+        let mut env = vec![
+            ("CNI_COMMAND", command.to_owned()),
+            ("CNI_CONTAINERID", container_id.to_owned()),
+            ("CNI_IFNAME", "eth0".to_owned()),
+            ("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME={container_id}-pod")),
+            ("CNI_PATH", CNI_PATH.to_owned()),
+        ];
+        if let Some(netns) = netns {
+            env.push(("CNI_NETNS", netns.to_string_lossy().into_owned()));
+        }
+        self.cni_env(&env, conf)
+    }
+
+    /// Runs the plugin inside the node namespace with exactly `env`.
+    fn cni_env(&self, env: &[(&str, String)], conf: &Value) -> Run {
+        let command = env.iter().find(|(k, _)| *k == "CNI_COMMAND").map(|(_, v)| v.clone()).unwrap_or_default();
         let mut cmd = Command::new(PLUGIN);
         cmd.env_clear()
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", container_id)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME={container_id}-pod"))
-            .env("CNI_PATH", "/opt/cni/bin")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some(netns) = netns {
-            cmd.env("CNI_NETNS", netns);
-        }
         let node_fd = self.node.file.as_raw_fd();
         // SAFETY: between fork and exec only the async-signal-safe setns(2) runs; the fd is
         // kept open by `self.node` for the duration of the spawn.
@@ -389,6 +494,31 @@ impl Lab {
         let run = self.cni("DEL", &pod.container_id, Some(&pod.netns), &self.conf());
         assert!(run.ok, "DEL failed: {} / stderr: {}", run.stdout, run.stderr);
         assert_eq!(run.stdout, Value::Null, "DEL prints nothing on success");
+    }
+
+    /// CHECK as a runtime calls it: with the ADD's result as `prevResult`.
+    fn check(&self, pod: &Added) -> Run {
+        let mut conf = self.conf();
+        conf["prevResult"] = pod.result.clone();
+        self.cni("CHECK", &pod.container_id, Some(&pod.netns), &conf)
+    }
+
+    /// The configuration at 1.1.0, for STATUS and GC.
+    fn conf_1_1(&self) -> Value {
+        let mut conf = self.conf();
+        conf["cniVersion"] = json!("1.1.0");
+        conf
+    }
+
+    fn status(&self) -> Run {
+        self.cni_env(&[("CNI_COMMAND", "STATUS".into()), ("CNI_PATH", CNI_PATH.into())], &self.conf_1_1())
+    }
+
+    fn gc(&self, valid: &[&Added]) -> Run {
+        let mut conf = self.conf_1_1();
+        conf["cni.dev/valid-attachments"] =
+            valid.iter().map(|p| json!({"containerID": p.container_id, "ifname": "eth0"})).collect();
+        self.cni_env(&[("CNI_COMMAND", "GC".into()), ("CNI_PATH", CNI_PATH.into())], &conf)
     }
 }
 
@@ -483,7 +613,7 @@ fn add_wires_the_pod_and_opens_the_host_side_only_after_registration() {
     assert_eq!(Path::new(&reg.netns), pod.netns);
 
     // While the agent was deciding, the host side existed but carried nothing.
-    let seen = lab.observed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let seen = lock(&lab.state).observed.clone();
     assert_eq!(seen, vec![NodeAtRegistration { host_link_exists: true, host_link_up: false, routes_to_pod: 0 }]);
 
     // Afterwards: host side up with its fixed MAC, a route per pod address.
@@ -542,7 +672,7 @@ fn add_wires_the_pod_and_opens_the_host_side_only_after_registration() {
     assert_node_reaches_pod(&lab, pod_ns, v6);
 
     // CHECK agrees.
-    let check = lab.cni("CHECK", &pod.container_id, Some(&pod.netns), &lab.conf());
+    let check = lab.check(&pod);
     assert!(check.ok, "CHECK failed: {} / {}", check.stdout, check.stderr);
 }
 
@@ -668,7 +798,7 @@ fn check_fails_once_the_pod_lost_an_address() {
     let pod = lab.add();
     let v6 = pod.ip(false);
     lab.pod_ns(&pod.netns).ip(&["addr", "del", &format!("{v6}/128"), "dev", "eth0"]);
-    let run = lab.cni("CHECK", &pod.container_id, Some(&pod.netns), &lab.conf());
+    let run = lab.check(&pod);
     assert!(!run.ok);
     assert_eq!(run.stdout["code"], 103, "{}", run.stdout);
     assert!(run.stdout["msg"].as_str().is_some_and(|m| m.contains(&v6.to_string())), "{}", run.stdout);
@@ -679,5 +809,399 @@ fn version_lists_the_supported_versions() {
     let Some(lab) = Lab::new(AgentMode::Absent) else { return };
     let run = lab.cni("VERSION", "unused", None, &json!({"cniVersion": "1.0.0"}));
     assert!(run.ok);
-    assert_eq!(run.stdout, json!({"cniVersion": "1.1.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}));
+    assert_eq!(run.stdout, json!({"cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}));
+}
+
+impl Lab {
+    fn add_with(&mut self, conf: &Value) -> Added {
+        let (container_id, netns) = self.new_pod();
+        let run = self.cni("ADD", &container_id, Some(&netns), conf);
+        assert!(run.ok, "ADD failed: {} / stderr: {}", run.stdout, run.stderr);
+        Added { container_id, netns, result: run.stdout }
+    }
+
+    /// The configuration delegating IPAM to Debian's host-local, dual-stack.
+    fn host_local_conf(&self, v4: &str, v6: &str) -> Value {
+        let mut conf = self.conf();
+        let obj = conf.as_object_mut().unwrap_or_else(|| panic!("conf is an object"));
+        obj.remove("podCIDRs");
+        obj.insert(
+            "ipam".into(),
+            json!({"type": "host-local", "ranges": [[{"subnet": v4}], [{"subnet": v6}]],
+                   "dataDir": self.dir.0.join("host-local")}),
+        );
+        conf
+    }
+
+    /// host-local's reservations: files named by address under its data directory.
+    fn host_local_reservations(&self) -> Vec<IpAddr> {
+        let Ok(entries) = fs::read_dir(self.dir.0.join("host-local/ward")) else { return Vec::new() };
+        let mut ips: Vec<IpAddr> = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+        ips.sort();
+        ips
+    }
+}
+
+#[test]
+fn status_is_ready_only_with_a_ready_agent_and_room_for_a_pod() {
+    let Some(mut lab) = Lab::new(AgentMode::Absent) else { return };
+    let run = lab.status();
+    assert!(!run.ok);
+    assert_eq!(run.stdout["code"], 50, "agent down: {}", run.stdout);
+    assert!(run.stdout["msg"].as_str().is_some_and(|m| m.contains("cannot reach the ward agent")), "{}", run.stdout);
+
+    lab.start_agent(AgentMode::Protect);
+    lock(&lab.state).not_ready = Some("the datastore has not synced: /m not read yet".into());
+    let run = lab.status();
+    assert_eq!(run.stdout["code"], 50, "agent not synced: {}", run.stdout);
+    assert!(run.stdout["msg"].as_str().is_some_and(|m| m.contains("has not synced")), "{}", run.stdout);
+
+    lock(&lab.state).not_ready = None;
+    let run = lab.status();
+    assert!(run.ok, "ready: {} / {}", run.stdout, run.stderr);
+    assert_eq!(run.stdout, Value::Null, "STATUS prints nothing on success");
+
+    // A pod CIDR with no address left: ADD could not succeed, so STATUS says so.
+    let mut conf = lab.conf_1_1();
+    conf["podCIDRs"] = json!(["10.250.0.0/30"]);
+    let pod = lab.add_with(&conf);
+    let run = lab.cni_env(&[("CNI_COMMAND", "STATUS".into())], &conf);
+    assert_eq!(run.stdout["code"], 50, "{}", run.stdout);
+    assert!(
+        run.stdout["msg"].as_str().is_some_and(|m| m.contains("no free address left in 10.250.0.0/30")),
+        "{}",
+        run.stdout
+    );
+    assert!(pod.ok_ips(), "the one pod keeps its address");
+}
+
+impl Added {
+    fn ok_ips(&self) -> bool {
+        !self.ips().is_empty()
+    }
+}
+
+#[test]
+fn gc_releases_every_attachment_not_listed_as_valid() {
+    let Some(mut lab) = Lab::new(AgentMode::Protect) else { return };
+    let kept = lab.add();
+    let stale = lab.add();
+    assert_eq!(lab.registered().len(), 2);
+    let run = lab.gc(&[&kept]);
+    assert!(run.ok, "GC: {} / {}", run.stdout, run.stderr);
+    assert_eq!(run.stdout, Value::Null, "GC prints nothing on success");
+
+    let mut kept_ips = kept.ips();
+    kept_ips.sort();
+    assert_eq!(lab.allocations(), kept_ips, "only the valid attachment keeps addresses");
+    let mut quarantined = lab.state_files("quarantine");
+    let mut expected: Vec<String> = stale.ips().iter().map(ToString::to_string).collect();
+    quarantined.sort();
+    expected.sort();
+    assert_eq!(quarantined, expected, "the stale pod's addresses are in quarantine");
+    assert_eq!(lab.host_links(), vec![kept.host_ifname()], "the stale veth is gone");
+    assert_eq!(lab.state_files("attachments"), vec![format!("{}:eth0", kept.container_id)]);
+    assert_eq!(lab.registered(), vec![kept.container_id.clone()], "the agent forgot the stale endpoint");
+    let gc_request = lab.agent().requests().into_iter().find(|r| matches!(r, Request::Gc { .. }));
+    assert_eq!(
+        gc_request,
+        Some(Request::Gc {
+            network: "ward".into(),
+            valid: vec![AttachmentKey { container_id: kept.container_id.clone(), ifname: "eth0".into() }]
+        })
+    );
+    assert!(lab.check(&kept).ok, "the valid pod is untouched");
+
+    // A GC without its list is refused rather than taken as "nothing is valid".
+    let run = lab.cni_env(&[("CNI_COMMAND", "GC".into()), ("CNI_PATH", CNI_PATH.into())], &lab.conf_1_1());
+    assert_eq!(run.stdout["code"], 7, "{}", run.stdout);
+    assert_eq!(lab.registered().len(), 1);
+}
+
+#[test]
+fn a_del_while_the_agent_is_down_is_queued_and_delivered_by_the_next_call() {
+    let Some(mut lab) = Lab::new(AgentMode::Protect) else { return };
+    let pod = lab.add();
+    let other = lab.add();
+    lab.stop_agent();
+    let started = Instant::now();
+    lab.del(&pod);
+    assert!(started.elapsed() < Duration::from_secs(5), "DEL must not block on a dead agent ({:?})", started.elapsed());
+    assert!(lab.host_links().iter().all(|l| *l != pod.host_ifname()), "the veth goes even with the agent down");
+    assert_eq!(lab.state_files("pending"), vec![format!("{}:eth0", pod.container_id)], "the deregistration is queued");
+    assert!(lab.registered().contains(&pod.container_id), "the agent has not heard yet");
+
+    lab.start_agent(AgentMode::Protect);
+    // Any call drains the queue: here, a CHECK of another pod.
+    let run = lab.check(&other);
+    assert!(run.ok, "{} / {}", run.stdout, run.stderr);
+    assert!(lab.state_files("pending").is_empty(), "the queue is empty once delivered");
+    assert_eq!(lab.registered(), vec![other.container_id.clone()], "the queued deregistration reached the agent");
+    let deregistered = lab
+        .agent()
+        .requests()
+        .into_iter()
+        .any(|r| r == Request::Deregister { container_id: pod.container_id.clone(), ifname: "eth0".into() });
+    assert!(deregistered);
+}
+
+#[test]
+fn a_pod_removed_without_del_is_swept_by_the_next_add() {
+    let Some(mut lab) = Lab::new(AgentMode::Protect) else { return };
+    let gone = lab.add();
+    // The runtime loses the pod: its namespace is deleted, no DEL ever comes.
+    let index = lab.pods.iter().position(|p| p.path() == gone.netns).unwrap_or_else(|| panic!("pod netns"));
+    drop(lab.pods.remove(index));
+    // The kernel tears a deleted namespace's devices down in the background.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab.host_links().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lab.host_links().is_empty(), "deleting the namespace took the veth pair with it");
+    let next = lab.add();
+    let mut next_ips = next.ips();
+    next_ips.sort();
+    assert_eq!(lab.allocations(), next_ips, "the lost pod's addresses were released");
+    assert_eq!(lab.registered(), vec![next.container_id.clone()], "and its registration dropped");
+    assert_eq!(lab.state_files("attachments"), vec![format!("{}:eth0", next.container_id)]);
+}
+
+#[test]
+fn a_released_address_stays_in_quarantine_and_add_asks_to_try_again() {
+    let Some(mut lab) = Lab::new(AgentMode::Protect) else { return };
+    let mut conf = lab.conf();
+    conf["podCIDRs"] = json!(["10.250.0.0/30"]); // one address: 10.250.0.2
+    conf["addressQuarantineSeconds"] = json!(2);
+    let first = lab.add_with(&conf);
+    assert_eq!(first.ips(), vec!["10.250.0.2".parse::<IpAddr>().unwrap_or_else(|e| panic!("{e}"))]);
+    let run = lab.cni("DEL", &first.container_id, Some(&first.netns), &conf);
+    assert!(run.ok);
+    let (container_id, netns) = lab.new_pod();
+    let run = lab.cni("ADD", &container_id, Some(&netns), &conf);
+    assert!(!run.ok, "the only address is in quarantine");
+    assert_eq!(run.stdout["code"], 11, "try again later: {}", run.stdout);
+    assert!(run.stdout["msg"].as_str().is_some_and(|m| m.contains("in quarantine")), "{}", run.stdout);
+    assert!(lab.host_links().is_empty(), "the failed ADD left nothing");
+    // Once the quarantine is over the same address is handed out again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let run = loop {
+        let run = lab.cni("ADD", &container_id, Some(&netns), &conf);
+        if run.ok || Instant::now() > deadline {
+            break run;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(run.ok, "after the quarantine: {}", run.stdout);
+    assert_eq!(run.stdout["ips"][0]["address"], "10.250.0.2/32");
+}
+
+#[test]
+fn ipam_delegated_to_host_local_is_dual_stack_checked_and_released() {
+    let Some(mut lab) = Lab::new(AgentMode::Protect) else { return };
+    let conf = lab.host_local_conf("10.251.0.0/24", "fd78:1::/64");
+    let pod = lab.add_with(&conf);
+    let (v4, v6) = (pod.ip(true), pod.ip(false));
+    assert!(v4.to_string().starts_with("10.251.0."), "{v4} from host-local's range");
+    assert!(v6.to_string().starts_with("fd78:1::"), "{v6} from host-local's range");
+    assert_eq!(lab.host_local_reservations(), vec![v4, v6], "host-local holds both");
+    assert!(lab.allocations().is_empty(), "Ward's own store is not used");
+    assert_eq!(pod.result["ips"][0]["address"], format!("{v4}/32"), "Ward applies the address as a /32");
+    assert_node_reaches_pod(&lab, lab.pod_ns(&pod.netns), v4);
+    assert_node_reaches_pod(&lab, lab.pod_ns(&pod.netns), v6);
+
+    let mut check = conf.clone();
+    check["prevResult"] = pod.result.clone();
+    let run = lab.cni("CHECK", &pod.container_id, Some(&pod.netns), &check);
+    assert!(run.ok, "CHECK (with host-local's CHECK): {} / {}", run.stdout, run.stderr);
+
+    let run = lab.cni("DEL", &pod.container_id, Some(&pod.netns), &conf);
+    assert!(run.ok);
+    assert!(lab.host_local_reservations().is_empty(), "DEL went to host-local");
+    assert!(lab.host_links().is_empty());
+}
+
+#[test]
+fn a_failing_ipam_plugin_passes_its_error_through_and_leaves_nothing() {
+    let Some(mut lab) = Lab::new(AgentMode::Protect) else { return };
+    // host-local keeps .1 for the gateway: a /30 has room for one pod.
+    let conf = lab.host_local_conf("10.252.0.0/30", "fd78:2::/120");
+    let first = lab.add_with(&conf);
+    let (container_id, netns) = lab.new_pod();
+    let run = lab.cni("ADD", &container_id, Some(&netns), &conf);
+    assert!(!run.ok);
+    let msg = run.stdout["msg"].as_str().unwrap_or_default();
+    assert!(msg.starts_with("ipam plugin host-local ADD: "), "the plugin's error, named: {}", run.stdout);
+    assert_ne!(run.stdout["code"], 0);
+    assert_eq!(lab.host_local_reservations(), first.ips(), "the failed ADD released what host-local gave it");
+    assert_eq!(lab.host_links(), vec![first.host_ifname()]);
+    assert_eq!(lab.registered(), vec![first.container_id.clone()]);
+
+    let mut conf = lab.host_local_conf("10.252.0.0/30", "fd78:2::/120");
+    conf["ipam"]["type"] = json!("no-such-ipam");
+    let run = lab.cni("ADD", &container_id, Some(&netns), &conf);
+    assert_eq!(run.stdout["code"], 7, "{}", run.stdout);
+    assert_eq!(run.stdout["msg"], format!(r#"ipam.type: plugin "no-such-ipam" not found in CNI_PATH ({CNI_PATH})"#));
+}
+
+#[test]
+fn add_extends_a_prev_result_instead_of_replacing_it() {
+    let Some(mut lab) = Lab::new(AgentMode::Protect) else { return };
+    let (container_id, netns) = lab.new_pod();
+    let mut conf = lab.conf();
+    conf["prevResult"] = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "lo", "sandbox": netns}],
+        "ips": [{"address": "127.0.0.1/8", "interface": 0}],
+        "dns": {"nameservers": ["10.96.0.10"]}
+    });
+    let run = lab.cni("ADD", &container_id, Some(&netns), &conf);
+    assert!(run.ok, "{} / {}", run.stdout, run.stderr);
+    let r = run.stdout;
+    assert_eq!(r["interfaces"][0]["name"], "lo");
+    assert_eq!(r["interfaces"][2]["name"], "eth0");
+    assert_eq!(r["ips"][0]["address"], "127.0.0.1/8");
+    assert_eq!(r["ips"][1]["interface"], 2, "Ward's address points at eth0 in the combined list");
+    assert_eq!(r["dns"]["nameservers"][0], "10.96.0.10");
+}
+
+#[test]
+fn check_needs_the_prev_result_and_finds_a_lost_registration() {
+    let Some(mut lab) = Lab::new(AgentMode::Protect) else { return };
+    let pod = lab.add();
+    let run = lab.cni("CHECK", &pod.container_id, Some(&pod.netns), &lab.conf());
+    assert_eq!(
+        (run.stdout["code"].as_u64(), run.stdout["msg"].as_str()),
+        (Some(7), Some("prevResult: required field is missing"))
+    );
+    lock(&lab.state).registered.clear();
+    let run = lab.check(&pod);
+    assert_eq!(run.stdout["code"], 103, "{}", run.stdout);
+    assert!(run.stdout["msg"].as_str().is_some_and(|m| m.contains("does not protect it")), "{}", run.stdout);
+    lab.stop_agent();
+    let run = lab.check(&pod);
+    assert_eq!(run.stdout["code"], 11, "an unreachable agent is transient: {}", run.stdout);
+}
+
+/// Every way the environment or the configuration can be missing or wrong, with the code the
+/// spec gives it and the name of the variable or field in the message.
+#[test]
+fn bad_input_gets_the_spec_code_and_names_what_is_wrong() {
+    let Some(mut lab) = Lab::new(AgentMode::Protect) else { return };
+    let (id, netns) = lab.new_pod();
+    let netns = netns.to_string_lossy().into_owned();
+    let good = lab.conf();
+    let base = |command: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("CNI_COMMAND", command.to_owned()),
+            ("CNI_CONTAINERID", id.clone()),
+            ("CNI_NETNS", netns.clone()),
+            ("CNI_IFNAME", "eth0".to_owned()),
+            ("CNI_ARGS", "K8S_POD_NAMESPACE=a;K8S_POD_NAME=b".to_owned()),
+            ("CNI_PATH", CNI_PATH.to_owned()),
+        ]
+    };
+    let without = |command: &str, var: &str| -> Vec<(&'static str, String)> {
+        base(command).into_iter().filter(|(k, _)| *k != var).collect()
+    };
+    let with = |command: &str, var: &'static str, value: &str| -> Vec<(&'static str, String)> {
+        let mut env = without(command, var);
+        env.push((var, value.to_owned()));
+        env
+    };
+    let set = |field: &str, value: Value| -> Value {
+        let mut conf = good.clone();
+        conf[field] = value;
+        conf
+    };
+    let cases: Vec<(&str, Vec<(&'static str, String)>, Value, u64, &str)> = vec![
+        ("no command", without("ADD", "CNI_COMMAND"), good.clone(), 4, "CNI_COMMAND is not set"),
+        ("unknown command", with("ADD", "CNI_COMMAND", "ATTACH"), good.clone(), 4, "unknown CNI_COMMAND \"ATTACH\""),
+        ("ADD without container", without("ADD", "CNI_CONTAINERID"), good.clone(), 4, "CNI_CONTAINERID is not set"),
+        (
+            "bad container id",
+            with("DEL", "CNI_CONTAINERID", "-x"),
+            good.clone(),
+            4,
+            "CNI_CONTAINERID \"-x\" is invalid",
+        ),
+        ("ADD without netns", without("ADD", "CNI_NETNS"), good.clone(), 4, "CNI_NETNS is not set"),
+        ("CHECK without netns", without("CHECK", "CNI_NETNS"), good.clone(), 4, "CNI_NETNS is not set"),
+        (
+            "relative netns",
+            with("ADD", "CNI_NETNS", "netns/x"),
+            good.clone(),
+            4,
+            "CNI_NETNS \"netns/x\" must be an absolute path",
+        ),
+        ("DEL without ifname", without("DEL", "CNI_IFNAME"), good.clone(), 4, "CNI_IFNAME is not set"),
+        (
+            "long ifname",
+            with("ADD", "CNI_IFNAME", "a-very-long-ifname"),
+            good.clone(),
+            4,
+            "CNI_IFNAME \"a-very-long-ifname\"",
+        ),
+        (
+            "ADD without pod",
+            with("ADD", "CNI_ARGS", "K8S_POD_NAMESPACE=a"),
+            good.clone(),
+            4,
+            "CNI_ARGS: K8S_POD_NAME is required",
+        ),
+        ("malformed args", with("ADD", "CNI_ARGS", "K8S_POD_NAME"), good.clone(), 4, "CNI_ARGS: malformed entry"),
+        ("GC without CNI_PATH", without("GC", "CNI_PATH"), set("cniVersion", json!("1.1.0")), 4, "CNI_PATH is not set"),
+        ("not JSON", base("ADD"), json!("{"), 6, "the network configuration must be a JSON object"),
+        ("no version", base("ADD"), set("cniVersion", Value::Null), 7, "cniVersion: required field is missing"),
+        ("old version", base("ADD"), set("cniVersion", json!("0.3.1")), 1, "cniVersion: \"0.3.1\" is not supported"),
+        ("STATUS at 1.0.0", base("STATUS"), good.clone(), 1, "cniVersion: STATUS needs version 1.1.0"),
+        ("no name", base("ADD"), set("name", Value::Null), 7, "name: required field is missing"),
+        ("bad name", base("ADD"), set("name", json!("a/b")), 7, "name: \"a/b\" is not a valid network name"),
+        (
+            "bad socket",
+            base("ADD"),
+            set("agentSocket", json!("run/x.sock")),
+            7,
+            "agentSocket: \"run/x.sock\" must be an absolute path",
+        ),
+        ("bad data dir", base("DEL"), set("dataDir", json!(1)), 7, "dataDir: expected a string"),
+        ("bad CIDR", base("ADD"), set("podCIDRs", json!(["10.0.0.0/33"])), 7, "podCIDRs[0]: invalid CIDR"),
+        (
+            "two families alike",
+            base("ADD"),
+            set("podCIDRs", json!(["10.0.0.0/24", "10.1.0.0/24"])),
+            7,
+            "podCIDRs[1]: a second IPv4 CIDR",
+        ),
+        ("both IPAMs", base("ADD"), set("ipam", json!({"type": "host-local"})), 7, "podCIDRs and ipam: give one"),
+        ("bad mtu", base("ADD"), set("mtu", json!(70_000)), 7, "mtu: 70000 is out of range"),
+        ("bad quarantine", base("ADD"), set("addressQuarantineSeconds", json!(-5)), 7, "addressQuarantineSeconds: -5"),
+        ("bad prevResult", base("ADD"), set("prevResult", json!("x")), 7, "prevResult: expected an object"),
+        (
+            "a whole conflist",
+            base("ADD"),
+            set("plugins", json!([{"type": "ward-cni"}])),
+            7,
+            "plugins: this is a configuration list",
+        ),
+        (
+            "bad GC list",
+            base("GC"),
+            {
+                let mut c = set("cniVersion", json!("1.1.0"));
+                c["cni.dev/valid-attachments"] = json!([{"ifname": "eth0"}]);
+                c
+            },
+            7,
+            "cni.dev/valid-attachments[0].containerID: expected a string",
+        ),
+    ];
+    for (what, env, conf, code, msg) in cases {
+        let run = lab.cni_env(&env, &conf);
+        assert!(!run.ok, "{what}: must fail");
+        assert_eq!(run.stdout["code"], code, "{what}: {}", run.stdout);
+        let got = run.stdout["msg"].as_str().unwrap_or_default();
+        assert!(got.starts_with(msg), "{what}: the message names the variable or field: {got:?} (want {msg:?}...)");
+    }
+    assert!(lab.agent().requests().is_empty(), "no bad input reached the agent");
+    assert!(lab.host_links().is_empty(), "no bad input created an interface");
 }

@@ -26,7 +26,7 @@ use serde_yaml::Value;
 
 use crate::agent::{self, AgentError, Status, file_hash};
 use crate::bins::{Binaries, MissingBinary};
-use crate::cni::{self, Attachment, CniError, CniPlugin};
+use crate::cni::{self, Attachment, CniError, CniPlugin, Runtime};
 use crate::labdir::LabDir;
 use crate::manifest::{self, ManifestError, ObjectId};
 use crate::netns::{NetNs, NetnsError, unique_name};
@@ -47,6 +47,8 @@ const LOG_TAIL_LINES: usize = 60;
 const HOST_IFACE: &str = "lo";
 /// The interface name inside each pod.
 const POD_IFNAME: &str = "eth0";
+/// Where Debian's containernetworking-plugins put the reference plugins.
+pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -102,6 +104,12 @@ pub struct NodeConfig {
     pub mtu: u32,
     /// `RUST_LOG` for the agent (default `info`, or the caller's `WARD_AGENT_LOG`).
     pub agent_log_filter: String,
+    /// Plugins the agent's conflist chains after ward-cni (`--cni-chain`), found in
+    /// [`REFERENCE_PLUGINS`].
+    pub cni_chain: Vec<serde_json::Value>,
+    /// Wire pods through the agent's conflist (every plugin of it, as a runtime does) instead
+    /// of calling ward-cni alone.
+    pub via_conflist: bool,
 }
 
 impl Default for NodeConfig {
@@ -114,6 +122,8 @@ impl Default for NodeConfig {
             start_timeout: Duration::from_secs(60),
             mtu: 1500,
             agent_log_filter: std::env::var("WARD_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            cni_chain: Vec::new(),
+            via_conflist: false,
         }
     }
 }
@@ -145,6 +155,10 @@ pub struct Pod {
     spec: PodSpec,
     container_id: String,
     ips: Vec<IpAddr>,
+    /// The final ADD result (the runtime keeps it for CHECK and DEL).
+    result: serde_json::Value,
+    /// The capability arguments it was added with.
+    caps: serde_json::Value,
     // Declared before `netns`: servers stop before their namespace goes.
     servers: Option<Servers>,
     netns: NetNs,
@@ -172,6 +186,11 @@ impl Pod {
         &self.ips
     }
 
+    /// The final CNI ADD result.
+    pub fn result(&self) -> &serde_json::Value {
+        &self.result
+    }
+
     /// The pod's address of `family`, if it has one.
     pub fn ip(&self, family: Family) -> Option<IpAddr> {
         self.ips.iter().copied().find(|ip| match family {
@@ -195,6 +214,8 @@ pub struct Node {
     objects: BTreeMap<String, ObjectId>,
     namespaces: BTreeMap<String, Labels>,
     pods: BTreeMap<PodRef, Pod>,
+    /// Capability arguments (`portMappings`, `bandwidth`, ...) for pods not created yet.
+    caps: BTreeMap<PodRef, serde_json::Value>,
     keep: bool,
     // Dropped last, in this order, after `Drop::drop` has stopped the agent.
     netns: NetNs,
@@ -211,7 +232,7 @@ impl Node {
         };
         ensure_bpffs(&name, &config.bpffs)?;
         let dir = LabDir::create("lab").map_err(|source| io_err(&name, "creating the lab directory", source))?;
-        for sub in ["manifests", "state", "ipam", "staging"] {
+        for sub in ["manifests", "state", "ipam", "staging", "net.d", "cni-bin"] {
             fs::create_dir(dir.path().join(sub))
                 .map_err(|source| io_err(&name, &format!("creating {sub}/"), source))?;
         }
@@ -230,6 +251,18 @@ impl Node {
             netns.ip(&args)?;
         }
 
+        // The node's plugin directory: ward-cni and the chained reference plugins.
+        let bin_dir = dir.path().join("cni-bin");
+        let mut links = vec![(bins.cni.clone(), cni::PLUGIN.to_owned())];
+        for plugin in &config.cni_chain {
+            let t = plugin["type"].as_str().unwrap_or_default().to_owned();
+            links.push((Path::new(REFERENCE_PLUGINS).join(&t), t));
+        }
+        for (target, plugin) in links {
+            std::os::unix::fs::symlink(&target, bin_dir.join(&plugin))
+                .map_err(|source| io_err(&name, &format!("linking {}", target.display()), source))?;
+        }
+
         let socket = dir.path().join("agent.sock");
         let cni = CniPlugin {
             binary: bins.cni.clone(),
@@ -246,6 +279,7 @@ impl Node {
             objects: BTreeMap::new(),
             namespaces: BTreeMap::new(),
             pods: BTreeMap::new(),
+            caps: BTreeMap::new(),
             keep: false,
             netns,
             dir,
@@ -287,6 +321,43 @@ impl Node {
         self.dir.path().join("agent.log")
     }
 
+    /// Where the agent writes the node's conflist (`--cni-conf-dir`).
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.path().join("net.d")
+    }
+
+    /// The node's CNI plugin directory (ward-cni and the chained plugins).
+    pub fn cni_bin_dir(&self) -> PathBuf {
+        self.dir.path().join("cni-bin")
+    }
+
+    /// The plugin's state directory (`dataDir`), shared by the lab's calls and the conflist.
+    pub fn cni_data_dir(&self) -> PathBuf {
+        self.dir.path().join("ipam")
+    }
+
+    /// The lab's direct caller of ward-cni for this node (its netconf matches the conflist's
+    /// ward-cni object).
+    pub fn cni_plugin(&self) -> &CniPlugin {
+        &self.cni
+    }
+
+    /// The attachment the lab uses for a pod of `spec` in `netns`.
+    pub fn attachment_for(&self, spec: &PodSpec, container_id: &str, netns: &Path) -> Attachment {
+        self.attachment(spec, container_id, netns)
+    }
+
+    /// A runtime for the conflist the agent wrote.
+    pub fn runtime(&self) -> Result<Runtime, NodeError> {
+        let path = self.cni_conf_dir().join(cni::CONFLIST_NAME);
+        Ok(Runtime::load(&path, &self.cni_bin_dir(), self.netns.name())?)
+    }
+
+    /// Capability arguments for a pod created later (through the conflist).
+    pub fn set_capability_args(&mut self, pod: &PodRef, caps: serde_json::Value) {
+        self.caps.insert(pod.clone(), caps);
+    }
+
     pub fn binaries(&self) -> &Binaries {
         &self.bins
     }
@@ -324,6 +395,20 @@ impl Node {
             .arg(self.netns.name());
         for a in self.config.host_addrs() {
             cmd.arg("--host-addr").arg(a.to_string());
+        }
+        cmd.arg("--cni-conf-dir")
+            .arg(self.cni_conf_dir())
+            .arg("--cni-bin-dir")
+            .arg(self.cni_bin_dir())
+            .arg("--cni-data-dir")
+            .arg(self.cni_data_dir())
+            .arg("--cni-mtu")
+            .arg(self.config.mtu.to_string());
+        for c in self.config.pod_cidrs() {
+            cmd.arg("--pod-cidr").arg(c.to_string());
+        }
+        for plugin in &self.config.cni_chain {
+            cmd.arg("--cni-chain").arg(plugin.to_string());
         }
         cmd.env("RUST_LOG", &self.config.agent_log_filter)
             .stdin(Stdio::null())
@@ -631,16 +716,44 @@ impl Node {
         let netns = NetNs::create(unique_name(&format!("{}-{}", spec.namespace, spec.name)))?;
         let container_id = unique_name("ctr");
         let attachment = self.attachment(spec, &container_id, netns.path());
-        let added = self.cni.add(&attachment)?;
-        let servers = Servers::start(netns.name(), netns.path().to_owned(), &spec.name, &spec.serves);
-        let servers = match servers {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = self.cni.del(&attachment);
-                return Err(e.into());
-            }
+        let caps = self.caps.remove(&spec.pod_ref()).unwrap_or(serde_json::Value::Null);
+        let (ips, result) = if self.config.via_conflist {
+            let result = self.runtime()?.add(&attachment, &caps)?;
+            (cni::result_ips(&format!("{}/{}", spec.namespace, spec.name), &result)?, result)
+        } else {
+            let added = self.cni.add(&attachment)?;
+            (added.ips, added.raw)
         };
-        Ok(Pod { spec: spec.clone(), container_id, ips: added.ips, servers: Some(servers), netns })
+        let pod = Pod { spec: spec.clone(), container_id, ips, result, caps, servers: None, netns };
+        match Servers::start(pod.netns.name(), pod.netns.path().to_owned(), &spec.name, &spec.serves) {
+            Ok(s) => Ok(Pod { servers: Some(s), ..pod }),
+            Err(e) => {
+                let _ = self.cni_del(&pod);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// CNI DEL of `pod` (through the conflist if the node uses it).
+    fn cni_del(&self, pod: &Pod) -> Result<(), CniError> {
+        let attachment = self.attachment(&pod.spec, &pod.container_id, pod.netns.path());
+        if self.config.via_conflist {
+            self.runtime().map_err(|e| CniError::Conflist { path: self.cni_conf_dir(), why: e.to_string() })?.del(
+                &attachment,
+                &pod.caps,
+                &pod.result,
+            )
+        } else {
+            self.cni.del(&attachment)
+        }
+    }
+
+    /// CNI CHECK of `pod` through the conflist (every plugin but those in `skip`, with the
+    /// ADD's result).
+    pub fn check_pod(&self, pod: &PodRef, skip: &[&str]) -> Result<(), NodeError> {
+        let p = self.pod(pod)?;
+        let attachment = self.attachment(&p.spec, &p.container_id, p.netns.path());
+        Ok(self.runtime()?.check(&attachment, &p.caps, &p.result, skip)?)
     }
 
     fn attachment(&self, spec: &PodSpec, container_id: &str, netns: &Path) -> Attachment {
@@ -661,8 +774,7 @@ impl Node {
         if let Some(s) = p.servers.take() {
             s.stop();
         }
-        let attachment = self.attachment(&p.spec, &p.container_id, p.netns.path());
-        let del = self.cni.del(&attachment);
+        let del = self.cni_del(&p);
         drop(p);
         self.remove_manifest(&manifest::pod_file(&pod.namespace, &pod.name))?;
         del?;

@@ -3,9 +3,10 @@
 //! root, podman, runc and busybox-static (`cargo xtask setup` installs them).
 //!
 //! Podman runs in the node's network namespace (entered with `nsenter`, which unlike
-//! `ip netns exec` leaves /sys and its cgroup mounts alone), with its own storage, config and
-//! CNI directories under the lab's scratch directory, so nothing of the machine's podman
-//! setup is used or changed.
+//! `ip netns exec` leaves /sys and its cgroup mounts alone), with its own storage and config
+//! under the lab's scratch directory, so nothing of the machine's podman setup is used or
+//! changed. Its CNI configuration is the conflist the node's agent wrote (ward-cni with
+//! Debian's portmap chained) and its plugin directory the node's, as on a real node.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -21,30 +22,21 @@ struct Podman {
 impl Podman {
     fn new(node: &Node) -> Podman {
         let dir = node.dir().join("podman");
-        for d in ["cni", "bin", "storage", "run", "rootfs/bin"] {
+        for d in ["storage", "run", "rootfs/bin"] {
             std::fs::create_dir_all(dir.join(d)).unwrap_or_else(|e| panic!("{d}: {e}"));
         }
-        std::os::unix::fs::symlink(&node.binaries().cni, dir.join("bin/ward-cni"))
-            .unwrap_or_else(|e| panic!("linking ward-cni: {e}"));
-        let cidrs: Vec<String> =
-            node.config().pod_cidrs().iter().filter(|c| c.addr().is_ipv4()).map(ToString::to_string).collect();
-        let conflist = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "ward",
-            "plugins": [{
-                "type": "ward-cni",
-                "agentSocket": node.socket(),
-                "podCIDRs": cidrs,
-                "dataDir": dir.join("ipam"),
-            }],
-        });
-        std::fs::write(dir.join("cni/10-ward.conflist"), conflist.to_string()).expect("conflist");
+        let conflist = node.cni_conf_dir().join(ward_lab::cni::CONFLIST_NAME);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !conflist.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(conflist.exists(), "the agent wrote {}", conflist.display());
         std::fs::write(
             dir.join("containers.conf"),
             format!(
                 "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\"]\nnetwork_config_dir = \"{}\"\n",
-                dir.join("bin").display(),
-                dir.join("cni").display()
+                node.cni_bin_dir().display(),
+                node.cni_conf_dir().display()
             ),
         )
         .expect("containers.conf");
@@ -84,7 +76,12 @@ impl Podman {
     }
 
     fn run(&self, name: &str, cmd: &[&str], detach: bool) -> Output {
+        self.run_with(name, &[], cmd, detach)
+    }
+
+    fn run_with(&self, name: &str, extra: &[&str], cmd: &[&str], detach: bool) -> Output {
         let mut args = vec!["run", "--name", name, "--network", "ward"];
+        args.extend(extra);
         args.extend(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]);
         if detach {
             args.push("-d");
@@ -101,10 +98,14 @@ impl Podman {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
-    /// From a fresh client container: the first line of an HTTP answer from `ip:8080`, or
+    /// From a fresh client container: the first line of an HTTP answer from `ip:port`, or
     /// what failed.
     fn fetch(&self, client: &str, ip: &str) -> String {
-        let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {ip} 8080 | head -1");
+        self.fetch_port(client, ip, 8080)
+    }
+
+    fn fetch_port(&self, client: &str, ip: &str, port: u16) -> String {
+        let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {ip} {port} | head -1");
         let out = self.run(client, &["sh", "-c", &script], false);
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_owned()
     }
@@ -143,7 +144,9 @@ fn podman_containers_on_a_ward_network_are_wired_registered_and_policed() {
         return;
     }
     which("podman");
-    let mut node = Node::start(NodeConfig::default()).unwrap_or_else(|e| panic!("lab node: {e}"));
+    let portmap = serde_json::json!({"type": "portmap", "capabilities": {"portMappings": true}});
+    let mut node = Node::start(NodeConfig { cni_chain: vec![portmap], ..NodeConfig::default() })
+        .unwrap_or_else(|e| panic!("lab node: {e}"));
     node.set_namespace("default", &Labels::new()).unwrap_or_else(|e| panic!("{e}"));
     // Podman names the pod after the container (K8S_POD_NAME) in the default namespace.
     node.write_manifest("web.yaml", &pod_yaml("web", "web")).expect("pod");
@@ -152,7 +155,8 @@ fn podman_containers_on_a_ward_network_are_wired_registered_and_policed() {
     node.sync().unwrap_or_else(|e| panic!("{e}"));
     let podman = Podman::new(&node);
 
-    podman.run("web", &["httpd", "-f", "-p", "8080", "-h", "/"], true);
+    // `-p`: podman hands the mapping to portmap, chained after ward-cni in the conflist.
+    podman.run_with("web", &["-p", "18080:8080"], &["httpd", "-f", "-p", "8080", "-h", "/"], true);
     let ip = podman.ip("web");
     assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "web got no address: {ip:?}");
     let status = node.status().unwrap_or_else(|e| panic!("{e}"));
@@ -168,6 +172,11 @@ fn podman_containers_on_a_ward_network_are_wired_registered_and_policed() {
     assert!(podman.fetch("client", &ip).contains("HTTP/1.1"), "the allowed client still reaches web");
     let denied = podman.fetch("other", &ip);
     assert!(!denied.contains("HTTP/1.1"), "a container the policy does not allow is blocked: {denied}");
+    // Through the node's mapped port the policy holds the same way.
+    let node_ip = node.config().host_addrs()[0].to_string();
+    assert!(podman.fetch_port("client", &node_ip, 18080).contains("HTTP/1.1"), "client through portmap");
+    let denied = podman.fetch_port("other", &node_ip, 18080);
+    assert!(!denied.contains("HTTP/1.1"), "other through portmap is blocked: {denied}");
 
     podman.podman(&["rm", "-f", "-t", "0", "web"], true);
     let status = node.status().unwrap_or_else(|e| panic!("{e}"));

@@ -20,6 +20,14 @@ pub enum Request {
         container_id: String,
         ifname: String,
     },
+    /// CNI STATUS: can the agent protect a new pod now? Cheap (no map walks).
+    Readiness,
+    /// CNI GC: forget every endpoint of `network` that is not one of `valid` (attachments the
+    /// runtime still has). Endpoints registered without a network name count as any network's.
+    Gc {
+        network: String,
+        valid: Vec<AttachmentKey>,
+    },
     Status,
     Endpoints,
     /// Why would traffic from `from` to `to` on `protocol`/`port` be allowed or denied?
@@ -32,8 +40,19 @@ pub enum Request {
     },
 }
 
+/// A CNI attachment: `(CNI_CONTAINERID, CNI_IFNAME)`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AttachmentKey {
+    pub container_id: String,
+    pub ifname: String,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EndpointRegistration {
+    /// The CNI network (netconf `name`) the pod was added to; empty from plugins older than
+    /// this field.
+    #[serde(default)]
+    pub network: String,
     pub container_id: String,
     /// Interface name inside the pod (CNI_IFNAME).
     pub ifname: String,
@@ -50,12 +69,40 @@ pub struct EndpointRegistration {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Registered { endpoint_id: u32, identity: u32 },
-    Deregistered { existed: bool },
+    Registered {
+        endpoint_id: u32,
+        identity: u32,
+    },
+    Deregistered {
+        existed: bool,
+    },
+    Readiness(Readiness),
+    /// The endpoints GC forgot, as `container_id/ifname`.
+    Collected {
+        forgotten: Vec<AttachmentKey>,
+    },
     Status(Box<StatusReport>),
-    Endpoints { endpoints: Vec<EndpointStatus> },
-    Explanation { allowed: bool, text: String },
-    Error { message: String },
+    Endpoints {
+        endpoints: Vec<EndpointStatus>,
+    },
+    Explanation {
+        allowed: bool,
+        text: String,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// Whether the agent can protect new pods: it is up (it answered) and its datastore has
+/// synced, i.e. it has read its whole source once and applied it to the kernel.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    pub datastore_synced: bool,
+    /// Why not, when not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -152,5 +199,20 @@ mod tests {
         assert_eq!(j, r#"{"op":"status"}"#);
         let back: Request = serde_json::from_str(&j).unwrap();
         assert_eq!(back, Request::Status);
+        let gc = Request::Gc {
+            network: "ward".into(),
+            valid: vec![AttachmentKey { container_id: "c".into(), ifname: "eth0".into() }],
+        };
+        let j = serde_json::to_string(&gc).unwrap();
+        assert_eq!(j, r#"{"op":"gc","network":"ward","valid":[{"container_id":"c","ifname":"eth0"}]}"#);
+        assert_eq!(serde_json::from_str::<Request>(&j).unwrap(), gc);
+    }
+
+    #[test]
+    fn registrations_from_older_plugins_have_no_network() {
+        let old = r#"{"container_id":"c","ifname":"eth0","netns":"/n","pod_namespace":"a","pod_name":"b",
+            "host_ifname":"wd1","host_ifindex":3,"ips":[]}"#;
+        let r: EndpointRegistration = serde_json::from_str(old).unwrap();
+        assert_eq!(r.network, "");
     }
 }

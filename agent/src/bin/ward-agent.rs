@@ -1,23 +1,51 @@
 //! `ward-agent`: one per node. Watches the datastore, compiles policy into the BPF maps,
-//! attaches the programs to pod interfaces and serves the local API.
+//! attaches the programs to pod interfaces, serves the local API and, once its datastore has
+//! synced, writes the node's CNI conflist (`--cni-conf-dir`). `ward-agent install-cni`
+//! copies the `ward-cni` binary into the runtime's plugin directory (the install manifests'
+//! init step).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use serde_json::{Map, Value};
 use ward_agent::api::proto::DEFAULT_SOCKET;
+use ward_agent::cni::install::{self, ConflistSpec};
+use ward_agent::cni::netconf::DEFAULT_DATA_DIR;
 use ward_agent::daemon::{self, Config, FlowEvents};
 
 #[derive(Parser, Debug)]
 #[command(name = "ward-agent", version, about = "Ward node agent: eBPF NetworkPolicy enforcement")]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Copy the ward-cni plugin into the runtime's plugin directory (atomically) and exit.
+    InstallCni {
+        /// The runtime's plugin directory.
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        /// The plugin binary to install (default: `ward-cni` beside this executable).
+        #[arg(long)]
+        source: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
     /// This node's name (also names its pin directory).
-    #[arg(long, env = "WARD_NODE_NAME")]
-    node_name: String,
+    #[arg(long, env = "WARD_NODE_NAME", required = true)]
+    node_name: Option<String>,
     /// Standalone mode: a directory of Kubernetes YAML (Namespace, Pod, NetworkPolicy).
-    #[arg(long)]
-    manifests: PathBuf,
+    #[arg(long, required = true)]
+    manifests: Option<PathBuf>,
     /// Local API socket (root only).
     #[arg(long, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -43,35 +71,107 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    /// Write `<dir>/10-ward.conflist` once the datastore has synced (never removed).
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+    /// Where the plugins named in the conflist live (their VERSION answers bound its versions).
+    #[arg(long, default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    /// The CNI network name.
+    #[arg(long, default_value = "ward")]
+    cni_network: String,
+    /// The node's pod CIDRs (at most one per family) for Ward's own IPAM.
+    #[arg(long = "pod-cidr")]
+    pod_cidrs: Vec<String>,
+    /// Delegate IPAM instead: the plugin's `ipam` object as JSON, e.g. '{"type":"host-local",...}'.
+    #[arg(long)]
+    cni_ipam: Option<String>,
+    /// The plugin's state directory (`dataDir`).
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    cni_data_dir: PathBuf,
+    /// The pod interface MTU.
+    #[arg(long)]
+    cni_mtu: Option<u32>,
+    /// A plugin to chain after ward-cni, as its JSON object (repeatable, in order), e.g.
+    /// '{"type":"portmap","capabilities":{"portMappings":true}}'.
+    #[arg(long = "cni-chain")]
+    cni_chain: Vec<String>,
+}
+
+impl RunArgs {
+    fn conflist(&self) -> anyhow::Result<Option<ConflistSpec>> {
+        let Some(conf_dir) = &self.cni_conf_dir else { return Ok(None) };
+        let mut ward = Map::new();
+        ward.insert("agentSocket".into(), Value::from(self.socket.to_string_lossy().into_owned()));
+        ward.insert("dataDir".into(), Value::from(self.cni_data_dir.to_string_lossy().into_owned()));
+        match (&self.cni_ipam, self.pod_cidrs.is_empty()) {
+            (Some(_), false) => anyhow::bail!("--pod-cidr and --cni-ipam: give one, not both"),
+            (None, true) => {
+                anyhow::bail!("--cni-conf-dir needs the pod CIDRs (--pod-cidr) or an IPAM plugin (--cni-ipam)")
+            }
+            (None, false) => {
+                ward.insert("podCIDRs".into(), Value::from(self.pod_cidrs.clone()));
+            }
+            (Some(ipam), true) => {
+                let ipam: Value = serde_json::from_str(ipam).context("--cni-ipam: not JSON")?;
+                ward.insert("ipam".into(), ipam);
+            }
+        }
+        if let Some(mtu) = self.cni_mtu {
+            ward.insert("mtu".into(), Value::from(mtu));
+        }
+        let chain =
+            self.cni_chain.iter().enumerate().map(|(i, c)| install::chain_entry(i, c)).collect::<Result<_, _>>()?;
+        Ok(Some(ConflistSpec {
+            conf_dir: conf_dir.clone(),
+            bin_dir: self.cni_bin_dir.clone(),
+            network: self.cni_network.clone(),
+            ward,
+            chain,
+        }))
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARD_LOG").unwrap_or_else(|_| "info".into());
     let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if args.log_json {
+    if args.run.log_json {
         fmt.json().init()
     } else {
         fmt.init()
     }
 
+    if let Some(Cmd::InstallCni { bin_dir, source }) = args.command {
+        let source = match source {
+            Some(s) => s,
+            None => std::env::current_exe().context("locating ward-agent")?.with_file_name(install::PLUGIN_TYPE),
+        };
+        let installed = install::install_binary(&source, &bin_dir)?;
+        tracing::info!(path = %installed.display(), "ward-cni installed");
+        return Ok(());
+    }
+    let run = args.run;
+    let conflist = run.conflist()?;
+
     // Network namespaces are per thread: switch while this is the only thread, so every
     // runtime thread starts inside it.
-    if let Some(name) = &args.netns {
+    if let Some(name) = &run.netns {
         let path = PathBuf::from("/run/netns").join(name);
         let f = std::fs::File::open(&path).with_context(|| format!("opening network namespace {}", path.display()))?;
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
             .with_context(|| format!("entering network namespace {}", path.display()))?;
     }
     let cfg = Config {
-        node_name: args.node_name,
-        manifests: args.manifests,
-        socket: args.socket,
-        state_dir: args.state_dir,
-        bpffs: args.bpffs,
-        host_addrs: args.host_addrs,
-        flow_events: args.flow_events,
-        ct_quota: args.ct_quota,
+        node_name: run.node_name.context("--node-name is required")?,
+        manifests: run.manifests.context("--manifests is required")?,
+        socket: run.socket,
+        state_dir: run.state_dir,
+        bpffs: run.bpffs,
+        host_addrs: run.host_addrs,
+        flow_events: run.flow_events,
+        ct_quota: run.ct_quota,
+        conflist,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(daemon::run(cfg))

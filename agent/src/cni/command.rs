@@ -1,47 +1,37 @@
-//! The CNI commands: parse the environment and the configuration, then ADD, DEL, CHECK or
-//! VERSION, and turn the outcome into what the runtime reads (stdout and exit status).
+//! The CNI commands: parse the environment and the configuration, dispatch to one file per
+//! verb (`add`, `del`, `check`, `status`, `gc`; VERSION is answered here), and turn the
+//! outcome into what the runtime reads (stdout and exit status). Also what several verbs
+//! share: the error type and its CNI codes, the DEL queue's drain, and [`teardown`], which
+//! removes one attachment (DEL, GC and the sweep of pods removed without a DEL).
 //!
-//! ADD order, chosen so that no packet can flow before the agent protects the pod:
-//! allocate addresses → create the veth (host side down, peer in the pod) → configure the pod
-//! side → register with the agent (it answers once programs and maps are in place) → host side
-//! up, routes and neighbours towards the pod. A failure at any step undoes the earlier ones.
+//! Every command but VERSION first sends the queued deregistrations (`records`), so the agent
+//! hears of every DEL as soon as any plugin call finds it up again.
 
-use std::net::IpAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
 use tracing::{debug, info_span, warn};
 
-use super::env::{self, Attachment, EnvError, Invocation, PodRef};
+use super::delegate::{Delegate, DelegateError};
+use super::env::{self, Attachment, EnvError, Invocation, Verb};
 use super::error::{ErrorCode, ErrorReply};
-use super::netconf::{self, CniVersion, NetConf, NetConfError};
-use super::result::{self, AddResult, Interface, IpConfig, Route};
+use super::netconf::{self, CniVersion, Ipam, NetConf, NetConfError};
+use super::records::{AttachmentRecord, RecordError, Records, Stage};
+use super::result;
+use super::{add, check, del, gc, status};
 use crate::api::client::{self, ClientError};
-use crate::api::proto::{EndpointRegistration, Request, Response};
+use crate::api::proto::{AttachmentKey, Request, Response};
 use crate::endpoint::ipam::{IpamError, Owner, Store};
-use crate::endpoint::netns::{NetNs, NetnsError};
-use crate::endpoint::veth::{self, Link, Netlink, VethError, VethSpec};
+use crate::endpoint::netns::NetnsError;
+use crate::endpoint::veth::{self, Netlink, VethError};
 
 /// How long the agent may take to protect a pod before ADD gives up.
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long DEL (and ADD's rollback) waits for the agent to forget an endpoint.
-pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What CHECK found wrong.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CheckProblem {
-    #[error("no address is allocated to it")]
-    NoAllocation,
-    #[error("host interface {name} does not exist")]
-    HostLinkMissing { name: String },
-    #[error("host interface {name} is down")]
-    HostLinkDown { name: String },
-    #[error("interface {ifname} does not exist in {netns}")]
-    PodLinkMissing { ifname: String, netns: String },
-    #[error("interface {ifname} in {netns} lacks its address {ip}")]
-    AddressMissing { ifname: String, netns: String, ip: IpAddr },
-}
+/// How long a deregistration may take before it is queued instead: DEL never blocks on a
+/// slow agent.
+pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one plugin call spends sending queued deregistrations.
+const DRAIN_BUDGET: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -55,6 +45,10 @@ pub enum CommandError {
     Netns(#[from] NetnsError),
     #[error(transparent)]
     Veth(#[from] VethError),
+    #[error(transparent)]
+    Delegate(#[from] DelegateError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
     #[error("registering {endpoint}: {source}")]
     AgentUnreachable {
         endpoint: String,
@@ -63,36 +57,57 @@ pub enum CommandError {
     },
     #[error("the ward agent refused to protect {endpoint}: {message}")]
     Refused { endpoint: String, message: String },
-    #[error("the ward agent answered the registration of {endpoint} with {answer}")]
-    UnexpectedAnswer { endpoint: String, answer: String },
+    #[error("the ward agent answered {request} with {answer}")]
+    UnexpectedAnswer { request: &'static str, answer: String },
     #[error("CHECK {endpoint}: {problem}")]
-    Check { endpoint: String, problem: CheckProblem },
+    Check { endpoint: String, problem: check::CheckProblem },
+    #[error("STATUS: {reason}")]
+    NotReady { reason: String },
+    #[error("GC could not finish: {}", problems.join("; "))]
+    GcIncomplete { problems: Vec<String>, transient: bool },
     #[error("encoding the result: {0}")]
     Encode(#[source] serde_json::Error),
 }
 
 impl CommandError {
-    pub fn code(&self) -> ErrorCode {
-        match self {
+    /// The number the runtime sees.
+    pub fn code(&self) -> u32 {
+        let code = match self {
             Self::Env(_) => ErrorCode::InvalidEnvironment,
             Self::NetConf(e) if e.is_version() => ErrorCode::IncompatibleVersion,
             Self::NetConf(e) if e.is_decode() => ErrorCode::Decode,
             Self::NetConf(_) => ErrorCode::InvalidNetworkConfig,
             Self::Ipam(IpamError::Exhausted { .. }) => ErrorCode::AddressesExhausted,
-            Self::Ipam(_) | Self::Encode(_) => ErrorCode::Io,
+            Self::Ipam(e) if e.is_transient() => ErrorCode::TryAgainLater,
+            Self::Ipam(_) | Self::Encode(_) | Self::Record(_) => ErrorCode::Io,
             Self::Netns(NetnsError::Missing { .. }) => ErrorCode::UnknownContainer,
             Self::Netns(NetnsError::NotANamespace { .. }) => ErrorCode::InvalidEnvironment,
             Self::Netns(NetnsError::Open { .. }) => ErrorCode::Io,
             Self::Netns(_) | Self::Veth(_) => ErrorCode::Interface,
+            Self::Delegate(e) => match e {
+                DelegateError::Failed { code, .. } => return *code,
+                DelegateError::NoPath { .. } => ErrorCode::InvalidEnvironment,
+                DelegateError::NotFound { .. } => ErrorCode::InvalidNetworkConfig,
+                _ => ErrorCode::Delegate,
+            },
             Self::AgentUnreachable { .. } => ErrorCode::TryAgainLater,
             Self::Refused { .. } => ErrorCode::RegistrationRefused,
             Self::UnexpectedAnswer { .. } => ErrorCode::AgentProtocol,
+            Self::Check { problem, .. } if problem.is_transient() => ErrorCode::TryAgainLater,
             Self::Check { .. } => ErrorCode::CheckFailed,
-        }
+            Self::NotReady { .. } => ErrorCode::NotAvailable,
+            Self::GcIncomplete { transient: true, .. } => ErrorCode::TryAgainLater,
+            Self::GcIncomplete { .. } => ErrorCode::Io,
+        };
+        code.get()
     }
 
-    /// The root cause (e.g. the kernel's errno text), when the message wraps one.
-    fn root_cause(&self) -> Option<String> {
+    /// The root cause (e.g. the kernel's errno text), when the message wraps one; a delegated
+    /// plugin's own details.
+    fn details(&self) -> Option<String> {
+        if let Self::Delegate(DelegateError::Failed { details, .. }) = self {
+            return details.clone();
+        }
         let mut cause = std::error::Error::source(self)?;
         while let Some(next) = cause.source() {
             cause = next;
@@ -113,45 +128,183 @@ pub fn run(var: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     match execute(var, stdin) {
         Ok(stdout) => Outcome { stdout, exit_code: 0 },
         Err(e) => {
-            tracing::error!(code = e.code().get(), "{e}");
+            let code = e.code();
+            tracing::error!(code, "{e}");
             let version = netconf::peek_version(stdin).unwrap_or(CniVersion::LATEST);
-            let reply = ErrorReply::new(version.as_str(), e.code(), e.to_string(), e.root_cause());
+            let reply = ErrorReply::new(version.as_str(), code, e.to_string(), e.details());
             let stdout = serde_json::to_string(&reply).unwrap_or_else(|_| {
-                format!(
-                    r#"{{"cniVersion":"{}","code":{},"msg":"unprintable error"}}"#,
-                    version.as_str(),
-                    e.code().get()
-                )
+                format!(r#"{{"cniVersion":"{}","code":{code},"msg":"unprintable error"}}"#, version.as_str())
             });
             Outcome { stdout, exit_code: 1 }
         }
     }
 }
 
-fn execute(var: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, CommandError> {
-    // VERSION must answer whatever stdin holds; every other command needs the configuration.
-    match env::parse(var)? {
-        Invocation::Version => result::version_json().map_err(CommandError::Encode),
-        Invocation::Add(attachment, pod) => {
-            let conf = netconf::parse(stdin)?;
-            let pod_name = format!("{}/{}", pod.namespace, pod.name);
-            let _span = info_span!("add", container = %attachment.container_id, pod = %pod_name).entered();
-            add(&conf, &attachment, &pod)?.to_json(conf.cni_version).map_err(CommandError::Encode)
+/// What every verb but VERSION works with.
+pub(super) struct Ctx<'a> {
+    pub conf: NetConf,
+    pub stdin: &'a [u8],
+    pub inv: &'a Invocation,
+    pub records: Records,
+}
+
+impl Ctx<'_> {
+    pub fn store(&self) -> Store {
+        Store::new(&self.conf.data_dir, &self.conf.name)
+    }
+
+    /// The delegated IPAM plugin, if the configuration names one.
+    pub fn delegate(&self) -> Result<Option<Delegate>, CommandError> {
+        match &self.conf.ipam {
+            Ipam::Ward { .. } => Ok(None),
+            Ipam::Delegated { plugin } => Ok(Some(Delegate::find(plugin, &self.inv.cni_path)?)),
         }
-        Invocation::Del(attachment) => {
-            let conf = netconf::parse(stdin)?;
-            let _span = info_span!("del", container = %attachment.container_id).entered();
-            del(&conf, &attachment).map(|()| String::new())
+    }
+
+    /// Our environment for a delegated plugin, with `key`'s attachment variables set.
+    pub fn delegate_env(&self, key: &AttachmentKey, netns: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut env: Vec<(&'static str, String)> = self
+            .inv
+            .passthrough
+            .iter()
+            .filter(|(k, _)| !matches!(*k, "CNI_CONTAINERID" | "CNI_IFNAME" | "CNI_NETNS"))
+            .cloned()
+            .collect();
+        env.push(("CNI_CONTAINERID", key.container_id.clone()));
+        env.push(("CNI_IFNAME", key.ifname.clone()));
+        if let Some(netns) = netns {
+            env.push(("CNI_NETNS", netns.to_owned()));
         }
-        Invocation::Check(attachment) => {
-            let conf = netconf::parse(stdin)?;
-            let _span = info_span!("check", container = %attachment.container_id).entered();
-            check(&conf, &attachment).map(|()| String::new())
+        env
+    }
+
+    /// Our environment without attachment variables (STATUS and GC have none).
+    pub fn plain_env(&self) -> Vec<(&str, &str)> {
+        self.inv
+            .passthrough
+            .iter()
+            .filter(|(k, _)| !matches!(*k, "CNI_CONTAINERID" | "CNI_IFNAME" | "CNI_NETNS"))
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect()
+    }
+
+    /// Runs the delegated plugin's `command` for `key` (its configuration is ours, section 4).
+    pub fn run_delegate(
+        &self,
+        delegate: &Delegate,
+        command: &str,
+        key: &AttachmentKey,
+        netns: Option<&str>,
+    ) -> Result<String, DelegateError> {
+        let env = self.delegate_env(key, netns);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        delegate.run(command, &env, self.stdin)
+    }
+
+    fn call(&self, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
+        client::call(&self.conf.agent_socket, request, timeout)
+    }
+
+    /// Tells the agent to forget `key`; queues it when the agent does not confirm.
+    pub fn deregister_or_queue(&self, key: &AttachmentKey) {
+        if self.deregister(key).is_err() {
+            if let Err(e) = self.records.queue_deregistration(key) {
+                // The agent's sweep still forgets the endpoint once its interface is gone.
+                warn!(container = %key.container_id, error = %e, "cannot queue the deregistration");
+            } else {
+                warn!(container = %key.container_id, ifname = %key.ifname, "the ward agent did not confirm the deregistration; queued");
+            }
+        }
+    }
+
+    fn deregister(&self, key: &AttachmentKey) -> Result<(), ClientError> {
+        let request = Request::Deregister { container_id: key.container_id.clone(), ifname: key.ifname.clone() };
+        match self.call(&request, DEREGISTER_TIMEOUT) {
+            Ok(Response::Deregistered { existed }) => {
+                debug!(existed, "deregistered");
+                Ok(())
+            }
+            Ok(other) => {
+                // The agent is up and said something else; sending it again will not help.
+                warn!("the ward agent answered the deregistration with {other:?}");
+                Ok(())
+            }
+            Err(e) => {
+                warn!("deregistration not confirmed: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends queued deregistrations, within [`DRAIN_BUDGET`]; stops at the first the agent
+    /// does not confirm (it is down: the rest would wait too).
+    fn drain(&self) {
+        let started = Instant::now();
+        for key in self.records.pending() {
+            if started.elapsed() > DRAIN_BUDGET || self.deregister(&key).is_err() {
+                break;
+            }
+            debug!(container = %key.container_id, ifname = %key.ifname, "queued deregistration delivered");
+            if let Err(e) = self.records.deregistered(&key) {
+                warn!("{e}");
+            }
         }
     }
 }
 
-fn endpoint_name(attachment: &Attachment) -> String {
+fn execute(var: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, CommandError> {
+    let inv = env::parse(var)?;
+    // VERSION must answer whatever stdin holds; every other command needs the configuration.
+    if inv.verb == Verb::Version {
+        return version(stdin);
+    }
+    let conf = netconf::parse(stdin)?;
+    let records = Records::new(&conf.data_dir, &conf.name);
+    let ctx = Ctx { conf, stdin, inv: &inv, records };
+    match &inv.verb {
+        Verb::Version => version(stdin),
+        Verb::Add(attachment, pod) => {
+            let pod_name = format!("{}/{}", pod.namespace, pod.name);
+            let _span = info_span!("add", container = %attachment.container_id, pod = %pod_name).entered();
+            ctx.drain();
+            let result = add::add(&ctx, attachment, pod)?;
+            result.to_json(ctx.conf.cni_version, ctx.conf.prev_result.as_ref()).map_err(CommandError::Encode)
+        }
+        Verb::Del(attachment) => {
+            let _span = info_span!("del", container = %attachment.container_id).entered();
+            ctx.drain();
+            del::del(&ctx, attachment);
+            Ok(String::new())
+        }
+        Verb::Check(attachment) => {
+            let _span = info_span!("check", container = %attachment.container_id).entered();
+            ctx.drain();
+            check::check(&ctx, attachment).map(|()| String::new())
+        }
+        Verb::Status => {
+            netconf::require_1_1(&ctx.conf, "STATUS")?;
+            let _span = info_span!("status").entered();
+            ctx.drain();
+            status::status(&ctx).map(|()| String::new())
+        }
+        Verb::Gc => {
+            netconf::require_1_1(&ctx.conf, "GC")?;
+            let valid = netconf::valid_attachments(stdin)?;
+            let _span = info_span!("gc", valid = valid.len()).entered();
+            ctx.drain();
+            gc::gc(&ctx, &valid).map(|()| String::new())
+        }
+    }
+}
+
+/// The VERSION answer, for whatever stdin holds.
+fn version(stdin: &[u8]) -> Result<String, CommandError> {
+    let input = netconf::object(stdin).ok();
+    let version = input.as_ref().and_then(|o| o.get("cniVersion")).and_then(|v| v.as_str());
+    result::version_json(version).map_err(CommandError::Encode)
+}
+
+pub(super) fn endpoint_name(attachment: &Attachment) -> String {
     match &attachment.pod {
         Some(pod) => {
             format!("pod {}/{} (container {}, {})", pod.namespace, pod.name, attachment.container_id, attachment.ifname)
@@ -160,191 +313,57 @@ fn endpoint_name(attachment: &Attachment) -> String {
     }
 }
 
-fn owner(attachment: &Attachment) -> Owner<'_> {
-    Owner { container_id: &attachment.container_id, ifname: &attachment.ifname }
+pub(super) fn key_of(attachment: &Attachment) -> AttachmentKey {
+    AttachmentKey { container_id: attachment.container_id.clone(), ifname: attachment.ifname.clone() }
 }
 
-fn netns_path(attachment: &Attachment) -> Result<&Path, CommandError> {
+pub(super) fn owner(key: &AttachmentKey) -> Owner<'_> {
+    Owner { container_id: &key.container_id, ifname: &key.ifname }
+}
+
+pub(super) fn netns_path(attachment: &Attachment) -> Result<&Path, CommandError> {
     attachment.netns.as_deref().ok_or(CommandError::Env(EnvError::Missing { var: "CNI_NETNS" }))
 }
 
-/// What ADD has done so far, to undo on failure (in reverse order).
-struct Progress<'a> {
-    conf: &'a NetConf,
-    attachment: &'a Attachment,
-    store: &'a Store,
-    netlink: &'a Netlink,
-    host: Option<Link>,
-    /// The agent may hold the endpoint (a registration was sent and not plainly refused).
-    maybe_registered: bool,
-}
-
-impl Progress<'_> {
-    fn undo(&self) {
-        if self.maybe_registered {
-            deregister(self.conf, self.attachment);
-        }
-        if let Some(host) = &self.host
-            && let Err(e) = self.netlink.delete(host)
-        {
-            warn!(interface = %host.name, "rollback: {e}");
-        }
-        if let Err(e) = self.store.release(owner(self.attachment)) {
-            warn!("rollback: {e}");
-        }
-    }
-}
-
-fn add(conf: &NetConf, attachment: &Attachment, pod: &PodRef) -> Result<AddResult, CommandError> {
-    let netns = NetNs::open(netns_path(attachment)?)?;
-    let netlink = Netlink::open()?;
-    let store = Store::new(&conf.data_dir, &conf.name);
-    let ips = store.allocate(owner(attachment), &conf.pod_ranges)?;
-    debug!(?ips, "allocated");
-    let mut progress =
-        Progress { conf, attachment, store: &store, netlink: &netlink, host: None, maybe_registered: false };
-    match wire(&mut progress, &netns, pod, &ips) {
-        Ok(result) => Ok(result),
+/// Removes one attachment: the agent forgets it (or the deregistration is queued), the veth
+/// goes (and with it the pod side and every route through it; if the pod's namespace is
+/// gone, so is the pair), the addresses go into quarantine or back to the delegated plugin.
+/// Never fails: what could not be undone is recorded (`Stage::Deleting`) and retried by the
+/// next sweep. Returns whether everything went.
+pub(super) fn teardown(ctx: &Ctx<'_>, key: &AttachmentKey, netns: Option<&str>) -> bool {
+    ctx.deregister_or_queue(key);
+    let mut complete = true;
+    let host_ifname = veth::host_ifname(&key.container_id, &key.ifname);
+    match Netlink::open().and_then(|n| n.delete_by_name(&host_ifname)) {
+        Ok(deleted) => debug!(interface = %host_ifname, deleted, "host side"),
         Err(e) => {
-            progress.undo();
-            Err(e)
+            warn!(interface = %host_ifname, "cannot delete the host side: {e}");
+            complete = false;
         }
     }
-}
-
-/// ADD after the addresses are allocated; records its progress for the rollback.
-fn wire(progress: &mut Progress<'_>, netns: &NetNs, pod: &PodRef, ips: &[IpAddr]) -> Result<AddResult, CommandError> {
-    let (conf, attachment, netlink) = (progress.conf, progress.attachment, progress.netlink);
-    let host_ifname = veth::host_ifname(&attachment.container_id, &attachment.ifname);
-    let spec = VethSpec { host_ifname: &host_ifname, pod_ifname: &attachment.ifname, mtu: conf.mtu };
-    let host = match netlink.create_veth(spec, netns) {
-        Err(e) if e.already_exists() && netlink.delete_by_name(&host_ifname)? => {
-            // Left over from an ADD that was killed before it could roll back (the name is
-            // derived from this very attachment).
-            warn!(interface = %host_ifname, "replaced a stale host interface");
-            netlink.create_veth(spec, netns)?
+    let netns = netns.map(str::to_owned).or_else(|| ctx.records.get(&key.container_id, &key.ifname)?.netns);
+    let released = match ctx.delegate() {
+        Ok(None) => ctx.store().release(owner(key)).map(|ips| debug!(?ips, "released")).map_err(|e| e.to_string()),
+        Ok(Some(delegate)) => {
+            ctx.run_delegate(&delegate, "DEL", key, netns.as_deref()).map(drop).map_err(|e| e.to_string())
         }
-        other => other?,
+        Err(e) => Err(e.to_string()),
     };
-    progress.host = Some(host.clone());
-
-    let pod_link = netns.run(|| Netlink::open()?.configure_pod_side(&attachment.ifname, ips))??;
-
-    let endpoint = endpoint_name(attachment);
-    let registration = EndpointRegistration {
-        container_id: attachment.container_id.clone(),
-        ifname: attachment.ifname.clone(),
-        netns: netns.path().to_string_lossy().into_owned(),
-        pod_namespace: pod.namespace.clone(),
-        pod_name: pod.name.clone(),
-        host_ifname: host.name.clone(),
-        host_ifindex: host.index,
-        ips: ips.to_vec(),
+    if let Err(e) = released {
+        warn!(container = %key.container_id, "cannot release the addresses: {e}");
+        complete = false;
+    }
+    let record = if complete {
+        ctx.records.forget(&key.container_id, &key.ifname)
+    } else {
+        let mut rec = AttachmentRecord::new(&key.container_id, &key.ifname, None, Stage::Deleting);
+        rec.netns = netns;
+        ctx.records.put(&rec)
     };
-    progress.maybe_registered = true;
-    match client::call(&conf.agent_socket, &Request::Register(registration), REGISTER_TIMEOUT) {
-        Ok(Response::Registered { endpoint_id, identity }) => debug!(endpoint_id, identity, "registered"),
-        Ok(Response::Error { message }) => {
-            progress.maybe_registered = false;
-            return Err(CommandError::Refused { endpoint, message });
-        }
-        Ok(other) => return Err(CommandError::UnexpectedAnswer { endpoint, answer: format!("{other:?}") }),
-        Err(source) => {
-            progress.maybe_registered = !matches!(source, ClientError::Connect { .. });
-            return Err(CommandError::AgentUnreachable { endpoint, source });
-        }
+    if let Err(e) = record {
+        warn!("{e}");
     }
-
-    netlink.activate_host_side(&host, &pod_link.mac, ips)?;
-
-    let sandbox = netns.path().to_string_lossy().into_owned();
-    let mut routes = Vec::new();
-    for &ip in ips {
-        let gateway = veth::gateway_for(ip);
-        if ip.is_ipv4() {
-            routes.push(Route { dst: host_net(gateway), gw: None });
-        }
-        routes.push(Route { dst: default_net(ip), gw: Some(gateway) });
-    }
-    Ok(AddResult {
-        interfaces: vec![
-            Interface { name: host.name.clone(), mac: veth::format_mac(&host.mac), mtu: conf.mtu, sandbox: None },
-            Interface {
-                name: pod_link.name.clone(),
-                mac: veth::format_mac(&pod_link.mac),
-                mtu: conf.mtu,
-                sandbox: Some(sandbox),
-            },
-        ],
-        ips: ips.iter().map(|&ip| IpConfig { address: host_net(ip), interface: 1 }).collect(),
-        routes,
-    })
-}
-
-/// `ip` as a single-address network (/32, /128).
-fn host_net(ip: IpAddr) -> IpNet {
-    IpNet::from(ip)
-}
-
-fn default_net(like: IpAddr) -> IpNet {
-    match like {
-        IpAddr::V4(_) => IpNet::V4(Default::default()),
-        IpAddr::V6(_) => IpNet::V6(Default::default()),
-    }
-}
-
-/// Tells the agent to forget the endpoint; failures are logged, never fatal: the agent also
-/// garbage-collects endpoints whose interface is gone.
-fn deregister(conf: &NetConf, attachment: &Attachment) {
-    let request =
-        Request::Deregister { container_id: attachment.container_id.clone(), ifname: attachment.ifname.clone() };
-    match client::call(&conf.agent_socket, &request, DEREGISTER_TIMEOUT) {
-        Ok(Response::Deregistered { existed }) => debug!(existed, "deregistered"),
-        Ok(Response::Error { message }) => warn!("the ward agent could not deregister the endpoint: {message}"),
-        Ok(other) => warn!("the ward agent answered the deregistration with {other:?}"),
-        Err(e) => warn!("deregistration skipped: {e}"),
-    }
-}
-
-fn del(conf: &NetConf, attachment: &Attachment) -> Result<(), CommandError> {
-    deregister(conf, attachment);
-    let host_ifname = veth::host_ifname(&attachment.container_id, &attachment.ifname);
-    // Removing the host side removes the pod side and every route through it; if the pod's
-    // namespace is already gone, so is the pair.
-    let deleted = Netlink::open()?.delete_by_name(&host_ifname)?;
-    let released = Store::new(&conf.data_dir, &conf.name).release(owner(attachment))?;
-    debug!(interface = %host_ifname, deleted, ?released, "deleted");
-    Ok(())
-}
-
-fn check(conf: &NetConf, attachment: &Attachment) -> Result<(), CommandError> {
-    let fail = |problem| CommandError::Check { endpoint: endpoint_name(attachment), problem };
-    let ips = Store::new(&conf.data_dir, &conf.name).find(owner(attachment))?;
-    if ips.is_empty() {
-        return Err(fail(CheckProblem::NoAllocation));
-    }
-    let host_ifname = veth::host_ifname(&attachment.container_id, &attachment.ifname);
-    match Netlink::open()?.link(&host_ifname)? {
-        None => return Err(fail(CheckProblem::HostLinkMissing { name: host_ifname })),
-        Some(link) if !link.up => return Err(fail(CheckProblem::HostLinkDown { name: host_ifname })),
-        Some(_) => {}
-    }
-    let netns = NetNs::open(netns_path(attachment)?)?;
-    let netns_name = netns.path().display().to_string();
-    let addresses = netns.run(|| -> Result<Option<Vec<IpAddr>>, VethError> {
-        let netlink = Netlink::open()?;
-        match netlink.link(&attachment.ifname)? {
-            Some(link) => netlink.addresses(&link).map(Some),
-            None => Ok(None),
-        }
-    })??;
-    let Some(addresses) = addresses else {
-        return Err(fail(CheckProblem::PodLinkMissing { ifname: attachment.ifname.clone(), netns: netns_name }));
-    };
-    if let Some(&ip) = ips.iter().find(|ip| !addresses.contains(ip)) {
-        return Err(fail(CheckProblem::AddressMissing { ifname: attachment.ifname.clone(), netns: netns_name, ip }));
-    }
-    Ok(())
+    complete
 }
 
 #[cfg(test)]
@@ -367,16 +386,18 @@ mod tests {
         let out = run(env(&[("CNI_COMMAND", "VERSION")]), b"");
         assert_eq!(out.exit_code, 0);
         assert_eq!(out.stdout, r#"{"cniVersion":"1.1.0","supportedVersions":["0.4.0","1.0.0","1.1.0"]}"#);
+        let out = run(env(&[("CNI_COMMAND", "VERSION")]), br#"{"cniVersion":"1.0.0"}"#);
+        assert_eq!(out.stdout, r#"{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0","1.1.0"]}"#);
     }
 
     #[test]
     fn unknown_commands_get_code_4() {
-        let out = run(env(&[("CNI_COMMAND", "GC")]), br#"{"cniVersion":"1.0.0"}"#);
+        let out = run(env(&[("CNI_COMMAND", "FROB")]), br#"{"cniVersion":"1.0.0"}"#);
         assert_eq!(out.exit_code, 1);
         let r = reply(&out);
         assert_eq!(r["code"], 4);
         assert_eq!(r["cniVersion"], "1.0.0");
-        assert!(r["msg"].as_str().unwrap().contains("GC"));
+        assert!(r["msg"].as_str().unwrap().contains("FROB"));
     }
 
     const DEL_ENV: &[(&str, &str)] = &[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")];
@@ -397,15 +418,45 @@ mod tests {
     }
 
     #[test]
+    fn status_and_gc_need_a_1_1_configuration() {
+        let conf = br#"{"cniVersion":"1.0.0","name":"ward","podCIDRs":["10.0.0.0/24"]}"#;
+        for (command, path) in [("STATUS", None), ("GC", Some("/opt/cni/bin"))] {
+            let mut vars = vec![("CNI_COMMAND", command)];
+            vars.extend(path.map(|p| ("CNI_PATH", p)));
+            let r = reply(&run(env(&vars), conf));
+            assert_eq!(r["code"], 1, "{command}: {r}");
+            assert_eq!(
+                r["msg"],
+                format!("cniVersion: {command} needs version 1.1.0 or later (the configuration says 1.0.0)")
+            );
+        }
+    }
+
+    #[test]
     fn codes_follow_the_error_type() {
         let exhausted = CommandError::Ipam(IpamError::Exhausted { cidr: "10.0.0.0/30".parse().unwrap(), allocated: 1 });
-        assert_eq!(exhausted.code(), ErrorCode::AddressesExhausted);
+        assert_eq!(exhausted.code(), ErrorCode::AddressesExhausted.get());
+        let waiting = CommandError::Ipam(IpamError::Quarantined {
+            cidr: "10.0.0.0/30".parse().unwrap(),
+            quarantined: 1,
+            wait: Duration::from_secs(3),
+        });
+        assert_eq!(waiting.code(), 11);
         let missing = CommandError::Netns(NetnsError::Missing { path: "/x".into() });
-        assert_eq!(missing.code(), ErrorCode::UnknownContainer);
+        assert_eq!(missing.code(), ErrorCode::UnknownContainer.get());
         let down = CommandError::AgentUnreachable {
             endpoint: "e".into(),
             source: ClientError::NoAnswer { path: "/run/ward/agent.sock".into() },
         };
-        assert_eq!(down.code(), ErrorCode::TryAgainLater);
+        assert_eq!(down.code(), ErrorCode::TryAgainLater.get());
+        let passed = CommandError::Delegate(DelegateError::Failed {
+            plugin: "host-local".into(),
+            command: "ADD".into(),
+            code: 1,
+            msg: "incompatible CNI versions".into(),
+            details: None,
+        });
+        assert_eq!(passed.code(), 1, "a delegated plugin's own code passes through");
+        assert_eq!(CommandError::NotReady { reason: "x".into() }.code(), 50);
     }
 }

@@ -2,17 +2,19 @@
 //!
 //! Pure parsing over a lookup function, so it is tested without touching the process
 //! environment. Values are validated here, once, so that later stages (IPAM file contents,
-//! interface names) can rely on them.
+//! interface names) can rely on them. Which variables each command needs is the spec's
+//! table (1.1.0, section 2): STATUS and GC have no attachment; GC needs `CNI_PATH`.
 
 use std::path::PathBuf;
 
-/// The commands this plugin implements. STATUS and GC (CNI 1.1) are not implemented yet and are
-/// reported as unknown commands.
+/// The commands of CNI 1.1.0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
     Add,
     Del,
     Check,
+    Status,
+    Gc,
     Version,
 }
 
@@ -22,6 +24,8 @@ impl Command {
             "ADD" => Some(Self::Add),
             "DEL" => Some(Self::Del),
             "CHECK" => Some(Self::Check),
+            "STATUS" => Some(Self::Status),
+            "GC" => Some(Self::Gc),
             "VERSION" => Some(Self::Version),
             _ => None,
         }
@@ -48,18 +52,31 @@ pub struct Attachment {
 
 /// What the environment asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Invocation {
+pub enum Verb {
     Version,
     Add(Attachment, PodRef),
     Del(Attachment),
     Check(Attachment),
+    Status,
+    Gc,
+}
+
+/// One invocation: the verb and where delegated plugins are looked up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invocation {
+    pub verb: Verb,
+    /// `CNI_PATH`, split on ':' (empty entries dropped). Needed to run a delegated IPAM
+    /// plugin; required for GC.
+    pub cni_path: Vec<PathBuf>,
+    /// The raw `CNI_*` variables a delegated plugin must receive unchanged (section 4).
+    pub passthrough: Vec<(&'static str, String)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EnvError {
     #[error("{var} is not set")]
     Missing { var: &'static str },
-    #[error("unknown CNI_COMMAND {value:?} (expected ADD, DEL, CHECK or VERSION)")]
+    #[error("unknown CNI_COMMAND {value:?} (expected ADD, DEL, CHECK, STATUS, GC or VERSION)")]
     UnknownCommand { value: String },
     #[error(
         "CNI_CONTAINERID {value:?} is invalid: it must start with a letter or digit and contain only letters, digits, '_', '.' and '-'"
@@ -82,14 +99,26 @@ const DEFAULT_POD_NAMESPACE: &str = "default";
 const POD_NAME_KEY: &str = "K8S_POD_NAME";
 /// Linux's IFNAMSIZ minus the terminating NUL.
 const MAX_IFNAME_LEN: usize = 15;
+/// What a delegated plugin gets from our environment (section 4: "all the same environment
+/// variables that were passed in to the CNI plugin").
+const PASSTHROUGH: [&str; 6] = ["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH"];
 
 /// Reads the invocation from `var` (the process environment in the binary).
 pub fn parse(var: impl Fn(&str) -> Option<String>) -> Result<Invocation, EnvError> {
     let value = |name: &'static str| var(name).filter(|v| !v.is_empty());
     let command = value("CNI_COMMAND").ok_or(EnvError::Missing { var: "CNI_COMMAND" })?;
     let command = Command::parse(&command).ok_or(EnvError::UnknownCommand { value: command })?;
-    if command == Command::Version {
-        return Ok(Invocation::Version);
+    let raw_path = value("CNI_PATH");
+    let cni_path: Vec<PathBuf> =
+        raw_path.as_deref().unwrap_or("").split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect();
+    let passthrough: Vec<(&'static str, String)> = PASSTHROUGH.iter().filter_map(|&k| var(k).map(|v| (k, v))).collect();
+    let invocation = |verb| Invocation { verb, cni_path: cni_path.clone(), passthrough: Vec::clone(&passthrough) };
+    match command {
+        Command::Version => return Ok(invocation(Verb::Version)),
+        Command::Status => return Ok(invocation(Verb::Status)),
+        Command::Gc if cni_path.is_empty() => return Err(EnvError::Missing { var: "CNI_PATH" }),
+        Command::Gc => return Ok(invocation(Verb::Gc)),
+        Command::Add | Command::Del | Command::Check => {}
     }
 
     let container_id = value("CNI_CONTAINERID").ok_or(EnvError::Missing { var: "CNI_CONTAINERID" })?;
@@ -112,7 +141,7 @@ pub fn parse(var: impl Fn(&str) -> Option<String>) -> Result<Invocation, EnvErro
     };
     let attachment = Attachment { container_id, ifname, netns, pod };
 
-    match command {
+    let verb = match command {
         Command::Add => {
             if attachment.netns.is_none() {
                 return Err(EnvError::Missing { var: "CNI_NETNS" });
@@ -120,21 +149,21 @@ pub fn parse(var: impl Fn(&str) -> Option<String>) -> Result<Invocation, EnvErro
             let name = pod_name.ok_or(EnvError::ArgsMissing { key: POD_NAME_KEY })?;
             let pod =
                 PodRef { namespace: pod_namespace.ok_or(EnvError::ArgsMissing { key: POD_NAMESPACE_KEY })?, name };
-            Ok(Invocation::Add(attachment, pod))
+            Verb::Add(attachment, pod)
         }
         Command::Check => {
             if attachment.netns.is_none() {
                 return Err(EnvError::Missing { var: "CNI_NETNS" });
             }
-            Ok(Invocation::Check(attachment))
+            Verb::Check(attachment)
         }
-        Command::Del => Ok(Invocation::Del(attachment)),
-        Command::Version => Ok(Invocation::Version),
-    }
+        _ => Verb::Del(attachment),
+    };
+    Ok(invocation(verb))
 }
 
 /// The spec's rule for container IDs; it also keeps newlines out of IPAM files.
-fn validate_container_id(id: &str) -> Result<(), EnvError> {
+pub fn validate_container_id(id: &str) -> Result<(), EnvError> {
     let mut chars = id.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
     let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
@@ -142,8 +171,10 @@ fn validate_container_id(id: &str) -> Result<(), EnvError> {
 }
 
 /// The kernel's rule for interface names (`dev_valid_name`).
-fn validate_ifname(name: &str) -> Result<(), EnvError> {
-    let reason = if name.len() > MAX_IFNAME_LEN {
+pub fn validate_ifname(name: &str) -> Result<(), EnvError> {
+    let reason = if name.is_empty() {
+        Some("empty")
+    } else if name.len() > MAX_IFNAME_LEN {
         Some("longer than 15 bytes")
     } else if name == "." || name == ".." {
         Some("reserved name")
@@ -212,9 +243,11 @@ mod tests {
     fn add_reads_the_attachment_and_the_pod() {
         let inv = parse(env(ADD)).unwrap();
         let pod = PodRef { namespace: "shop".into(), name: "cart-0".into() };
+        assert_eq!(inv.cni_path, vec![PathBuf::from("/opt/cni/bin")]);
+        assert_eq!(inv.passthrough.len(), 6, "every CNI_* variable goes to a delegated plugin");
         assert_eq!(
-            inv,
-            Invocation::Add(
+            inv.verb,
+            Verb::Add(
                 Attachment {
                     container_id: "abc123".into(),
                     ifname: "eth0".into(),
@@ -228,13 +261,24 @@ mod tests {
 
     #[test]
     fn version_needs_nothing_else() {
-        assert_eq!(parse(env(&[("CNI_COMMAND", "VERSION")])), Ok(Invocation::Version));
+        assert_eq!(parse(env(&[("CNI_COMMAND", "VERSION")])).map(|i| i.verb), Ok(Verb::Version));
+    }
+
+    #[test]
+    fn status_needs_no_attachment_and_gc_needs_cni_path() {
+        assert_eq!(parse(env(&[("CNI_COMMAND", "STATUS")])).map(|i| i.verb), Ok(Verb::Status));
+        assert_eq!(parse(env(&[("CNI_COMMAND", "GC")])), Err(EnvError::Missing { var: "CNI_PATH" }));
+        let gc = parse(env(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin::/usr/lib/cni")])).unwrap();
+        assert_eq!(
+            (gc.verb, gc.cni_path),
+            (Verb::Gc, vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")])
+        );
     }
 
     #[test]
     fn unknown_and_missing_commands_are_errors() {
         assert_eq!(parse(env(&[])), Err(EnvError::Missing { var: "CNI_COMMAND" }));
-        assert_eq!(parse(env(&[("CNI_COMMAND", "STATUS")])), Err(EnvError::UnknownCommand { value: "STATUS".into() }));
+        assert_eq!(parse(env(&[("CNI_COMMAND", "STATS")])), Err(EnvError::UnknownCommand { value: "STATS".into() }));
     }
 
     #[test]
@@ -243,7 +287,9 @@ mod tests {
         assert_eq!(parse(env(&no_netns)), Err(EnvError::Missing { var: "CNI_NETNS" }));
         // Podman passes only the name: the pod lives in the default namespace.
         match parse(env(&with(ADD, "CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=a"))) {
-            Ok(Invocation::Add(_, pod)) => assert_eq!((pod.namespace.as_str(), pod.name.as_str()), ("default", "a")),
+            Ok(Invocation { verb: Verb::Add(_, pod), .. }) => {
+                assert_eq!((pod.namespace.as_str(), pod.name.as_str()), ("default", "a"))
+            }
             other => panic!("expected ADD of default/a, got {other:?}"),
         }
         assert_eq!(
@@ -263,13 +309,13 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn arbitrary_environments_never_panic(
-            command in "(ADD|DEL|CHECK|VERSION|[A-Z]{0,6})",
+            command in "(ADD|DEL|CHECK|STATUS|GC|VERSION|[A-Z]{0,6})",
             id in "\\PC{0,20}",
             ifname in "\\PC{0,20}",
             netns in "\\PC{0,20}",
             args in "[A-Za-z0-9_=;]{0,40}",
         ) {
-            let vars = [("CNI_COMMAND", command), ("CNI_CONTAINERID", id), ("CNI_IFNAME", ifname), ("CNI_NETNS", netns), ("CNI_ARGS", args)];
+            let vars = [("CNI_COMMAND", command), ("CNI_CONTAINERID", id), ("CNI_IFNAME", ifname), ("CNI_NETNS", netns), ("CNI_ARGS", args.clone()), ("CNI_PATH", args)];
             let _ = parse(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()));
         }
     }
@@ -278,8 +324,8 @@ mod tests {
     fn del_tolerates_a_missing_netns_and_pod() {
         let inv = parse(env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")])).unwrap();
         assert_eq!(
-            inv,
-            Invocation::Del(Attachment { container_id: "c1".into(), ifname: "eth0".into(), netns: None, pod: None })
+            inv.verb,
+            Verb::Del(Attachment { container_id: "c1".into(), ifname: "eth0".into(), netns: None, pod: None })
         );
     }
 

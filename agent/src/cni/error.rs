@@ -22,8 +22,12 @@ pub enum ErrorCode {
     Decode = 6,
     /// The network configuration is JSON but a field is missing or wrong.
     InvalidNetworkConfig = 7,
-    /// A transient condition (the agent is unreachable or slow); the runtime should retry.
+    /// A transient condition (the agent is unreachable or slow, every free address is still in
+    /// quarantine); the runtime should retry.
     TryAgainLater = 11,
+    /// STATUS: the plugin cannot service ADD now (the agent is down or has not synced its
+    /// datastore, or a pod CIDR has no free address).
+    NotAvailable = 50,
     /// Every address of a pod CIDR is allocated.
     AddressesExhausted = 100,
     /// Creating or configuring an interface, address, route or neighbour failed.
@@ -34,6 +38,9 @@ pub enum ErrorCode {
     CheckFailed = 103,
     /// The agent answered with something the protocol does not allow here.
     AgentProtocol = 104,
+    /// The delegated IPAM plugin could not be run or printed something that is not a CNI
+    /// result (its own error objects are passed through with their codes).
+    Delegate = 105,
 }
 
 impl ErrorCode {
@@ -54,8 +61,9 @@ pub struct ErrorReply {
 }
 
 impl ErrorReply {
-    pub fn new(cni_version: &str, code: ErrorCode, msg: String, details: Option<String>) -> Self {
-        Self { cni_version: cni_version.to_owned(), code: code.get(), msg, details }
+    /// `code` is an [`ErrorCode`] or, for an error a delegated plugin reported, its code.
+    pub fn new(cni_version: &str, code: u32, msg: String, details: Option<String>) -> Self {
+        Self { cni_version: cni_version.to_owned(), code, msg, details }
     }
 }
 
@@ -65,7 +73,7 @@ mod tests {
 
     #[test]
     fn error_reply_has_the_spec_field_names() {
-        let r = ErrorReply::new("1.0.0", ErrorCode::InvalidNetworkConfig, "podCIDRs: missing".into(), None);
+        let r = ErrorReply::new("1.0.0", ErrorCode::InvalidNetworkConfig.get(), "podCIDRs: missing".into(), None);
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j, serde_json::json!({"cniVersion": "1.0.0", "code": 7, "msg": "podCIDRs: missing"}));
     }

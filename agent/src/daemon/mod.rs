@@ -4,6 +4,7 @@
 //! timer drives garbage collection. Each change ends in `reconcile`, which compiles the
 //! desired map contents and applies the difference to the kernel.
 
+mod plugin;
 pub mod reconcile;
 pub mod registry;
 
@@ -52,6 +53,8 @@ pub struct Config {
     pub flow_events: FlowEvents,
     /// Most tracked flows one endpoint may hold (`ward_common::maps::CT_QUOTA_DEFAULT`).
     pub ct_quota: u32,
+    /// The CNI conflist to write once ready (`--cni-conf-dir`), if any.
+    pub conflist: Option<crate::cni::install::ConflistSpec>,
 }
 
 /// How often vanished interfaces are garbage-collected and the manifests re-read (the
@@ -79,6 +82,7 @@ pub struct Agent {
     ids_saved: Option<u64>,
     applied_files: BTreeMap<String, String>,
     last_error: Option<String>,
+    conflist: Option<plugin::Conflist>,
 }
 
 pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
@@ -94,13 +98,22 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     let (call_tx, mut calls) = mpsc::channel::<server::Call>(64);
     tokio::spawn(server::serve(listener, call_tx));
     let (fs_tx, mut fs_events) = mpsc::unbounded_channel::<()>();
-    let _watcher = crate::datastore::directory::watch(&agent.cfg.manifests, fs_tx)
-        .with_context(|| format!("watching {}", agent.cfg.manifests.display()))?;
+    // A manifests path that cannot be watched (not a directory, say) is bad input, not a reason
+    // to stop enforcing: the periodic re-read picks the directory up once it is one, and
+    // until then the datastore has not synced (no CNI conflist, STATUS not ready).
+    let _watcher = match crate::datastore::directory::watch(&agent.cfg.manifests, fs_tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(dir = %agent.cfg.manifests.display(), error = %e, "cannot watch the manifests; re-reading them every {GC_PERIOD:?}");
+            None
+        }
+    };
     let mut gc = tokio::time::interval(GC_PERIOD);
     let mut ct_sweep = tokio::time::interval(CT_SWEEP_PERIOD);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tracing::info!(node = %agent.cfg.node_name, socket = %agent.cfg.socket.display(), "ward agent running");
+    agent.publish_conflist();
     loop {
         tokio::select! {
             Some((req, reply)) = calls.recv() => {
@@ -120,6 +133,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
                 if agent.last_error.is_some() {
                     agent.reconcile();
                 }
+                agent.publish_conflist();
             }
             _ = ct_sweep.tick() => agent.sweep_ct(),
             _ = term.recv() => break,
@@ -192,6 +206,7 @@ impl Agent {
         if seeded + reserved > 0 {
             tracing::info!(seeded, reserved, "identity numbers taken over from the pinned maps");
         }
+        let conflist = cfg.conflist.clone().map(plugin::Conflist::new);
         let mut agent = Agent {
             cfg,
             store,
@@ -204,6 +219,7 @@ impl Agent {
             ids_saved: None,
             applied_files: BTreeMap::new(),
             last_error: None,
+            conflist,
         };
         tracing::info!(
             endpoints = agent.registry.len(),
@@ -233,6 +249,8 @@ impl Agent {
         match req {
             Request::Register(r) => self.register(r),
             Request::Deregister { container_id, ifname } => self.deregister(&container_id, &ifname),
+            Request::Readiness => Response::Readiness(self.readiness()),
+            Request::Gc { network, valid } => self.collect(&network, &valid),
             Request::Status => Response::Status(Box::new(self.status())),
             Request::Endpoints => Response::Endpoints { endpoints: self.endpoints() },
             Request::Explain { from, to, protocol, port } => self.explain(&from, &to, &protocol, port),

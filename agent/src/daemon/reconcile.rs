@@ -567,6 +567,7 @@ mod tests {
         let mut registry = Registry::load(&dir).expect("registry");
         registry
             .add(&EndpointRegistration {
+                network: String::new(),
                 container_id: "c1".into(),
                 ifname: "eth0".into(),
                 netns: String::new(),

@@ -127,6 +127,7 @@ mod tests {
 
     fn reg(id: &str, ip: &str) -> EndpointRegistration {
         EndpointRegistration {
+            network: String::new(),
             container_id: id.into(),
             ifname: "eth0".into(),
             netns: "/run/netns/x".into(),

@@ -155,7 +155,8 @@ fn ensure_bpffs(path: &Path) -> Result<(), DatapathError> {
 impl Datapath {
     /// Runs one program on a crafted packet with `BPF_PROG_TEST_RUN`, as if it arrived on
     /// `ifindex` (which must exist in this network namespace; 1, loopback, always does).
-    /// Returns the TC verdict (0 pass, 2 drop). Used by the kernel-logic tests.
+    /// Returns the TC verdict (-1 pass on to what follows Ward, 2 drop). Used by the
+    /// kernel-logic tests.
     pub fn run_program(&self, program: &'static str, packet: &[u8], ifindex: u32) -> Result<i32, DatapathError> {
         self.run_program_from(program, packet, ifindex, 0)
     }

@@ -56,6 +56,10 @@ pub struct DirectoryStore {
     rejected: Vec<Rejection>,
     /// Objects added, replaced or removed since the snapshot was last brought up to date.
     dirty: BTreeSet<ObjKey>,
+    /// Whether the directory was listed and read in full at least once, and if the last
+    /// listing failed, why.
+    synced: bool,
+    list_error: Option<String>,
 }
 
 impl DirectoryStore {
@@ -67,6 +71,18 @@ impl DirectoryStore {
             snapshot: Snapshot::default(),
             rejected: Vec::new(),
             dirty: BTreeSet::new(),
+            synced: false,
+            list_error: None,
+        }
+    }
+
+    /// Whether the store has read its whole source once (the CNI plugin's readiness, and the
+    /// conflist, wait for this); otherwise why not.
+    pub fn synced(&self) -> Result<(), String> {
+        match (&self.list_error, self.synced) {
+            (_, true) => Ok(()),
+            (Some(e), false) => Err(format!("cannot list {}: {e}", self.dir.display())),
+            (None, false) => Err(format!("{} not read yet", self.dir.display())),
         }
     }
 
@@ -102,9 +118,13 @@ impl DirectoryStore {
             Err(e) => {
                 // An unreadable directory changes nothing: keep enforcing what we have.
                 tracing::warn!(dir = %self.dir.display(), error = %e, "cannot list manifests");
+                self.list_error = Some(e.to_string());
                 return false;
             }
         };
+        self.list_error = None;
+        // Every listed file is read below (a file that cannot be read keeps its last content).
+        self.synced = true;
         let mut changed = false;
         let names: BTreeSet<String> = listed.iter().map(|(n, _)| n.clone()).collect();
         let vanished: Vec<String> = self.files.keys().filter(|f| !names.contains(*f)).cloned().collect();

@@ -6,6 +6,10 @@
 //! - `last-reserved-ipv4` / `last-reserved-ipv6`: the address handed out last in that family,
 //!   so allocation goes round-robin and a released address is not reused at once (a peer that
 //!   cached the old pod's address must not reach the new pod by accident);
+//! - `quarantine/<address>`: an address released less than the quarantine ago (the file holds
+//!   the release time in Unix seconds, then the old owner). Allocation skips it: other nodes may
+//!   still map the address to the old pod's identity until their datastore reports the pod
+//!   gone (see `cni::netconf::DEFAULT_QUARANTINE` for the duration and why);
 //! - `lock`: held with `flock` for the whole of an allocation or release, so that concurrent
 //!   plugin processes serialise.
 //!
@@ -17,6 +21,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use nix::fcntl::{Flock, FlockArg};
@@ -127,9 +132,47 @@ pub enum IpamError {
     Lock { path: PathBuf, source: nix::errno::Errno },
     #[error("no free address left in {cidr} ({allocated} allocated)")]
     Exhausted { cidr: IpNet, allocated: usize },
+    #[error(
+        "no free address in {cidr} right now: {quarantined} released addresses are in quarantine, the first until {wait:?} from now"
+    )]
+    Quarantined { cidr: IpNet, quarantined: usize, wait: Duration },
+}
+
+impl IpamError {
+    /// Whether trying again later can succeed (the runtime's code 11).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Quarantined { .. })
+    }
+}
+
+/// Why `range` has no address to hand out: all taken, or the free ones still in quarantine.
+fn no_room(range: &PodRange, taken: &BTreeMap<IpAddr, String>, quarantined: &BTreeMap<IpAddr, Duration>) -> IpamError {
+    let waiting: Vec<Duration> = quarantined.iter().filter(|(ip, _)| range.contains(**ip)).map(|(_, d)| *d).collect();
+    match waiting.iter().min() {
+        Some(&wait) => IpamError::Quarantined { cidr: range.cidr(), quarantined: waiting.len(), wait },
+        None => IpamError::Exhausted {
+            cidr: range.cidr(),
+            allocated: taken.keys().filter(|ip| range.contains(**ip)).count(),
+        },
+    }
 }
 
 const LOCK_FILE: &str = "lock";
+const QUARANTINE_DIR: &str = "quarantine";
+
+/// One owner's allocations, as [`Store::owners`] lists them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    pub container_id: String,
+    pub ifname: String,
+    pub ips: Vec<IpAddr>,
+    /// When the newest of its address files was written.
+    pub since: SystemTime,
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
 
 /// One network's allocations on disk.
 #[derive(Clone, Debug)]
@@ -184,10 +227,82 @@ impl Store {
         self.dir.join(if range.is_ipv4() { "last-reserved-ipv4" } else { "last-reserved-ipv6" })
     }
 
+    /// Addresses released less than `quarantine` before `now`, with when each leaves
+    /// quarantine; removes the tombstones of those that left it.
+    fn quarantined(&self, quarantine: Duration, now: SystemTime) -> Result<BTreeMap<IpAddr, Duration>, IpamError> {
+        let dir = self.dir.join(QUARANTINE_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(IpamError::Io { path: dir, source: e }),
+        };
+        let now_secs = unix_secs(now);
+        let mut out = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.map_err(self.io(&dir))?;
+            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            let path = entry.path();
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            let stamp = text.lines().next().and_then(|l| l.trim().parse::<u64>().ok());
+            let released = match stamp {
+                Some(t) if t <= now_secs => t,
+                // Unreadable, or later than now (the clock was set back): restart the quarantine
+                // now, so it ends one quarantine from now rather than an unknown time away.
+                _ => {
+                    let rest: String = text.lines().skip(1).collect::<Vec<_>>().join("\n");
+                    let _ = fs::write(&path, format!("{now_secs}\n{rest}"));
+                    now_secs
+                }
+            };
+            let left = quarantine.saturating_sub(Duration::from_secs(now_secs - released));
+            if left.is_zero() {
+                let _ = fs::remove_file(&path);
+            } else {
+                out.insert(ip, left);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether every range has an address to hand out now (STATUS); the error ADD would get.
+    pub fn room(&self, ranges: &[PodRange], quarantine: Duration) -> Result<(), IpamError> {
+        let Some(_lock) = self.lock(false)? else {
+            return Ok(());
+        };
+        let taken = self.scan()?;
+        let quarantined = self.quarantined(quarantine, SystemTime::now())?;
+        for range in ranges {
+            let unavailable: BTreeSet<IpAddr> = taken.keys().chain(quarantined.keys()).copied().collect();
+            if range.next_free(None, &unavailable).is_none() {
+                return Err(no_room(range, &taken, &quarantined));
+            }
+        }
+        Ok(())
+    }
+
     /// One address per range for `owner`; the same ones again if it already holds them.
-    pub fn allocate(&self, owner: Owner<'_>, ranges: &[PodRange]) -> Result<Vec<IpAddr>, IpamError> {
+    /// Addresses released less than `quarantine` ago are not handed out.
+    pub fn allocate(
+        &self,
+        owner: Owner<'_>,
+        ranges: &[PodRange],
+        quarantine: Duration,
+    ) -> Result<Vec<IpAddr>, IpamError> {
+        self.allocate_at(owner, ranges, quarantine, SystemTime::now())
+    }
+
+    fn allocate_at(
+        &self,
+        owner: Owner<'_>,
+        ranges: &[PodRange],
+        quarantine: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<IpAddr>, IpamError> {
         let _lock = self.lock(true)?;
         let mut taken = self.scan()?;
+        let quarantined = self.quarantined(quarantine, now)?;
         let mut created = Vec::new();
         let result = ranges
             .iter()
@@ -199,11 +314,8 @@ impl Store {
                 }
                 let last_path = self.last_path(range);
                 let last = fs::read_to_string(&last_path).ok().and_then(|s| s.trim().parse().ok());
-                let ip =
-                    range.next_free(last, &taken.keys().copied().collect()).ok_or_else(|| IpamError::Exhausted {
-                        cidr: range.cidr(),
-                        allocated: taken.keys().filter(|ip| range.contains(**ip)).count(),
-                    })?;
+                let unavailable: BTreeSet<IpAddr> = taken.keys().chain(quarantined.keys()).copied().collect();
+                let ip = range.next_free(last, &unavailable).ok_or_else(|| no_room(range, &taken, &quarantined))?;
                 let path = self.dir.join(ip.to_string());
                 let mut file = OpenOptions::new().write(true).create_new(true).open(&path).map_err(self.io(&path))?;
                 created.push(path.clone());
@@ -222,14 +334,24 @@ impl Store {
         result
     }
 
-    /// Frees every address `owner` holds; returns them (none is fine: DEL is idempotent).
+    /// Frees every address `owner` holds into quarantine; returns them (none is fine: DEL is
+    /// idempotent). The tombstone is written before the allocation goes, so a crash in
+    /// between leaves the address unavailable, never free too early.
     pub fn release(&self, owner: Owner<'_>) -> Result<Vec<IpAddr>, IpamError> {
+        self.release_at(owner, SystemTime::now())
+    }
+
+    fn release_at(&self, owner: Owner<'_>, now: SystemTime) -> Result<Vec<IpAddr>, IpamError> {
         let Some(_lock) = self.lock(false)? else {
             return Ok(Vec::new());
         };
         let mut released = Vec::new();
+        let qdir = self.dir.join(QUARANTINE_DIR);
         for (ip, record) in self.scan()? {
             if owner.owns(&record) {
+                fs::create_dir_all(&qdir).map_err(self.io(&qdir))?;
+                let tomb = qdir.join(ip.to_string());
+                fs::write(&tomb, format!("{}\n{}", unix_secs(now), owner.record())).map_err(self.io(&tomb))?;
                 let path = self.dir.join(ip.to_string());
                 match fs::remove_file(&path) {
                     Ok(()) => released.push(ip),
@@ -239,6 +361,32 @@ impl Store {
             }
         }
         Ok(released)
+    }
+
+    /// Every owner's allocations (for GC and the sweep of pods removed without a DEL).
+    pub fn owners(&self) -> Result<Vec<Allocation>, IpamError> {
+        let Some(_lock) = self.lock(false)? else {
+            return Ok(Vec::new());
+        };
+        let mut by_owner: BTreeMap<(String, String), Allocation> = BTreeMap::new();
+        for (ip, record) in self.scan()? {
+            let mut lines = record.lines();
+            let (Some(container_id), Some(ifname)) = (lines.next(), lines.next()) else {
+                tracing::warn!(address = %ip, "IPAM record without an owner; left alone");
+                continue;
+            };
+            let path = self.dir.join(ip.to_string());
+            let since = fs::metadata(&path).and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH);
+            let a = by_owner.entry((container_id.to_owned(), ifname.to_owned())).or_insert_with(|| Allocation {
+                container_id: container_id.to_owned(),
+                ifname: ifname.to_owned(),
+                ips: Vec::new(),
+                since,
+            });
+            a.ips.push(ip);
+            a.since = a.since.max(since);
+        }
+        Ok(by_owner.into_values().collect())
     }
 
     /// The addresses `owner` holds, in address order.
@@ -339,10 +487,10 @@ mod tests {
         let ranges = [range("10.0.0.0/29"), range("fd00::/120")];
         let a = Owner { container_id: "a", ifname: "eth0" };
         let b = Owner { container_id: "b", ifname: "eth0" };
-        let got_a = store.allocate(a, &ranges).unwrap();
+        let got_a = store.allocate(a, &ranges, Duration::ZERO).unwrap();
         assert_eq!(got_a, vec![ip("10.0.0.2"), ip("fd00::2")]);
-        assert_eq!(store.allocate(a, &ranges).unwrap(), got_a, "same owner, same addresses");
-        assert_eq!(store.allocate(b, &ranges).unwrap(), vec![ip("10.0.0.3"), ip("fd00::3")]);
+        assert_eq!(store.allocate(a, &ranges, Duration::ZERO).unwrap(), got_a, "same owner, same addresses");
+        assert_eq!(store.allocate(b, &ranges, Duration::ZERO).unwrap(), vec![ip("10.0.0.3"), ip("fd00::3")]);
         assert_eq!(fs::read_to_string(tmp.0.join("ward/10.0.0.2")).unwrap(), "a\neth0");
         assert_eq!(store.find(a).unwrap(), got_a);
         assert_eq!(store.release(a).unwrap(), got_a);
@@ -350,7 +498,7 @@ mod tests {
         // A new store (a new process) continues after the last address, not in the hole.
         let store = Store::new(&tmp.0, "ward");
         let c = Owner { container_id: "c", ifname: "eth0" };
-        assert_eq!(store.allocate(c, &ranges).unwrap(), vec![ip("10.0.0.4"), ip("fd00::4")]);
+        assert_eq!(store.allocate(c, &ranges, Duration::ZERO).unwrap(), vec![ip("10.0.0.4"), ip("fd00::4")]);
     }
 
     #[test]
@@ -359,10 +507,10 @@ mod tests {
         let store = Store::new(&tmp.0, "ward");
         let small = [range("fd00::/126")];
         for id in ["a", "b"] {
-            store.allocate(Owner { container_id: id, ifname: "eth0" }, &small).unwrap();
+            store.allocate(Owner { container_id: id, ifname: "eth0" }, &small, Duration::ZERO).unwrap();
         }
         let both = [range("10.0.0.0/24"), range("fd00::/126")];
-        let err = store.allocate(Owner { container_id: "c", ifname: "eth0" }, &both).unwrap_err();
+        let err = store.allocate(Owner { container_id: "c", ifname: "eth0" }, &both, Duration::ZERO).unwrap_err();
         assert!(matches!(err, IpamError::Exhausted { allocated: 2, .. }), "{err}");
         assert_eq!(store.find(Owner { container_id: "c", ifname: "eth0" }).unwrap(), Vec::<IpAddr>::new());
     }
@@ -380,7 +528,11 @@ mod tests {
                 .map(|id| {
                     let (dir, ranges) = (&tmp.0, &ranges);
                     s.spawn(move || {
-                        Store::new(dir, "ward").allocate(Owner { container_id: id, ifname: "eth0" }, ranges)
+                        Store::new(dir, "ward").allocate(
+                            Owner { container_id: id, ifname: "eth0" },
+                            ranges,
+                            Duration::ZERO,
+                        )
                     })
                 })
                 .collect();
@@ -388,6 +540,48 @@ mod tests {
         });
         let distinct: BTreeSet<IpAddr> = got.iter().copied().collect();
         assert_eq!(distinct.len(), ids.len(), "duplicates in {got:?}");
+    }
+
+    #[test]
+    fn a_released_address_stays_out_of_use_for_the_quarantine() {
+        let tmp = TempDir::new("quarantine");
+        let store = Store::new(&tmp.0, "ward");
+        let small = [range("10.0.0.0/30")]; // only 10.0.0.2
+        let q = Duration::from_secs(60);
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let a = Owner { container_id: "a", ifname: "eth0" };
+        let b = Owner { container_id: "b", ifname: "eth0" };
+        assert_eq!(store.allocate_at(a, &small, q, t0).unwrap(), vec![ip("10.0.0.2")]);
+        assert_eq!(store.release_at(a, t0).unwrap(), vec![ip("10.0.0.2")]);
+        let err = store.allocate_at(b, &small, q, t0 + Duration::from_secs(59)).unwrap_err();
+        assert!(
+            matches!(err, IpamError::Quarantined { quarantined: 1, wait, .. } if wait == Duration::from_secs(1)),
+            "{err}"
+        );
+        assert!(err.is_transient());
+        assert_eq!(store.allocate_at(b, &small, q, t0 + Duration::from_secs(60)).unwrap(), vec![ip("10.0.0.2")]);
+        assert!(!tmp.0.join("ward/quarantine/10.0.0.2").exists(), "the expired tombstone is gone");
+        // Released, then the clock is set back by an hour: the quarantine restarts at the new
+        // now and lasts its length, not an hour more.
+        store.release_at(b, t0 + Duration::from_secs(3600)).unwrap();
+        assert!(store.allocate_at(a, &small, q, t0 + Duration::from_secs(100)).is_err());
+        assert!(store.allocate_at(a, &small, q, t0 + Duration::from_secs(159)).is_err());
+        assert!(store.allocate_at(a, &small, q, t0 + Duration::from_secs(161)).is_ok());
+    }
+
+    #[test]
+    fn owners_lists_each_attachment_with_its_addresses() {
+        let tmp = TempDir::new("owners");
+        let store = Store::new(&tmp.0, "ward");
+        let ranges = [range("10.0.0.0/24"), range("fd00::/120")];
+        for id in ["a", "b"] {
+            store.allocate(Owner { container_id: id, ifname: "eth0" }, &ranges, Duration::ZERO).unwrap();
+        }
+        let owners = store.owners().unwrap();
+        let listed: Vec<(&str, usize)> = owners.iter().map(|o| (o.container_id.as_str(), o.ips.len())).collect();
+        assert_eq!(listed, [("a", 2), ("b", 2)]);
+        store.release(Owner { container_id: "a", ifname: "eth0" }).unwrap();
+        assert_eq!(store.owners().unwrap().len(), 1);
     }
 
     #[test]

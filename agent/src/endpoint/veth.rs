@@ -198,6 +198,22 @@ impl Netlink {
         }
     }
 
+    /// The names of every interface in this namespace (one dump, for sweeps over many pods).
+    pub fn link_names(&self) -> Result<std::collections::BTreeSet<String>, VethError> {
+        let request = self.handle.link().get().execute();
+        let messages: Vec<LinkMessage> =
+            self.rt.block_on(request.try_collect()).map_err(Self::netlink(Op::FindLink, "(all)"))?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
     fn existing_link(&self, name: &str) -> Result<Link, VethError> {
         self.link(name)?.ok_or_else(|| VethError::NoSuchLink { name: name.to_owned() })
     }

@@ -67,6 +67,7 @@ impl Reconciler {
             let Some(info) = snapshot.pods.get(key) else { continue };
             let n = self.registered.len() as u32;
             self.registry.add(&EndpointRegistration {
+                network: String::new(),
                 container_id: format!("bench-{}-{}", key.namespace, key.name),
                 ifname: "eth0".into(),
                 netns: String::new(),
