@@ -64,7 +64,9 @@ pub fn stale_labs(bpffs: &Path) -> Vec<String> {
             removed.push(format!("deleted network namespace {name}"));
         }
     }
-    for (name, path) in entries(&bpffs.join("ward/v1")) {
+    // Every layout's directory: a killed run of an older build leaves its own.
+    let layouts: Vec<std::path::PathBuf> = entries(&bpffs.join("ward")).into_iter().map(|(_, p)| p).collect();
+    for (name, path) in layouts.iter().flat_map(|dir| entries(dir)) {
         if stale(&name) && fs::remove_dir_all(&path).is_ok() {
             removed.push(format!("removed pins {}", path.display()));
         }

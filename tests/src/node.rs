@@ -8,7 +8,7 @@
 //! agent has those contents in the kernel; only then do probes mean anything.
 //!
 //! Cleanup (drop, also on panic): agent stopped, pods' namespaces deleted, the node's pins
-//! under `<bpffs>/ward/v1/<node>/` removed, the node namespace and scratch directory deleted.
+//! under `<bpffs>/ward/v<layout>/<node>/` removed, the node namespace and scratch directory deleted.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -362,9 +362,9 @@ impl Node {
         &self.bins
     }
 
-    /// `<bpffs>/ward/v1/<node>`: where the agent pins this node's maps and links.
+    /// `<bpffs>/ward/v<layout>/<node>`: where the agent pins this node's maps and links.
     pub fn pin_dir(&self) -> PathBuf {
-        self.config.bpffs.join("ward/v1").join(&self.name)
+        self.config.bpffs.join(layout_dir()).join(&self.name)
     }
 
     // ---- the agent process ----
@@ -919,7 +919,7 @@ impl Drop for Node {
             Err(e) => eprintln!("ward-lab: cleanup: removing {}: {e}", pins.display()),
         }
         // Parents only if no other node uses them (rmdir fails on a non-empty directory).
-        for parent in [self.config.bpffs.join("ward/v1"), self.config.bpffs.join("ward")] {
+        for parent in [self.config.bpffs.join(layout_dir()), self.config.bpffs.join("ward")] {
             let _ = fs::remove_dir(parent);
         }
     }
@@ -1001,4 +1001,9 @@ mod tests {
         assert!(d.contains("c.yaml still applied"), "{d}");
         assert!(d.contains("rejected: a.yaml"), "{d}");
     }
+}
+
+/// `ward/v<LAYOUT_VERSION>`: the agent's pin directory for this build's map layout.
+pub fn layout_dir() -> String {
+    format!("ward/v{}", ward_common::maps::LAYOUT_VERSION)
 }
