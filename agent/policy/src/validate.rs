@@ -130,6 +130,7 @@ impl PortSpec {
                 None => port == *first,
                 Some(last) => (*first..=last).contains(&port),
             },
+            // `any`: containers may share a name, which then stands for each of their ports.
             PortRef::Named(name) => {
                 dst_ports.iter().any(|np| np.name == *name && np.protocol == proto && np.port == port)
             }
@@ -222,7 +223,9 @@ pub struct NamedPort {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PodInfo {
     pub labels: Labels,
-    /// Named container ports, sorted, names unique.
+    /// Named container ports, sorted and without repeats. A name can appear more than once:
+    /// containers of one pod may share a port name (with other numbers or protocols), and a
+    /// named policy port then stands for every one of them with the rule's protocol.
     pub ports: Vec<NamedPort>,
     /// Pod-network addresses (canonical, no duplicates); empty for a pod not running yet,
     /// finished, or on the host network.
@@ -277,8 +280,11 @@ pub fn pod(p: &model::Pod, file: &str) -> Result<(PodKey, PodInfo), ObjectError>
     let namespace = require_namespace(&ctx, &p.metadata)?;
 
     let mut ports: Vec<NamedPort> = Vec::new();
-    let mut seen: BTreeSet<&str> = BTreeSet::new();
     for (ci, c) in p.spec.containers.iter().enumerate() {
+        // Names are unique within a container, not across them: the API server's
+        // `validateContainerPorts` checks one container's list at a time (and only warns
+        // about a name two containers share), so such pods exist and must keep working.
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
         for (pi, cp) in c.ports.iter().enumerate() {
             let field = format!("spec.containers[{ci}].ports[{pi}]");
             let port = port_number(&ctx, &format!("{field}.containerPort"), cp.container_port)?;
@@ -293,7 +299,10 @@ pub fn pod(p: &model::Pod, file: &str) -> Result<(PodKey, PodInfo), ObjectError>
             }
         }
     }
+    // Sorted and without repeats, so the same ports in another container order give the
+    // same label identity.
     ports.sort();
+    ports.dedup();
 
     let mut ips: Vec<IpAddr> = Vec::new();
     if let Some(status) = &p.status {
@@ -812,6 +821,34 @@ mod tests {
         assert_eq!(info.labels["app"], "web");
     }
 
+    /// The API server accepts a port name shared by two containers (upstream
+    /// `validateContainerPorts` checks names per container): so does Ward, keeping every
+    /// port of the name, each once, in an order that does not depend on the containers'.
+    #[test]
+    fn containers_may_share_a_port_name_and_the_ports_do_not_depend_on_container_order() {
+        let web = "{name: web, ports: [{name: http, containerPort: 8080}, {name: metrics, containerPort: 9100}]}";
+        let sidecar = "{name: sidecar, ports: [{name: http, containerPort: 9090}, {name: http-alt, containerPort: 8080}]}";
+        let dns = "{name: dns, ports: [{name: http, containerPort: 8080, protocol: UDP}]}";
+        let twin = "{name: twin, ports: [{name: http, containerPort: 8080}]}";
+        let (_, info) = pod_of(&format!("spec: {{containers: [{web}, {sidecar}, {dns}, {twin}]}}\n")).expect("valid");
+        let np = |name: &str, protocol, port| NamedPort { name: name.into(), protocol, port };
+        assert_eq!(
+            info.ports,
+            vec![
+                np("http", Protocol::Tcp, 8080),
+                np("http", Protocol::Tcp, 9090),
+                np("http", Protocol::Udp, 8080),
+                np("http-alt", Protocol::Tcp, 8080),
+                np("metrics", Protocol::Tcp, 9100),
+            ]
+        );
+        let (_, reordered) =
+            pod_of(&format!("spec: {{containers: [{twin}, {dns}, {sidecar}, {web}]}}\n")).expect("valid");
+        assert_eq!(reordered, info, "the same ports in another container order");
+        let key = crate::identity::LabelKey::of(&PodKey::new("x", "a"), &info);
+        assert_eq!(key, crate::identity::LabelKey::of(&PodKey::new("x", "b"), &reordered));
+    }
+
     #[test]
     fn finished_and_host_network_pods_have_no_pod_addresses() {
         let (_, info) = pod_of("status: {phase: Succeeded, podIP: 10.0.0.5}\n").expect("valid");
@@ -824,8 +861,8 @@ mod tests {
     fn every_pod_error_names_the_field() {
         let cases = [
             (
-                "spec: {containers: [{name: c, ports: [{name: http, containerPort: 80}]}, {name: d, ports: [{name: http, containerPort: 81}]}]}\n",
-                "spec.containers[1].ports[0].name",
+                "spec: {containers: [{name: c, ports: [{name: dns, containerPort: 53}]}, {name: d, ports: [{name: http, containerPort: 80}, {name: http, containerPort: 81, protocol: UDP}]}]}\n",
+                "spec.containers[1].ports[1].name",
             ),
             (
                 "spec: {containers: [{name: c, ports: [{containerPort: 0}]}]}\n",
