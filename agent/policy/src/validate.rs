@@ -256,13 +256,6 @@ fn require_name(ctx: &Ctx, meta: &model::ObjectMeta) -> Result<(), ObjectError> 
     Ok(())
 }
 
-fn require_namespace(ctx: &Ctx, meta: &model::ObjectMeta) -> Result<String, ObjectError> {
-    match &meta.namespace {
-        Some(ns) if !ns.is_empty() => Ok(ns.clone()),
-        _ => Err(ctx.err("metadata.namespace", "required")),
-    }
-}
-
 /// A Namespace's name and labels, with `kubernetes.io/metadata.name` set as the API server
 /// sets it.
 pub fn namespace(ns: &model::Namespace, file: &str) -> Result<(String, Labels), ObjectError> {
@@ -277,7 +270,7 @@ pub fn namespace(ns: &model::Namespace, file: &str) -> Result<(String, Labels), 
 pub fn pod(p: &model::Pod, file: &str) -> Result<(PodKey, PodInfo), ObjectError> {
     let ctx = Ctx { file, object: model::describe("Pod", &p.metadata) };
     require_name(&ctx, &p.metadata)?;
-    let namespace = require_namespace(&ctx, &p.metadata)?;
+    let namespace = p.metadata.namespace_or_default().to_owned();
 
     let mut ports: Vec<NamedPort> = Vec::new();
     for (ci, c) in p.spec.containers.iter().enumerate() {
@@ -335,7 +328,7 @@ pub fn pod(p: &model::Pod, file: &str) -> Result<(PodKey, PodInfo), ObjectError>
 pub fn policy(np: &model::NetworkPolicy, file: &str) -> Result<Policy, ObjectError> {
     let ctx = Ctx { file, object: model::describe("NetworkPolicy", &np.metadata) };
     require_name(&ctx, &np.metadata)?;
-    let namespace = require_namespace(&ctx, &np.metadata)?;
+    let namespace = np.metadata.namespace_or_default().to_owned();
     let spec = &np.spec;
     let pod_selector = selector_at(&ctx, "spec.podSelector", &spec.pod_selector)?;
 
@@ -712,21 +705,47 @@ mod tests {
     }
 
     #[test]
-    fn missing_name_or_namespace_is_an_error() {
+    fn a_missing_name_is_an_error() {
         let o = one("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: x}\nspec: {}\n");
         let Object::NetworkPolicy(p) = o else { panic!("policy") };
         let e = policy(&p, "f").expect_err("no name");
         assert_eq!((e.object.as_str(), e.field.as_str()), ("NetworkPolicy x/<unnamed>", "metadata.name"));
-        let o = one("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {}\n");
-        let Object::NetworkPolicy(p) = o else { panic!("policy") };
-        let e = policy(&p, "f").expect_err("no namespace");
-        assert_eq!((e.object.as_str(), e.field.as_str()), ("NetworkPolicy p", "metadata.namespace"));
-        let o = one("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n");
-        let Object::Pod(p) = o else { panic!("pod") };
-        assert_eq!(pod(&p, "f").expect_err("no namespace").field, "metadata.namespace");
         let o = one("apiVersion: v1\nkind: Namespace\nmetadata: {labels: {a: b}}\n");
         let Object::Namespace(n) = o else { panic!("namespace") };
         assert_eq!(namespace(&n, "f").expect_err("no name").field, "metadata.name");
+    }
+
+    /// The upstream docs' default-deny example has no namespace: kubectl puts it in
+    /// `default`, and so does Ward (it was rejected, so the example silently did nothing).
+    #[test]
+    fn a_missing_or_empty_namespace_defaults_to_default_for_namespaced_kinds() {
+        let docs_example = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: default-deny-ingress\nspec:\n  podSelector: {}\n  policyTypes:\n  - Ingress\n";
+        let Object::NetworkPolicy(np) = one(docs_example) else { panic!("policy") };
+        assert!(np.metadata.namespace_defaulted());
+        let p = policy(&np, "f").expect("the docs' example validates");
+        assert_eq!((p.namespace.as_str(), p.name.as_str()), ("default", "default-deny-ingress"));
+        assert_eq!(p.ingress, Some(vec![]), "deny all ingress");
+        let Object::Pod(p) = one("apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: ''}\n") else {
+            panic!("pod")
+        };
+        assert!(p.metadata.namespace_defaulted());
+        assert_eq!(pod(&p, "f").expect("valid").0, PodKey::new("default", "a"));
+        // Errors name the object in the namespace it defaulted to.
+        let Object::Pod(p) = one("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nstatus: {podIP: nope}\n") else {
+            panic!("pod")
+        };
+        assert_eq!(pod(&p, "f").expect_err("bad address").object, "Pod default/a");
+        // A namespace given is kept, and cluster-scoped kinds get none.
+        let Object::Pod(p) = one("apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\n") else {
+            panic!("pod")
+        };
+        assert!(!p.metadata.namespace_defaulted());
+        assert_eq!(pod(&p, "f").expect("valid").0, PodKey::new("x", "a"));
+        let Object::Namespace(n) = one("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n") else {
+            panic!("namespace")
+        };
+        assert_eq!(namespace(&n, "f").expect("valid").0, "x");
+        assert_eq!(Object::Namespace(n).describe(), "Namespace x");
     }
 
     #[test]
@@ -827,7 +846,8 @@ mod tests {
     #[test]
     fn containers_may_share_a_port_name_and_the_ports_do_not_depend_on_container_order() {
         let web = "{name: web, ports: [{name: http, containerPort: 8080}, {name: metrics, containerPort: 9100}]}";
-        let sidecar = "{name: sidecar, ports: [{name: http, containerPort: 9090}, {name: http-alt, containerPort: 8080}]}";
+        let sidecar =
+            "{name: sidecar, ports: [{name: http, containerPort: 9090}, {name: http-alt, containerPort: 8080}]}";
         let dns = "{name: dns, ports: [{name: http, containerPort: 8080, protocol: UDP}]}";
         let twin = "{name: twin, ports: [{name: http, containerPort: 8080}]}";
         let (_, info) = pod_of(&format!("spec: {{containers: [{web}, {sidecar}, {dns}, {twin}]}}\n")).expect("valid");

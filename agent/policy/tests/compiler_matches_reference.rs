@@ -84,9 +84,8 @@ fn pod_spec() -> impl Strategy<Value = PodSpec> {
     .prop_map(|m| m.into_iter().map(|(n, (proto, port))| (n.to_string(), proto, port)).collect());
     let containers = proptest::collection::vec(container, 1..=3);
     let addr = prop_oneof![6 => Just(Some(false)), 3 => Just(Some(true)), 1 => Just(None)];
-    (0..NAMESPACES.len(), label_map(POD_KEYS, POD_VALUES), containers, addr).prop_map(
-        |(ns, labels, containers, addr)| PodSpec { ns, labels, containers, addr },
-    )
+    (0..NAMESPACES.len(), label_map(POD_KEYS, POD_VALUES), containers, addr)
+        .prop_map(|(ns, labels, containers, addr)| PodSpec { ns, labels, containers, addr })
 }
 
 fn pod_object(i: usize, p: &PodSpec) -> model::Pod {
@@ -109,7 +108,10 @@ fn pod_object(i: usize, p: &PodSpec) -> model::Pod {
     };
     model::Pod {
         metadata: meta(&format!("p{i}"), Some(ns), p.labels.clone()),
-        spec: model::PodSpec { containers: p.containers.iter().enumerate().map(container).collect(), host_network: false },
+        spec: model::PodSpec {
+            containers: p.containers.iter().enumerate().map(container).collect(),
+            host_network: false,
+        },
         status: ip.map(|ip| model::PodStatus { phase: Some("Running".into()), pod_ip: Some(ip), pod_ips: vec![] }),
     }
 }

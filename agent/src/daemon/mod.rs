@@ -364,6 +364,8 @@ impl Agent {
             identities: self.ids.counts().0,
             map_entries,
             rejected: self.store.rejected().to_vec(),
+            duplicates: self.store.duplicates(),
+            notices: self.store.notices().to_vec(),
             last_error: self.last_error.clone(),
             reason_counters,
             rule_counters,
