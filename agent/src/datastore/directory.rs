@@ -204,6 +204,14 @@ impl DirectoryStore {
         changed
     }
 
+    /// Takes `bytes` as the new content of file `name`, exactly as a reload that read them
+    /// would, without touching the filesystem (the manifest fuzz target drives the store
+    /// through it). The next reload re-reads the file.
+    pub fn update_file(&mut self, name: &str, bytes: &[u8]) {
+        self.apply_file(name, bytes, file_hash(bytes), None);
+        self.rebuild();
+    }
+
     /// Reads one file's new content: its objects replace the file's earlier versions of them.
     fn apply_file(&mut self, name: &str, bytes: &[u8], hash: String, stamp: Option<Stamp>) {
         let loaded = load(name, bytes);

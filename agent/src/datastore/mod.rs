@@ -40,7 +40,7 @@ pub enum Valid {
 }
 
 /// Everything the compiler needs from the datastore.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub namespaces: BTreeMap<String, Labels>,
     pub pods: BTreeMap<PodKey, PodInfo>,
@@ -49,7 +49,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Removes the object `key` names, whatever its kind.
-    fn remove(&mut self, key: &ObjKey) {
+    pub fn remove(&mut self, key: &ObjKey) {
         match key.kind {
             KIND_NAMESPACE => {
                 self.namespaces.remove(&key.name);
@@ -64,7 +64,8 @@ impl Snapshot {
         }
     }
 
-    fn insert(&mut self, key: &ObjKey, valid: &Valid) {
+    /// Puts (or replaces) the object `key` names.
+    pub fn insert(&mut self, key: &ObjKey, valid: &Valid) {
         match valid {
             Valid::Namespace(labels) => {
                 self.namespaces.insert(key.name.clone(), labels.clone());
