@@ -74,6 +74,7 @@ impl Stamp {
     }
 }
 
+#[derive(Clone)]
 pub struct DirectoryStore {
     dir: PathBuf,
     /// By name: the order is the precedence.

@@ -13,6 +13,7 @@
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use ward_agent::datastore::directory::DirectoryStore;
@@ -83,12 +84,22 @@ fn to_yaml(object: &Object) -> String {
     serde_yaml::to_string(&value).unwrap_or_else(|e| panic!("writing {object:?}: {e}"))
 }
 
+/// The store with BASE loaded, and BASE's objects: the same for every input, made once.
+fn base() -> &'static (DirectoryStore, BTreeMap<ObjKey, Valid>) {
+    static BASE_STATE: OnceLock<(DirectoryStore, BTreeMap<ObjKey, Valid>)> = OnceLock::new();
+    BASE_STATE.get_or_init(|| {
+        let mut store = DirectoryStore::new("/nonexistent/ward-fuzz".into());
+        store.update_file(FILE, BASE.as_bytes());
+        let objects = declared(BASE).0;
+        assert_eq!(store.snapshot(), &snapshot_of(&objects), "the base file loads as declared");
+        (store, objects)
+    })
+}
+
 /// The store, given BASE and then `data` as one file's content, holds what its rules say.
 fn store_keeps_last_valid_versions(data: &[u8], text: Option<&str>) {
-    let mut store = DirectoryStore::new("/nonexistent/ward-fuzz".into());
-    store.update_file(FILE, BASE.as_bytes());
-    let before: BTreeMap<ObjKey, Valid> = declared(BASE).0;
-    assert_eq!(store.snapshot(), &snapshot_of(&before), "the base file loads as declared");
+    let (store, before) = base();
+    let mut store = store.clone();
     store.update_file(FILE, data);
 
     // The input's last valid version of each object, the objects it names invalidly, and
@@ -98,7 +109,7 @@ fn store_keeps_last_valid_versions(data: &[u8], text: Option<&str>) {
         None => (BTreeMap::new(), BTreeSet::new(), false),
     };
     let mut expected = BTreeMap::new();
-    for (key, v) in &before {
+    for (key, v) in before {
         if !valid.contains_key(key) && (invalid.contains(key) || !all_named) {
             expected.insert(key.clone(), v.clone());
         }
