@@ -53,6 +53,23 @@ fn status(s: &StatusReport) -> String {
             let _ = writeln!(o, "  {c}");
         }
     }
+    if !s.duplicates.is_empty() {
+        let _ = writeln!(
+            o,
+            "Duplicates ({}): declared more than once; the last valid declaration in file name order is in force",
+            s.duplicates.len()
+        );
+        for d in &s.duplicates {
+            let in_force = d.in_force.as_deref().unwrap_or("none (no valid version)");
+            let _ = writeln!(o, "  {}: {} (in force: {in_force})", d.object, d.files.join(", "));
+        }
+    }
+    if !s.notices.is_empty() {
+        let _ = writeln!(o, "Notices ({}):", s.notices.len());
+        for n in &s.notices {
+            let _ = writeln!(o, "  {}: {}: {}: {}", n.file, n.object, n.field, n.message);
+        }
+    }
     let _ = writeln!(o, "Packets by reason:");
     for (r, n) in &s.reason_counters {
         if *n > 0 {
@@ -92,4 +109,42 @@ fn endpoints_table(eps: &[EndpointStatus]) -> String {
         );
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::proto::{Duplicate, Notice};
+
+    #[test]
+    fn status_lists_duplicates_with_both_files_and_notices() {
+        let report = StatusReport {
+            duplicates: vec![Duplicate {
+                object: "NetworkPolicy shop/web".into(),
+                files: vec!["policy.yaml".into(), "zz-copy.yaml".into()],
+                in_force: Some("zz-copy.yaml".into()),
+            }],
+            notices: vec![Notice {
+                file: "deny.yaml".into(),
+                object: "NetworkPolicy default/deny".into(),
+                field: "metadata.namespace".into(),
+                message: "not set: namespace defaulted to default (as kubectl does)".into(),
+            }],
+            ..StatusReport::default()
+        };
+        let text = render(&Response::Status(Box::new(report)));
+        assert!(text.contains("Duplicates (1): declared more than once"), "{text}");
+        assert!(
+            text.contains("  NetworkPolicy shop/web: policy.yaml, zz-copy.yaml (in force: zz-copy.yaml)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  deny.yaml: NetworkPolicy default/deny: metadata.namespace: not set: namespace defaulted to default"
+            ),
+            "{text}"
+        );
+        let empty = render(&Response::Status(Box::default()));
+        assert!(!empty.contains("Duplicates") && !empty.contains("Notices"), "{empty}");
+    }
 }

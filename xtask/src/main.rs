@@ -1,7 +1,8 @@
 //! `cargo xtask <command>`: the project's one entry point for machine setup, building,
-//! testing, the conformance suite and the demo (alias in .cargo/config.toml).
+//! testing, fuzzing, the conformance suite and the demo (alias in .cargo/config.toml).
 
 mod demo;
+mod fuzz;
 mod run;
 mod setup;
 
@@ -31,6 +32,19 @@ enum Cmd {
         /// Cases directory for the conformance suite [default: ../shared/conformance and tests/cases].
         #[arg(long)]
         cases: Option<PathBuf>,
+        /// How long each fuzz target runs.
+        #[arg(long, default_value_t = fuzz::TEST_SECONDS)]
+        fuzz_seconds: u64,
+    },
+    /// Setup, then run the cargo-fuzz targets of tests/fuzz (nightly, sanitizers) for a
+    /// bounded time each; corpora and crash inputs live in /var/cache/ward/fuzz.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target [default: every one].
+        #[arg(long)]
+        target: Option<String>,
     },
     /// Setup, build, then run NetworkPolicy conformance cases against a lab node (root).
     Conformance {
@@ -84,7 +98,15 @@ fn real_main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Cmd::Setup => setup::setup()?,
         Cmd::Build => build()?,
-        Cmd::Test { cases } => return test(cases),
+        Cmd::Test { cases, fuzz_seconds } => return test(cases, fuzz_seconds),
+        Cmd::Fuzz { seconds, target } => {
+            let targets = fuzz::select(target.as_deref())?;
+            setup::setup()?;
+            let outcomes = fuzz::run_targets(&targets, seconds);
+            let failed = outcomes.iter().filter(|(_, o)| matches!(o, fuzz::Outcome::Failed(_))).count();
+            println!("xtask fuzz: {} passed, {failed} failed", outcomes.len() - failed);
+            return Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
         Cmd::Conformance { cases, filter, no_build } => {
             if !no_build {
                 build()?;
@@ -115,7 +137,7 @@ fn build() -> anyhow::Result<()> {
     run::cargo(&["build", "--workspace", "--exclude", "ward-ebpf", "--bins"])
 }
 
-fn test(cases: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn test(cases: Option<PathBuf>, fuzz_seconds: u64) -> anyhow::Result<ExitCode> {
     build()?;
     if !ward_lab::privileged::is_root() {
         eprintln!(
@@ -133,21 +155,29 @@ fn test(cases: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         Ok(s) => format!("conformance {}", s.line()),
         Err(e) => format!("conformance did not run: {e:#}"),
     };
-    let ok = unit.is_ok() && conf.as_ref().is_ok_and(|s| s.failed() == 0);
+    // Every fuzz target, each for a bounded time; a finding fails the run.
+    let fuzzed = fuzz::run_targets(fuzz::TARGETS, fuzz_seconds);
+    let fuzz_failed = fuzzed.iter().filter(|(_, o)| matches!(o, fuzz::Outcome::Failed(_))).count() as u64;
+    let fuzz_passed = fuzzed.iter().filter(|(_, o)| matches!(o, fuzz::Outcome::Passed)).count() as u64;
+    let ok = unit.is_ok() && conf.as_ref().is_ok_and(|s| s.failed() == 0) && fuzz_failed == 0;
     println!(
-        "xtask test: {}: cargo test {} ({} passed, {} failed), {conf_line}",
+        "xtask test: {}: cargo test {} ({} passed, {} failed), {conf_line}, fuzz {fuzz_passed} passed, {fuzz_failed} failed ({fuzz_seconds} s each)",
         if ok { "PASSED" } else { "FAILED" },
         if unit.is_ok() { "passed" } else { "failed" },
         counts.passed,
         counts.failed,
     );
-    // The closing line: every test and every conformance case, in the plain form.
+    // The closing line: every test, conformance case and fuzz target, in the plain form.
     let (conf_passed, conf_failed) = match &conf {
         Ok(s) => (s.passed() as u64, s.failed() as u64),
         Err(_) => (0, 1),
     };
     let unit_failed = counts.failed + u64::from(unit.is_err() && counts.failed == 0);
-    println!("xtask: {} passed, {} failed", counts.passed + conf_passed, unit_failed + conf_failed);
+    println!(
+        "xtask: {} passed, {} failed",
+        counts.passed + conf_passed + fuzz_passed,
+        unit_failed + conf_failed + fuzz_failed
+    );
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

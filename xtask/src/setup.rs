@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use crate::run;
 
 /// Debian packages, each with a program that proves it present when it has one.
-const APT_PACKAGES: [(&str, Option<&str>); 15] = [
+const APT_PACKAGES: [(&str, Option<&str>); 16] = [
     ("llvm-22-dev", None),
     ("libpolly-22-dev", None),
     ("clang-22", Some("clang-22")),
@@ -28,6 +28,8 @@ const APT_PACKAGES: [(&str, Option<&str>); 15] = [
     // enforces the same policy.
     ("iptables", Some("iptables")),
     ("nftables", Some("nft")),
+    // libfuzzer-sys compiles libFuzzer's C++ (cargo xtask fuzz, and test).
+    ("g++", Some("c++")),
 ];
 
 /// What `cargo xtask bench` needs beyond building and testing: the load generators, and perf
@@ -45,6 +47,7 @@ pub fn setup() -> anyhow::Result<()> {
     did |= apt(&APT_PACKAGES)?;
     did |= rust_toolchain()?;
     did |= bpf_linker()?;
+    did |= cargo_fuzz()?;
     did |= bpffs()?;
     if !did {
         println!("setup: everything present");
@@ -152,6 +155,19 @@ fn bpf_linker() -> anyhow::Result<bool> {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.args(["install", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
         .env("PATH", std::env::join_paths(dirs).context("building PATH")?);
+    run::status(cmd)?;
+    Ok(true)
+}
+
+/// cargo-fuzz drives the fuzz targets of tests/fuzz (it runs under nightly, which
+/// `rust_toolchain` installs with the rust-src that its build-std needs).
+fn cargo_fuzz() -> anyhow::Result<bool> {
+    if run::on_path("cargo-fuzz") || run::is_executable(&cargo_home_bin().join("cargo-fuzz")) {
+        return Ok(false);
+    }
+    println!("setup: installing cargo-fuzz from crates.io (about 3 minutes)");
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args(["install", "cargo-fuzz", "--locked"]);
     run::status(cmd)?;
     Ok(true)
 }

@@ -566,10 +566,12 @@ impl RuleCtx<'_, '_> {
                     }
                 }
                 PortRef::Named(name) => {
+                    // A name can stand for several ports of one pod (its containers may share
+                    // it): one entry for each.
                     let single = |port: u16| PortBlock { base: port, prefix_len: 16 };
                     match dir {
                         Direction::Ingress => {
-                            if let Some(port) = resolve(subject_ports, name, spec.protocol) {
+                            for port in resolve(subject_ports, name, spec.protocol) {
                                 for peer in peers.keys() {
                                     put(PolicyKey::port_block(subject, *peer, dir, proto, single(port)));
                                 }
@@ -581,12 +583,14 @@ impl RuleCtx<'_, '_> {
                                     // Only pods have named ports: every pod identity that
                                     // resolves the name, by its label identity.
                                     for (id, f) in self.facts {
-                                        if let Some(port) = resolve(f.ports, name, spec.protocol) {
+                                        for port in resolve(f.ports, name, spec.protocol) {
                                             put(PolicyKey::port_block(subject, *id, dir, proto, single(port)));
                                         }
                                     }
-                                } else if let Some(port) = resolve(dst_ports, name, spec.protocol) {
-                                    put(PolicyKey::port_block(subject, *peer, dir, proto, single(port)));
+                                } else {
+                                    for port in resolve(dst_ports, name, spec.protocol) {
+                                        put(PolicyKey::port_block(subject, *peer, dir, proto, single(port)));
+                                    }
                                 }
                             }
                         }
@@ -635,9 +639,10 @@ fn blocks(spec: &PortSpec) -> Vec<PortBlock> {
     }
 }
 
-/// A named port resolves only to a container port with that name and the rule's protocol.
-pub fn resolve(ports: &[NamedPort], name: &str, protocol: Protocol) -> Option<u16> {
-    ports.iter().find(|np| np.name == name && np.protocol == protocol).map(|np| np.port)
+/// A named port resolves to every container port of the pod with that name and the rule's
+/// protocol: none, one, or several when containers share the name.
+pub fn resolve<'p>(ports: &'p [NamedPort], name: &'p str, protocol: Protocol) -> impl Iterator<Item = u16> + 'p {
+    ports.iter().filter(move |np| np.name == name && np.protocol == protocol).map(|np| np.port)
 }
 
 #[cfg(test)]

@@ -1085,3 +1085,96 @@ fn addresses_the_node_assigned_or_owns_are_never_taken_by_a_claim() {
         compiled.pod_identity[&pod("w/r2")]
     );
 }
+
+/// Containers of one pod may share a port name (the API server accepts it): a named port
+/// then opens every container port of that name and the rule's protocol, on ingress (the
+/// subject's ports), on egress to selected pods, to any peer, and through an ipBlock.
+#[test]
+fn a_port_name_shared_by_containers_opens_each_of_their_ports() {
+    let mut c = lab();
+    apply(
+        &mut c,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: multi, namespace: y, labels: {pod: multi}}
+spec:
+  containers:
+    - {name: web, ports: [{name: http, containerPort: 8080}, {name: metrics, containerPort: 9100}]}
+    - {name: sidecar, ports: [{name: http, containerPort: 9090}]}
+    - {name: dns, ports: [{name: http, containerPort: 8080, protocol: UDP}]}
+status: {podIP: 10.0.2.9}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: multi-http, namespace: y}
+spec:
+  podSelector: {matchLabels: {pod: multi}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: x}}}], ports: [{port: http}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-http, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+    - to: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: multi}}}]
+      ports: [{port: http}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-any-http, namespace: z}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress: [{ports: [{port: http, protocol: UDP}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-block-http, namespace: z}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  policyTypes: [Egress]
+  egress: [{to: [{ipBlock: {cidr: 10.0.2.0/24}}], ports: [{port: http}]}]
+"#,
+    );
+    let compiled = compile_all(&c, &mut Identities::new());
+    let multi = Peer::Pod(pod("y/multi"));
+    let cases = [
+        // Ingress at y/multi from x/a (x/a's egress allows http to multi).
+        ("x/a", TCP, 8080, true),
+        ("x/a", TCP, 9090, true),
+        ("x/a", TCP, 9100, false),
+        ("x/a", UDP, 8080, false),
+        // From y/a: ingress at multi allows only namespace x.
+        ("y/a", TCP, 8080, false),
+        // z/a: egress UDP http to any peer; multi's ingress allows TCP http only.
+        ("z/a", UDP, 8080, false),
+        // z/b: egress through an ipBlock; ingress at multi still denies z.
+        ("z/b", TCP, 9090, false),
+    ];
+    for (from, proto, port, want) in cases {
+        let from = Peer::Pod(pod(from));
+        assert_eq!(reference::allowed(&c, from.clone(), multi.clone(), proto, port), want, "reference {from} {port}");
+        assert_eq!(datapath_allows(&c, &compiled, &from, &multi, proto, port), want, "datapath {from} {port}");
+    }
+    // The egress sides alone, where ingress at multi does not hide them.
+    let egress = |from: &str, proto, port| {
+        datapath_side(&compiled, Direction::Egress, &pod(from), "10.0.2.9".parse().expect("ip"), proto, port)
+    };
+    for (from, proto, port, want) in [
+        ("x/b", TCP, 8080, true),
+        ("x/b", TCP, 9090, true),
+        ("x/b", TCP, 9100, false),
+        ("z/a", UDP, 8080, true),
+        ("z/a", UDP, 9090, false),
+        ("z/b", TCP, 8080, true),
+        ("z/b", TCP, 9090, true),
+        ("z/b", TCP, 9100, false),
+    ] {
+        let spec = reference::side(&c, Direction::Egress, &Peer::Pod(pod(from)), &multi, proto, port).allowed;
+        assert_eq!(spec, want, "reference egress {from} {proto} {port}");
+        assert_eq!(egress(from, proto, port), want, "datapath egress {from} {proto} {port}");
+    }
+}

@@ -285,6 +285,51 @@ spec:
         assert!(e.to_string().contains("ingress at 192.0.2.1: allowed: not a pod"), "{e}");
     }
 
+    /// A port name two containers share: explain names the rule for each of its ports, on
+    /// the local (datapath) and the remote (reference) path alike.
+    #[test]
+    fn a_shared_port_name_is_explained_on_each_of_its_ports() {
+        let mut c = lab();
+        apply(
+            &mut c,
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: multi, namespace: x, labels: {pod: multi}}
+spec:
+  containers:
+    - {name: web, ports: [{name: http, containerPort: 8080}]}
+    - {name: sidecar, ports: [{name: http, containerPort: 9090}]}
+status: {podIP: 10.0.1.9}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: multi-http, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: multi}}
+  ingress: [{ports: [{port: http}]}]
+"#,
+        );
+        let rule = RuleInfo { policy: PolicyRef::new("x", "multi-http"), direction: Direction::Ingress, index: 0 };
+        for local in [true, false] {
+            let subjects = if local { BTreeSet::from([pod("x/multi")]) } else { BTreeSet::new() };
+            let compiled = compile(&c, &subjects, &mut Identities::new());
+            for (port, allowed) in [(8080, true), (9090, true), (8081, false)] {
+                let e = explain(&c, &compiled, Peer::Pod(pod("y/a")), Peer::Pod(pod("x/multi")), Protocol::Tcp, port);
+                assert_eq!(e.allowed(), allowed, "{e}");
+                assert!(!e.ingress.reference_disagrees, "{e}");
+                match &e.ingress.why {
+                    Why::AllowedBy { rule_id, rule: r } => {
+                        assert!(allowed, "{e}");
+                        assert_eq!((r, rule_id.is_some()), (&rule, local), "{e}");
+                    }
+                    Why::DefaultDeny => assert!(!allowed, "{e}"),
+                    other => panic!("port {port}: {other:?}"),
+                }
+            }
+        }
+    }
+
     #[test]
     fn pods_not_on_this_node_are_explained_from_the_policies() {
         let mut c = lab();

@@ -28,14 +28,18 @@ use crate::validate::{NamedPort, PodInfo};
 pub struct LabelKey {
     pub namespace: String,
     pub labels: Labels,
-    /// Sorted `(name, protocol, port)`.
+    /// Sorted `(name, protocol, port)`, without repeats; a name may appear more than once
+    /// (containers can share one).
     pub named_ports: Vec<NamedPort>,
 }
 
 impl LabelKey {
     pub fn of(pod: &PodKey, info: &PodInfo) -> Self {
+        // Sorted and without repeats, whatever order the containers listed them in, so that
+        // the same pod always gets the same identity.
         let mut named_ports = info.ports.clone();
         named_ports.sort();
+        named_ports.dedup();
         LabelKey { namespace: pod.namespace.clone(), labels: info.labels.clone(), named_ports }
     }
 }

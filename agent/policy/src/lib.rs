@@ -7,6 +7,7 @@
 //! lookup order on compiled maps; [`reference`] answers the same question from the spec;
 //! [`explain`] tells a user why. Nothing here touches the kernel or the network.
 
+pub mod budget;
 pub mod cluster;
 pub mod compile;
 pub mod explain;

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::de::{DeserializeOwned, Deserializer};
 use serde::{Deserialize, Serialize};
 
+use crate::budget::{Exceeded, FileBudget};
 use crate::validate::ObjectError;
 
 /// `null` (or a missing field, with `#[serde(default)]`) reads as the type's default.
@@ -23,18 +24,42 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// The namespace a namespaced object gets when its manifest names none, as `kubectl apply`
+/// and the API server give it (the upstream docs' examples, the default-deny one among them,
+/// leave it out).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     /// Empty when absent; `validate` rejects that.
     #[serde(default, deserialize_with = "null_default")]
     pub name: String,
+    /// Absent or empty: [`DEFAULT_NAMESPACE`] for namespaced kinds (see
+    /// [`ObjectMeta::namespace_or_default`]); ignored for cluster-scoped ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     #[serde(default, deserialize_with = "null_default", skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     #[serde(default, deserialize_with = "null_default", skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+}
+
+impl ObjectMeta {
+    /// The namespace of a namespaced object: `metadata.namespace`, or [`DEFAULT_NAMESPACE`]
+    /// when it is absent or empty.
+    pub fn namespace_or_default(&self) -> &str {
+        match self.namespace.as_deref() {
+            Some(ns) if !ns.is_empty() => ns,
+            _ => DEFAULT_NAMESPACE,
+        }
+    }
+
+    /// Whether [`ObjectMeta::namespace_or_default`] filled the namespace in: the datastore
+    /// reports it, so an object that lands in `default` by omission is visible as such.
+    pub fn namespace_defaulted(&self) -> bool {
+        self.namespace.as_deref().is_none_or(str::is_empty)
+    }
 }
 
 /// `v1/Namespace`: only its labels matter to policy.
@@ -318,11 +343,18 @@ impl Object {
 
 pub(crate) fn describe(kind: &str, meta: &ObjectMeta) -> String {
     let name = if meta.name.is_empty() { "<unnamed>" } else { meta.name.as_str() };
+    if NAMESPACED_KINDS.contains(&kind) {
+        return format!("{kind} {}/{name}", meta.namespace_or_default());
+    }
     match &meta.namespace {
         Some(ns) if kind != "Namespace" => format!("{kind} {ns}/{name}"),
         _ => format!("{kind} {name}"),
     }
 }
+
+/// The kinds this crate reads that live in a namespace (the others, `Namespace`, are
+/// cluster-scoped and never get one).
+pub const NAMESPACED_KINDS: [&str; 2] = ["Pod", "NetworkPolicy"];
 
 /// The kinds this crate reads, with the apiVersion each must carry.
 const KINDS: [(&str, &str); 4] = [
@@ -336,13 +368,31 @@ const KINDS: [(&str, &str); 4] = [
 /// `kind: List` of objects; a document that is malformed or of an unknown kind yields an
 /// error for itself (for each item, in a List) and the others still parse. Empty documents
 /// are skipped. Objects come back in file order.
+///
+/// A file that breaks a bound of [`budget`](crate::budget) (size, documents, alias
+/// expansion, nesting) yields one error for the whole file (object `file`) naming the bound,
+/// and none of its documents is parsed.
 pub fn parse_documents(text: &str, file: &str) -> Vec<Result<Object, ObjectError>> {
+    let docs = match within_budget(text) {
+        Ok(docs) => docs,
+        Err(e) => return vec![Err(ObjectError::new(file, "file", "", &e.to_string()))],
+    };
     let mut out = Vec::new();
-    for (n, doc) in split_documents(text).into_iter().enumerate() {
+    for (n, doc) in docs.into_iter().enumerate() {
         let label = format!("document {}", n + 1);
         parse_document(&doc, file, &label, &mut out);
     }
     out
+}
+
+/// The file's documents, once every one of them is known to fit the file's budget.
+fn within_budget(text: &str) -> Result<Vec<Document>, Exceeded> {
+    let mut budget = FileBudget::new(text.len())?;
+    let docs = split_documents(text);
+    for (n, doc) in docs.iter().enumerate() {
+        budget.spend(n + 1, &doc.text)?;
+    }
+    Ok(docs)
 }
 
 /// One YAML document: its text and the 1-based line where it starts in the file.
@@ -582,7 +632,7 @@ spec:
         let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: p}\n  spec: {containers: [{name: c, ports: [{containerPort: x}]}]}\n";
         let got = parse_documents(text, "l.yaml");
         let e = got[0].as_ref().expect_err("containerPort x");
-        assert_eq!(e.object, "Pod p");
+        assert_eq!(e.object, "Pod default/p", "named in the namespace it defaults to");
         assert_eq!(e.field, "spec.containers[0].ports[0].containerPort");
     }
 

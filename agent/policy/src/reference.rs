@@ -18,7 +18,8 @@
 //!   node addresses.
 //! * A port matches by protocol and number, by range (`port..=endPort`), or by name: the
 //!   destination pod must have a container port of that name and the rule's protocol, with
-//!   that number.
+//!   that number. Containers of one pod may share a name; the name then matches each of
+//!   their ports.
 //! * A connection needs the egress side at the source (if a pod) and the ingress side at the
 //!   destination (if a pod). Connections from the node to a pod are always allowed.
 //!

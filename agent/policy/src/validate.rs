@@ -143,6 +143,7 @@ impl PortSpec {
                 None => port == *first,
                 Some(last) => (*first..=last).contains(&port),
             },
+            // `any`: containers may share a name, which then stands for each of their ports.
             PortRef::Named(name) => {
                 dst_ports.iter().any(|np| np.name == *name && np.protocol == proto && np.port == port)
             }
@@ -252,7 +253,9 @@ pub struct NamedPort {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PodInfo {
     pub labels: Labels,
-    /// Named container ports, sorted, names unique.
+    /// Named container ports, sorted and without repeats. A name can appear more than once:
+    /// containers of one pod may share a port name (with other numbers or protocols), and a
+    /// named policy port then stands for every one of them with the rule's protocol.
     pub ports: Vec<NamedPort>,
     /// Pod-network addresses (canonical, no duplicates); empty for a pod not running yet,
     /// finished, or on the host network.
@@ -284,13 +287,6 @@ fn require_name(ctx: &Ctx, meta: &model::ObjectMeta) -> Result<(), ObjectError> 
     Ok(())
 }
 
-fn require_namespace(ctx: &Ctx, meta: &model::ObjectMeta) -> Result<String, ObjectError> {
-    match &meta.namespace {
-        Some(ns) if !ns.is_empty() => Ok(ns.clone()),
-        _ => Err(ctx.err("metadata.namespace", "required")),
-    }
-}
-
 /// A Namespace's name and labels, with `kubernetes.io/metadata.name` set as the API server
 /// sets it.
 pub fn namespace(ns: &model::Namespace, file: &str) -> Result<(String, Labels), ObjectError> {
@@ -305,11 +301,14 @@ pub fn namespace(ns: &model::Namespace, file: &str) -> Result<(String, Labels), 
 pub fn pod(p: &model::Pod, file: &str) -> Result<(PodKey, PodInfo), ObjectError> {
     let ctx = Ctx { file, object: model::describe("Pod", &p.metadata), kind: PolicyKind::NetworkPolicy };
     require_name(&ctx, &p.metadata)?;
-    let namespace = require_namespace(&ctx, &p.metadata)?;
+    let namespace = p.metadata.namespace_or_default().to_owned();
 
     let mut ports: Vec<NamedPort> = Vec::new();
-    let mut seen: BTreeSet<&str> = BTreeSet::new();
     for (ci, c) in p.spec.containers.iter().enumerate() {
+        // Names are unique within a container, not across them: the API server's
+        // `validateContainerPorts` checks one container's list at a time (and only warns
+        // about a name two containers share), so such pods exist and must keep working.
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
         for (pi, cp) in c.ports.iter().enumerate() {
             let field = format!("spec.containers[{ci}].ports[{pi}]");
             let port = port_number(&ctx, &format!("{field}.containerPort"), cp.container_port)?;
@@ -324,7 +323,10 @@ pub fn pod(p: &model::Pod, file: &str) -> Result<(PodKey, PodInfo), ObjectError>
             }
         }
     }
+    // Sorted and without repeats, so the same ports in another container order give the
+    // same label identity.
     ports.sort();
+    ports.dedup();
 
     let mut ips: Vec<IpAddr> = Vec::new();
     if let Some(status) = &p.status {
@@ -371,7 +373,7 @@ fn policy_of_kind(
 ) -> Result<Policy, ObjectError> {
     let ctx = Ctx { file, object: model::describe(kind.as_str(), meta), kind };
     require_name(&ctx, meta)?;
-    let namespace = require_namespace(&ctx, meta)?;
+    let namespace = meta.namespace_or_default().to_owned();
     let pod_selector = selector_at(&ctx, "spec.podSelector", &spec.pod_selector)?;
 
     let mut ingress_type = false;
@@ -884,21 +886,47 @@ mod tests {
     }
 
     #[test]
-    fn missing_name_or_namespace_is_an_error() {
+    fn a_missing_name_is_an_error() {
         let o = one("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: x}\nspec: {}\n");
         let Object::NetworkPolicy(p) = o else { panic!("policy") };
         let e = policy(&p, "f").expect_err("no name");
         assert_eq!((e.object.as_str(), e.field.as_str()), ("NetworkPolicy x/<unnamed>", "metadata.name"));
-        let o = one("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {}\n");
-        let Object::NetworkPolicy(p) = o else { panic!("policy") };
-        let e = policy(&p, "f").expect_err("no namespace");
-        assert_eq!((e.object.as_str(), e.field.as_str()), ("NetworkPolicy p", "metadata.namespace"));
-        let o = one("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n");
-        let Object::Pod(p) = o else { panic!("pod") };
-        assert_eq!(pod(&p, "f").expect_err("no namespace").field, "metadata.namespace");
         let o = one("apiVersion: v1\nkind: Namespace\nmetadata: {labels: {a: b}}\n");
         let Object::Namespace(n) = o else { panic!("namespace") };
         assert_eq!(namespace(&n, "f").expect_err("no name").field, "metadata.name");
+    }
+
+    /// The upstream docs' default-deny example has no namespace: kubectl puts it in
+    /// `default`, and so does Ward (it was rejected, so the example silently did nothing).
+    #[test]
+    fn a_missing_or_empty_namespace_defaults_to_default_for_namespaced_kinds() {
+        let docs_example = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: default-deny-ingress\nspec:\n  podSelector: {}\n  policyTypes:\n  - Ingress\n";
+        let Object::NetworkPolicy(np) = one(docs_example) else { panic!("policy") };
+        assert!(np.metadata.namespace_defaulted());
+        let p = policy(&np, "f").expect("the docs' example validates");
+        assert_eq!((p.namespace.as_str(), p.name.as_str()), ("default", "default-deny-ingress"));
+        assert_eq!(p.ingress, Some(vec![]), "deny all ingress");
+        let Object::Pod(p) = one("apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: ''}\n") else {
+            panic!("pod")
+        };
+        assert!(p.metadata.namespace_defaulted());
+        assert_eq!(pod(&p, "f").expect("valid").0, PodKey::new("default", "a"));
+        // Errors name the object in the namespace it defaulted to.
+        let Object::Pod(p) = one("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nstatus: {podIP: nope}\n") else {
+            panic!("pod")
+        };
+        assert_eq!(pod(&p, "f").expect_err("bad address").object, "Pod default/a");
+        // A namespace given is kept, and cluster-scoped kinds get none.
+        let Object::Pod(p) = one("apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\n") else {
+            panic!("pod")
+        };
+        assert!(!p.metadata.namespace_defaulted());
+        assert_eq!(pod(&p, "f").expect("valid").0, PodKey::new("x", "a"));
+        let Object::Namespace(n) = one("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n") else {
+            panic!("namespace")
+        };
+        assert_eq!(namespace(&n, "f").expect("valid").0, "x");
+        assert_eq!(Object::Namespace(n).describe(), "Namespace x");
     }
 
     #[test]
@@ -993,6 +1021,35 @@ mod tests {
         assert_eq!(info.labels["app"], "web");
     }
 
+    /// The API server accepts a port name shared by two containers (upstream
+    /// `validateContainerPorts` checks names per container): so does Ward, keeping every
+    /// port of the name, each once, in an order that does not depend on the containers'.
+    #[test]
+    fn containers_may_share_a_port_name_and_the_ports_do_not_depend_on_container_order() {
+        let web = "{name: web, ports: [{name: http, containerPort: 8080}, {name: metrics, containerPort: 9100}]}";
+        let sidecar =
+            "{name: sidecar, ports: [{name: http, containerPort: 9090}, {name: http-alt, containerPort: 8080}]}";
+        let dns = "{name: dns, ports: [{name: http, containerPort: 8080, protocol: UDP}]}";
+        let twin = "{name: twin, ports: [{name: http, containerPort: 8080}]}";
+        let (_, info) = pod_of(&format!("spec: {{containers: [{web}, {sidecar}, {dns}, {twin}]}}\n")).expect("valid");
+        let np = |name: &str, protocol, port| NamedPort { name: name.into(), protocol, port };
+        assert_eq!(
+            info.ports,
+            vec![
+                np("http", Protocol::Tcp, 8080),
+                np("http", Protocol::Tcp, 9090),
+                np("http", Protocol::Udp, 8080),
+                np("http-alt", Protocol::Tcp, 8080),
+                np("metrics", Protocol::Tcp, 9100),
+            ]
+        );
+        let (_, reordered) =
+            pod_of(&format!("spec: {{containers: [{twin}, {dns}, {sidecar}, {web}]}}\n")).expect("valid");
+        assert_eq!(reordered, info, "the same ports in another container order");
+        let key = crate::identity::LabelKey::of(&PodKey::new("x", "a"), &info);
+        assert_eq!(key, crate::identity::LabelKey::of(&PodKey::new("x", "b"), &reordered));
+    }
+
     #[test]
     fn finished_and_host_network_pods_have_no_pod_addresses() {
         let (_, info) = pod_of("status: {phase: Succeeded, podIP: 10.0.0.5}\n").expect("valid");
@@ -1005,8 +1062,8 @@ mod tests {
     fn every_pod_error_names_the_field() {
         let cases = [
             (
-                "spec: {containers: [{name: c, ports: [{name: http, containerPort: 80}]}, {name: d, ports: [{name: http, containerPort: 81}]}]}\n",
-                "spec.containers[1].ports[0].name",
+                "spec: {containers: [{name: c, ports: [{name: dns, containerPort: 53}]}, {name: d, ports: [{name: http, containerPort: 80}, {name: http, containerPort: 81, protocol: UDP}]}]}\n",
+                "spec.containers[1].ports[1].name",
             ),
             (
                 "spec: {containers: [{name: c, ports: [{containerPort: 0}]}]}\n",

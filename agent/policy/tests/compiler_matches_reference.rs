@@ -61,43 +61,44 @@ fn protocol_name() -> impl Strategy<Value = String> {
     proptest::sample::select(vec!["TCP", "UDP", "SCTP"]).prop_map(String::from)
 }
 
-/// A pod: namespace index, labels, named ports, and whether it has an address and which
-/// family. Addresses are made unique from the pod's index.
+/// A pod: namespace index, labels, named ports per container, and whether it has an
+/// address and which family. Addresses are made unique from the pod's index.
 #[derive(Clone, Debug)]
 struct PodSpec {
     ns: usize,
     labels: BTreeMap<String, String>,
-    ports: Vec<(String, String, i64)>,
+    /// Per container: names unique within it (the API server's rule), but containers often
+    /// share a name, which must then stand for each of their ports.
+    containers: Vec<Vec<(String, String, i64)>>,
     addr: Option<bool>, // Some(true) = IPv6
 }
 
 fn pod_spec() -> impl Strategy<Value = PodSpec> {
-    let ports = proptest::collection::btree_map(
+    let container = proptest::collection::btree_map(
         proptest::sample::select(PORT_NAMES.to_vec()),
         (protocol_name(), proptest::sample::select(vec![53i64, 80, 81, 84, 8080])),
         0..=3,
     )
     .prop_map(|m| m.into_iter().map(|(n, (proto, port))| (n.to_string(), proto, port)).collect());
+    let containers = proptest::collection::vec(container, 1..=3);
     let addr = prop_oneof![6 => Just(Some(false)), 3 => Just(Some(true)), 1 => Just(None)];
-    (0..NAMESPACES.len(), label_map(POD_KEYS, POD_VALUES), ports, addr).prop_map(|(ns, labels, ports, addr)| PodSpec {
-        ns,
-        labels,
-        ports,
-        addr,
-    })
+    (0..NAMESPACES.len(), label_map(POD_KEYS, POD_VALUES), containers, addr)
+        .prop_map(|(ns, labels, containers, addr)| PodSpec { ns, labels, containers, addr })
 }
 
 fn pod_object(i: usize, p: &PodSpec) -> model::Pod {
     let ns = NAMESPACES[p.ns];
-    let ports = p
-        .ports
-        .iter()
-        .map(|(name, proto, port)| model::ContainerPort {
-            name: Some(name.clone()),
-            container_port: *port,
-            protocol: Some(proto.clone()),
-        })
-        .collect();
+    let container = |(ci, ports): (usize, &Vec<(String, String, i64)>)| model::Container {
+        name: format!("c{ci}"),
+        ports: ports
+            .iter()
+            .map(|(name, proto, port)| model::ContainerPort {
+                name: Some(name.clone()),
+                container_port: *port,
+                protocol: Some(proto.clone()),
+            })
+            .collect(),
+    };
     let ip = match p.addr {
         Some(false) => Some(Ipv4Addr::new(10, 0, p.ns as u8 + 1, i as u8 + 1).to_string()),
         Some(true) => Some(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, p.ns as u16 + 1, i as u16 + 1).to_string()),
@@ -105,7 +106,10 @@ fn pod_object(i: usize, p: &PodSpec) -> model::Pod {
     };
     model::Pod {
         metadata: meta(&format!("p{i}"), Some(ns), p.labels.clone()),
-        spec: model::PodSpec { containers: vec![model::Container { name: "c".into(), ports }], host_network: false },
+        spec: model::PodSpec {
+            containers: p.containers.iter().enumerate().map(container).collect(),
+            host_network: false,
+        },
         status: ip.map(|ip| model::PodStatus { phase: Some("Running".into()), pod_ip: Some(ip), pod_ips: vec![] }),
     }
 }

@@ -1,7 +1,7 @@
 //! Blocking client of the local API (the CNI plugin and the CLI are short-lived processes
 //! that make one call; no runtime needed).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read as _, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +20,9 @@ pub enum ClientError {
     NoAnswer { path: PathBuf },
 }
 
+/// The most a client reads of one answer.
+pub const MAX_RESPONSE_BYTES: u64 = 64 << 20;
+
 /// Sends one request and waits (up to `timeout`) for its response.
 pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
     let io = |source| ClientError::Io { path: socket.to_owned(), source };
@@ -30,7 +33,9 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response,
     let mut line = serde_json::to_vec(req).map_err(|source| ClientError::Decode { path: socket.to_owned(), source })?;
     line.push(b'\n');
     stream.write_all(&line).map_err(io)?;
-    let mut reader = BufReader::new(stream);
+    // The agent's answers are small (a status with many rejections is a few MB): a bound
+    // keeps a broken or hostile peer from making the CNI plugin or the CLI read forever.
+    let mut reader = BufReader::new(stream.take(MAX_RESPONSE_BYTES));
     let mut answer = String::new();
     let n = reader.read_line(&mut answer).map_err(io)?;
     if n == 0 {

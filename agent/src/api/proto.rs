@@ -131,6 +131,14 @@ pub struct StatusReport {
     /// other Pod objects) and how each was settled; the refused claims are not in force.
     #[serde(default)]
     pub address_conflicts: Vec<String>,
+    /// Objects declared more than once (in two files, or twice in one): which files, and
+    /// whose version is in force (the last file in name order that has a valid one).
+    #[serde(default)]
+    pub duplicates: Vec<Duplicate>,
+    /// What the agent filled in that a manifest left out (e.g. a namespace defaulted to
+    /// `default`), per file and object.
+    #[serde(default)]
+    pub notices: Vec<Notice>,
     /// The last failure to apply state to the kernel, if the latest attempt failed.
     pub last_error: Option<String>,
     /// Packets per reason code name, summed over CPUs.
@@ -155,6 +163,29 @@ pub struct RuleCounter {
 pub struct Rejection {
     pub file: String,
     /// `Kind namespace/name`, or the document index when the object could not be named.
+    pub object: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// An object that more than one document declares.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Duplicate {
+    /// `Kind namespace/name`.
+    pub object: String,
+    /// Each declaring file in precedence order (file names in byte order, as `kubectl apply
+    /// -f <dir>` applies them), once per document that declares the object.
+    pub files: Vec<String>,
+    /// The file whose version is in force: the last of `files` with a valid version (`None`
+    /// when no file has one).
+    pub in_force: Option<String>,
+}
+
+/// Something the agent filled in or decided for an object that its manifest did not say.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Notice {
+    pub file: String,
+    /// `Kind namespace/name`.
     pub object: String,
     pub field: String,
     pub message: String,

@@ -21,7 +21,8 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Agent health: datastore, counts, rejected objects, map usage, counters.
+    /// Agent health: datastore, counts, rejected, duplicated and defaulted objects, map
+    /// usage, counters.
     Status {
         #[arg(long)]
         json: bool,

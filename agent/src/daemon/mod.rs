@@ -421,6 +421,8 @@ impl Agent {
                 .as_ref()
                 .map(|c| c.address_conflicts.iter().map(|a| a.to_string()).collect())
                 .unwrap_or_default(),
+            duplicates: self.store.duplicates(),
+            notices: self.store.notices().to_vec(),
             last_error: self.last_error.clone(),
             reason_counters,
             rule_counters,

@@ -7,7 +7,7 @@ pub mod directory;
 use std::collections::BTreeMap;
 
 use ward_policy::cluster::{PodKey, PolicyKind, PolicyRef};
-use ward_policy::model::Object;
+use ward_policy::model::{DEFAULT_NAMESPACE, Object, ObjectMeta};
 use ward_policy::validate::{self as v, ObjectError, PodInfo, Policy};
 
 pub type Labels = BTreeMap<String, String>;
@@ -20,8 +20,19 @@ pub struct ObjKey {
     pub name: String,
 }
 
+/// `Kind namespace/name`, or `Kind name` for cluster-scoped kinds, as errors name objects.
+impl std::fmt::Display for ObjKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
 /// A validated object.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Valid {
     Namespace(Labels),
     Pod(PodInfo),
@@ -29,7 +40,7 @@ pub enum Valid {
 }
 
 /// Everything the compiler needs from the datastore.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub namespaces: BTreeMap<String, Labels>,
     pub pods: BTreeMap<PodKey, PodInfo>,
@@ -38,7 +49,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Removes the object `key` names, whatever its kind.
-    fn remove(&mut self, key: &ObjKey) {
+    pub fn remove(&mut self, key: &ObjKey) {
         match key.kind {
             KIND_NAMESPACE => {
                 self.namespaces.remove(&key.name);
@@ -56,7 +67,8 @@ impl Snapshot {
         }
     }
 
-    fn insert(&mut self, key: &ObjKey, valid: &Valid) {
+    /// Puts (or replaces) the object `key` names.
+    pub fn insert(&mut self, key: &ObjKey, valid: &Valid) {
         match valid {
             Valid::Namespace(labels) => {
                 self.namespaces.insert(key.name.clone(), labels.clone());
@@ -84,32 +96,46 @@ const KIND_POD: &str = "Pod";
 const KIND_POLICY: &str = "NetworkPolicy";
 const KIND_WARD_POLICY: &str = "WardNetworkPolicy";
 
-/// Validates one object.
-pub fn validate(obj: &Object, file: &str) -> Result<(ObjKey, Valid), Box<Invalid>> {
+/// What validation filled in that the object's manifest left out, for `ward status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Defaulted {
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// Validates one object. Also returns what was defaulted (a namespaced object without
+/// `metadata.namespace` lands in `default`, as kubectl puts it there).
+pub fn validate(obj: &Object, file: &str) -> Result<(ObjKey, Valid, Vec<Defaulted>), Box<Invalid>> {
     let invalid = |key: Option<ObjKey>, error| Box::new(Invalid { key, error });
-    let key = |kind: &'static str, namespace: Option<&String>, name: &str| ObjKey {
-        kind,
-        namespace: namespace.cloned().unwrap_or_default(),
-        name: name.to_owned(),
+    let namespaced = |kind: &'static str, meta: &ObjectMeta| {
+        let key = ObjKey { kind, namespace: meta.namespace_or_default().to_owned(), name: meta.name.clone() };
+        let mut defaulted = Vec::new();
+        if meta.namespace_defaulted() {
+            defaulted.push(Defaulted {
+                field: "metadata.namespace",
+                message: format!("not set: namespace defaulted to {DEFAULT_NAMESPACE} (as kubectl does)"),
+            });
+        }
+        (key, defaulted)
     };
     match obj {
         Object::Namespace(ns) => {
-            let k = key(KIND_NAMESPACE, None, &ns.metadata.name);
+            let k = ObjKey { kind: KIND_NAMESPACE, namespace: String::new(), name: ns.metadata.name.clone() };
             v::namespace(ns, file)
-                .map(|(_, labels)| (k.clone(), Valid::Namespace(labels)))
+                .map(|(_, labels)| (k.clone(), Valid::Namespace(labels), Vec::new()))
                 .map_err(|e| invalid(Some(k), e))
         }
         Object::Pod(p) => {
-            let k = key(KIND_POD, p.metadata.namespace.as_ref(), &p.metadata.name);
-            v::pod(p, file).map(|(_, info)| (k.clone(), Valid::Pod(info))).map_err(|e| invalid(Some(k), e))
+            let (k, defaulted) = namespaced(KIND_POD, &p.metadata);
+            v::pod(p, file).map(|(_, info)| (k.clone(), Valid::Pod(info), defaulted)).map_err(|e| invalid(Some(k), e))
         }
         Object::NetworkPolicy(np) => {
-            let k = key(KIND_POLICY, np.metadata.namespace.as_ref(), &np.metadata.name);
-            v::policy(np, file).map(|p| (k.clone(), Valid::Policy(p))).map_err(|e| invalid(Some(k), e))
+            let (k, defaulted) = namespaced(KIND_POLICY, &np.metadata);
+            v::policy(np, file).map(|p| (k.clone(), Valid::Policy(p), defaulted)).map_err(|e| invalid(Some(k), e))
         }
         Object::WardNetworkPolicy(wp) => {
-            let k = key(KIND_WARD_POLICY, wp.metadata.namespace.as_ref(), &wp.metadata.name);
-            v::ward_policy(wp, file).map(|p| (k.clone(), Valid::Policy(p))).map_err(|e| invalid(Some(k), e))
+            let (k, defaulted) = namespaced(KIND_WARD_POLICY, &wp.metadata);
+            v::ward_policy(wp, file).map(|p| (k.clone(), Valid::Policy(p), defaulted)).map_err(|e| invalid(Some(k), e))
         }
         other => Err(invalid(
             None,
