@@ -146,7 +146,9 @@ fn test(cases: Option<PathBuf>, fuzz_seconds: u64) -> anyhow::Result<ExitCode> {
     }
     // Privileged tests each build labs with their own agent; two at a time suits the
     // machines this runs on.
-    let (counts, unit) = run::cargo_test(&["--workspace", "--exclude", "ward-ebpf", "--", "--test-threads=2"]);
+    // --no-fail-fast: one failing test binary must not hide the results of the others.
+    let (counts, unit) =
+        run::cargo_test(&["--workspace", "--exclude", "ward-ebpf", "--no-fail-fast", "--", "--test-threads=2"]);
     if let Err(e) = &unit {
         eprintln!("error: {e:#}");
     }
