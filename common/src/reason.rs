@@ -99,6 +99,11 @@ pub enum Reason {
     Fragment = 69,
     /// A map operation needed for the decision failed.
     MapError = 70,
+    /// A new flow to an address learned from a DNS answer whose lifetime (TTL plus grace)
+    /// has run out; the pod must resolve the name again. Tracked flows are not cut.
+    FqdnExpired = 71,
+    /// DNS of a pod served by the DNS proxy while no proxy socket listens: DNS fails closed.
+    DnsProxyDown = 72,
 }
 
 impl Reason {
@@ -107,7 +112,7 @@ impl Reason {
     /// Upper bound (exclusive) of reason codes; sizes the per-reason counter array.
     pub const COUNT: u32 = 128;
 
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 16] = [
         Reason::PolicyAllow,
         Reason::Established,
         Reason::Reply,
@@ -122,6 +127,8 @@ impl Reason {
         Reason::Malformed,
         Reason::Fragment,
         Reason::MapError,
+        Reason::FqdnExpired,
+        Reason::DnsProxyDown,
     ];
 
     pub const fn verdict(self) -> Verdict {
@@ -145,6 +152,8 @@ impl Reason {
             Reason::Malformed => "malformed",
             Reason::Fragment => "fragment",
             Reason::MapError => "map_error",
+            Reason::FqdnExpired => "fqdn_expired",
+            Reason::DnsProxyDown => "dns_proxy_down",
         }
     }
 }

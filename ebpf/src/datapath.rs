@@ -20,6 +20,7 @@ use aya_ebpf::{
 use ward_common::{
     Addr16, Direction, Reason, Verdict,
     addr::is_v4_mapped,
+    fqdn::{LearnedKey, LearnedValue},
     identity::ID_WORLD,
     lookup::{Tables, decide_new_flow},
     maps::{
@@ -30,7 +31,8 @@ use ward_common::{
 
 use crate::ct;
 use crate::event::{self, EventInfo};
-use crate::maps::{CONFIG, ENDPOINTS, IPCACHE, POLICY, SCRATCH};
+use crate::dns;
+use crate::maps::{CONFIG, ENDPOINTS, FQDN, IPCACHE, POLICY, SCRATCH};
 use crate::parse::{self, Kind, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Packet, Parsed, Tuple};
 
 /// `ward_common::lookup::Tables` over the BPF maps.
@@ -46,6 +48,17 @@ impl Tables for KernelTables {
     fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
         POLICY.get(Key::new(key.prefixlen, key.data())).copied()
     }
+
+    #[inline(always)]
+    fn learned(&self, key: &LearnedKey) -> Option<LearnedValue> {
+        FQDN.get(Key::new(key.prefixlen, key.data)).copied()
+    }
+
+    #[inline(always)]
+    fn now_ns(&self) -> u64 {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    }
 }
 
 /// Per-CPU working memory for one packet: the BPF stack is only 512 bytes, too small for
@@ -59,13 +72,15 @@ pub struct Scratch {
 }
 
 /// What the decision learned, for counters and the flow event.
-struct Outcome {
-    ep_id: u32,
+pub struct Outcome {
+    pub ep_id: u32,
+    /// The endpoint's `EndpointInfo.flags` (DNS steering reads `EP_DNS_PROXY`).
+    pub ep_flags: u32,
     subject: u32,
     peer: IpcacheValue,
     rule_id: u32,
-    tuple: Tuple,
-    tcp_flags: u8,
+    pub tuple: Tuple,
+    pub tcp_flags: u8,
     new_flow: bool,
 }
 
@@ -85,6 +100,7 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
     let s = unsafe { &mut *scratch };
     s.o = Outcome {
         ep_id: 0,
+        ep_flags: 0,
         subject: 0,
         peer: IpcacheValue { identity: ID_WORLD, cidr_identity: ID_WORLD },
         rule_id: 0,
@@ -92,7 +108,10 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
         tcp_flags: 0,
         new_flow: false,
     };
-    let reason = decide(ctx, dir, ifindex, cfg.policy_rev, s);
+    let mut reason = decide(ctx, dir, ifindex, cfg.policy_rev, s);
+    if matches!(dir, Direction::Egress) {
+        reason = dns::steer(ctx, &s.o, reason);
+    }
     let o = &s.o;
     let bytes = ctx.len();
     event::count_reason(reason, bytes);
@@ -134,6 +153,7 @@ fn decide(ctx: &TcContext, dir: Direction, ifindex: u32, rev: u32, s: &mut Scrat
         None => return Reason::UnknownEndpoint,
     };
     o.ep_id = ep.ep_id;
+    o.ep_flags = ep.flags;
     o.subject = ep.identity;
     let isolated = ep.isolated(dir);
     if !parsed {
@@ -214,7 +234,8 @@ fn recheck(
         policy_port(key.proto, u16::from_be_bytes(key.dport_be)),
     );
     o.peer = d.peer;
-    if matches!(d.reason.verdict(), Verdict::Allow) {
+    // An expired learned address still allows the flows started while it was live.
+    if matches!(d.reason.verdict(), Verdict::Allow) || d.reason == Reason::FqdnExpired {
         o.rule_id = d.rule_id;
         let _ = ct::put(key, &CtValue { rev, rule_id: d.rule_id, created_ns: v.created_ns });
         ok

@@ -10,6 +10,7 @@
 
 mod ct;
 mod datapath;
+mod dns;
 mod event;
 mod maps;
 mod parse;

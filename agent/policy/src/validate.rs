@@ -122,6 +122,10 @@ pub struct PortSpec {
     /// match one of these rules. `None`: plain L4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<Vec<HttpRule>>,
+    /// `WardNetworkPolicy` egress only, on port 53 (UDP or TCP): the names a pod may query
+    /// through this entry; other queries are answered REFUSED by the DNS proxy. `None`: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<FqdnSelector>>,
 }
 
 impl PortSpec {
@@ -161,6 +165,10 @@ impl fmt::Display for PortSpec {
         if let Some(rules) = &self.http {
             let shown: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
             write!(f, " http [{}]", shown.join(", "))?;
+        }
+        if let Some(names) = &self.dns {
+            let shown: Vec<String> = names.iter().map(|r| r.to_string()).collect();
+            write!(f, " dns [{}]", shown.join(", "))?;
         }
         Ok(())
     }
@@ -477,15 +485,7 @@ fn peer(ctx: &Ctx, field: &str, dir: Direction, p: &NetworkPolicyPeer) -> Result
         if p.ip_block.is_some() || p.pod_selector.is_some() || p.namespace_selector.is_some() {
             return Err(ctx.err(field, "fqdn may not be combined with podSelector, namespaceSelector or ipBlock"));
         }
-        return match (&fqdn.match_name, &fqdn.match_pattern) {
-            (Some(name), None) => {
-                FqdnSelector::name(name).map(Peer::Fqdn).map_err(|e| ctx.err(format!("{ff}.matchName"), e.to_string()))
-            }
-            (None, Some(pattern)) => FqdnSelector::pattern(pattern)
-                .map(Peer::Fqdn)
-                .map_err(|e| ctx.err(format!("{ff}.matchPattern"), e.to_string())),
-            _ => Err(ctx.err(ff, "exactly one of matchName and matchPattern")),
-        };
+        return fqdn_selector(ctx, &ff, fqdn).map(Peer::Fqdn);
     }
     match (&p.ip_block, &p.pod_selector, &p.namespace_selector) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
@@ -504,6 +504,17 @@ fn peer(ctx: &Ctx, field: &str, dir: Direction, p: &NetworkPolicyPeer) -> Result
             };
             Ok(Peer::Pods { namespace_selector, pod_selector })
         }
+    }
+}
+
+/// `{matchName: ...}` or `{matchPattern: ...}` (an fqdn peer or a `dns` rule entry).
+fn fqdn_selector(ctx: &Ctx, field: &str, f: &model::FqdnPeer) -> Result<FqdnSelector, ObjectError> {
+    match (&f.match_name, &f.match_pattern) {
+        (Some(name), None) => FqdnSelector::name(name).map_err(|e| ctx.err(format!("{field}.matchName"), e.to_string())),
+        (None, Some(pattern)) => {
+            FqdnSelector::pattern(pattern).map_err(|e| ctx.err(format!("{field}.matchPattern"), e.to_string()))
+        }
+        _ => Err(ctx.err(field, "exactly one of matchName and matchPattern")),
     }
 }
 
@@ -599,7 +610,33 @@ fn port_spec(ctx: &Ctx, field: &str, dir: Direction, p: &NetworkPolicyPort) -> R
             Some(out)
         }
     };
-    Ok(PortSpec { protocol, port, end_port, http })
+    let dns = match &p.dns {
+        None => None,
+        Some(names) => {
+            let df = format!("{field}.dns");
+            if ctx.kind != PolicyKind::WardNetworkPolicy {
+                return Err(ward_only(ctx, df, "dns"));
+            }
+            if dir != Direction::Egress {
+                return Err(ctx.err(df, "dns rules say which names a pod may query: egress ports only"));
+            }
+            if port != PortRef::Number(ward_common::fqdn::DNS_PORT) || end_port.is_some() {
+                return Err(ctx.err(df, "dns rules need port 53 (a single port, UDP or TCP)"));
+            }
+            if protocol == Protocol::Sctp {
+                return Err(ctx.err(df, "dns rules need protocol UDP or TCP, not SCTP"));
+            }
+            if names.is_empty() {
+                return Err(ctx.err(df, "must list at least one name (omit dns to allow every name)"));
+            }
+            let mut out = Vec::new();
+            for (i, n) in names.iter().enumerate() {
+                out.push(fqdn_selector(ctx, &format!("{df}[{i}]"), n)?);
+            }
+            Some(out)
+        }
+    };
+    Ok(PortSpec { protocol, port, end_port, http, dns })
 }
 
 fn protocol(ctx: &Ctx, field: &str, p: Option<&str>) -> Result<Protocol, ObjectError> {
@@ -930,8 +967,8 @@ mod tests {
         assert_eq!(
             rules[1].ports,
             Some(vec![
-                PortSpec { protocol: Protocol::Tcp, port: PortRef::Number(80), end_port: None, http: None },
-                PortSpec { protocol: Protocol::Udp, port: PortRef::Any, end_port: None, http: None },
+                PortSpec { protocol: Protocol::Tcp, port: PortRef::Number(80), end_port: None, http: None, dns: None },
+                PortSpec { protocol: Protocol::Udp, port: PortRef::Any, end_port: None, http: None, dns: None },
             ])
         );
     }

@@ -30,6 +30,8 @@ pub enum Request {
         protocol: String,
         port: u16,
     },
+    /// The DNS proxy's latest flow records.
+    DnsFlows,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -55,6 +57,7 @@ pub enum Response {
     Status(Box<StatusReport>),
     Endpoints { endpoints: Vec<EndpointStatus> },
     Explanation { allowed: bool, text: String },
+    DnsFlows { flows: Vec<crate::dns::flow::DnsFlow> },
     Error { message: String },
 }
 
@@ -87,6 +90,9 @@ pub struct StatusReport {
     /// New flows each policy rule allowed, summed over CPUs (rules that allowed none are
     /// left out).
     pub rule_counters: Vec<RuleCounter>,
+    /// The DNS proxy's counters (`None` when it does not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<crate::dns::flow::DnsStatus>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
