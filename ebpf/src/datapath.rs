@@ -30,8 +30,8 @@ use ward_common::{
 };
 
 use crate::ct;
-use crate::event::{self, EventInfo};
 use crate::dns;
+use crate::event::{self, EventInfo};
 use crate::maps::{CONFIG, ENDPOINTS, FQDN, IPCACHE, POLICY, SCRATCH};
 use crate::parse::{self, Kind, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Packet, Parsed, Tuple};
 

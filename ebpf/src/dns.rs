@@ -39,9 +39,12 @@ pub fn steer(ctx: &TcContext, o: &Outcome, reason: Reason) -> Reason {
         return reason;
     }
     // SAFETY: `skb` is the context pointer the kernel handed us; `mark` is writable from TC.
+    // Volatile, whole-word accesses: the verifier refuses the byte-wide store LLVM would
+    // otherwise emit for the masked update.
     unsafe {
-        let skb = ctx.skb.skb;
-        (*skb).mark = ((*skb).mark & !DNS_PROXY_MARK_MASK) | DNS_PROXY_MARK;
+        let mark = core::ptr::addr_of_mut!((*ctx.skb.skb).mark);
+        let old = core::ptr::read_volatile(mark);
+        core::ptr::write_volatile(mark, (old & !DNS_PROXY_MARK_MASK) | DNS_PROXY_MARK);
     }
     // TCP segments after the SYN reach their socket (the accepted connection, or the
     // handshake's request) by the ordinary lookup once routed locally.

@@ -798,6 +798,8 @@ impl Drop for Node {
         if let Err(e) = self.stop_agent() {
             eprintln!("ward-lab: cleanup: {e}");
         }
+        // The agent's DNS keeper outlives a stopped agent on purpose (restarts); not a node's.
+        crate::dnslab::stop_dns_keeper(&self.state_dir());
         // Servers stop and pod namespaces go with the pods.
         self.pods.clear();
         let pins = self.pin_dir();

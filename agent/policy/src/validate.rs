@@ -510,7 +510,9 @@ fn peer(ctx: &Ctx, field: &str, dir: Direction, p: &NetworkPolicyPeer) -> Result
 /// `{matchName: ...}` or `{matchPattern: ...}` (an fqdn peer or a `dns` rule entry).
 fn fqdn_selector(ctx: &Ctx, field: &str, f: &model::FqdnPeer) -> Result<FqdnSelector, ObjectError> {
     match (&f.match_name, &f.match_pattern) {
-        (Some(name), None) => FqdnSelector::name(name).map_err(|e| ctx.err(format!("{field}.matchName"), e.to_string())),
+        (Some(name), None) => {
+            FqdnSelector::name(name).map_err(|e| ctx.err(format!("{field}.matchName"), e.to_string()))
+        }
         (None, Some(pattern)) => {
             FqdnSelector::pattern(pattern).map_err(|e| ctx.err(format!("{field}.matchPattern"), e.to_string()))
         }

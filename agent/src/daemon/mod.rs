@@ -243,9 +243,9 @@ impl Agent {
             Request::Status => Response::Status(Box::new(self.status())),
             Request::Endpoints => Response::Endpoints { endpoints: self.endpoints() },
             Request::Explain { from, to, protocol, port } => self.explain(&from, &to, &protocol, port),
-            Request::DnsFlows => Response::DnsFlows {
-                flows: self.dns.as_ref().map(|d| d.shared.flows.recent()).unwrap_or_default(),
-            },
+            Request::DnsFlows => {
+                Response::DnsFlows { flows: self.dns.as_ref().map(|d| d.shared.flows.recent()).unwrap_or_default() }
+            }
         }
     }
 

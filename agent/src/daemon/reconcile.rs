@@ -339,7 +339,8 @@ impl Agent {
     /// Hands the DNS proxy its view of this compile (and persists it for the next start).
     fn publish_dns_view(&mut self, compiled: &Compiled) {
         let Some(dns) = &self.dns else { return };
-        let eps = self.registry.iter().map(|e| (e.ep_id, pod_key(&e.reg.pod_namespace, &e.reg.pod_name), e.reg.ips.clone()));
+        let eps =
+            self.registry.iter().map(|e| (e.ep_id, pod_key(&e.reg.pod_namespace, &e.reg.pod_name), e.reg.ips.clone()));
         let view = crate::dns::view_of(compiled, eps);
         if **dns.view_tx.borrow() != view {
             view.save(&self.cfg.state_dir);

@@ -420,7 +420,14 @@ mod tests {
         assert_eq!(l.stats.evicted_per_pod, 1);
         assert_eq!(kernel.len(), 3, "the kernel holds exactly what is learned: {kernel:?}");
         let out = l
-            .learn(&mut kernel, 1, &p, "c.bank.example", &[(ip("1.1.1.1"), 1), (ip("1.1.1.2"), 1), (ip("1.1.1.3"), 1)], 5 * SEC)
+            .learn(
+                &mut kernel,
+                1,
+                &p,
+                "c.bank.example",
+                &[(ip("1.1.1.1"), 1), (ip("1.1.1.2"), 1), (ip("1.1.1.3"), 1)],
+                5 * SEC,
+            )
             .expect("ok");
         assert_eq!(out.kept, 2, "an answer longer than the per-name cap is trimmed");
     }

@@ -113,8 +113,7 @@ pub fn parse_answer(bytes: &[u8], question: &Question) -> Result<(Message, Answe
         });
     }
     let (addrs, chain) = chain_addresses(&msg, &question.name);
-    let answer =
-        Answer { rcode: u16::from(msg.response_code()), truncated: msg.truncated(), addrs, chain };
+    let answer = Answer { rcode: u16::from(msg.response_code()), truncated: msg.truncated(), addrs, chain };
     Ok((msg, answer))
 }
 
@@ -171,8 +170,8 @@ pub fn trim_addresses(mut msg: Message, end: &str, keep: usize) -> Option<Vec<u8
         .take_answers()
         .into_iter()
         .filter(|r| {
-            let is_addr = matches!(r.record_type(), RecordType::A | RecordType::AAAA)
-                && normalise(&r.name().to_ascii()) == end;
+            let is_addr =
+                matches!(r.record_type(), RecordType::A | RecordType::AAAA) && normalise(&r.name().to_ascii()) == end;
             if !is_addr {
                 return true;
             }
@@ -261,7 +260,8 @@ mod tests {
         let q = query("a.example.", RecordType::A);
         let (_, question) = parse_query(&q).expect("valid");
         let cname = |t: &str| RData::CNAME(CNAME(Name::from_str(t).expect("n")));
-        let bytes = answer(&q, vec![rec("a.example.", 5, cname("b.example.")), rec("b.example.", 5, cname("a.example."))]);
+        let bytes =
+            answer(&q, vec![rec("a.example.", 5, cname("b.example.")), rec("b.example.", 5, cname("a.example."))]);
         let (_, ans) = parse_answer(&bytes, &question).expect("valid");
         assert!(ans.addrs.is_empty());
     }

@@ -161,6 +161,8 @@ pub struct Shared {
     ct: BpfHashMap<MapData, CtKey, CtValue>,
     pub stats: DnsStats,
     pub flows: FlowLog,
+    /// Transparent sockets answers leave through, per resolver address (`proxy`).
+    pub reply_sockets: Mutex<BTreeMap<std::net::SocketAddr, Arc<tokio::net::UdpSocket>>>,
 }
 
 impl Shared {
@@ -209,16 +211,9 @@ pub fn monotonic_ns() -> u64 {
 
 /// Starts the proxy: sockets (from the keeper, or new), kernel config and routing, the
 /// persisted view and names, then the serving tasks. Must run inside the tokio runtime.
-pub async fn start(
-    settings: DnsSettings,
-    pin_dir: &Path,
-    state_dir: &Path,
-    node: &str,
-) -> Result<DnsHandle, DnsError> {
-    let map_err = |map: &'static str, path: PathBuf| move |e: aya::maps::MapError| DnsError::Map {
-        map,
-        path: path.clone(),
-        message: e.to_string(),
+pub async fn start(settings: DnsSettings, pin_dir: &Path, state_dir: &Path, node: &str) -> Result<DnsHandle, DnsError> {
+    let map_err = |map: &'static str, path: PathBuf| {
+        move |e: aya::maps::MapError| DnsError::Map { map, path: path.clone(), message: e.to_string() }
     };
     let fqdn = FqdnMap(
         LpmTrie::try_from(Map::LpmTrie(open_map(pin_dir, MAP_FQDN)?))
@@ -270,6 +265,7 @@ pub async fn start(
         ct,
         stats: DnsStats::default(),
         flows: FlowLog::default(),
+        reply_sockets: Mutex::new(BTreeMap::new()),
     });
     let sockets::ProxySockets { udp4, tcp4, udp6, tcp6, keeper, port, .. } = sockets;
     proxy::spawn_udp(shared.clone(), udp4)?;

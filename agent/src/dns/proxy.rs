@@ -7,14 +7,14 @@
 //! only then release the answer (SERVFAIL if learning failed). There is no path that releases
 //! an answer before its addresses are written.
 
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
 use hickory_proto::op::ResponseCode;
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, sendmsg};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -67,11 +67,11 @@ pub fn spawn_udp(shared: Arc<Shared>, fd: OwnedFd) -> Result<(), DnsError> {
                 Ok(Ok((n, client, resolver))) => {
                     inc(&shared.stats.queries_udp);
                     let query = buf[..n].to_vec();
-                    let (shared, afd) = (shared.clone(), afd.clone());
+                    let shared = shared.clone();
                     tokio::spawn(async move {
                         if let Some(reply) = resolve(&shared, client, resolver, Transport::Udp, &query, &mut None).await
                         {
-                            send_udp(&afd, &reply, client, resolver.ip()).await;
+                            send_udp(&shared, &reply, client, resolver).await;
                         }
                     });
                 }
@@ -115,40 +115,42 @@ fn sockaddr(s: &SockaddrStorage) -> Option<SocketAddr> {
     s.as_sockaddr_in6().map(|v6| SocketAddr::new(IpAddr::V6(v6.ip()), v6.port()))
 }
 
-/// Sends `reply` to `client` from `source` (the resolver's address: the socket is
-/// transparent, so it may).
-async fn send_udp(afd: &AsyncFd<OwnedFd>, reply: &[u8], client: SocketAddr, source: IpAddr) {
-    let dest = SockaddrStorage::from(client);
-    for _ in 0..2 {
-        let r = match source {
-            IpAddr::V4(s) => {
-                let info = libc::in_pktinfo {
-                    ipi_ifindex: 0,
-                    ipi_spec_dst: libc::in_addr { s_addr: u32::from(s).to_be() },
-                    ipi_addr: libc::in_addr { s_addr: 0 },
-                };
-                let cmsg = [ControlMessage::Ipv4PacketInfo(&info)];
-                sendmsg(afd.get_ref().as_raw_fd(), &[IoSlice::new(reply)], &cmsg, MsgFlags::empty(), Some(&dest))
-            }
-            IpAddr::V6(s) => {
-                let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: s.octets() }, ipi6_ifindex: 0 };
-                let cmsg = [ControlMessage::Ipv6PacketInfo(&info)];
-                sendmsg(afd.get_ref().as_raw_fd(), &[IoSlice::new(reply)], &cmsg, MsgFlags::empty(), Some(&dest))
-            }
-        };
-        match r {
-            Ok(_) => return,
-            Err(nix::Error::EAGAIN) => {
-                if let Ok(mut g) = afd.writable().await {
-                    g.clear_ready();
-                }
-            }
-            Err(e) => {
-                tracing::debug!(%client, error = %e, "sending a DNS answer");
-                return;
-            }
+/// Sends `reply` to `client` from `source`, the resolver's address and port the pod asked:
+/// a connected client socket accepts nothing else. The proxy's own socket has another port,
+/// so the answer leaves through a transparent socket bound to `source` (kept per resolver,
+/// at most [`REPLY_SOCKETS`]; `SO_REUSEADDR` lets several agents' sockets share it).
+async fn send_udp(shared: &Shared, reply: &[u8], client: SocketAddr, source: SocketAddr) {
+    let sock = match reply_socket(shared, source) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%source, error = %e, "no socket to answer from");
+            return;
         }
+    };
+    if let Err(e) = sock.send_to(reply, client).await {
+        tracing::debug!(%client, error = %e, "sending a DNS answer");
     }
+}
+
+/// Reply sockets kept (one per resolver address); past this, the oldest is closed.
+const REPLY_SOCKETS: usize = 256;
+
+fn reply_socket(shared: &Shared, source: SocketAddr) -> std::io::Result<Arc<UdpSocket>> {
+    let mut cache = shared.reply_sockets.lock().map_err(|_| std::io::Error::other("reply socket cache poisoned"))?;
+    if let Some(s) = cache.get(&source) {
+        return Ok(s.clone());
+    }
+    let fd = super::sockets::transparent_udp(source).map_err(std::io::Error::from)?;
+    let std_sock = std::net::UdpSocket::from(fd);
+    std_sock.set_nonblocking(true)?;
+    let sock = Arc::new(UdpSocket::from_std(std_sock)?);
+    if cache.len() >= REPLY_SOCKETS
+        && let Some(k) = cache.keys().next().copied()
+    {
+        cache.remove(&k);
+    }
+    cache.insert(source, sock.clone());
+    Ok(sock)
 }
 
 /// Serves one TCP listener (IPv4 or IPv6).
@@ -226,8 +228,11 @@ async fn exchange(
     let deadline = tokio::time::Instant::now() + shared.settings.upstream_timeout;
     match transport {
         Transport::Udp => {
-            let local: SocketAddr =
-                if resolver.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+            let local: SocketAddr = if resolver.is_ipv4() {
+                (Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
             let sock = UdpSocket::bind(local).await.map_err(|e| e.to_string())?;
             sock.connect(resolver).await.map_err(|e| e.to_string())?;
             sock.send(query).await.map_err(|e| e.to_string())?;
@@ -322,7 +327,8 @@ pub async fn resolve(
     let empty = FqdnPolicy::default();
     let policy = view.policies.get(&endpoint.identity).unwrap_or(&empty);
     if !policy.dns.is_empty()
-        && policy.query_allowed(shared.identities_of(resolver.ip()), transport.proto(), &q.name) == QueryVerdict::Refused
+        && policy.query_allowed(shared.identities_of(resolver.ip()), transport.proto(), &q.name)
+            == QueryVerdict::Refused
     {
         return refuse("no dns rule allows the name");
     }

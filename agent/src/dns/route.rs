@@ -43,11 +43,27 @@ pub async fn install() -> Result<(), RouteError> {
         for v6 in [false, true] {
             if !have.contains(&v6) {
                 let mut msg = if v6 {
-                    handle.rule().add().v6().table_id(DNS_PROXY_TABLE).priority(RULE_PRIORITY).fw_mark(DNS_PROXY_MARK)
-                        .action(RuleAction::ToTable).message_mut().clone()
+                    handle
+                        .rule()
+                        .add()
+                        .v6()
+                        .table_id(DNS_PROXY_TABLE)
+                        .priority(RULE_PRIORITY)
+                        .fw_mark(DNS_PROXY_MARK)
+                        .action(RuleAction::ToTable)
+                        .message_mut()
+                        .clone()
                 } else {
-                    handle.rule().add().v4().table_id(DNS_PROXY_TABLE).priority(RULE_PRIORITY).fw_mark(DNS_PROXY_MARK)
-                        .action(RuleAction::ToTable).message_mut().clone()
+                    handle
+                        .rule()
+                        .add()
+                        .v4()
+                        .table_id(DNS_PROXY_TABLE)
+                        .priority(RULE_PRIORITY)
+                        .fw_mark(DNS_PROXY_MARK)
+                        .action(RuleAction::ToTable)
+                        .message_mut()
+                        .clone()
                 };
                 msg.attributes.push(RuleAttribute::FwMask(DNS_PROXY_MARK_MASK));
                 let mut req = handle.rule().add();
@@ -55,7 +71,12 @@ pub async fn install() -> Result<(), RouteError> {
                 match req.execute().await {
                     Ok(()) => {}
                     Err(e) if exists(&e) => {}
-                    Err(source) => return Err(RouteError::Netlink { what: format!("adding the fwmark rule (IPv6: {v6})"), source }),
+                    Err(source) => {
+                        return Err(RouteError::Netlink {
+                            what: format!("adding the fwmark rule (IPv6: {v6})"),
+                            source,
+                        });
+                    }
                 }
             }
             let dst: IpAddr = if v6 { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };

@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
-    AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrIn,
-    SockaddrIn6, bind, listen, recvmsg, sendmsg, socket,
+    AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrIn, SockaddrIn6,
+    bind, listen, recvmsg, sendmsg, socket,
 };
 
 /// The keeper's socket, in the state directory.
@@ -102,7 +102,10 @@ fn make(ty: SockType, v6: bool, port: u16) -> Result<OwnedFd, nix::Error> {
         if ty == SockType::Datagram {
             setopt(&fd, libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR, 1)?;
         }
-        bind(fd.as_raw_fd(), &SockaddrIn6::from(std::net::SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, port, 0, 0)))?;
+        bind(
+            fd.as_raw_fd(),
+            &SockaddrIn6::from(std::net::SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, port, 0, 0)),
+        )?;
     } else {
         setopt(&fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1)?;
         if ty == SockType::Datagram {
@@ -114,6 +117,26 @@ fn make(ty: SockType, v6: bool, port: u16) -> Result<OwnedFd, nix::Error> {
         setopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, UDP_RCVBUF)?;
     } else {
         listen(&fd, Backlog::new(TCP_BACKLOG)?)?;
+    }
+    Ok(fd)
+}
+
+/// A transparent UDP socket bound to `source` (another host's address), to answer from it.
+pub fn transparent_udp(source: std::net::SocketAddr) -> Result<OwnedFd, nix::Error> {
+    let v6 = source.is_ipv6();
+    let family = if v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    let fd = socket(family, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    setopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    match source {
+        std::net::SocketAddr::V6(a) => {
+            setopt(&fd, libc::SOL_IPV6, libc::IPV6_V6ONLY, 1)?;
+            setopt(&fd, libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)?;
+            bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?;
+        }
+        std::net::SocketAddr::V4(a) => {
+            setopt(&fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1)?;
+            bind(fd.as_raw_fd(), &SockaddrIn::from(a))?;
+        }
     }
     Ok(fd)
 }
@@ -203,8 +226,11 @@ fn spawn_keeper(s: &ProxySockets, listener: &UnixListener, grace: Duration, node
 /// Reads the keeper's hello and sockets from `conn`.
 fn receive(path: &Path, conn: UnixStream) -> Result<ProxySockets, SocketError> {
     let proto = |message: String| SocketError::Protocol { path: path.to_owned(), message };
-    conn.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|source| SocketError::Keeper { path: path.to_owned(), what: "setting a timeout", source })?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).map_err(|source| SocketError::Keeper {
+        path: path.to_owned(),
+        what: "setting a timeout",
+        source,
+    })?;
     let mut buf = [0u8; 256];
     let mut cmsg = nix::cmsg_space!([RawFd; 4]);
     let mut iov = [IoSliceMut::new(&mut buf)];
@@ -257,7 +283,16 @@ fn receive(path: &Path, conn: UnixStream) -> Result<ProxySockets, SocketError> {
 /// answered.
 pub fn stop_keeper(state_dir: &Path) -> bool {
     match UnixStream::connect(state_dir.join(KEEPER_SOCKET)) {
-        Ok(mut c) => c.write_all(b"exit\n").is_ok(),
+        Ok(mut c) => {
+            if c.write_all(b"exit\n").is_err() {
+                return false;
+            }
+            // Returns once the keeper has closed its end (it has exited).
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut sink = Vec::new();
+            let _ = c.read_to_end(&mut sink);
+            true
+        }
         Err(_) => false,
     }
 }
@@ -275,7 +310,11 @@ pub fn keeper_main(args: &[String]) -> ! {
 }
 
 fn arg<'a>(args: &'a [String], name: &str) -> Result<&'a str, String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str).ok_or(format!("{name} missing"))
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+        .ok_or(format!("{name} missing"))
 }
 
 fn keeper(args: &[String]) -> Result<(), String> {
@@ -315,12 +354,12 @@ fn keeper(args: &[String]) -> Result<(), String> {
         {
             let cmsg = [ControlMessage::ScmRights(&raw)];
             match sendmsg::<()>(conn.as_raw_fd(), &[IoSlice::new(hello.as_bytes())], &cmsg, MsgFlags::empty(), None) {
-                Ok(_) => {
-                    agents.push(conn);
-                    alone_since = None;
-                }
+                Ok(_) => alone_since = None,
+                // A peer that only came to say `exit` may be gone already; what it wrote is
+                // still read below.
                 Err(e) => eprintln!("ward-agent dns-keeper: handing over the sockets: {e}"),
             }
+            agents.push(conn);
         }
         let mut gone = Vec::new();
         for (i, p) in polls.iter().enumerate().skip(1) {
