@@ -51,6 +51,8 @@ pub struct ExternalHost {
     pub name: String,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
+    /// The veth's name on the node.
+    node_if: String,
     // Servers stop before their namespace goes.
     servers: Option<Servers>,
     netns: NetNs,
@@ -68,6 +70,12 @@ impl ExternalHost {
         let node_ns = node.netns();
         let run = |ns: &NetNs, args: &[&str]| ns.ip(args).map(drop).map_err(|e| host_err(name, &args.join(" "), e));
         run(node_ns, &["link", "add", &node_if, "type", "veth", "peer", "name", "eth0", "netns", netns.name()])?;
+        // No duplicate address detection on either end: link-local addresses usable at once.
+        let no_dad = |ns: &NetNs, ifname: &str| {
+            ns.sysctl(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0").map_err(|e| host_err(name, "sysctl", e))
+        };
+        no_dad(node_ns, &node_if)?;
+        no_dad(&netns, "eth0")?;
         run(node_ns, &["link", "set", &node_if, "address", NODE_MAC, "up"])?;
         run(&netns, &["link", "set", "eth0", "up"])?;
         run(&netns, &["addr", "add", &format!("{v4}/32"), "dev", "eth0"])?;
@@ -81,7 +89,16 @@ impl ExternalHost {
         run(node_ns, &["-6", "route", "add", &format!("{v6}/128"), "dev", &node_if])?;
         let servers = Servers::start(netns.name(), netns.path().to_owned(), name, serves)
             .map_err(|e| host_err(name, "servers", e))?;
-        Ok(ExternalHost { name: name.to_owned(), v4, v6, servers: Some(servers), netns })
+        Ok(ExternalHost { name: name.to_owned(), v4, v6, node_if, servers: Some(servers), netns })
+    }
+
+    /// Makes every address of `range` (an IPv4 prefix, e.g. `100.72.0.0/22`) this host's, as
+    /// seen from the pods: many distinct addresses behind one set of servers.
+    pub fn add_range(&self, node: &Node, range: &str) -> Result<(), DnsLabError> {
+        let err = |what: &str, e: crate::netns::NetnsError| host_err(&self.name, what, e);
+        self.netns.ip(&["route", "add", "local", range, "dev", "lo"]).map_err(|e| err("local route", e))?;
+        node.netns().ip(&["route", "add", range, "dev", &self.node_if]).map_err(|e| err("node route", e))?;
+        Ok(())
     }
 
     pub fn netns(&self) -> &NetNs {

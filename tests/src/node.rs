@@ -102,6 +102,8 @@ pub struct NodeConfig {
     pub mtu: u32,
     /// `RUST_LOG` for the agent (default `info`, or the caller's `WARD_AGENT_LOG`).
     pub agent_log_filter: String,
+    /// More `ward-agent` arguments (e.g. `--dns-min-ttl 0`).
+    pub agent_args: Vec<String>,
 }
 
 impl Default for NodeConfig {
@@ -114,6 +116,7 @@ impl Default for NodeConfig {
             start_timeout: Duration::from_secs(60),
             mtu: 1500,
             agent_log_filter: std::env::var("WARD_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            agent_args: Vec::new(),
         }
     }
 }
@@ -325,6 +328,7 @@ impl Node {
         for a in self.config.host_addrs() {
             cmd.arg("--host-addr").arg(a.to_string());
         }
+        cmd.args(&self.config.agent_args);
         cmd.env("RUST_LOG", &self.config.agent_log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

@@ -504,6 +504,6 @@ mod tests {
         .unwrap();
         let checks = scenario_readiness(&cluster);
         assert_eq!(checks.len(), 2);
-        assert!(checks.iter().all(|c| c.from.name == "b" && c.to.name == "a"));
+        assert!(checks.iter().all(|c| c.from.name == "b" && c.to.pod().is_some_and(|p| p.name == "a")));
     }
 }
