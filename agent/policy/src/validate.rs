@@ -855,6 +855,50 @@ mod tests {
     }
 
     #[test]
+    fn dns_rules_take_names_on_egress_port_53_only_with_the_field_named() {
+        let p = wnp("{podSelector: {}, policyTypes: [Egress], egress: [{ports: [{protocol: UDP, port: 53, \
+                     dns: [{matchName: API.bank.example}, {matchPattern: '*.s3.example'}]}]}]}")
+        .expect("valid");
+        let spec = &p.egress.as_ref().expect("egress")[0].ports.as_ref().expect("ports")[0];
+        let names: Vec<String> = spec.dns.iter().flatten().map(|s| s.to_string()).collect();
+        assert_eq!(names, ["api.bank.example", "*.s3.example"]);
+        assert!(spec.to_string().ends_with("dns [api.bank.example, *.s3.example]"), "{spec}");
+        for (spec, field) in [
+            (
+                "{podSelector: {}, egress: [{ports: [{protocol: UDP, port: 80, dns: [{matchName: a.example}]}]}]}",
+                "spec.egress[0].ports[0].dns",
+            ),
+            (
+                "{podSelector: {}, egress: [{ports: [{protocol: SCTP, port: 53, dns: [{matchName: a.example}]}]}]}",
+                "spec.egress[0].ports[0].dns",
+            ),
+            (
+                "{podSelector: {}, egress: [{ports: [{protocol: UDP, port: 53, dns: []}]}]}",
+                "spec.egress[0].ports[0].dns",
+            ),
+            (
+                "{podSelector: {}, egress: [{ports: [{protocol: UDP, port: 53, dns: [{matchName: '*.a'}]}]}]}",
+                "spec.egress[0].ports[0].dns[0].matchName",
+            ),
+            (
+                "{podSelector: {}, egress: [{ports: [{protocol: UDP, port: 53, dns: [{}]}]}]}",
+                "spec.egress[0].ports[0].dns[0]",
+            ),
+            (
+                "{podSelector: {}, ingress: [{ports: [{protocol: UDP, port: 53, dns: [{matchName: a.example}]}]}]}",
+                "spec.ingress[0].ports[0].dns",
+            ),
+        ] {
+            let e = wnp(spec).expect_err(spec);
+            assert_eq!(e.field, field, "{spec}: {e}");
+        }
+        let e = np("{podSelector: {}, egress: [{ports: [{protocol: UDP, port: 53, dns: [{matchName: a.example}]}]}]}")
+            .expect_err("a NetworkPolicy has no dns rules");
+        assert_eq!(e.field, "spec.egress[0].ports[0].dns");
+        assert!(e.message.contains("WardNetworkPolicy"), "{e}");
+    }
+
+    #[test]
     fn ward_network_policy_takes_fqdn_peers_and_http_rules() {
         let p = wnp("{podSelector: {}, policyTypes: [Ingress, Egress], \
              egress: [{to: [{fqdn: {matchName: API.bank.example.}}, {fqdn: {matchPattern: '*.s3.example'}}], ports: [{port: 443}]}], \

@@ -51,7 +51,7 @@ pub struct DnsFlow {
     pub transport: String,
     pub qname: String,
     pub qtype: String,
-    /// The rcode sent to the client (`NoError`, `NXDomain`, `Refused`, `ServFail`), or empty
+    /// The rcode sent to the client (`NOERROR`, `NXDOMAIN`, `REFUSED`, `SERVFAIL`), or empty
     /// when nothing was sent.
     pub rcode: String,
     pub answers: Vec<IpAddr>,

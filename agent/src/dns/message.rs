@@ -183,9 +183,17 @@ pub fn trim_addresses(mut msg: Message, end: &str, keep: usize) -> Option<Vec<u8
     msg.to_vec().ok()
 }
 
-/// REFUSED/SERVFAIL/NOERROR names for flow records.
+/// The rcode's mnemonic (RFC 1035/6895), as flow records show it.
 pub fn rcode_name(rcode: u16) -> String {
-    ResponseCode::from_low(rcode as u8).to_str().to_owned()
+    match rcode {
+        0 => "NOERROR".into(),
+        1 => "FORMERR".into(),
+        2 => "SERVFAIL".into(),
+        3 => "NXDOMAIN".into(),
+        4 => "NOTIMP".into(),
+        5 => "REFUSED".into(),
+        n => format!("RCODE{n}"),
+    }
 }
 
 #[cfg(test)]
@@ -287,7 +295,7 @@ mod tests {
         let (m, question) = parse_query(&q).expect("valid");
         let refused = error_response(&m, ResponseCode::Refused);
         let (_, ans) = parse_answer(&refused, &question).expect("a response to the question");
-        assert_eq!(rcode_name(ans.rcode), "Refused");
+        assert_eq!(rcode_name(ans.rcode), "REFUSED");
         let records: Vec<Record> =
             (1..=5).map(|i| rec("a.example.", 9, RData::A(A(format!("198.18.0.{i}").parse().expect("ip"))))).collect();
         let (msg, _) = parse_answer(&answer(&q, records), &question).expect("valid");

@@ -12,6 +12,7 @@
 //! entries outlive it in the pinned map, their names in `<state dir>/dns-learned.json`.
 
 pub mod flow;
+pub mod fuzz;
 pub mod learn;
 pub mod message;
 pub mod proxy;

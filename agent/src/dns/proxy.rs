@@ -316,7 +316,7 @@ pub async fn resolve(
     let refuse = |why: &str| {
         inc(&shared.stats.refused);
         tracing::debug!(%client, qname = %q.name, why, "refusing a query");
-        shared.flows.push(record(DnsVerdict::RefusedByPolicy, "Refused", None, false));
+        shared.flows.push(record(DnsVerdict::RefusedByPolicy, "REFUSED", None, false));
         Some(message::error_response(&msg, ResponseCode::Refused))
     };
     // Only steered packets of known pods, to a resolver's DNS port, are proxied.
@@ -367,7 +367,7 @@ pub async fn resolve(
             Err(e) => {
                 inc(&shared.stats.write_failures);
                 tracing::warn!(pod = %endpoint.pod, qname = %q.name, error = %e, "learning failed: SERVFAIL");
-                shared.flows.push(record(DnsVerdict::WriteFailed, "ServFail", Some(&answer), false));
+                shared.flows.push(record(DnsVerdict::WriteFailed, "SERVFAIL", Some(&answer), false));
                 return Some(message::error_response(&msg, ResponseCode::ServFail));
             }
         }
