@@ -63,9 +63,11 @@ fn build(ctx: &Ctx, names: usize) -> anyhow::Result<Lab> {
     let host = ExternalHost::create(&node, "api", 1, &[Serve::new(443, Protocol::Tcp, None)])?;
     host.add_range(&node, "100.76.0.0/22")?;
     let mut records = vec![Record::Addrs { name: NAME.into(), addrs: vec![host.ip(false)], ttl: 300 }];
-    records.extend(
-        (0..names).map(|i| Record::Addrs { name: format!("n{i}.bench.example"), addrs: vec![first_addr(i)], ttl: 300 }),
-    );
+    records.extend((0..names).map(|i| Record::Addrs {
+        name: format!("n{i}.bench.example"),
+        addrs: vec![first_addr(i)],
+        ttl: 300,
+    }));
     let dns = DnsServer::start(&node, &records)?;
     let policy: serde_yaml::Value = serde_yaml::from_str(
         "apiVersion: policy.ward.dev/v1alpha1\nkind: WardNetworkPolicy\nmetadata: {name: egress, namespace: bench}\n\
@@ -169,7 +171,8 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<PartResult> {
     lat.row(vec!["direct (no proxy)".into(), direct.len().to_string(), us(d50), us(d99)]);
     lat.row(vec!["through the proxy".into(), proxied.len().to_string(), us(x50), us(x99)]);
     lat.row(vec!["added by the proxy".into(), String::new(), us(x50 - d50), us(x99 - d99)]);
-    let mut perf = Table::new("Queries per second (dnsperf, one name, 8 clients, 64 in flight)", &["path", "qps", "lost"]);
+    let mut perf =
+        Table::new("Queries per second (dnsperf, one name, 8 clients, 64 in flight)", &["path", "qps", "lost"]);
     perf.command(cmd_direct).command(cmd_proxy);
     perf.row(vec!["direct (no proxy)".into(), format!("{qps_direct:.0}"), lost_direct.to_string()]);
     perf.row(vec!["through the proxy".into(), format!("{qps_proxy:.0}"), lost_proxy.to_string()]);
