@@ -425,7 +425,8 @@ pub fn in_netns<T: Send>(name: &str, path: &Path, f: impl FnOnce() -> T + Send) 
 }
 
 /// Tells the DNS keeper of an agent's state directory to exit (it would hold the proxy's
-/// sockets for its grace period otherwise). False if none listened.
+/// sockets for its grace period otherwise), speaking its protocol
+/// (`ward_agent::dns::sockets`: a line `exit`). False if none listened.
 pub fn stop_dns_keeper(state_dir: &Path) -> bool {
     match std::os::unix::net::UnixStream::connect(state_dir.join("dns-keeper.sock")) {
         Ok(mut c) => {

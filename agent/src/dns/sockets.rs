@@ -279,24 +279,6 @@ fn receive(path: &Path, conn: UnixStream) -> Result<ProxySockets, SocketError> {
     })
 }
 
-/// Asks the keeper of `state_dir` to exit (the node is going away for good). False if none
-/// answered.
-pub fn stop_keeper(state_dir: &Path) -> bool {
-    match UnixStream::connect(state_dir.join(KEEPER_SOCKET)) {
-        Ok(mut c) => {
-            if c.write_all(b"exit\n").is_err() {
-                return false;
-            }
-            // Returns once the keeper has closed its end (it has exited).
-            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut sink = Vec::new();
-            let _ = c.read_to_end(&mut sink);
-            true
-        }
-        Err(_) => false,
-    }
-}
-
 /// `ward-agent dns-keeper ...`: holds the sockets (see the module docs). Never returns.
 pub fn keeper_main(args: &[String]) -> ! {
     let code = match keeper(args) {
