@@ -26,13 +26,14 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT},
-    helpers::bpf_ktime_get_coarse_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
 use ward_common::{
     Addr16, Direction, Reason, Verdict,
     addr::is_v4_mapped,
+    fqdn::{LearnedKey, LearnedValue},
     identity::ID_WORLD,
     lookup::{Flow, Tables, decide_new_flow},
     maps::{
@@ -42,9 +43,10 @@ use ward_common::{
 };
 
 use crate::ct;
+use crate::dns;
 use crate::event::{self, EventInfo};
 use crate::frag;
-use crate::maps::{CONFIG, ENDPOINTS, IPCACHE, POLICY, SCRATCH};
+use crate::maps::{CONFIG, ENDPOINTS, FQDN, IPCACHE, POLICY, SCRATCH};
 use crate::nd;
 use crate::parse::{self, Kind, PROTO_TCP, Packet, Parsed, Tuple};
 
@@ -72,6 +74,17 @@ impl Tables for KernelTables {
     fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
         POLICY.get(Key::new(key.prefixlen, key.data())).copied()
     }
+
+    #[inline(always)]
+    fn learned(&self, key: &LearnedKey) -> Option<LearnedValue> {
+        FQDN.get(Key::new(key.prefixlen, key.data)).copied()
+    }
+
+    #[inline(always)]
+    fn now_ns(&self) -> u64 {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    }
 }
 
 /// Per-CPU working memory for one packet: the BPF stack is only 512 bytes, too small for
@@ -85,13 +98,15 @@ pub struct Scratch {
 }
 
 /// What the decision learned, for counters and the flow event.
-struct Outcome {
-    ep_id: u32,
+pub struct Outcome {
+    pub ep_id: u32,
+    /// The endpoint's `EndpointInfo.flags` (DNS steering reads `EP_DNS_PROXY`).
+    pub ep_flags: u32,
     subject: u32,
     peer: IpcacheValue,
     rule_id: u32,
-    tuple: Tuple,
-    tcp_flags: u8,
+    pub tuple: Tuple,
+    pub tcp_flags: u8,
     new_flow: bool,
 }
 
@@ -124,6 +139,7 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
     let s = unsafe { &mut *scratch };
     s.o = Outcome {
         ep_id: 0,
+        ep_flags: 0,
         subject: 0,
         peer: IpcacheValue { identity: ID_WORLD, cidr_identity: ID_WORLD },
         rule_id: 0,
@@ -140,7 +156,10 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
         from_node_stack: matches!(dir, Direction::Ingress) && ingress_ifindex == 0,
         len_l3: ctx.len().saturating_sub(ETH_HLEN),
     };
-    let reason = decide(ctx, &c, ifindex, s);
+    let mut reason = decide(ctx, &c, ifindex, s);
+    if matches!(dir, Direction::Egress) {
+        reason = dns::steer(ctx, &s.o, reason);
+    }
     let o = &s.o;
     let bytes = ctx.len();
     event::count_reason(reason, bytes);
@@ -182,6 +201,7 @@ fn decide(ctx: &TcContext, c: &Ctx, ifindex: u32, s: &mut Scratch) -> Reason {
         None => return Reason::UnknownEndpoint,
     };
     o.ep_id = ep.ep_id;
+    o.ep_flags = ep.flags;
     o.subject = ep.identity;
     let isolated = ep.isolated(dir);
     let pkt = &s.pkt;
@@ -337,7 +357,8 @@ fn recheck(
     }
     let d = redecide(ep, orig_dir, key, v.state);
     o.peer = d.peer;
-    if matches!(d.reason.verdict(), Verdict::Allow) {
+    // An expired learned address still allows the flows started while it was live.
+    if matches!(d.reason.verdict(), Verdict::Allow) || d.reason == Reason::FqdnExpired {
         o.rule_id = d.rule_id;
         v.rule_id = d.rule_id;
         v.rev = c.rev;
@@ -383,7 +404,8 @@ fn related(c: &Ctx, ep: &EndpointInfo, pkt: &Packet, key: &mut CtKey) -> bool {
         if let Some(v) = ct::live(key, c.now) {
             // SAFETY: see `touch`; only read here.
             let (rev, state) = unsafe { ((*v).rev, (*v).state) };
-            return rev == c.rev || matches!(redecide(ep, orig_dir, key, state).reason.verdict(), Verdict::Allow);
+            let again = redecide(ep, orig_dir, key, state).reason;
+            return rev == c.rev || matches!(again.verdict(), Verdict::Allow) || again == Reason::FqdnExpired;
         }
     }
     false

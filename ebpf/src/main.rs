@@ -13,6 +13,7 @@
 
 mod ct;
 mod datapath;
+mod dns;
 mod event;
 mod frag;
 mod maps;

@@ -71,6 +71,11 @@ pub fn stale_labs(bpffs: &Path) -> Vec<String> {
             removed.push(format!("removed pins {}", path.display()));
         }
     }
+    for (name, path) in entries(Path::new(crate::dnslab::NETNS_ETC)) {
+        if stale(&name) && fs::remove_dir_all(&path).is_ok() {
+            removed.push(format!("removed {}", path.display()));
+        }
+    }
     for (name, path) in entries(&tmp) {
         if stale(&name) && path.is_dir() && fs::remove_dir_all(&path).is_ok() {
             removed.push(format!("removed {}", path.display()));

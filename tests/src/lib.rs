@@ -17,6 +17,7 @@ pub mod cleanup;
 mod cmd;
 pub mod cni;
 pub mod conformance;
+pub mod dnslab;
 pub mod echo;
 pub mod labdir;
 pub mod manifest;

@@ -38,6 +38,8 @@ pub enum Request {
         protocol: String,
         port: u16,
     },
+    /// The DNS proxy's latest flow records.
+    DnsFlows,
 }
 
 /// A CNI attachment: `(CNI_CONTAINERID, CNI_IFNAME)`.
@@ -88,6 +90,9 @@ pub enum Response {
     Explanation {
         allowed: bool,
         text: String,
+    },
+    DnsFlows {
+        flows: Vec<crate::dns::flow::DnsFlow>,
     },
     Error {
         message: String,
@@ -146,6 +151,9 @@ pub struct StatusReport {
     /// New flows each policy rule allowed, summed over CPUs (rules that allowed none are
     /// left out).
     pub rule_counters: Vec<RuleCounter>,
+    /// The DNS proxy's counters (`None` when it does not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<crate::dns::flow::DnsStatus>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -10,11 +10,13 @@ use serde_yaml::Value;
 
 use crate::spec::{Family, Labels, NamespaceSpec, PodRef, PodSpec, Protocol};
 
+use super::dns::{DnsRecordSpec, ExternalSpec, Target};
 use super::matrix::{self, Matrix};
 use super::model;
 
 /// The objects `apply` can carry today (apiVersion, kind).
-pub const SUPPORTED_OBJECTS: [(&str, &str); 1] = [("networking.k8s.io/v1", "NetworkPolicy")];
+pub const SUPPORTED_OBJECTS: [(&str, &str); 2] =
+    [("networking.k8s.io/v1", "NetworkPolicy"), ("policy.ward.dev/v1alpha1", "WardNetworkPolicy")];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CaseError {
@@ -54,6 +56,12 @@ pub struct ClusterSpec {
     pub namespaces: Vec<NamespaceSpec>,
     #[serde(default)]
     pub pods: Vec<PodSpec>,
+    /// The DNS extension (`conformance::dns`): hosts outside the cluster and the lab's
+    /// DNS records.
+    #[serde(default)]
+    pub external: Vec<ExternalSpec>,
+    #[serde(default)]
+    pub dns: Vec<DnsRecordSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -118,7 +126,7 @@ impl ProbeSet {
                         if i != j {
                             out.push(Check {
                                 from: from.clone(),
-                                to: to.clone(),
+                                to: Target::Pod(to.clone()),
                                 port: *port,
                                 protocol: *protocol,
                                 family: *family,
@@ -147,7 +155,7 @@ pub enum Notation {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Check {
     pub from: PodRef,
-    pub to: PodRef,
+    pub to: Target,
     pub port: u16,
     pub protocol: Protocol,
     pub family: Family,
@@ -266,7 +274,7 @@ pub fn parse(text: &str) -> Result<Case, CaseError> {
     let model = raw.cluster.is_none();
     let mut steps = Vec::new();
     for (i, s) in raw.steps.into_iter().enumerate() {
-        steps.push(parse_step(i, s, model)?);
+        steps.push(parse_step(i, s, model, raw.cluster.as_ref())?);
     }
     Ok(Case { name: raw.name, cluster: raw.cluster, steps })
 }
@@ -283,10 +291,10 @@ fn validate_cluster(c: &ClusterSpec) -> Result<(), CaseError> {
             return Err(invalid(format!("cluster.pods[{i}]"), format!("pod {} is listed twice", p.pod_ref())));
         }
     }
-    Ok(())
+    super::dns::validate(&c.external, &c.dns).map_err(|(path, message)| invalid(path, message))
 }
 
-fn parse_step(i: usize, s: RawStep, model: bool) -> Result<Step, CaseError> {
+fn parse_step(i: usize, s: RawStep, model: bool, cluster: Option<&ClusterSpec>) -> Result<Step, CaseError> {
     let path = format!("steps[{i}]");
     let mut actions = Vec::new();
     if let Some(objs) = s.apply {
@@ -325,18 +333,21 @@ fn parse_step(i: usize, s: RawStep, model: bool) -> Result<Step, CaseError> {
             ProbeSet::Matrix { protocol: p.protocol, port: p.port, family: p.family, matrix }
         } else {
             let p: RawSingleProbe = serde_yaml::from_value(v).map_err(err)?;
-            // `external/<host>` names a `cluster.external` host and `dns:<name>` a DNS name;
-            // the harness runs neither yet.
-            let unsupported = || {
+            // `ns/pod`, `external/<host>` (a `cluster.external` host) or `dns:<name>`.
+            let to = Target::parse(&p.to).ok_or_else(|| {
                 invalid(
                     format!("{ppath}.to"),
-                    format!("probe target `{}` is not supported (only namespace/pod targets are)", p.to),
+                    format!("probe target `{}` is not namespace/pod, external/HOST or dns:NAME", p.to),
                 )
-            };
-            if p.to.starts_with("external/") {
-                return Err(unsupported());
+            })?;
+            if let Target::External(host) = &to
+                && !cluster.is_some_and(|c| c.external.iter().any(|h| &h.name == host))
+            {
+                return Err(invalid(
+                    format!("{ppath}.to"),
+                    format!("probe target `{}`: no such host in cluster.external", p.to),
+                ));
             }
-            let to = p.to.parse::<PodRef>().map_err(|_| unsupported())?;
             ProbeSet::Single(Check {
                 from: p.from,
                 to,
@@ -453,11 +464,35 @@ steps:
 
     #[test]
     fn unknown_cluster_keys_fail_naming_the_key() {
-        let text = SCENARIO.replace("cluster:\n", "cluster:\n  external: [{name: bank}]\n");
+        let text = SCENARIO.replace("cluster:\n", "cluster:\n  gateways: [{name: bank}]\n");
         let e = err(&text);
-        assert!(e.contains("external"), "{e}");
-        let text = SCENARIO.replace("cluster:\n", "cluster:\n  dns: []\n");
-        assert!(err(&text).contains("dns"));
+        assert!(e.contains("gateways"), "{e}");
+        let text = SCENARIO.replace("cluster:\n", "cluster:\n  external: [{name: bank, region: eu}]\n");
+        assert!(err(&text).contains("region"));
+        let text = SCENARIO.replace("cluster:\n", "cluster:\n  dns: [{name: a.example, mx: [x]}]\n");
+        assert!(err(&text).contains("mx"));
+    }
+
+    #[test]
+    fn the_dns_extension_parses_hosts_records_and_name_targets() {
+        let text = SCENARIO
+            .replace(
+                "cluster:\n",
+                "cluster:\n  external: [{name: bank, serves: [{port: 443, protocol: TCP}]}]\n  dns: [{name: api.bank.example, a: [external/bank], ttl: 5}, {name: www.bank.example, cname: api.bank.example}]\n",
+            )
+            .replace(
+                "to: shop/db, port: 5432, protocol: TCP, expect: allow",
+                "to: dns:api.bank.example, port: 443, protocol: TCP, expect: allow",
+            );
+        let c = parse(&text).unwrap();
+        let cluster = c.initial_cluster();
+        assert_eq!(cluster.external[0].name, "bank");
+        assert_eq!(cluster.dns[1].cname.as_deref(), Some("api.bank.example"));
+        assert_eq!(cluster.dns[1].ttl, 30, "the default TTL");
+        let ProbeSet::Single(check) = &c.steps[0].probes[0] else { panic!("single probe expected") };
+        assert_eq!(check.to, Target::Dns("api.bank.example".into()));
+        let with_host = text.replace("to: dns:api.bank.example", "to: external/bank");
+        assert!(parse(&with_host).is_ok());
     }
 
     #[test]
@@ -467,15 +502,16 @@ steps:
         assert!(e.contains("steps[0].probes[0]") && e.contains("http"), "{e}");
         let text = SCENARIO.replace(
             "to: shop/db, port: 5432, protocol: TCP, expect: allow",
-            "to: dns:api.bank.example, port: 443, protocol: TCP, expect: allow",
+            "to: ftp:api.bank.example, port: 443, protocol: TCP, expect: allow",
         );
         let e = err(&text);
-        assert!(e.contains("dns:api.bank.example"), "{e}");
+        assert!(e.contains("ftp:api.bank.example"), "{e}");
         let text = SCENARIO.replace(
             "to: shop/db, port: 5432, protocol: TCP, expect: allow",
             "to: external/bank, port: 443, protocol: TCP, expect: allow",
         );
-        assert!(err(&text).contains("external/bank"));
+        let e = err(&text);
+        assert!(e.contains("external/bank") && e.contains("cluster.external"), "{e}");
     }
 
     #[test]
@@ -495,12 +531,14 @@ steps:
     }
 
     #[test]
-    fn ward_policies_fail_naming_the_kind() {
-        let text = MODEL
+    fn ward_policies_are_accepted_and_other_kinds_fail_naming_the_kind() {
+        let ward = MODEL
             .replace("apiVersion: networking.k8s.io/v1", "apiVersion: policy.ward.dev/v1alpha1")
             .replace("kind: NetworkPolicy", "kind: WardNetworkPolicy");
+        assert!(parse(&ward).is_ok());
+        let text = MODEL.replace("kind: NetworkPolicy", "kind: AdminNetworkPolicy");
         let e = err(&text);
-        assert!(e.contains("steps[0].apply[0]") && e.contains("WardNetworkPolicy"), "{e}");
+        assert!(e.contains("steps[0].apply[0]") && e.contains("AdminNetworkPolicy"), "{e}");
     }
 
     #[test]
