@@ -95,6 +95,8 @@ fn stale_clusters(tmp: &Path, stale: &dyn Fn(&str) -> bool) -> Vec<String> {
         removed.extend(teardown::kill_processes_mentioning(&format!("{}/", path.display())));
         for (_, node_dir) in entries(&path) {
             removed.extend(teardown::remove_pod_logs(&node_dir.join("kubelet/root")));
+            let containerd = crate::cluster::containerd::ContainerdPaths { dir: node_dir.join("containerd") };
+            removed.extend(teardown::remove_runtime_leftovers(&containerd.state(), &containerd.root()));
         }
     }
     let mut cgroups: BTreeSet<String> = BTreeSet::new();
@@ -116,6 +118,7 @@ fn stale_clusters(tmp: &Path, stale: &dyn Fn(&str) -> bool) -> Vec<String> {
             }
         }
     }
+    teardown::remove_empty_machine_dirs();
     match sysctl_guard::SysctlPlaces::default().clean_stale() {
         Ok(lines) => removed.extend(lines),
         Err(e) => removed.push(format!("could not restore kubelet's settings: {e}")),

@@ -4,7 +4,7 @@
 //! and the Kubernetes cache `cargo xtask setup` builds; under CI=true both are required.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -54,6 +54,9 @@ struct MachineState {
     global_sysctls: BTreeMap<String, String>,
     root_links: BTreeSet<String>,
     root_net_sysctls: BTreeMap<String, String>,
+    /// The entries of the machine-wide directories the runtime writes to
+    /// (`/run/containerd/s`, `/var/lib/cni/results`, ...) and `$HOME/.kube`.
+    machine_dirs: BTreeMap<String, BTreeSet<String>>,
 }
 
 const ROOT_NET_SYSCTLS: [&str; 5] = [
@@ -78,7 +81,17 @@ impl MachineState {
                 std::fs::read_to_string(Path::new("/proc/sys").join(k)).ok().map(|v| ((*k).into(), v.trim().into()))
             })
             .collect();
-        MachineState { global_sysctls: SysctlPlaces::default().read(), root_links, root_net_sysctls }
+        let home_kube = std::env::var("HOME").map(|h| format!("{h}/.kube")).unwrap_or_default();
+        let machine_dirs = teardown::MACHINE_DIRS
+            .iter()
+            .map(|d| (*d).to_owned())
+            .chain([home_kube])
+            .filter_map(|d| {
+                let entries = std::fs::read_dir(&d).ok()?;
+                Some((d, entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()))
+            })
+            .collect();
+        MachineState { global_sysctls: SysctlPlaces::default().read(), root_links, root_net_sysctls, machine_dirs }
     }
 }
 
@@ -113,13 +126,13 @@ fn leftovers(name: &str, dir: &Path) -> Vec<String> {
     left
 }
 
-/// The pod log directories of pods named `pod_name_prefix...` in namespace `ns`.
-fn pod_logs(ns: &str) -> Vec<PathBuf> {
+/// The pod log directories (`<ns>_<pod>_<uid>`) of the pods with these uids.
+fn pod_logs(uids: &BTreeSet<String>) -> Vec<PathBuf> {
     std::fs::read_dir(teardown::POD_LOGS_DIR)
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{ns}_")))
+        .filter(|e| e.file_name().to_string_lossy().rsplit('_').next().is_some_and(|uid| uids.contains(uid)))
         .map(|e| e.path())
         .collect()
 }
@@ -292,26 +305,32 @@ fn a_real_node_runs_pods_serves_services_and_leaves_nothing_behind() {
     let (code, out) = as_sa.run_status(&["get", "--raw", "/version"]).unwrap_or_else(|e| panic!("{e}"));
     assert!(code == 0 && out.contains("v1.20.2"), "the ServiceAccount reaches the API server: {out}");
 
-    assert!(!pod_logs(ns).is_empty(), "kubelet keeps pod logs in {}", teardown::POD_LOGS_DIR);
+    let uids: BTreeSet<String> = ["srv", "cli"]
+        .iter()
+        .map(|p| k.get_json(&["-n", ns, "pod", p]).unwrap_or_else(|e| panic!("{e}"))["metadata"]["uid"].to_string())
+        .map(|u| u.trim_matches('"').to_owned())
+        .collect();
+    assert_eq!(pod_logs(&uids).len(), 2, "kubelet keeps pod logs in {}", teardown::POD_LOGS_DIR);
     drop(cluster);
     assert_eq!(leftovers(&name, &dir), Vec::<String>::new(), "the teardown left things behind");
-    assert_eq!(pod_logs(ns), Vec::<PathBuf>::new(), "pod logs of the cluster's pods");
+    assert_eq!(pod_logs(&uids), Vec::<PathBuf>::new(), "pod logs of the cluster's pods");
     assert_eq!(MachineState::capture(), before, "the machine's settings and namespace are as before the cluster");
 }
 
 /// Run by `a_killed_run_is_cleaned_up_by_lab_clean` in a child process, which it then kills.
+/// The child writes `<name> <dir>` to the file named by [`CHILD_ENV`] once its cluster runs
+/// pods (a file, as libtest may hold a child's stdout back).
 #[test]
 #[ignore = "a helper process of a_killed_run_is_cleaned_up_by_lab_clean"]
 fn cluster_child_for_the_killed_run_test() {
-    if std::env::var_os(CHILD_ENV).is_none() {
-        return;
-    }
+    let Some(ready_file) = std::env::var_os(CHILD_ENV) else { return };
     let cluster = Cluster::start(ClusterConfig::default()).unwrap_or_else(|e| panic!("child cluster: {e}"));
     let k = cluster.kubectl();
     k.apply(&manifests("killed")).unwrap_or_else(|e| panic!("{e}"));
     running_pod_ip(k, "killed", "srv");
-    println!("READY {} {}", cluster.name(), cluster.dir().display());
-    std::io::stdout().flush().expect("stdout");
+    let tmp = PathBuf::from(&ready_file).with_extension("partial");
+    std::fs::write(&tmp, format!("{} {}", cluster.name(), cluster.dir().display())).expect("ready file");
+    std::fs::rename(&tmp, &ready_file).expect("ready file");
     std::thread::sleep(CHILD_LIFETIME);
 }
 
@@ -323,28 +342,46 @@ fn a_killed_run_is_cleaned_up_by_lab_clean() {
     }
     let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
     let before = MachineState::capture();
+    let ready_file = std::env::temp_dir().join(ward_lab::netns::unique_name("child-ready"));
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
         .args(["--exact", "cluster_child_for_the_killed_run_test", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1")
-        .stdout(Stdio::piped())
+        .env(CHILD_ENV, &ready_file)
+        .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("starting the child");
-    let stdout = child.stdout.take().expect("child stdout");
-    let ready =
-        BufReader::new(stdout).lines().map_while(Result::ok).find_map(|l| l.strip_prefix("READY ").map(str::to_owned));
+    let deadline = Instant::now() + POD_TIMEOUT + ward_lab::cluster::DEFAULT_START_TIMEOUT;
+    let ready = loop {
+        if let Ok(text) = std::fs::read_to_string(&ready_file) {
+            break text;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the child exited ({status}) before its cluster was up");
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the child's cluster was not up within {:?}", deadline.elapsed());
+        }
+        std::thread::sleep(POLL_EVERY);
+    };
+    let _ = std::fs::remove_file(&ready_file);
     // SIGKILL, as a timeout or the OOM killer would: no Drop runs.
-    let _ = child.kill();
-    let _ = child.wait();
-    let ready = ready.unwrap_or_else(|| panic!("the child never brought its cluster up"));
-    let (name, dir) = ready.split_once(' ').expect("READY <name> <dir>");
+    child.kill().expect("killing the child");
+    child.wait().expect("reaping the child");
+    let (name, dir) = ready.split_once(' ').expect("<name> <dir>");
     let dir = PathBuf::from(dir);
     assert!(!leftovers(name, &dir).is_empty(), "a killed run leaves its cluster behind");
+    let uids: BTreeSet<String> = std::fs::read_dir(dir.join("n1/kubelet/root/pods"))
+        .expect("the killed kubelet's pods")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!pod_logs(&uids).is_empty(), "and pod logs");
     assert_eq!(SysctlPlaces::default().read()["vm/overcommit_memory"], "1", "and kubelet's settings");
 
     let removed = ward_lab::cleanup::stale_labs(Path::new("/sys/fs/bpf"));
     eprintln!("{test}: lab-clean: {removed:#?}");
     assert_eq!(leftovers(name, &dir), Vec::<String>::new(), "lab-clean left things of the killed cluster");
-    assert_eq!(pod_logs("killed"), Vec::<PathBuf>::new(), "pod logs of the killed cluster");
+    assert_eq!(pod_logs(&uids), Vec::<PathBuf>::new(), "pod logs of the killed cluster");
     assert_eq!(MachineState::capture(), before, "lab-clean put the machine's settings back");
 }

@@ -101,6 +101,8 @@ pub fn e2e(opts: E2eOptions) -> anyhow::Result<ExitCode> {
         .arg(format!("--ginkgo.skip={}", opts.skip))
         .arg("--ginkgo.noColor")
         .arg(format!("--report-dir={}", report_dir.display()))
+        // e2e.test and the kubectl it runs keep their caches under $HOME: the lab's, not root's.
+        .env("HOME", cluster.dir())
         .current_dir(cluster.dir())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

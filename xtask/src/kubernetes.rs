@@ -245,7 +245,7 @@ fn images(cache: &KubeCache, tree: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let scratch = cache.root().join("image-build");
     remove(&scratch)?;
-    let podman = Podman { dir: scratch.join("podman") };
+    let podman = Podman::new(scratch.join("podman-storage"))?;
     for image in todo {
         let rootfs = scratch.join(image.name).join("rootfs");
         fs::create_dir_all(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
@@ -263,6 +263,7 @@ fn images(cache: &KubeCache, tree: &Path) -> anyhow::Result<()> {
         stamp(cache, &KubeCache::image_stamp(image))?;
         println!("setup: image {} ({}) built", image.reference, cache.image_archive(image).display());
     }
+    drop(podman);
     remove(&scratch)?;
     println!("setup: images built in {}", minutes(started.elapsed()));
     Ok(())
@@ -308,17 +309,27 @@ fn agnhost_rootfs(cache: &KubeCache, tree: &Path, rootfs: &Path) -> anyhow::Resu
     Ok(())
 }
 
+/// A podman with its own storage and run directory (removed on drop).
 struct Podman {
-    dir: PathBuf,
+    storage: PathBuf,
+    run: PathBuf,
 }
 
 impl Podman {
+    /// podman refuses a run directory path of 50 characters or more, so it goes under
+    /// `$TMPDIR` with a lab name (`lab-clean` removes it if this process is killed).
+    fn new(storage: PathBuf) -> anyhow::Result<Self> {
+        let run = std::env::temp_dir().join(ward_lab::netns::unique_name("podman"));
+        fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
+        Ok(Podman { storage, run })
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("podman");
         cmd.arg("--root")
-            .arg(self.dir.join("storage"))
+            .arg(&self.storage)
             .arg("--runroot")
-            .arg(self.dir.join("run"))
+            .arg(&self.run)
             .args(["--storage-driver", "vfs"])
             .args(args);
         cmd
@@ -343,6 +354,12 @@ impl Podman {
         save.arg(&partial).arg(image.reference);
         run::status(save)?;
         fs::rename(&partial, out).with_context(|| format!("renaming {} to {}", partial.display(), out.display()))
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.run);
     }
 }
 

@@ -5,7 +5,10 @@
 //! `restrict_oom_score_adj = true` is required here: root lacks CAP_SYS_RESOURCE, so runc
 //! cannot lower a sandbox's `oom_score_adj` and every sandbox would fail with "can't get
 //! final child's PID from pipe: EOF". `netns_mounts_under_state_dir` keeps the pods' network
-//! namespaces out of the machine's `/run/netns`.
+//! namespaces out of the machine's `/run/netns`, and runc's `Root` its state out of
+//! `/run/containerd/runc`. What containerd cannot be told to keep elsewhere (shim sockets in
+//! `/run/containerd/s`, CNI result caches in `/var/lib/cni/results`) is removed at teardown
+//! ([`super::teardown::remove_runtime_leftovers`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,6 +54,10 @@ impl ContainerdPaths {
     pub fn state(&self) -> PathBuf {
         self.dir.join("state")
     }
+    /// runc's state (else `/run/containerd/runc/<namespace>`).
+    pub fn runc_root(&self) -> PathBuf {
+        self.dir.join("runc")
+    }
     pub fn socket(&self) -> PathBuf {
         self.dir.join("containerd.sock")
     }
@@ -87,6 +94,7 @@ state = "{state}"
         runtime_type = "io.containerd.runc.v2"
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
           SystemdCgroup = false
+          Root = "{runc_root}"
     [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = "{bin_dir}"
       conf_dir = "{conf_dir}"
@@ -101,6 +109,7 @@ state = "{state}"
         bin_dir = cni.bin_dir.display(),
         conf_dir = paths.cni_conf_dir().display(),
         opt = paths.dir.join("opt").display(),
+        runc_root = paths.runc_root().display(),
     )
 }
 
@@ -198,6 +207,7 @@ mod tests {
             "conf_dir = \"/lab/n1/containerd/cni-net.d\"",
             "sandbox_image = \"k8s.gcr.io/pause:3.2\"",
             "path = \"/lab/n1/containerd/opt\"",
+            "Root = \"/lab/n1/containerd/runc\"",
         ] {
             assert!(t.contains(line), "missing {line:?} in\n{t}");
         }

@@ -96,7 +96,7 @@ impl ControlPlane {
         let proxy = ident("system:kube-proxy".into(), &[])?;
         let mut csv = String::new();
         for (n, id) in [&admin, &controller_manager, &scheduler, &proxy].into_iter().chain(&nodes).enumerate() {
-            csv.push_str(&format!("{},{},uid-{n},\"{}\"\n", id.token, id.user, id.groups.join(",")));
+            csv.push_str(&token_line(id, n));
         }
         write(&dir.join("tokens.csv"), &csv)?;
         let sa_key = dir.join("sa.key");
@@ -272,6 +272,16 @@ impl ControlPlane {
     }
 }
 
+/// A `--token-auth-file` line: `token,user,uid[,"group,group"]` (no groups column when there
+/// are none: an empty one would be a group named "").
+fn token_line(id: &Identity, n: usize) -> String {
+    if id.groups.is_empty() {
+        format!("{},{},uid-{n}\n", id.token, id.user)
+    } else {
+        format!("{},{},uid-{n},\"{}\"\n", id.token, id.user, id.groups.join(","))
+    }
+}
+
 /// Node `index`'s name in cluster `cluster`.
 pub fn node_name(cluster: &str, index: u8) -> String {
     format!("{cluster}-n{index}")
@@ -325,6 +335,18 @@ mod tests {
         assert_eq!(k["clusters"][0]["cluster"]["certificate-authority"], "/lab/ca.crt");
         assert_eq!(k["users"][0]["user"]["token"], "t0k");
         assert_eq!(k["current-context"], "lab");
+    }
+
+    #[test]
+    fn token_lines_quote_groups_and_leave_out_an_empty_group_column() {
+        let id = |groups: &[&str]| Identity {
+            user: "system:node:n1".into(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            token: "t".into(),
+        };
+        assert_eq!(token_line(&id(&["system:nodes"]), 3), "t,system:node:n1,uid-3,\"system:nodes\"\n");
+        assert_eq!(token_line(&id(&["a", "b"]), 0), "t,system:node:n1,uid-0,\"a,b\"\n");
+        assert_eq!(token_line(&id(&[]), 1), "t,system:node:n1,uid-1\n");
     }
 
     #[test]

@@ -55,6 +55,11 @@ impl Kubectl {
         &self.kubeconfig
     }
 
+    /// Beside the kubeconfig (else kubectl writes its discovery cache to `$HOME/.kube`).
+    pub fn cache_dir(&self) -> PathBuf {
+        self.kubeconfig.parent().unwrap_or(Path::new(".")).join("kubectl-cache")
+    }
+
     pub fn binary(&self) -> &Path {
         &self.binary
     }
@@ -62,7 +67,7 @@ impl Kubectl {
     /// The command, ready to spawn, for callers that stream its output.
     pub fn command(&self, args: &[&str]) -> Result<Command, KubectlError> {
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).arg("--cache-dir").arg(self.cache_dir()).args(args);
         command_in(&mut cmd, &self.netns_name, &self.netns_path)?;
         Ok(cmd)
     }

@@ -416,6 +416,7 @@ impl Cluster {
         if let Err(e) = teardown::unmount_under(self.dir.path()) {
             problems.push(e);
         }
+        teardown::remove_empty_machine_dirs();
         if let Some(mut guard) = self.sysctls.take() {
             match guard.release() {
                 Ok(restored) => self.restored = restored,

@@ -89,6 +89,15 @@ pub fn route_pods(member: &NetNs, pod_cidr: Ipv4Net, via: Ipv4Addr) -> Result<()
     Ok(())
 }
 
+/// A route for the Service range inside a node: a connection from the node itself to a
+/// ClusterIP needs one to get past the routing decision that comes before kube-proxy's DNAT
+/// in OUTPUT (the lab has no default route). Traffic to a ClusterIP without endpoints goes to
+/// the underlay, where nobody forwards it.
+pub fn route_services(node: &NetNs) -> Result<(), NetnsError> {
+    node.ip(&["route", "replace", SERVICE_CIDR, "dev", MEMBER_IFNAME])?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,8 +2,8 @@
 //! containerd (CRI), kubelet and kube-proxy (iptables mode) run, entered with setns of the
 //! network namespace only, so kubelet's volume mounts are in the mount namespace containerd
 //! and runc see. kubelet's pods live under a cgroup root named after the node, so a node's
-//! containers are found (and killed) by name. The node's Node object is created before
-//! kubelet registers, carrying its pod CIDR (`spec.podCIDR`) for CNIs that read it.
+//! containers are found (and killed) by name. Once kubelet has registered the Node, the lab
+//! sets its pod CIDR (`spec.podCIDR`) for CNIs that read it.
 //!
 //! Teardown ([`ClusterNode::teardown`], also on drop): companions first, then the programs
 //! (see [`super::process::stop_all`]), then whatever names the node's directory (containerd
@@ -22,7 +22,7 @@ use super::cache::{self, KubeCache};
 use super::cni::{ApiAccess, Cni, NodeCompanion, NodeContext};
 use super::containerd::{self, ContainerdError, ContainerdPaths};
 use super::controlplane::{ControlPlane, ControlPlaneError};
-use super::kubectl::KubectlError;
+use super::kubectl::{Kubectl, KubectlError};
 use super::network::{self, CLUSTER_CIDR, Underlay};
 use super::process::{self, Component, ProcessError};
 use super::teardown;
@@ -55,6 +55,8 @@ pub enum NodeError {
     Io { node: String, what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("node {node}: the {cni} CNI: {message}")]
     Cni { node: String, cni: String, message: String },
+    #[error("node {node}: {message}")]
+    Died { node: String, message: String },
     #[error("node {node}: creating its cgroup root: {source}")]
     Cgroup { node: String, source: std::io::Error },
 }
@@ -118,6 +120,7 @@ impl ClusterNode {
         // Pods reach Services and other nodes through this namespace.
         node.netns.sysctl("net/ipv4/ip_forward", "1")?;
         s.underlay.attach(&node.netns, &format!("n{}", s.index), node.ip())?;
+        network::route_services(&node.netns)?;
         teardown::create_cgroup_root(&node.name)
             .map_err(|source| NodeError::Cgroup { node: node.name.clone(), source })?;
 
@@ -156,9 +159,9 @@ impl ClusterNode {
         node.containerd = Some(containerd);
         node.companion = companion;
 
-        s.control_plane.kubectl().apply(&node.node_object().to_string())?;
         node.start_kubelet(s.cache, &kubelet_kc)?;
         node.start_kube_proxy(s.cache, &proxy_kc)?;
+        node.assign_pod_cidr(s.control_plane.kubectl(), s.timeout)?;
         Ok(node)
     }
 
@@ -193,14 +196,27 @@ impl ClusterNode {
         Ok(())
     }
 
-    /// The Node object the lab creates before kubelet registers it.
-    pub fn node_object(&self) -> serde_json::Value {
-        serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": self.name, "labels": {"kubernetes.io/hostname": self.name}},
-            "spec": {"podCIDR": self.pod_cidr().to_string(), "podCIDRs": [self.pod_cidr().to_string()]},
-        })
+    /// Sets the Node's `spec.podCIDR(s)` to the lab's CIDR for this node once kubelet has
+    /// registered it (the API server allows setting it once, from empty; the controller
+    /// manager's allocator is off). A Node created before kubelet registers would crash this
+    /// kubelet (a nil capacity map in reconcileHugePageResource).
+    fn assign_pod_cidr(&mut self, kubectl: &Kubectl, timeout: Duration) -> Result<(), NodeError> {
+        let name = self.name.clone();
+        let kubelet = &mut self.kubelet;
+        kubectl.wait_for(&format!("node {name} to register"), timeout, |k| {
+            if let Some(c) = kubelet.as_mut()
+                && let Err(e) = c.check_running()
+            {
+                return Ok(Err(e.to_string()));
+            }
+            let (code, out) = k.run_status(&["get", "node", &name, "-o", "name"])?;
+            Ok(if code == 0 { Ok(()) } else { Err(out.trim().to_owned()) })
+        })?;
+        self.check_running().map_err(|message| NodeError::Died { node: name.clone(), message })?;
+        let cidr = self.pod_cidr().to_string();
+        let patch = serde_json::json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
+        kubectl.run(&["patch", "node", &name, "--type=merge", "-p", &patch.to_string()])?;
+        Ok(())
     }
 
     pub fn kubelet_config(&self, resolv_conf: &Path) -> serde_json::Value {
@@ -307,6 +323,7 @@ impl ClusterNode {
             problems.push(format!("node {}: {e}", self.name));
         }
         teardown::remove_pod_logs(&self.kubelet_root());
+        teardown::remove_runtime_leftovers(&self.containerd_paths.state(), &self.containerd_paths.root());
         problems
     }
 }

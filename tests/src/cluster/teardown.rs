@@ -20,6 +20,24 @@ use nix::unistd::Pid;
 pub const POD_LOGS_DIR: &str = "/var/log/pods";
 pub const CONTAINER_LOGS_DIR: &str = "/var/log/containers";
 const CGROUP_FS: &str = "/sys/fs/cgroup";
+/// Where libcni (inside containerd) caches each attachment's result, whatever containerd's
+/// CNI directories are: `<network>-<sandbox id>-<ifname>`.
+pub const CNI_RESULTS_DIR: &str = "/var/lib/cni/results";
+/// Machine-wide directories the runtime makes when missing; removed when empty again (each
+/// writer creates them again when it needs them).
+pub const MACHINE_DIRS: [&str; 7] = [
+    "/run/containerd/s",
+    "/run/containerd/runc",
+    "/run/containerd",
+    CNI_RESULTS_DIR,
+    "/var/lib/cni",
+    POD_LOGS_DIR,
+    CONTAINER_LOGS_DIR,
+];
+/// The containerd v2 runtime's bundles, under its state directory.
+const TASKS_DIR: &str = "io.containerd.runtime.v2.task";
+/// The CRI's sandboxes, under containerd's state and root directories.
+const SANDBOXES_DIR: &str = "io.containerd.grpc.v1.cri/sandboxes";
 /// How long killed containers may take to leave their cgroups.
 const CGROUP_EMPTY_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL_EVERY: Duration = Duration::from_millis(50);
@@ -211,6 +229,45 @@ pub fn remove_pod_logs(kubelet_root: &Path) -> Vec<String> {
         }
     }
     removed
+}
+
+/// Removes what a node's containerd (state directory `state`, root `root`) left in
+/// machine-wide places: the sockets of its shims (each bundle's `address` file names one) and
+/// libcni's cached results for its sandboxes; then those places if they are empty. Call after
+/// the node's processes are dead.
+pub fn remove_runtime_leftovers(state: &Path, root: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    let mut ids = BTreeSet::new();
+    for ns in fs::read_dir(state.join(TASKS_DIR)).into_iter().flatten().flatten() {
+        for bundle in fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+            ids.insert(bundle.file_name().to_string_lossy().into_owned());
+            let address = fs::read_to_string(bundle.path().join("address")).unwrap_or_default();
+            if let Some(socket) = address.trim().strip_prefix("unix://")
+                && fs::remove_file(socket).is_ok()
+            {
+                removed.push(format!("removed shim socket {socket}"));
+            }
+        }
+    }
+    for dir in [state.join(SANDBOXES_DIR), root.join(SANDBOXES_DIR)] {
+        ids.extend(
+            fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()),
+        );
+    }
+    for e in fs::read_dir(CNI_RESULTS_DIR).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if ids.iter().any(|id| name.contains(&format!("-{id}-"))) && fs::remove_file(e.path()).is_ok() {
+            removed.push(format!("removed {}", e.path().display()));
+        }
+    }
+    removed
+}
+
+/// Removes the machine-wide directories the runtime and kubelet create when they are empty.
+pub fn remove_empty_machine_dirs() {
+    for d in MACHINE_DIRS {
+        let _ = fs::remove_dir(d);
+    }
 }
 
 #[cfg(test)]
