@@ -86,7 +86,7 @@ pub fn stale_labs(bpffs: &Path) -> Vec<String> {
 /// owner, its processes (by the directory on their command lines), its nodes' pod logs, its
 /// cgroups and its mounts; then the kubelet settings if no live cluster holds them.
 fn stale_clusters(tmp: &Path, stale: &dyn Fn(&str) -> bool) -> Vec<String> {
-    use crate::cluster::{sysctl_guard, teardown};
+    use crate::cluster::{ClusterNode, sysctl_guard, teardown};
     let mut removed = Vec::new();
     for (name, path) in entries(tmp) {
         if !(name.ends_with("-cluster") && stale(&name) && path.is_dir()) {
@@ -94,7 +94,8 @@ fn stale_clusters(tmp: &Path, stale: &dyn Fn(&str) -> bool) -> Vec<String> {
         }
         removed.extend(teardown::kill_processes_mentioning(&format!("{}/", path.display())));
         for (_, node_dir) in entries(&path) {
-            removed.extend(teardown::remove_pod_logs(&node_dir.join("kubelet/root")));
+            let (root, log) = (ClusterNode::kubelet_root_in(&node_dir), ClusterNode::log_in(&node_dir, "kubelet"));
+            removed.extend(teardown::remove_pod_logs(&root, &log));
             let containerd = crate::cluster::containerd::ContainerdPaths { dir: node_dir.join("containerd") };
             removed.extend(teardown::remove_runtime_leftovers(&containerd.state(), &containerd.root()));
         }

@@ -371,11 +371,12 @@ fn a_killed_run_is_cleaned_up_by_lab_clean() {
     let (name, dir) = ready.split_once(' ').expect("<name> <dir>");
     let dir = PathBuf::from(dir);
     assert!(!leftovers(name, &dir).is_empty(), "a killed run leaves its cluster behind");
-    let uids: BTreeSet<String> = std::fs::read_dir(dir.join("n1/kubelet/root/pods"))
-        .expect("the killed kubelet's pods")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let uids: BTreeSet<String> =
+        std::fs::read_dir(ward_lab::cluster::ClusterNode::kubelet_root_in(&dir.join("n1")).join("pods"))
+            .expect("the killed kubelet's pods")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
     assert!(!pod_logs(&uids).is_empty(), "and pod logs");
     assert_eq!(SysctlPlaces::default().read()["vm/overcommit_memory"], "1", "and kubelet's settings");
 

@@ -252,7 +252,18 @@ impl ClusterNode {
     }
 
     pub fn kubelet_root(&self) -> PathBuf {
-        self.dir.join("kubelet/root")
+        Self::kubelet_root_in(&self.dir)
+    }
+
+    /// kubelet's `--root-dir` of the node whose directory is `dir`.
+    pub fn kubelet_root_in(dir: &Path) -> PathBuf {
+        dir.join("kubelet/root")
+    }
+
+    /// The log of `component` (`kubelet`, `containerd`, `kube-proxy`) of the node whose
+    /// directory is `dir`.
+    pub fn log_in(dir: &Path, component: &str) -> PathBuf {
+        dir.join("logs").join(format!("{component}.log"))
     }
 
     pub fn containerd(&self) -> &ContainerdPaths {
@@ -260,7 +271,7 @@ impl ClusterNode {
     }
 
     fn log(&self, component: &str) -> PathBuf {
-        self.dir.join("logs").join(format!("{component}.log"))
+        Self::log_in(&self.dir, component)
     }
 
     fn write(&self, path: &Path, content: &str) -> Result<(), NodeError> {
@@ -322,7 +333,7 @@ impl ClusterNode {
         if let Err(e) = teardown::unmount_under(&self.dir) {
             problems.push(format!("node {}: {e}", self.name));
         }
-        teardown::remove_pod_logs(&self.kubelet_root());
+        teardown::remove_pod_logs(&self.kubelet_root(), &self.log("kubelet"));
         teardown::remove_runtime_leftovers(&self.containerd_paths.state(), &self.containerd_paths.root());
         problems
     }

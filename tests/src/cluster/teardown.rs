@@ -203,14 +203,19 @@ pub fn unmount_under(dir: &Path) -> Result<usize, String> {
 }
 
 /// Removes the pod log directories (`/var/log/pods/<ns>_<pod>_<uid>`) and container log links
-/// of the pods a kubelet with root directory `kubelet_root` ran (`<root>/pods/<uid>`).
-pub fn remove_pod_logs(kubelet_root: &Path) -> Vec<String> {
-    let uids: BTreeSet<String> = fs::read_dir(kubelet_root.join("pods"))
+/// of every pod a kubelet ran: those still in its root directory (`<root>/pods/<uid>`) and
+/// those its log (`kubelet_log`, at `--v=2`) saw added, which includes pods deleted before the
+/// teardown whose log directories kubelet's garbage collection had not reached yet.
+pub fn remove_pod_logs(kubelet_root: &Path, kubelet_log: &Path) -> Vec<String> {
+    let mut uids: BTreeSet<String> = fs::read_dir(kubelet_root.join("pods"))
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
+    uids.extend(pod_uids_in_kubelet_log(
+        &fs::read(kubelet_log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default(),
+    ));
     if uids.is_empty() {
         return Vec::new();
     }
@@ -229,6 +234,27 @@ pub fn remove_pod_logs(kubelet_root: &Path) -> Vec<String> {
         }
     }
     removed
+}
+
+/// The uids of the pods a kubelet log shows added: `SyncLoop (ADD, "api"): "name_ns(uid), ..."`
+/// (kubelet 1.20 at `--v=2`, `format.Pods`).
+pub fn pod_uids_in_kubelet_log(log: &str) -> BTreeSet<String> {
+    const UID_LEN: usize = 36;
+    let mut uids = BTreeSet::new();
+    for line in log.lines().filter(|l| l.contains("SyncLoop (ADD")) {
+        for (i, _) in line.match_indices('(') {
+            let Some(candidate) = line.get(i + 1..i + 1 + UID_LEN) else { continue };
+            let is_uid = line[i + 1 + UID_LEN..].starts_with(')')
+                && candidate
+                    .chars()
+                    .enumerate()
+                    .all(|(n, c)| if matches!(n, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() });
+            if is_uid {
+                uids.insert(candidate.to_owned());
+            }
+        }
+    }
+    uids
 }
 
 /// Removes what a node's containerd (state directory `state`, root `root`) left in
@@ -273,6 +299,18 @@ pub fn remove_empty_machine_dirs() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_uids_come_from_kubelet_add_lines_only() {
+        let log = "I1201 10:15:35.1 589 kubelet.go:1888] SyncLoop (ADD, \"api\"): \"cli_lab(c351d91d-3bc7-4bd9-9623-6597c87ee3b5), srv_lab(5da818e1-042e-40fb-aaa3-75a88890193a)\"\n\
+                   I1201 10:15:37.1 589 kubelet.go:1926] SyncLoop (PLEG): \"x_lab(0bbc6841-2d02-fec2-62be-74767d547de5)\"\n\
+                   I1201 10:15:38.1 589 kubelet.go:1888] SyncLoop (ADD, \"api\"): \"bad(not-a-uid)\"\n";
+        let uids = pod_uids_in_kubelet_log(log);
+        assert_eq!(
+            uids.into_iter().collect::<Vec<_>>(),
+            ["5da818e1-042e-40fb-aaa3-75a88890193a", "c351d91d-3bc7-4bd9-9623-6597c87ee3b5"]
+        );
+    }
 
     #[test]
     fn mount_paths_are_unescaped() {
