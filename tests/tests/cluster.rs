@@ -230,7 +230,7 @@ fn a_real_node_runs_pods_serves_services_and_leaves_nothing_behind() {
     let Some(cache) = cache_or_skip(test) else { return };
     let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
     let before = MachineState::capture();
-    let mut cluster = Cluster::start(ClusterConfig { cache: Some(cache), ..ClusterConfig::default() })
+    let cluster = Cluster::start(ClusterConfig { cache: Some(cache), ..ClusterConfig::default() })
         .unwrap_or_else(|e| panic!("starting the cluster: {e}"));
     eprintln!("{test}: cluster {} up in {:.1}s", cluster.name(), cluster.startup_time().as_secs_f64());
     let (name, dir) = (cluster.name().to_owned(), cluster.dir().to_owned());
@@ -314,6 +314,44 @@ fn a_real_node_runs_pods_serves_services_and_leaves_nothing_behind() {
     drop(cluster);
     assert_eq!(leftovers(&name, &dir), Vec::<String>::new(), "the teardown left things behind");
     assert_eq!(pod_logs(&uids), Vec::<PathBuf>::new(), "pod logs of the cluster's pods");
+    assert_eq!(MachineState::capture(), before, "the machine's settings and namespace are as before the cluster");
+}
+
+/// A pod pinned to node `node` (no scheduler decision involved).
+fn pinned_pod(ns: &str, name: &str, node: &str, args: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}\n\
+         spec:\n  nodeName: {node}\n  containers:\n  - {{name: c, image: \"{AGNHOST}\", imagePullPolicy: Never, args: {args}}}\n"
+    )
+}
+
+#[test]
+fn pods_on_two_nodes_reach_each_other_across_the_underlay() {
+    let test = "pods_on_two_nodes_reach_each_other_across_the_underlay";
+    let Some(cache) = cache_or_skip(test) else { return };
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let before = MachineState::capture();
+    let cluster = Cluster::start(ClusterConfig { nodes: 2, cache: Some(cache), ..ClusterConfig::default() })
+        .unwrap_or_else(|e| panic!("starting a two-node cluster: {e}"));
+    eprintln!("{test}: cluster {} with 2 nodes up in {:.1}s", cluster.name(), cluster.startup_time().as_secs_f64());
+    let k = cluster.kubectl();
+    let (n1, n2) = (&cluster.nodes()[0], &cluster.nodes()[1]);
+    assert_ne!(n1.pod_cidr(), n2.pod_cidr());
+    let ns = "two";
+    let mut yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n");
+    yaml.push_str("---\n");
+    yaml.push_str(&pinned_pod(ns, "srv", n2.name(), "[netexec, --http-port=8080]"));
+    yaml.push_str("---\n");
+    yaml.push_str(&pinned_pod(ns, "cli", n1.name(), "[pause]"));
+    k.apply(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    let srv = running_pod_ip(k, ns, "srv");
+    let cli = running_pod_ip(k, ns, "cli");
+    assert!(n2.pod_cidr().contains(&srv) && n1.pod_cidr().contains(&cli), "srv {srv} on n2, cli {cli} on n1");
+    assert!(connects(k, ns, "cli", &format!("{srv}:8080")), "a pod on n1 reaches a pod on n2");
+    assert!(!connects(k, ns, "cli", &format!("{srv}:8089")), "nothing listens on 8089");
+    let (name, dir) = (cluster.name().to_owned(), cluster.dir().to_owned());
+    drop(cluster);
+    assert_eq!(leftovers(&name, &dir), Vec::<String>::new(), "the teardown of both nodes left things behind");
     assert_eq!(MachineState::capture(), before, "the machine's settings and namespace are as before the cluster");
 }
 

@@ -9,8 +9,11 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use ipnet::Ipv4Net;
 
+use super::kubectl::KubectlError;
 use super::network::{CLUSTER_CIDR, SERVICE_CIDR};
 use crate::netns::NetNs;
 
@@ -51,9 +54,43 @@ pub struct ApiAccess {
     pub ca_file: PathBuf,
     /// A `system:masters` kubeconfig (for setting things up, not for the agent under test).
     pub admin_kubeconfig: PathBuf,
-    /// The cluster's kubectl (same release), for [`super::Cluster::service_account_kubeconfig`]
-    /// style helpers.
+    /// The cluster's kubectl (same release) as the admin.
     pub kubectl: super::kubectl::Kubectl,
+}
+
+impl ApiAccess {
+    /// The token of ServiceAccount `namespace/name` (waiting up to `timeout` for the
+    /// controller manager to mint it).
+    pub fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<String, KubectlError> {
+        let secret =
+            self.kubectl.wait_for(&format!("the token of ServiceAccount {namespace}/{name}"), timeout, |k| {
+                let s =
+                    k.run(&["-n", namespace, "get", "serviceaccount", name, "-o", "jsonpath={.secrets[0].name}"])?;
+                Ok(if s.trim().is_empty() { Err("no token secret yet".into()) } else { Ok(s.trim().to_owned()) })
+            })?;
+        let template = "go-template={{.data.token | base64decode}}";
+        Ok(self.kubectl.run(&["-n", namespace, "get", "secret", &secret, "-o", template])?.trim().to_owned())
+    }
+
+    /// Writes to `path` a kubeconfig that authenticates as ServiceAccount `namespace/name`
+    /// and verifies the API server: what a node's `ward-agent` (running with the RBAC of
+    /// `manifests/`) is given.
+    pub fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        path: &Path,
+        timeout: Duration,
+    ) -> Result<(), KubectlError> {
+        let token = self.service_account_token(namespace, name, timeout)?;
+        std::fs::write(path, super::controlplane::kubeconfig(&self.ca_file, &token))
+            .map_err(|source| KubectlError::Write { path: path.to_owned(), source })
+    }
 }
 
 /// containerd's CNI configuration for one node.

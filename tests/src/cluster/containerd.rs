@@ -33,7 +33,7 @@ pub enum ContainerdError {
     #[error("containerd of {node}: {what} {path}: {source}")]
     Io { node: String, what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("containerd of {node}: importing {image}: {source}")]
-    Import { node: String, image: String, source: CmdError },
+    Import { node: String, image: String, source: Box<CmdError> },
     #[error("containerd of {node} did not answer on {socket} within {after:?}: {last}")]
     NotReady { node: String, socket: PathBuf, after: Duration, last: String },
 }
@@ -148,7 +148,7 @@ pub fn start(
         cmd::run_ok(import, None, IMPORT_TIMEOUT).map_err(|source| ContainerdError::Import {
             node: node.to_owned(),
             image: image.reference.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
     }
     Ok(component)

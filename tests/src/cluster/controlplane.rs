@@ -37,13 +37,19 @@ pub enum ControlPlaneError {
     #[error(transparent)]
     Process(#[from] ProcessError),
     #[error(transparent)]
-    Command(#[from] CmdError),
+    Command(Box<CmdError>),
     #[error(transparent)]
     Kubectl(#[from] KubectlError),
     #[error("control plane: {what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("control plane: node index {index} is outside 1..={MAX_NODES}")]
     NodeIndex { index: u8 },
+}
+
+impl From<CmdError> for ControlPlaneError {
+    fn from(e: CmdError) -> Self {
+        ControlPlaneError::Command(Box::new(e))
+    }
 }
 
 /// A token identity of the lab.

@@ -20,11 +20,19 @@ pub enum KubectlError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
     #[error(transparent)]
-    Command(#[from] CmdError),
+    Command(Box<CmdError>),
     #[error("kubectl {args}: unreadable JSON: {source}")]
     Json { args: String, source: serde_json::Error },
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
     #[error("waiting for {what}: not within {after:?}; last: {last}")]
     Timeout { what: String, after: Duration, last: String },
+}
+
+impl From<CmdError> for KubectlError {
+    fn from(e: CmdError) -> Self {
+        KubectlError::Command(Box::new(e))
+    }
 }
 
 /// A kubectl bound to one kubeconfig, running in one network namespace.

@@ -332,28 +332,10 @@ impl Cluster {
 
     /// A kubeconfig (under the cluster's directory) that authenticates as the ServiceAccount
     /// `namespace/name` with its token, verifying the API server: what a `ward-agent` running
-    /// with the RBAC of `manifests/` gets. Waits until the controller manager has minted the
-    /// token.
-    pub fn service_account_kubeconfig(&mut self, namespace: &str, name: &str) -> Result<PathBuf, ClusterError> {
-        let secret =
-            self.wait_for(&format!("the token of ServiceAccount {namespace}/{name}"), self.start_timeout, |k| {
-                let s =
-                    k.run(&["-n", namespace, "get", "serviceaccount", name, "-o", "jsonpath={.secrets[0].name}"])?;
-                Ok(if s.trim().is_empty() { Err("no token secret yet".into()) } else { Ok(s.trim().to_owned()) })
-            })?;
-        let token = self.kubectl().run(&[
-            "-n",
-            namespace,
-            "get",
-            "secret",
-            &secret,
-            "-o",
-            "go-template={{.data.token | base64decode}}",
-        ])?;
+    /// with the RBAC of `manifests/` gets (see [`ApiAccess::service_account_kubeconfig`]).
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf, ClusterError> {
         let path = self.dir.path().join(format!("sa-{namespace}-{name}.kubeconfig"));
-        std::fs::write(&path, controlplane::kubeconfig(&self.api.ca_file, token.trim())).map_err(|source| {
-            ClusterError::Io { cluster: self.name.clone(), what: "writing", path: path.clone(), source }
-        })?;
+        self.api.service_account_kubeconfig(namespace, name, &path, self.start_timeout)?;
         Ok(path)
     }
 
