@@ -131,16 +131,19 @@ impl Cluster {
             Some(c) => c,
             None => KubeCache::locate()?,
         };
-        if config.nodes > MAX_NODES {
-            return Err(ClusterError::TooManyNodes { cluster: "(new)".into() });
-        }
         let name = unique_name("");
+        if config.nodes > MAX_NODES {
+            return Err(ClusterError::TooManyNodes { cluster: name });
+        }
         let dir = LabDir::create_named(&format!("{name}-cluster")).map_err(|source| ClusterError::Io {
             cluster: name.clone(),
             what: "creating",
             path: std::env::temp_dir().join(format!("{name}-cluster")),
             source,
         })?;
+        // Guards of their own until the cluster holds them: an early error removes them.
+        let underlay = Underlay::create(&format!("{name}-ul"))?;
+        let cp_netns = NetNs::create(format!("{name}-cp"))?;
         let cp_dir = dir.path().join("cp");
         let api = ApiAccess {
             server: network::api_server_url(),
@@ -149,8 +152,8 @@ impl Cluster {
             kubectl: Kubectl::new(
                 &cache.program(cache::KUBECTL),
                 &ControlPlane::admin_kubeconfig_in(&cp_dir),
-                &format!("{name}-cp"),
-                &Path::new(crate::netns::NETNS_DIR).join(format!("{name}-cp")),
+                cp_netns.name(),
+                cp_netns.path(),
             ),
         };
         let mut cluster = Cluster {
@@ -171,8 +174,6 @@ impl Cluster {
         };
         // Before any kubelet can change them.
         cluster.sysctls = Some(SysctlGuard::acquire(SysctlPlaces::default(), &cluster.name)?);
-        let underlay = Underlay::create(&format!("{}-ul", cluster.name))?;
-        let cp_netns = NetNs::create(format!("{}-cp", cluster.name))?;
         underlay.attach(&cp_netns, "cp", CONTROL_PLANE_IP)?;
         let cp = ControlPlane::start(&cluster.name, &cluster.cache, &cp_netns, &cp_dir, cluster.start_timeout)?;
         cluster.underlay = Some(underlay);
