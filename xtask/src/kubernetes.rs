@@ -52,6 +52,10 @@ pub fn ensure() -> anyhow::Result<bool> {
         did |= apt(&RUNTIME_PACKAGES)?;
     }
     if cache.missing().is_empty() {
+        if ward_lab::privileged::is_root() && cache.src_dir().exists() {
+            prune_build_tree(&cache)?;
+            did = true;
+        }
         return Ok(did);
     }
     if !ward_lab::privileged::is_root() {
@@ -82,6 +86,7 @@ pub fn ensure() -> anyhow::Result<bool> {
     }
     images(&cache, &tree)?;
     println!("setup: Kubernetes cache complete in {}", minutes(started.elapsed()));
+    prune_build_tree(&cache)?;
     Ok(true)
 }
 
@@ -111,6 +116,20 @@ fn source_tree(cache: &KubeCache) -> anyhow::Result<PathBuf> {
         symlink("../../..", &link).with_context(|| format!("linking {}", link.display()))?;
     }
     Ok(tree)
+}
+
+/// Once every artefact is in the cache, the source tree and its Go build cache (about 3.5 GB)
+/// are only needed to build again: remove them, with the source stamp, so the cache keeps just
+/// the programs and images (about 0.6 GB). A later missing artefact fetches the source again.
+fn prune_build_tree(cache: &KubeCache) -> anyhow::Result<()> {
+    if !cache.missing().is_empty() {
+        return Ok(());
+    }
+    remove(&cache.stamp(SOURCE_STAMP))?;
+    remove(&cache.src_dir())?;
+    remove(&cache.go_home())?;
+    println!("setup: removed the Kubernetes build tree; the cache keeps the programs and images");
+    Ok(())
 }
 
 /// `kubernetes-<debian version>/` under `src/` (1.20.5+really1.20.2 on bookworm).

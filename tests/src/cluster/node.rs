@@ -36,6 +36,8 @@ const PROXY_METRICS: &str = "127.0.0.1:10249";
 /// Pods get this resolver, which does not answer (the lab has no cluster DNS): it keeps the
 /// machine's resolver out of the pods.
 const POD_NAMESERVER: &str = "10.96.0.10";
+/// Below this much free memory or disk kubelet evicts pods and taints the node.
+const EVICTION_FLOOR: &str = "100Mi";
 /// How long a node's programs get after SIGTERM when the node is torn down by itself.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -371,7 +373,9 @@ pub fn kubelet_config(name: &str, ip: Ipv4Addr, dir: &Path, resolv_conf: &Path) 
         "resolvConf": resolv_conf,
         "staticPodPath": dir.join("kubelet/manifests"),
         "volumePluginDir": dir.join("kubelet/volume-plugins"),
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+        // Absolute floors, not percentages: the lab throws its pods away anyway, and a shared
+        // machine's disk may hold less free space than 1% of its size while still working.
+        "evictionHard": {"memory.available": EVICTION_FLOOR, "nodefs.available": EVICTION_FLOOR, "imagefs.available": EVICTION_FLOOR},
         // Never collect the imported images: there is no registry to pull them again from.
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
