@@ -27,6 +27,10 @@ use crate::netns::NetNs;
 /// etcd's ports, on the control plane namespace's loopback.
 const ETCD_CLIENT: &str = "http://127.0.0.1:2379";
 const ETCD_PEER: &str = "http://127.0.0.1:2380";
+/// The controller manager's and the scheduler's secure ports (health, metrics), on the
+/// control plane namespace's loopback.
+const CONTROLLER_MANAGER_PORT: u16 = 10257;
+const SCHEDULER_PORT: u16 = 10259;
 const TOKEN_BYTES: usize = 16;
 const SA_KEY_BITS: &str = "2048";
 /// The API server's self-signed certificate (it writes it into its `--cert-dir`).
@@ -168,7 +172,8 @@ impl ControlPlane {
         kcm.arg(format!("--kubeconfig={}", kcm_kc.display()))
             .arg(format!("--authentication-kubeconfig={}", kcm_kc.display()))
             .arg(format!("--authorization-kubeconfig={}", kcm_kc.display()))
-            .args(["--bind-address=127.0.0.1", "--secure-port=10257", "--port=0", "--leader-elect=false"])
+            .arg(format!("--secure-port={CONTROLLER_MANAGER_PORT}"))
+            .args(["--bind-address=127.0.0.1", "--port=0", "--leader-elect=false"])
             .arg("--use-service-account-credentials=true")
             .arg(format!("--service-account-private-key-file={}", sa_key.display()))
             .arg(format!("--root-ca-file={}", ca.display()))
@@ -182,7 +187,8 @@ impl ControlPlane {
             .arg(format!("--kubeconfig={}", sched_kc.display()))
             .arg(format!("--authentication-kubeconfig={}", sched_kc.display()))
             .arg(format!("--authorization-kubeconfig={}", sched_kc.display()))
-            .args(["--bind-address=127.0.0.1", "--secure-port=10259", "--port=0", "--leader-elect=false"])
+            .arg(format!("--secure-port={SCHEDULER_PORT}"))
+            .args(["--bind-address=127.0.0.1", "--port=0", "--leader-elect=false"])
             .arg("--profiling=false");
         cp.components.push(Component::spawn("kube-scheduler", sched, netns, &log("kube-scheduler"))?);
         Ok(cp)

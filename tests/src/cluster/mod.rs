@@ -48,8 +48,6 @@ use sysctl_guard::{SysctlError, SysctlGuard, SysctlPlaces};
 /// How long a cluster may take to come up (API server ready, nodes Ready); the machine has
 /// 2 shared cores.
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(240);
-/// How long the programs get after SIGTERM at teardown (everything is thrown away).
-const STOP_GRACE: Duration = Duration::from_secs(3);
 const POLL_EVERY: Duration = Duration::from_millis(250);
 /// Lines of each log shown when the cluster fails.
 const DIAGNOSTIC_LINES: usize = 15;
@@ -386,7 +384,7 @@ impl Cluster {
             if let Some(cp) = self.control_plane.as_mut() {
                 all.extend(cp.components_mut());
             }
-            process::stop_all(&mut all, STOP_GRACE);
+            process::stop_all(&mut all, node::STOP_GRACE);
         }
         for n in &mut self.nodes {
             problems.extend(n.teardown());

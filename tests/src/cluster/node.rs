@@ -38,7 +38,7 @@ const PROXY_METRICS: &str = "127.0.0.1:10249";
 const POD_NAMESERVER: &str = "10.96.0.10";
 /// Below this much free memory or disk kubelet evicts pods and taints the node.
 const EVICTION_FLOOR: &str = "100Mi";
-/// How long a node's programs get after SIGTERM when the node is torn down by itself.
+/// How long the cluster's programs get after SIGTERM at teardown (everything is thrown away).
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
