@@ -519,9 +519,7 @@ impl Node {
 
     /// The last lines of the agent's log.
     pub fn agent_log_tail(&self) -> String {
-        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        crate::cluster::process::log_tail(&self.log_path(), LOG_TAIL_LINES)
     }
 
     /// Prints the tail of the agent's log to stderr (used when something failed).

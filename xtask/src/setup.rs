@@ -1,5 +1,6 @@
 //! `cargo xtask setup`: makes a fresh machine able to build and test Ward, installing only
-//! what is missing and saying what it installs (recipe: shared/TOOLCHAIN.md).
+//! what is missing and saying what it installs (recipe: shared/TOOLCHAIN.md), and building the
+//! lab cluster's Kubernetes once per machine ([`crate::kubernetes`]).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -58,6 +59,7 @@ pub fn setup() -> anyhow::Result<()> {
     did |= bpf_linker()?;
     did |= cargo_fuzz()?;
     did |= bpffs()?;
+    did |= crate::kubernetes::ensure()?;
     if !did {
         println!("setup: everything present");
     }
@@ -78,7 +80,7 @@ pub fn setup_bench() -> anyhow::Result<()> {
 }
 
 /// Installs the packages of `packages` that are missing; true if it installed any.
-fn apt(packages: &[(&str, Option<&str>)]) -> anyhow::Result<bool> {
+pub(crate) fn apt(packages: &[(&str, Option<&str>)]) -> anyhow::Result<bool> {
     let missing: Vec<&str> = packages
         .iter()
         .filter(|(pkg, program)| !(dpkg_installed(pkg) || program.is_some_and(run::on_path)))
