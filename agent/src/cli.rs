@@ -21,6 +21,13 @@ pub fn render(resp: &Response) -> String {
         },
         Response::Collected { forgotten } => format!("forgot {} stale endpoints\n", forgotten.len()),
         Response::DnsFlows { flows } => dns_flows(flows),
+        Response::Datastore { snapshot } => format!(
+            "{} namespaces, {} pods, {} policies, {} nodes\n",
+            snapshot.namespaces.len(),
+            snapshot.pods.len(),
+            snapshot.policies.len(),
+            snapshot.nodes.len()
+        ),
         Response::Error { message } => format!("error: {message}\n"),
     }
 }
@@ -47,11 +54,58 @@ fn dns_flows(flows: &[crate::dns::flow::DnsFlow]) -> String {
     o
 }
 
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC), without a date library.
+fn utc(secs: u64) -> String {
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
 fn status(s: &StatusReport) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "Node:            {}", s.node);
     let _ = writeln!(o, "Version:         {}", s.version);
     let _ = writeln!(o, "Datastore:       {}", s.datastore);
+    let h = &s.datastore_health;
+    match (&h.not_synced, h.unreachable_since) {
+        (Some(why), _) => {
+            let _ = writeln!(o, "  not synced:    {why}");
+        }
+        (None, None) => {
+            let _ = writeln!(o, "  synced");
+        }
+        (None, Some(_)) => {
+            let _ = writeln!(o, "  synced, enforcing the last known state");
+        }
+    }
+    if let Some(since) = h.unreachable_since {
+        let ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs().saturating_sub(since))
+            .unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "  unreachable:   since {} UTC ({ago} s ago): {}",
+            utc(since),
+            h.last_error.as_deref().unwrap_or("no answer")
+        );
+    }
+    if !h.listings.is_empty() {
+        let l: Vec<String> = h.listings.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(o, "  listings:      {}", l.join(", "));
+    }
+    if !s.service_cidrs.is_empty() {
+        let _ = writeln!(o, "Service ranges:  {}", s.service_cidrs.join(", "));
+    }
     let _ = writeln!(o, "Policy revision: {}", s.policy_revision);
     let _ = writeln!(o, "Objects:         {} namespaces, {} pods, {} policies", s.namespaces, s.pods, s.policies);
     let _ = writeln!(o, "Endpoints:       {} local, {} identities", s.endpoints, s.identities);
@@ -164,7 +218,26 @@ fn endpoints_table(eps: &[EndpointStatus]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::proto::{Duplicate, Notice};
+    use crate::api::proto::{Duplicate, Health, Notice};
+
+    #[test]
+    fn status_says_since_when_the_datastore_is_unreachable() {
+        let report = StatusReport {
+            datastore: "kubernetes:in-cluster".into(),
+            datastore_health: Health {
+                unreachable_since: Some(1_796_130_000),
+                last_error: Some("connection refused".into()),
+                listings: [("Pod".to_owned(), 2)].into(),
+                ..Health::default()
+            },
+            ..StatusReport::default()
+        };
+        let text = render(&Response::Status(Box::new(report)));
+        assert!(text.contains("synced, enforcing the last known state"), "{text}");
+        assert!(text.contains("unreachable:   since 2026-12-01 13:00:00 UTC"), "{text}");
+        assert!(text.contains("connection refused"), "{text}");
+        assert!(text.contains("listings:      Pod 2"), "{text}");
+    }
 
     #[test]
     fn status_lists_duplicates_with_both_files_and_notices() {

@@ -1,7 +1,7 @@
 //! Ward's user space: the node agent, the CNI plugin and the operator CLI share this library.
 //!
-//! Data flow: `datastore` (directory of manifests, later the Kubernetes API) feeds the pure
-//! compiler in the `ward-policy` crate; `datapath` writes the compiled contents into the pinned
+//! Data flow: `datastore` (a directory of manifests or the Kubernetes API, as events into one
+//! store) feeds `plan`, the pure half of a pass around the compiler in the `ward-policy` crate; `datapath` writes the compiled contents into the pinned
 //! BPF maps and attaches the programs; `endpoint` and `cni` wire pod interfaces and register
 //! them through `api`; `cli` reads it all back.
 
@@ -13,3 +13,4 @@ pub mod datapath;
 pub mod datastore;
 pub mod dns;
 pub mod endpoint;
+pub mod plan;

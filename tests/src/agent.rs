@@ -1,5 +1,6 @@
 //! A client of the agent's local API (newline-delimited JSON on a Unix socket), reading just
-//! what the lab needs from `{"op":"status"}`: which manifest files are enforced and which
+//! what the lab needs from `{"op":"status"}`: how far the datastore is enforced (which
+//! manifest files, or which resourceVersions of the API) and which
 //! objects were rejected. The agent's `api::proto::StatusReport` is the source of truth; the
 //! rest of the report is kept as raw JSON.
 
@@ -41,19 +42,29 @@ impl std::fmt::Display for Rejection {
     }
 }
 
+/// The agent's source revision as applied (`StatusReport::applied`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct Applied {
+    /// A directory: file name (relative to the manifests directory) to FNV-1a 64 of its
+    /// bytes, 16 lowercase hex digits: the contents enforced in the kernel.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    /// The API: kind to the highest resourceVersion applied.
+    #[serde(default)]
+    pub resource_versions: BTreeMap<String, String>,
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct Status {
-    /// File name (relative to the manifests directory) to FNV-1a 64 of its bytes, 16
-    /// lowercase hex digits: the contents enforced in the kernel.
     #[serde(default)]
-    pub applied_files: BTreeMap<String, String>,
+    pub applied: Applied,
     #[serde(default)]
     pub rejected: Vec<Rejection>,
     #[serde(skip)]
     pub raw: serde_json::Value,
 }
 
-/// The `applied_files` form of a file's content hash.
+/// The `applied.files` form of a file's content hash.
 pub fn file_hash(bytes: &[u8]) -> String {
     format!("{:016x}", ward_common::hash::fnv1a64(bytes))
 }
@@ -97,14 +108,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_reads_applied_files_from_the_tagged_response() {
+    fn status_reads_the_applied_files_from_the_tagged_response() {
         let raw = serde_json::json!({
             "result": "status", "node": "n", "policy_revision": 3,
-            "applied_files": {"ns_x.yaml": "af63dc4c8601ec8c"},
+            "applied": {"source": "files", "files": {"ns_x.yaml": "af63dc4c8601ec8c"}},
             "rejected": [{"file": "p.yaml", "object": "NetworkPolicy x/p", "field": "spec", "message": "bad"}],
         });
         let s = parse_status(Path::new("/s"), raw).unwrap();
-        assert_eq!(s.applied_files["ns_x.yaml"], file_hash(b"a"));
+        assert_eq!(s.applied.files["ns_x.yaml"], file_hash(b"a"));
         assert_eq!(s.rejected[0].to_string(), "p.yaml: NetworkPolicy x/p field spec: bad");
     }
 

@@ -4,7 +4,7 @@
 //! `tests/tests/` and the benchmarks build on it.
 //!
 //! Flow: a [`Node`] writes Kubernetes YAML into its agent's manifests directory and waits
-//! until the agent reports exactly those file contents as enforced (`applied_files`); pods
+//! until the agent reports exactly those file contents as enforced (the applied revision's `files`); pods
 //! are made as a runtime makes them (Pod object, network namespace, CNI ADD, servers); a
 //! [`probe`] from inside one pod to another measures what the datapath allows.
 //!

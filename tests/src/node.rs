@@ -4,7 +4,7 @@
 //! servers inside.
 //!
 //! Sync: the node remembers the FNV-1a hash of every manifest file it wrote. After a change it
-//! polls the agent's status until `applied_files` equals exactly that set, which means the
+//! polls the agent's status until its applied revision's `files` equal exactly that set, which means the
 //! agent has those contents in the kernel; only then do probes mean anything.
 //!
 //! Cleanup (drop, also on panic): agent stopped, pods' namespaces deleted, the node's pins
@@ -557,7 +557,7 @@ impl Node {
         Ok(())
     }
 
-    /// The files the lab has written and their hashes: what `applied_files` must equal.
+    /// The files the lab has written and their hashes: what the applied revision's files must equal.
     pub fn written_manifests(&self) -> &BTreeMap<String, String> {
         &self.written
     }
@@ -571,7 +571,7 @@ impl Node {
             self.check_agent_alive()?;
             let last = agent::status(&socket, STATUS_TIMEOUT);
             if let Ok(s) = &last
-                && s.applied_files == self.written
+                && s.applied.files == self.written
             {
                 return Ok(());
             }
@@ -952,13 +952,13 @@ pub fn ensure_bpffs(node: &str, path: &Path) -> Result<(), NodeError> {
 fn sync_diff(written: &BTreeMap<String, String>, status: &Status) -> String {
     let mut parts = Vec::new();
     for (file, hash) in written {
-        match status.applied_files.get(file) {
+        match status.applied.files.get(file) {
             None => parts.push(format!("{file} not applied")),
             Some(h) if h != hash => parts.push(format!("{file} applied at an older content ({h}, wrote {hash})")),
             Some(_) => {}
         }
     }
-    for file in status.applied_files.keys().filter(|f| !written.contains_key(*f)) {
+    for file in status.applied.files.keys().filter(|f| !written.contains_key(*f)) {
         parts.push(format!("{file} still applied though the lab removed it"));
     }
     for r in &status.rejected {
@@ -990,7 +990,10 @@ mod tests {
         let written: BTreeMap<_, _> =
             [("a.yaml".to_owned(), "1".to_owned()), ("b.yaml".to_owned(), "2".to_owned())].into();
         let status = Status {
-            applied_files: [("b.yaml".to_owned(), "9".to_owned()), ("c.yaml".to_owned(), "3".to_owned())].into(),
+            applied: crate::agent::Applied {
+                files: [("b.yaml".to_owned(), "9".to_owned()), ("c.yaml".to_owned(), "3".to_owned())].into(),
+                ..Default::default()
+            },
             rejected: vec![Rejection {
                 file: "a.yaml".into(),
                 object: "o".into(),

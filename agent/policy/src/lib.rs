@@ -10,6 +10,8 @@
 pub mod budget;
 pub mod cluster;
 pub mod compile;
+#[cfg(feature = "schema")]
+pub mod crd;
 pub mod explain;
 pub mod fqdn;
 pub mod fqdn_policy;

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::datastore::{Duplicate, Health, Notice, Rejection, Revision, file_hash};
+
 /// Where the agent listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/ward/agent.sock";
 
@@ -40,6 +42,9 @@ pub enum Request {
     },
     /// The DNS proxy's latest flow records.
     DnsFlows,
+    /// The datastore's objects as the agent holds them (validated), for checking that it
+    /// converged to its source.
+    Datastore,
 }
 
 /// A CNI attachment: `(CNI_CONTAINERID, CNI_IFNAME)`.
@@ -94,6 +99,9 @@ pub enum Response {
     DnsFlows {
         flows: Vec<crate::dns::flow::DnsFlow>,
     },
+    Datastore {
+        snapshot: Box<crate::datastore::Snapshot>,
+    },
     Error {
         message: String,
     },
@@ -114,16 +122,25 @@ pub struct Readiness {
 pub struct StatusReport {
     pub node: String,
     pub version: String,
-    /// Datastore kind and location, e.g. `directory:/etc/ward/manifests`.
+    /// Datastore kind and location, e.g. `directory:/etc/ward/manifests` or
+    /// `kubernetes:https://10.96.0.1:443`.
     pub datastore: String,
     /// `WARD_CONFIG.policy_rev` after the last applied change.
     pub policy_revision: u32,
-    /// Every manifest file whose content the agent has processed and applied to the kernel
-    /// maps: file name (relative to the directory) to the FNV-1a 64 hash of its bytes, 16
-    /// lowercase hex digits. A client that wrote a file knows its change is enforced once its
-    /// hash shows here; objects of that content that were rejected are listed in `rejected`
-    /// (their last valid versions stay in force).
-    pub applied_files: BTreeMap<String, String>,
+    /// How far the datastore's changes are applied to the kernel maps. For a directory,
+    /// every manifest file whose content the agent has processed: file name (relative to the
+    /// directory) to the FNV-1a 64 hash of its bytes, 16 lowercase hex digits; a client that
+    /// wrote a file knows its change is enforced once its hash shows here (objects of that
+    /// content that were rejected are listed in `rejected`; their last valid versions stay in
+    /// force). For the API, the highest resourceVersion applied per kind.
+    pub applied: Revision,
+    /// Whether the datastore has been read in full, and reaches its source (since when not).
+    #[serde(default)]
+    pub datastore_health: Health,
+    /// The Service ranges the agent was told (`--service-cidr`): traffic to them is decided
+    /// after kube-proxy's translation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_cidrs: Vec<String>,
     pub namespaces: usize,
     pub pods: usize,
     pub policies: usize,
@@ -168,38 +185,6 @@ pub struct RuleCounter {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Rejection {
-    pub file: String,
-    /// `Kind namespace/name`, or the document index when the object could not be named.
-    pub object: String,
-    pub field: String,
-    pub message: String,
-}
-
-/// An object that more than one document declares.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Duplicate {
-    /// `Kind namespace/name`.
-    pub object: String,
-    /// Each declaring file in precedence order (file names in byte order, as `kubectl apply
-    /// -f <dir>` applies them), once per document that declares the object.
-    pub files: Vec<String>,
-    /// The file whose version is in force: the last of `files` with a valid version (`None`
-    /// when no file has one).
-    pub in_force: Option<String>,
-}
-
-/// Something the agent filled in or decided for an object that its manifest did not say.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Notice {
-    pub file: String,
-    /// `Kind namespace/name`.
-    pub object: String,
-    pub field: String,
-    pub message: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EndpointStatus {
     pub endpoint_id: u32,
     pub container_id: String,
@@ -215,11 +200,6 @@ pub struct EndpointStatus {
     /// `--ct-quota`).
     #[serde(default)]
     pub tracked_flows: u64,
-}
-
-/// The `applied_files` form of a file's content hash: FNV-1a 64 as 16 lowercase hex digits.
-pub fn file_hash(bytes: &[u8]) -> String {
-    format!("{:016x}", ward_common::hash::fnv1a64(bytes))
 }
 
 #[cfg(test)]

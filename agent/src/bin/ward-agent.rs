@@ -13,7 +13,8 @@ use serde_json::{Map, Value};
 use ward_agent::api::proto::DEFAULT_SOCKET;
 use ward_agent::cni::install::{self, ConflistSpec};
 use ward_agent::cni::netconf::DEFAULT_DATA_DIR;
-use ward_agent::daemon::{self, Config, FlowEvents};
+use ward_agent::daemon::{self, Config, Datastore, FlowEvents};
+use ward_agent::datastore::kubernetes::KubeSettings;
 
 #[derive(Parser, Debug)]
 #[command(name = "ward-agent", version, about = "Ward node agent: eBPF NetworkPolicy enforcement")]
@@ -36,16 +37,30 @@ enum Cmd {
         #[arg(long)]
         source: Option<PathBuf>,
     },
+    /// Print the WardNetworkPolicy CustomResourceDefinition (YAML), generated from the types
+    /// the agent decodes (`manifests/crd-wardnetworkpolicy.yaml` is this output).
+    PrintCrd,
 }
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// This node's name (also names its pin directory).
+    /// This node's name (also names its pin directory); in a DaemonSet from the downward
+    /// API (`spec.nodeName`).
     #[arg(long, env = "WARD_NODE_NAME", required = true)]
     node_name: Option<String>,
     /// Standalone mode: a directory of Kubernetes YAML (Namespace, Pod, NetworkPolicy).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
     manifests: Option<PathBuf>,
+    /// Cluster mode: watch the Kubernetes API (in-cluster ServiceAccount, or --kubeconfig).
+    #[arg(long, env = "WARD_KUBERNETES")]
+    kubernetes: bool,
+    /// The kubeconfig of cluster mode (default: in-cluster configuration).
+    #[arg(long, env = "KUBECONFIG", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// The cluster's Service range (repeatable, one per family): traffic to it is decided
+    /// after kube-proxy's translation.
+    #[arg(long = "service-cidr", env = "WARD_SERVICE_CIDRS", value_delimiter = ',')]
+    service_cidrs: Vec<ipnet::IpNet>,
     /// Local API socket (root only).
     #[arg(long, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -62,12 +77,15 @@ struct RunArgs {
     #[arg(long = "host-addr")]
     host_addrs: Vec<IpAddr>,
     /// Which verdicts emit flow events into the ring buffer.
-    #[arg(long, value_enum, default_value_t = FlowEvents::Drops)]
+    #[arg(long, env = "WARD_FLOW_EVENTS", value_enum, default_value_t = FlowEvents::Drops)]
     flow_events: FlowEvents,
     /// Most tracked flows one pod may hold; past it the pod's new flows are refused
     /// (`ct_quota`), so one pod's flood never crowds out another's connections.
     #[arg(long, default_value_t = ward_common::maps::CT_QUOTA_DEFAULT)]
     ct_quota: u32,
+    /// Serve `/healthz`, `/readyz` (the readiness probe) and `/metrics` (Prometheus) here.
+    #[arg(long, env = "WARD_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -125,6 +143,8 @@ impl RunArgs {
         ward.insert("dataDir".into(), Value::from(self.cni_data_dir.to_string_lossy().into_owned()));
         match (&self.cni_ipam, self.pod_cidrs.is_empty()) {
             (Some(_), false) => anyhow::bail!("--pod-cidr and --cni-ipam: give one, not both"),
+            // Cluster mode reads them from this node's Node object.
+            (None, true) if self.kubernetes => {}
             (None, true) => {
                 anyhow::bail!("--cni-conf-dir needs the pod CIDRs (--pod-cidr) or an IPAM plugin (--cni-ipam)")
             }
@@ -166,6 +186,11 @@ fn main() -> anyhow::Result<()> {
         fmt.init()
     }
 
+    if let Some(Cmd::PrintCrd) = args.command {
+        let crd = ward_policy::crd::ward_network_policy_crd();
+        print!("{}", ward_policy::crd::to_yaml(&crd)?);
+        return Ok(());
+    }
     if let Some(Cmd::InstallCni { bin_dir, source }) = args.command {
         let source = match source {
             Some(s) => s,
@@ -186,9 +211,16 @@ fn main() -> anyhow::Result<()> {
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
             .with_context(|| format!("entering network namespace {}", path.display()))?;
     }
+    let datastore = match (run.kubernetes, run.manifests) {
+        (true, _) => Datastore::Kubernetes(KubeSettings { kubeconfig: run.kubeconfig }),
+        (false, Some(dir)) => Datastore::Directory(dir),
+        (false, None) => anyhow::bail!("give --manifests DIR (standalone) or --kubernetes (cluster mode)"),
+    };
     let cfg = Config {
         node_name: run.node_name.context("--node-name is required")?,
-        manifests: run.manifests.context("--manifests is required")?,
+        datastore,
+        service_cidrs: run.service_cidrs,
+        metrics_addr: run.metrics_addr,
         socket: run.socket,
         state_dir: run.state_dir,
         bpffs: run.bpffs,

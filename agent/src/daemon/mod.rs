@@ -1,12 +1,14 @@
-//! The agent's owner task: the one place that holds mutable state (datastore snapshot,
+//! The agent's owner task: the one place that holds mutable state (the datastore's store,
 //! local endpoints, identities, the kernel map mirror). Everything else talks to it through
-//! channels: the API server sends requests, the datastore watcher sends change signals, a
-//! timer drives garbage collection. Each change ends in `reconcile`, which compiles the
-//! desired map contents and applies the difference to the kernel.
+//! channels: the API server sends requests, the datastore's source (a directory or the
+//! Kubernetes API) sends [`Event`]s, a timer drives garbage collection. Each change ends in
+//! `reconcile`, which plans the desired map contents (`crate::plan`) and applies the
+//! difference to the kernel.
 
 mod plugin;
 pub mod reconcile;
 pub mod registry;
+pub mod state;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -22,7 +24,27 @@ use crate::api::proto::{EndpointRegistration, EndpointStatus, Request, Response,
 use crate::api::server;
 use crate::datapath::{Datapath, MirrorContents};
 use crate::datastore::directory::DirectoryStore;
+use crate::datastore::kubernetes::KubeSettings;
+use crate::datastore::{Event, Revision, Store};
 use registry::{LocalEndpoint, Registry};
+
+/// Where the cluster's objects come from.
+#[derive(Clone, Debug)]
+pub enum Datastore {
+    /// Standalone: a directory of manifests.
+    Directory(PathBuf),
+    /// The Kubernetes API.
+    Kubernetes(KubeSettings),
+}
+
+impl Datastore {
+    fn describe(&self) -> String {
+        match self {
+            Datastore::Directory(dir) => format!("directory:{}", dir.display()),
+            Datastore::Kubernetes(k) => format!("kubernetes:{}", k.describe()),
+        }
+    }
+}
 
 /// Which verdicts the datapath reports as flow events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -45,7 +67,10 @@ impl FlowEvents {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub node_name: String,
-    pub manifests: PathBuf,
+    pub datastore: Datastore,
+    /// The cluster's Service ranges (`--service-cidr`): traffic to them is decided after
+    /// kube-proxy's translation.
+    pub service_cidrs: Vec<ipnet::IpNet>,
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
@@ -56,21 +81,25 @@ pub struct Config {
     /// The CNI conflist to write once ready (`--cni-conf-dir`), if any.
     pub conflist: Option<crate::cni::install::ConflistSpec>,
     pub dns: crate::dns::DnsSettings,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served (`--metrics-addr`), if at all.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
-/// How often vanished interfaces are garbage-collected and the manifests re-read (the
-/// watcher makes changes visible at once; this is the safety net).
+/// How often vanished interfaces are garbage-collected and a pass that could not write
+/// everything is retried.
 const GC_PERIOD: Duration = Duration::from_secs(2);
-/// Quiet time after a file change before reloading, so an editor's several writes make one
-/// reload.
-const DEBOUNCE: Duration = Duration::from_millis(5);
+/// Most datastore events applied before a pass (a relist of a big cluster is compiled in
+/// a few passes rather than one per object, and API calls wait for at most one batch).
+const EVENT_BATCH: usize = 4096;
+/// How many events may wait for the owner task before a source waits.
+const EVENT_QUEUE: usize = 8192;
 /// How often expired conntrack entries are swept (the programs also drop expired entries on
 /// sight; the sweep only gives their room, and their endpoint's quota, back).
 const CT_SWEEP_PERIOD: Duration = Duration::from_secs(10);
 
 pub struct Agent {
     cfg: Config,
-    store: DirectoryStore,
+    store: Store,
     registry: Registry,
     ids: Identities,
     dp: Datapath,
@@ -81,7 +110,10 @@ pub struct Agent {
     cluster: ward_policy::cluster::Cluster,
     /// The identity table's revision last written to the state directory.
     ids_saved: Option<u64>,
-    applied_files: BTreeMap<String, String>,
+    /// The source revision the last pass applied.
+    applied: Revision,
+    /// The store generation last persisted (Kubernetes datastore only).
+    snapshot_saved: Option<u64>,
     last_error: Option<String>,
     conflist: Option<plugin::Conflist>,
     /// The DNS proxy (`None` if it could not start: DNS of its pods then fails closed).
@@ -98,22 +130,16 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         }
     }
     tracing::info!(host_addrs = ?cfg.host_addrs, "node addresses (always allowed to reach local pods)");
-    let mut agent = Agent::start(cfg).await?;
+    let (event_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let mut agent = Agent::start(cfg, event_tx).await?;
     let mut bumps = agent.dns.as_mut().and_then(|d| d.bumps.take());
     let listener = server::bind(&agent.cfg.socket)?;
     let (call_tx, mut calls) = mpsc::channel::<server::Call>(64);
+    if let Some(addr) = agent.cfg.metrics_addr {
+        let http = crate::api::http::bind(addr).await?;
+        tokio::spawn(crate::api::http::serve(http, call_tx.clone()));
+    }
     tokio::spawn(server::serve(listener, call_tx));
-    let (fs_tx, mut fs_events) = mpsc::unbounded_channel::<()>();
-    // A manifests path that cannot be watched (not a directory, say) is bad input, not a reason
-    // to stop enforcing: the periodic re-read picks the directory up once it is one, and
-    // until then the datastore has not synced (no CNI conflist, STATUS not ready).
-    let _watcher = match crate::datastore::directory::watch(&agent.cfg.manifests, fs_tx) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::error!(dir = %agent.cfg.manifests.display(), error = %e, "cannot watch the manifests; re-reading them every {GC_PERIOD:?}");
-            None
-        }
-    };
     let mut gc = tokio::time::interval(GC_PERIOD);
     let mut ct_sweep = tokio::time::interval(CT_SWEEP_PERIOD);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -126,10 +152,20 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
                 let resp = agent.handle(req);
                 let _ = reply.send(resp);
             }
-            Some(()) = fs_events.recv() => {
-                tokio::time::sleep(DEBOUNCE).await;
-                while fs_events.try_recv().is_ok() {}
-                agent.reload(Reread::Changed);
+            Some(event) = events.recv() => {
+                let mut changed = agent.store.apply(event);
+                for _ in 0..EVENT_BATCH {
+                    match events.try_recv() {
+                        Ok(e) => changed |= agent.store.apply(e),
+                        Err(_) => break,
+                    }
+                }
+                // A new revision with nothing changed (an edit that only reformatted a file)
+                // still takes a pass: the revision counts as applied only after one.
+                if changed || agent.applied != agent.store.checkpoint().revision {
+                    agent.reconcile();
+                }
+                agent.publish_conflist();
             }
             Some(()) = async { match bumps.as_mut() { Some(b) => b.recv().await, None => std::future::pending().await } } => {
                 // Learned entries narrowed: tracked flows are re-decided on their next packet.
@@ -140,7 +176,6 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             }
             _ = gc.tick() => {
                 agent.gc();
-                agent.reload(Reread::All);
                 // A pass that could not write everything (a full map, say) left fewer allows
                 // in force; try again until it can.
                 if agent.last_error.is_some() {
@@ -194,16 +229,8 @@ fn enable_forwarding() {
     }
 }
 
-/// Which manifests a reload reads: after a change event only the files whose metadata
-/// changed; on the periodic safety re-read all of them.
-#[derive(Clone, Copy)]
-enum Reread {
-    Changed,
-    All,
-}
-
 impl Agent {
-    async fn start(cfg: Config) -> anyhow::Result<Self> {
+    async fn start(cfg: Config, events: mpsc::Sender<Event>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
         let mut dp = Datapath::open(&cfg.bpffs, &cfg.node_name)?;
@@ -224,9 +251,40 @@ impl Agent {
         // Adopt what the kernel holds: the diff against it is what a restart changes.
         let mirror = dp.maps.read_all()?;
         let registry = Registry::load(&cfg.state_dir)?;
-        let mut ids = reconcile::load_identities(&cfg.state_dir)?;
-        let mut store = DirectoryStore::new(cfg.manifests.clone());
-        store.reload();
+        let mut ids = state::load_identities(&cfg.state_dir)?;
+        let store = match &cfg.datastore {
+            Datastore::Directory(dir) => {
+                // Read once before the first pass, so a restarted agent's first pass is
+                // the directory's state (an empty diff against the pinned maps).
+                let mut dir_store = DirectoryStore::new(dir.clone());
+                dir_store.reload();
+                let mut store = Store::new();
+                for event in dir_store.take_events() {
+                    store.apply(event);
+                }
+                tokio::spawn(crate::datastore::directory::run(dir_store, events));
+                store
+            }
+            Datastore::Kubernetes(settings) => {
+                // The last state this node knew, enforced at once (it is what the pinned maps
+                // hold); the API's first listing replaces it. Without one, nothing is known:
+                // the first pass then leaves pods of the pinned maps as unknown (no traffic)
+                // rather than compiling an empty cluster into allows.
+                let store = match state::load_snapshot(&cfg.state_dir) {
+                    Some(snapshot) => {
+                        tracing::info!(
+                            pods = snapshot.pods.len(),
+                            policies = snapshot.policies.len(),
+                            "enforcing the persisted datastore snapshot until the API is listed"
+                        );
+                        Store::with_snapshot(snapshot)
+                    }
+                    None => Store::new(),
+                };
+                tokio::spawn(crate::datastore::kubernetes::run(settings.clone(), events));
+                store
+            }
+        };
         let (seeded, reserved) = reconcile::adopt_numbers(&mut ids, &mirror, store.snapshot().into(), &registry);
         if seeded + reserved > 0 {
             tracing::info!(seeded, reserved, "identity numbers taken over from the pinned maps");
@@ -242,7 +300,8 @@ impl Agent {
             compiled: None,
             cluster: ward_policy::cluster::Cluster::default(),
             ids_saved: None,
-            applied_files: BTreeMap::new(),
+            applied: Revision::None,
+            snapshot_saved: None,
             last_error: None,
             conflist,
             dns,
@@ -281,20 +340,22 @@ impl Agent {
             Request::Status => Response::Status(Box::new(self.status())),
             Request::Endpoints => Response::Endpoints { endpoints: self.endpoints() },
             Request::Explain { from, to, protocol, port } => self.explain(&from, &to, &protocol, port),
+            Request::Datastore => Response::Datastore { snapshot: Box::new(self.store.snapshot().clone()) },
             Request::DnsFlows => {
                 Response::DnsFlows { flows: self.dns.as_ref().map(|d| d.shared.flows.recent()).unwrap_or_default() }
             }
         }
     }
 
-    /// Re-reads the manifests; reconciles if anything changed.
-    fn reload(&mut self, what: Reread) {
-        let changed = match what {
-            Reread::All => self.store.reload(),
-            Reread::Changed => self.store.reload_changed(),
-        };
-        if changed {
-            self.reconcile();
+    /// Persists the store's snapshot when it changed (Kubernetes datastore only: a
+    /// directory is its own persistence).
+    fn persist_snapshot(&mut self) {
+        if !matches!(self.cfg.datastore, Datastore::Kubernetes(_)) || self.store.synced().is_err() {
+            return;
+        }
+        let generation = self.store.generation();
+        if self.snapshot_saved != Some(generation) && state::save_snapshot(&self.cfg.state_dir, self.store.snapshot()) {
+            self.snapshot_saved = Some(generation);
         }
     }
 
@@ -433,26 +494,33 @@ impl Agent {
                 .collect(),
             _ => Vec::new(),
         };
+        let checkpoint = self.store.checkpoint();
+        let mut datastore_health = checkpoint.health.clone();
+        if let Err(why) = self.store.synced() {
+            datastore_health.not_synced = Some(why);
+        }
         StatusReport {
             node: self.cfg.node_name.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            datastore: format!("directory:{}", self.cfg.manifests.display()),
+            datastore: self.cfg.datastore.describe(),
             policy_revision: self.dp.maps.revision().unwrap_or(0),
-            applied_files: self.applied_files.clone(),
+            applied: self.applied.clone(),
+            datastore_health,
+            service_cidrs: self.cfg.service_cidrs.iter().map(ToString::to_string).collect(),
             namespaces: snap.namespaces.len(),
             pods: snap.pods.len(),
             policies: snap.policies.len(),
             endpoints: self.registry.len(),
             identities: self.ids.counts().0,
             map_entries,
-            rejected: self.store.rejected().to_vec(),
+            rejected: checkpoint.rejected.clone(),
             address_conflicts: self
                 .compiled
                 .as_ref()
                 .map(|c| c.address_conflicts.iter().map(|a| a.to_string()).collect())
                 .unwrap_or_default(),
-            duplicates: self.store.duplicates(),
-            notices: self.store.notices().to_vec(),
+            duplicates: checkpoint.duplicates.clone(),
+            notices: checkpoint.notices.clone(),
             last_error: self.last_error.clone(),
             reason_counters,
             rule_counters,
@@ -500,7 +568,7 @@ impl Agent {
                 let flags = info.map(|i| i.flags).unwrap_or(0);
                 let labels = snap
                     .pods
-                    .get(&reconcile::pod_key(&e.reg.pod_namespace, &e.reg.pod_name))
+                    .get(&crate::plan::pod_key(&e.reg.pod_namespace, &e.reg.pod_name))
                     .map(|p| p.labels.clone())
                     .unwrap_or_default();
                 EndpointStatus {

@@ -63,14 +63,35 @@ impl Agent {
     }
 
     /// Writes the conflist when the agent is ready and the file lacks the current content.
-    /// Never removes it (see `crate::cni::install`).
+    /// Never removes it (see `crate::cni::install`). Without pod CIDRs or an IPAM plugin
+    /// given, the address ranges are this node's `spec.podCIDRs` (the API datastore), and
+    /// the conflist waits for them.
     pub(super) fn publish_conflist(&mut self) {
         let ready = self.readiness().ready;
+        let node_cidrs: Vec<String> = self
+            .store
+            .snapshot()
+            .nodes
+            .get(&self.cfg.node_name)
+            .map(|n| n.pod_cidrs.iter().map(ToString::to_string).collect())
+            .unwrap_or_default();
         let Some(conflist) = self.conflist.as_mut() else { return };
         if !ready || conflist.published {
             return;
         }
-        match conflist.spec.publish() {
+        let mut spec = conflist.spec.clone();
+        if !spec.ward.contains_key("podCIDRs") && !spec.ward.contains_key("ipam") {
+            if node_cidrs.is_empty() {
+                let message = format!("waiting for Node {} to have spec.podCIDRs", self.cfg.node_name);
+                if conflist.last_error.as_deref() != Some(message.as_str()) {
+                    tracing::info!(node = %self.cfg.node_name, "the CNI configuration waits for this Node's spec.podCIDRs");
+                }
+                conflist.last_error = Some(message);
+                return;
+            }
+            spec.ward.insert("podCIDRs".into(), serde_json::Value::from(node_cidrs));
+        }
+        match spec.publish() {
             Ok(wrote) => {
                 let path = conflist.spec.conf_dir.join(crate::cni::install::CONFLIST_NAME);
                 tracing::info!(path = %path.display(), wrote, "CNI configuration in place");

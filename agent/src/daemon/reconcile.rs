@@ -1,66 +1,26 @@
-//! Desired state from the snapshot and the local endpoints, compiled by the pure compiler
-//! (`ward_policy::compile`) and applied to the kernel as a diff against the mirror.
-//!
-//! A pass has a pure half, [`plan`] (cluster view, compile, desired maps, the writes against
-//! the mirror), then the kernel writes (`Maps::apply`), then [`settle_identities`] (identity
-//! GC and the identity file). The benchmark (`ward-bench`) runs exactly these functions, with
-//! the kernel writes replaced by `MirrorDelta::apply_to`.
+//! The owner task's pass: plan (the pure half, `crate::plan`), then the kernel writes
+//! (`Maps::apply`, a diff against the mirror), then identity GC and the identity file
+//! (`state::settle_identities`), then what follows from a new compile (the DNS proxy's
+//! view, the persisted snapshot). Also the start-up step that takes identity numbers over
+//! from the pinned maps, and `explain`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use ward_common::{
-    addr::v4_mapped,
-    identity::{ID_UNKNOWN_POD, ID_WORLD},
-    maps::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EndpointInfo, IpcacheKey, IpcacheValue},
-};
-use ward_policy::cluster::{Cluster, PodKey, PolicyRef};
+use ward_common::{identity::ID_WORLD, maps::IpcacheKey};
 use ward_policy::identity::Identities;
 use ward_policy::reference::Peer;
-use ward_policy::selector::Labels;
-use ward_policy::validate::{NAMESPACE_NAME_LABEL, PodInfo, Policy, Protocol};
+use ward_policy::validate::Protocol;
 
 use super::Agent;
-use super::registry::{Registry, write_atomic};
+use super::registry::Registry;
+use super::state::settle_identities;
 use crate::api::proto::Response;
-use crate::datapath::{MirrorContents, MirrorDelta};
-use crate::datastore::Snapshot;
+use crate::datapath::MirrorContents;
+use crate::plan::{Source, host_prefix, plan, pod_key};
 
 pub use ward_policy::compile::Compiled;
-
-const IDENTITIES_FILE: &str = "identities.json";
-
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("reading {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("{path} is corrupt: {source}")]
-    Corrupt { path: String, source: serde_json::Error },
-}
-
-/// Identity numbers persist so that a restarted agent computes exactly the map contents
-/// already pinned in the kernel (an empty diff, no churn).
-///
-/// A corrupt file is set aside (`identities.json.corrupt`) rather than stopping the agent:
-/// [`adopt_numbers`] then rebuilds what it can from the pinned maps, and reserves the rest.
-pub fn load_identities(state_dir: &Path) -> Result<Identities, StateError> {
-    let path = state_dir.join(IDENTITIES_FILE);
-    match std::fs::read(&path) {
-        Ok(b) => match serde_json::from_slice(&b) {
-            Ok(ids) => Ok(ids),
-            Err(source) => {
-                let e = StateError::Corrupt { path: path.display().to_string(), source };
-                tracing::error!(error = %e, "starting from the pinned maps' numbers instead");
-                let _ = std::fs::rename(&path, path.with_extension("json.corrupt"));
-                Ok(Identities::default())
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Identities::default()),
-        Err(source) => Err(StateError::Read { path: path.display().to_string(), source }),
-    }
-}
 
 /// What the numbering must respect at start-up: the pinned maps may use numbers the loaded
 /// table does not hold (the table lost, corrupt, or written before the maps' last pass).
@@ -164,24 +124,6 @@ fn ipnet_of(k: &IpcacheKey) -> ipnet::IpNet {
     }
 }
 
-/// Writes the identity file; false (logged) if that failed.
-fn save_identities(state_dir: &Path, ids: &Identities) -> bool {
-    let path = state_dir.join(IDENTITIES_FILE);
-    match serde_json::to_vec(ids) {
-        Ok(bytes) => match write_atomic(&path, &bytes) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "persisting identities");
-                false
-            }
-        },
-        Err(e) => {
-            tracing::error!(error = %e, "encoding identities");
-            false
-        }
-    }
-}
-
 /// True if `name` is the interface with this ifindex in our network namespace.
 pub fn interface_is(name: &str, ifindex: u32) -> bool {
     nix::net::if_::if_nametoindex(name).is_ok_and(|i| i == ifindex)
@@ -194,230 +136,17 @@ pub fn interface_exists(ifindex: u32) -> bool {
     !unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null()
 }
 
-pub fn pod_key(namespace: &str, name: &str) -> PodKey {
-    PodKey { namespace: namespace.to_owned(), name: name.to_owned() }
-}
-
-/// What a pass reads from the datastore: a [`Snapshot`] in the agent, a `Cluster` in the
-/// benchmark and tests.
-#[derive(Clone, Copy, Debug)]
-pub struct Source<'a> {
-    pub namespaces: &'a BTreeMap<String, Labels>,
-    pub pods: &'a BTreeMap<PodKey, PodInfo>,
-    pub policies: &'a BTreeMap<PolicyRef, Policy>,
-}
-
-impl<'a> From<&'a Snapshot> for Source<'a> {
-    fn from(s: &'a Snapshot) -> Self {
-        Source { namespaces: &s.namespaces, pods: &s.pods, policies: &s.policies }
-    }
-}
-
-impl<'a> From<&'a Cluster> for Source<'a> {
-    fn from(c: &'a Cluster) -> Self {
-        Source { namespaces: &c.namespaces, pods: &c.pods, policies: &c.policies }
-    }
-}
-
-/// Brings `view`, the cluster as the compiler sees it (kept between passes), up to date with
-/// the datastore: local pods get the addresses their CNI ADD gave them, every namespace of a
-/// pod exists, and every namespace carries `kubernetes.io/metadata.name`. Only what changed
-/// is copied, so a pass after one relabel copies one pod rather than the whole snapshot.
-pub fn update_view(view: &mut Cluster, snap: Source<'_>, registry: &Registry, host_addrs: &[IpAddr]) {
-    // A later registration of the same pod wins, as when the addresses were assigned in turn.
-    let cni_ips: BTreeMap<(&str, &str), &[IpAddr]> = registry
-        .iter()
-        .map(|ep| ((ep.reg.pod_namespace.as_str(), ep.reg.pod_name.as_str()), ep.reg.ips.as_slice()))
-        .collect();
-    let mut pod_namespaces: BTreeSet<&str> = BTreeSet::new();
-    let mut same_keys = view.pods.len() == snap.pods.len();
-    if same_keys {
-        // The common case, no pod added or removed: one walk over both maps in key order,
-        // without a lookup per pod.
-        for ((key, cur), (skey, info)) in view.pods.iter_mut().zip(snap.pods) {
-            if key != skey {
-                same_keys = false;
-                break;
-            }
-            sync_pod(cur, info, cni_ips.get(&(key.namespace.as_str(), key.name.as_str())).copied());
-        }
-    }
-    if !same_keys {
-        view.pods.retain(|k, _| snap.pods.contains_key(k));
-        for (key, info) in snap.pods {
-            let ips = cni_ips.get(&(key.namespace.as_str(), key.name.as_str())).copied();
-            match view.pods.get_mut(key) {
-                Some(cur) => sync_pod(cur, info, ips),
-                None => {
-                    let ips = ips.unwrap_or(&info.ips).to_vec();
-                    view.pods
-                        .insert(key.clone(), PodInfo { labels: info.labels.clone(), ports: info.ports.clone(), ips });
-                }
-            }
-        }
-    }
-    for key in snap.pods.keys() {
-        if pod_namespaces.last().copied() != Some(key.namespace.as_str()) {
-            pod_namespaces.insert(&key.namespace);
-        }
-    }
-    view.namespaces.retain(|name, _| snap.namespaces.contains_key(name) || pod_namespaces.contains(name.as_str()));
-    let names = snap.namespaces.keys().map(String::as_str).chain(pod_namespaces.iter().copied());
-    for name in names {
-        // The API server sets this label on every namespace.
-        let mut labels = snap.namespaces.get(name).cloned().unwrap_or_default();
-        labels.insert(NAMESPACE_NAME_LABEL.into(), name.to_owned());
-        if view.namespaces.get(name) != Some(&labels) {
-            view.namespaces.insert(name.to_owned(), labels);
-        }
-    }
-    view.policies.retain(|k, _| snap.policies.contains_key(k));
-    for (key, p) in snap.policies {
-        if view.policies.get(key) != Some(p) {
-            view.policies.insert(key.clone(), p.clone());
-        }
-    }
-    if view.host_addrs != host_addrs {
-        view.host_addrs = host_addrs.to_vec();
-    }
-}
-
-fn addr_slots(ips: &[IpAddr]) -> ([u8; 16], [u8; 16]) {
-    let mut v4 = [0u8; 16];
-    let mut v6 = [0u8; 16];
-    for ip in ips {
-        match ip {
-            IpAddr::V4(a) => v4 = v4_mapped(a.octets()),
-            IpAddr::V6(a) => v6 = a.octets(),
-        }
-    }
-    (v4, v6)
-}
-
-fn host_prefix(ip: &IpAddr) -> IpcacheKey {
-    match ip {
-        IpAddr::V4(a) => IpcacheKey { prefixlen: 128, addr: v4_mapped(a.octets()) },
-        IpAddr::V6(a) => IpcacheKey { prefixlen: 128, addr: a.octets() },
-    }
-}
-
-/// Makes `cur` the snapshot's `info`, with the CNI's addresses if the pod is local.
-fn sync_pod(cur: &mut PodInfo, info: &PodInfo, cni_ips: Option<&[IpAddr]>) {
-    let ips = cni_ips.unwrap_or(&info.ips);
-    if cur.labels != info.labels {
-        cur.labels.clone_from(&info.labels);
-    }
-    if cur.ports != info.ports {
-        cur.ports.clone_from(&info.ports);
-    }
-    if cur.ips != ips {
-        cur.ips = ips.to_vec();
-    }
-}
-
-/// The three user-owned maps as they should be.
-pub fn desired_maps(compiled: &Compiled, registry: &Registry) -> MirrorContents {
-    let mut desired = MirrorContents {
-        endpoints: BTreeMap::new(),
-        ipcache: compiled.ipcache.clone(),
-        policy: compiled.policy.clone(),
-    };
-    for ep in registry.iter() {
-        let (addr_v4, addr_v6) = addr_slots(&ep.reg.ips);
-        let (identity, flags) = match compiled.pod_identity.get(&pod_key(&ep.reg.pod_namespace, &ep.reg.pod_name)) {
-            Some(id) => (*id, compiled.isolation.get(id).copied().unwrap_or(0)),
-            // A pod the datastore does not know (yet): nothing in or out until it does.
-            None => {
-                for ip in &ep.reg.ips {
-                    desired
-                        .ipcache
-                        .entry(host_prefix(ip))
-                        .or_insert(IpcacheValue { identity: ID_UNKNOWN_POD, cidr_identity: ID_WORLD });
-                }
-                (ID_UNKNOWN_POD, EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS)
-            }
-        };
-        desired
-            .endpoints
-            .insert(ep.reg.host_ifindex, EndpointInfo { ep_id: ep.ep_id, identity, flags, _pad: 0, addr_v4, addr_v6 });
-    }
-    desired
-}
-
-/// How long each stage of [`plan`] took.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct PlanTimings {
-    /// Building the compiler's view of the cluster from the datastore and the endpoints.
-    pub cluster: Duration,
-    pub compile: Duration,
-    /// Desired maps and the writes against the mirror.
-    pub diff: Duration,
-}
-
-/// The pure half of a pass: what the kernel maps should hold and the writes that get them there.
-pub struct Plan {
-    pub compiled: Compiled,
-    pub desired: MirrorContents,
-    /// From the mirror to `desired`.
-    pub delta: MirrorDelta,
-    pub timings: PlanTimings,
-}
-
-/// Updates `view` from `snap` (see [`update_view`]), compiles it for the registered
-/// endpoints (allocating identities in `ids`) and diffs the result against `mirror`, the maps
-/// as loaded. Touches neither the kernel nor the disk.
-pub fn plan(
-    view: &mut Cluster,
-    snap: Source<'_>,
-    registry: &Registry,
-    host_addrs: &[IpAddr],
-    ids: &mut Identities,
-    mirror: &MirrorContents,
-) -> Plan {
-    let t0 = Instant::now();
-    update_view(view, snap, registry, host_addrs);
-    let local: BTreeSet<PodKey> = registry
-        .iter()
-        .map(|e| pod_key(&e.reg.pod_namespace, &e.reg.pod_name))
-        .filter(|k| view.pods.contains_key(k))
-        .collect();
-    let t1 = Instant::now();
-    let compiled = ward_policy::compile::compile(view, &local, ids);
-    let t2 = Instant::now();
-    let desired = desired_maps(&compiled, registry);
-    let delta = mirror.delta_to(&desired);
-    let t3 = Instant::now();
-    Plan { compiled, desired, delta, timings: PlanTimings { cluster: t1 - t0, compile: t2 - t1, diff: t3 - t2 } }
-}
-
-/// After the maps were written: frees the identity numbers this compile no longer uses, but
-/// only if the writes succeeded (otherwise a map may still refer to them), and persists the
-/// identity table if it changed since it was last persisted (`saved` holds that revision).
-pub fn settle_identities(
-    ids: &mut Identities,
-    compiled: &Compiled,
-    applied: bool,
-    state_dir: &Path,
-    saved: &mut Option<u64>,
-) {
-    if applied {
-        ids.gc(&compiled.live());
-    }
-    if *saved != Some(ids.revision()) && save_identities(state_dir, ids) {
-        *saved = Some(ids.revision());
-    }
-}
-
 impl Agent {
     /// Compiles the current snapshot and applies the difference to the kernel.
     pub(super) fn reconcile(&mut self) {
         let span = tracing::info_span!("reconcile");
         let _g = span.enter();
         let started = Instant::now();
+        let local = self.registry.to_vec();
         let plan = plan(
             &mut self.cluster,
             self.store.snapshot().into(),
-            &self.registry,
+            &local,
             &self.cfg.host_addrs,
             &mut self.ids,
             &self.mirror,
@@ -444,8 +173,9 @@ impl Agent {
         // Only after a successful apply does no map refer to numbers this compile no longer uses.
         settle_identities(&mut self.ids, &plan.compiled, applied, &self.cfg.state_dir, &mut self.ids_saved);
         self.publish_dns_view(&plan.compiled);
-        self.applied_files = self.store.file_hashes();
+        self.applied = self.store.checkpoint().revision.clone();
         self.compiled = Some(plan.compiled);
+        self.persist_snapshot();
     }
 
     /// Hands the DNS proxy its view of this compile (and persists it for the next start).
@@ -492,43 +222,16 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::proto::EndpointRegistration;
-    use ward_policy::selector::Selector;
-
-    /// What `update_view` must produce, written as a fresh copy of everything.
-    fn fresh_view(snap: Source<'_>, registry: &Registry, host_addrs: &[IpAddr]) -> Cluster {
-        let mut pods = snap.pods.clone();
-        for ep in registry.iter() {
-            if let Some(p) = pods.get_mut(&pod_key(&ep.reg.pod_namespace, &ep.reg.pod_name)) {
-                p.ips = ep.reg.ips.clone();
-            }
-        }
-        let mut namespaces = snap.namespaces.clone();
-        for pod in pods.keys() {
-            namespaces.entry(pod.namespace.clone()).or_default();
-        }
-        for (name, labels) in namespaces.iter_mut() {
-            labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
-        }
-        Cluster { namespaces, pods, policies: snap.policies.clone(), host_addrs: host_addrs.to_vec() }
-    }
+    use ward_common::maps::IpcacheValue;
+    use ward_policy::cluster::Cluster;
+    use ward_policy::selector::Labels;
+    use ward_policy::validate::PodInfo;
 
     fn pod(app: &str, ip: &str) -> PodInfo {
         PodInfo {
             labels: Labels::from([("app".into(), app.into())]),
             ports: vec![],
             ips: vec![ip.parse().expect("test address")],
-        }
-    }
-
-    fn policy(ns: &str, name: &str, app: &str) -> Policy {
-        Policy {
-            kind: Default::default(),
-            namespace: ns.into(),
-            name: name.into(),
-            pod_selector: Selector { match_labels: Labels::from([("app".into(), app.into())]), requirements: vec![] },
-            ingress: Some(vec![]),
-            egress: None,
         }
     }
 
@@ -566,60 +269,10 @@ mod tests {
         let (seeded, reserved) = adopt_numbers(&mut ids, &mirror, (&snap).into(), &registry);
         assert_eq!((seeded, reserved), (1, 3), "b's number taken over; a's, the subject's and the rule id reserved");
         let mut view = Cluster::default();
-        let p = plan(&mut view, (&snap).into(), &registry, &[], &mut ids, &mirror);
+        let p = plan(&mut view, (&snap).into(), &registry.to_vec(), &[], &mut ids, &mirror);
         assert_eq!(p.compiled.pod_identity[&pod_key("x", "b")], b, "b keeps its number: an empty diff for it");
         assert!(!p.compiled.pod_identity.values().any(|id| *id == a), "a's pinned number is not reused");
         assert!(p.delta.ipcache_upserts.iter().all(|(_, v)| v.identity != a));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn the_kept_view_equals_a_fresh_copy_through_every_kind_of_change() {
-        let dir = std::env::temp_dir().join(format!("ward-view-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut registry = Registry::load(&dir).expect("registry");
-        registry
-            .add(&EndpointRegistration {
-                network: String::new(),
-                container_id: "c1".into(),
-                ifname: "eth0".into(),
-                netns: String::new(),
-                pod_namespace: "a".into(),
-                pod_name: "p1".into(),
-                host_ifname: "wd1".into(),
-                host_ifindex: 7,
-                ips: vec!["10.9.0.1".parse().expect("ip")],
-            })
-            .expect("register");
-        let host = ["192.168.0.1".parse().expect("ip")];
-        let mut snap = Cluster::default();
-        snap.namespaces.insert("a".into(), Labels::from([("team".into(), "x".into())]));
-        snap.namespaces.insert("empty".into(), Labels::new());
-        snap.pods.insert(pod_key("a", "p1"), pod("web", "10.0.0.1"));
-        snap.pods.insert(pod_key("a", "p2"), pod("web", "10.0.0.2"));
-        snap.pods.insert(pod_key("b", "p3"), pod("db", "10.0.0.3"));
-        snap.policies.insert(PolicyRef::new("a", "deny"), policy("a", "deny", "web"));
-        let mut view = Cluster::default();
-        let check = |view: &mut Cluster, snap: &Cluster, host: &[IpAddr], what: &str| {
-            update_view(view, snap.into(), &registry, host);
-            assert_eq!(*view, fresh_view(snap.into(), &registry, host), "after {what}");
-        };
-        check(&mut view, &snap, &host, "the first pass");
-        assert_eq!(view.pods[&pod_key("a", "p1")].ips, vec!["10.9.0.1".parse::<IpAddr>().expect("ip")]);
-        snap.pods.insert(pod_key("a", "p2"), pod("api", "10.0.0.2"));
-        check(&mut view, &snap, &host, "a relabel");
-        snap.pods.insert(pod_key("c", "p4"), pod("db", "10.0.0.4"));
-        check(&mut view, &snap, &host, "a pod in a namespace with no Namespace object");
-        snap.pods.remove(&pod_key("b", "p3"));
-        snap.namespaces.remove("empty");
-        snap.namespaces.get_mut("a").expect("a").insert("team".into(), "y".into());
-        check(&mut view, &snap, &host, "removals and a namespace relabel");
-        snap.policies.insert(PolicyRef::new("a", "deny"), policy("a", "deny", "api"));
-        snap.policies.insert(PolicyRef::new("c", "other"), policy("c", "other", "db"));
-        check(&mut view, &snap, &[], "policy edits and other host addresses");
-        snap.policies.remove(&PolicyRef::new("a", "deny"));
-        snap.pods.insert(pod_key("a", "p1"), pod("api", "10.0.0.1"));
-        check(&mut view, &snap, &[], "a policy deleted and the local pod relabelled");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -98,6 +98,11 @@ impl Registry {
         Ok(old)
     }
 
+    /// Every endpoint, for a planning pass (`crate::plan` takes a slice).
+    pub fn to_vec(&self) -> Vec<LocalEndpoint> {
+        self.endpoints.values().cloned().collect()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &LocalEndpoint> {
         self.endpoints.values()
     }

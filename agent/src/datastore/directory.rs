@@ -16,6 +16,11 @@
 //! What one file may cost is bounded before it is parsed (`ward_policy::budget`): a file
 //! over the size limit is rejected unread, one whose YAML would expand past the budget is
 //! rejected whole; either way its objects keep their last valid versions.
+//!
+//! As a source of the agent's [`Store`](super::Store) ([`run`]): the first complete read is
+//! one listing (`Init`, `InitApply`…, `InitDone`), every later reload sends the objects whose
+//! version in force changed (`Apply`/`Delete`), and each batch ends with a
+//! [`Checkpoint`](super::Checkpoint) whose revision is the content hash of every file read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
@@ -26,8 +31,10 @@ use tokio::sync::mpsc;
 use ward_policy::budget::MAX_MANIFEST_BYTES;
 use ward_policy::model::Object;
 
-use super::{ObjKey, Snapshot, Valid, validate};
-use crate::api::proto::{Duplicate, Notice, Rejection, file_hash};
+use super::{
+    Checkpoint, DIRECTORY_KINDS, Duplicate, Event, Health, Notice, ObjKey, Rejection, Revision, Snapshot, Valid,
+};
+use super::{file_hash, validate};
 
 #[derive(Debug, Clone, Default)]
 struct FileState {
@@ -93,6 +100,12 @@ pub struct DirectoryStore {
     /// listing failed, why.
     synced: bool,
     list_error: Option<String>,
+    /// Objects whose version in force changed since [`DirectoryStore::take_events`] last ran
+    /// (`None`: gone), and whether the first listing has been sent.
+    changes: BTreeMap<ObjKey, Option<Valid>>,
+    listed: bool,
+    /// Something a checkpoint reports changed (a file's hash, a rejection, the listing error).
+    checkpoint_due: bool,
 }
 
 /// What one read of a file found.
@@ -121,6 +134,61 @@ impl DirectoryStore {
             dirty: BTreeSet::new(),
             synced: false,
             list_error: None,
+            changes: BTreeMap::new(),
+            listed: false,
+            checkpoint_due: false,
+        }
+    }
+
+    /// The events that bring a [`Store`](super::Store) to this store's state since the last
+    /// call: the first listing once the directory has been read, then the changes, each batch
+    /// closed by a checkpoint. Empty while nothing changed.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        if !self.listed {
+            if self.synced().is_err() {
+                // Not read yet: the checkpoint says why (STATUS and the conflist wait).
+                return vec![Event::Checkpoint(Box::new(self.checkpoint()))];
+            }
+            self.listed = true;
+            self.changes.clear();
+            out.push(Event::Init(DIRECTORY_KINDS.to_vec()));
+            for kind in DIRECTORY_KINDS {
+                for key in self.snapshot.keys_of(kind) {
+                    if let Some(valid) = self.snapshot.get(&key) {
+                        out.push(Event::InitApply(key, valid));
+                    }
+                }
+            }
+            out.push(Event::InitDone(DIRECTORY_KINDS.to_vec()));
+        } else {
+            if self.changes.is_empty() && !self.checkpoint_due {
+                return out;
+            }
+            for (key, valid) in std::mem::take(&mut self.changes) {
+                out.push(match valid {
+                    Some(v) => Event::Apply(key, v),
+                    None => Event::Delete(key),
+                });
+            }
+        }
+        self.checkpoint_due = false;
+        out.push(Event::Checkpoint(Box::new(self.checkpoint())));
+        out
+    }
+
+    /// Revision, rejections, duplicates and notices as they stand.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            revision: Revision::Files { files: self.file_hashes() },
+            rejected: self.rejected.clone(),
+            duplicates: self.duplicates(),
+            notices: self.notices.clone(),
+            health: Health {
+                not_synced: self.synced().err(),
+                last_error: self.list_error.clone(),
+                ..Health::default()
+            },
         }
     }
 
@@ -183,11 +251,14 @@ impl DirectoryStore {
             Err(e) => {
                 // An unreadable directory changes nothing: keep enforcing what we have.
                 tracing::warn!(dir = %self.dir.display(), error = %e, "cannot list manifests");
-                self.list_error = Some(e.to_string());
+                let was = self.list_error.replace(e.to_string());
+                // The checkpoint says why; a new reason is news for `ward status`.
+                if was.as_deref() != self.list_error.as_deref() {
+                    self.checkpoint_due = true;
+                }
                 return false;
             }
         };
-        self.list_error = None;
         // Every listed file is read below (a file that cannot be read keeps its last content).
         self.synced = true;
         let mut changed = false;
@@ -221,6 +292,9 @@ impl DirectoryStore {
         }
         if changed {
             self.rebuild();
+        }
+        if self.list_error.take().is_some() {
+            self.checkpoint_due = true;
         }
         changed
     }
@@ -315,10 +389,15 @@ impl DirectoryStore {
     /// Brings the snapshot up to date with the objects that changed (not a copy of all of
     /// them: one edited file among 10k pods costs that file's objects).
     fn rebuild(&mut self) {
+        self.checkpoint_due = true;
         for key in std::mem::take(&mut self.dirty) {
-            match self.in_force(&key).map(|(_, v)| v.clone()) {
-                Some(valid) => self.snapshot.insert(&key, &valid),
-                None => self.snapshot.remove(&key),
+            let now = self.in_force(&key).map(|(_, v)| v.clone());
+            if self.snapshot.get(&key) != now {
+                match &now {
+                    Some(valid) => self.snapshot.insert(&key, valid),
+                    None => self.snapshot.remove(&key),
+                }
+                self.changes.insert(key, now);
             }
         }
         self.rejected = self.files.values().flat_map(|f| f.rejections.iter().cloned()).collect();
@@ -424,6 +503,45 @@ fn list_manifests(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// How often the whole directory is re-read besides the change events (the safety net for
+/// writes the watcher missed), and the quiet time after an event before reading, so an
+/// editor's several writes make one reload.
+pub const REREAD_PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
+const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The directory as a source of the agent's store, after its first read (which the caller
+/// did, to apply it before anything else): sends every later change to `tx` until the
+/// receiver goes. A directory that cannot be watched (not a directory yet, say) is bad input,
+/// not a reason to stop: the periodic re-read picks it up once it is one.
+pub async fn run(mut store: DirectoryStore, tx: mpsc::Sender<Event>) {
+    let (fs_tx, mut fs_events) = mpsc::unbounded_channel::<()>();
+    let _watcher = match watch(&store.dir, fs_tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(dir = %store.dir.display(), error = %e, "cannot watch the manifests; re-reading them every {REREAD_PERIOD:?}");
+            None
+        }
+    };
+    let mut reread = tokio::time::interval(REREAD_PERIOD);
+    loop {
+        tokio::select! {
+            Some(()) = fs_events.recv() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while fs_events.try_recv().is_ok() {}
+                store.reload_changed();
+            }
+            _ = reread.tick() => {
+                store.reload();
+            }
+        }
+        for event in store.take_events() {
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Watches `dir` and signals on every change. Keep the returned watcher alive.

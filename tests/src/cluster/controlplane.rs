@@ -48,6 +48,8 @@ pub enum ControlPlaneError {
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("control plane: node index {index} is outside 1..={MAX_NODES}")]
     NodeIndex { index: u8 },
+    #[error("control plane: etcd: {message}")]
+    Etcd { message: String },
 }
 
 impl From<CmdError> for ControlPlaneError {
@@ -77,6 +79,10 @@ pub struct ControlPlane {
     /// Started in this order and stopped together.
     components: Vec<Component>,
     kubectl: Kubectl,
+    /// How kube-apiserver is started (for restarting it).
+    api_server: Command,
+    /// The control plane's network namespace (name, path), where it all runs.
+    netns: (String, PathBuf),
 }
 
 impl ControlPlane {
@@ -89,6 +95,7 @@ impl ControlPlane {
         netns: &NetNs,
         dir: &Path,
         ready_timeout: Duration,
+        api_server_args: &[String],
     ) -> Result<Self, ControlPlaneError> {
         for sub in ["certs", "etcd", "logs"] {
             create_dir(&dir.join(sub))?;
@@ -125,28 +132,6 @@ impl ControlPlane {
         write_kubeconfig(&kcm_kc, &ca, &controller_manager.token)?;
         let sched_kc = dir.join("scheduler.kubeconfig");
         write_kubeconfig(&sched_kc, &ca, &scheduler.token)?;
-        let kubectl = Kubectl::new(&cache.program(cache::KUBECTL), &admin_kc, netns.name(), netns.path());
-        let mut cp = ControlPlane {
-            dir: dir.to_owned(),
-            cluster: cluster.to_owned(),
-            admin,
-            nodes,
-            controller_manager,
-            scheduler,
-            proxy,
-            components: Vec::new(),
-            kubectl,
-        };
-
-        let log = |name: &str| dir.join("logs").join(format!("{name}.log"));
-        let mut etcd = Command::new("etcd");
-        etcd.args(["--name", "lab", "--data-dir"])
-            .arg(dir.join("etcd"))
-            .args(["--listen-client-urls", ETCD_CLIENT, "--advertise-client-urls", ETCD_CLIENT])
-            .args(["--listen-peer-urls", ETCD_PEER, "--initial-advertise-peer-urls", ETCD_PEER])
-            .arg(format!("--initial-cluster=lab={ETCD_PEER}"));
-        cp.components.push(Component::spawn("etcd", etcd, netns, &log("etcd"))?);
-
         let mut api = Command::new(cache.program(cache::KUBE_APISERVER));
         api.arg(format!("--etcd-servers={ETCD_CLIENT}"))
             .arg(format!("--bind-address={CONTROL_PLANE_IP}"))
@@ -164,8 +149,33 @@ impl ControlPlane {
             // Else `kubectl exec`/`logs` make the API server resolve node names through the
             // machine's resolver (an outside DNS query, and it fails).
             .arg("--kubelet-preferred-address-types=InternalIP")
-            .arg("--profiling=false");
-        cp.components.push(Component::spawn("kube-apiserver", api, netns, &log("kube-apiserver"))?);
+            .arg("--profiling=false")
+            .args(api_server_args);
+        let kubectl = Kubectl::new(&cache.program(cache::KUBECTL), &admin_kc, netns.name(), netns.path());
+        let mut cp = ControlPlane {
+            dir: dir.to_owned(),
+            cluster: cluster.to_owned(),
+            admin,
+            nodes,
+            controller_manager,
+            scheduler,
+            proxy,
+            components: Vec::new(),
+            kubectl,
+            api_server: api,
+            netns: (netns.name().to_owned(), netns.path().to_owned()),
+        };
+
+        let log = |name: &str| dir.join("logs").join(format!("{name}.log"));
+        let mut etcd = Command::new("etcd");
+        etcd.args(["--name", "lab", "--data-dir"])
+            .arg(dir.join("etcd"))
+            .args(["--listen-client-urls", ETCD_CLIENT, "--advertise-client-urls", ETCD_CLIENT])
+            .args(["--listen-peer-urls", ETCD_PEER, "--initial-advertise-peer-urls", ETCD_PEER])
+            .arg(format!("--initial-cluster=lab={ETCD_PEER}"));
+        cp.components.push(Component::spawn("etcd", etcd, netns, &log("etcd"))?);
+
+        cp.components.push(Component::spawn("kube-apiserver", cp.api_server_command(), netns, &log("kube-apiserver"))?);
         cp.wait_ready(ready_timeout)?;
 
         let mut kcm = Command::new(cache.program(cache::KUBE_CONTROLLER_MANAGER));
@@ -212,6 +222,69 @@ impl ControlPlane {
         })?;
         // A component that died while we waited explains more than the timeout.
         self.check_running()
+    }
+
+    /// A copy of kube-apiserver's command line.
+    fn api_server_command(&self) -> Command {
+        let mut cmd = Command::new(self.api_server.get_program());
+        cmd.args(self.api_server.get_args());
+        cmd
+    }
+
+    /// Stops kube-apiserver (SIGTERM, then SIGKILL after `grace`): clients see their
+    /// connections close and cannot connect until [`ControlPlane::start_api_server`].
+    pub fn stop_api_server(&mut self, grace: Duration) {
+        if let Some(c) = self.components.iter_mut().find(|c| c.name() == "kube-apiserver") {
+            super::process::stop_all(&mut [c], grace);
+        }
+        self.components.retain(|c| c.name() != "kube-apiserver" || c.pid().is_some());
+    }
+
+    /// Starts kube-apiserver again (same flags, same etcd) and waits until it is ready.
+    pub fn start_api_server(&mut self, timeout: Duration) -> Result<(), ControlPlaneError> {
+        let log = self.dir.join("logs").join("kube-apiserver.log");
+        let api = Component::spawn_in("kube-apiserver", self.api_server_command(), &self.netns.0, &self.netns.1, &log)?;
+        self.components.insert(1, api);
+        self.wait_ready(timeout)
+    }
+
+    /// etcd's v3 JSON gateway (inside the control plane's namespace): `path` with `body`,
+    /// the answer parsed. For tests that act behind the API server's back (compaction).
+    pub fn etcd(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, ControlPlaneError> {
+        let mut curl = Command::new("curl");
+        curl.args(["-sS", "--max-time", "10", "-X", "POST", "-d"])
+            .arg(body.to_string())
+            .arg(format!("{ETCD_CLIENT}{path}"));
+        crate::netns::command_in(&mut curl, &self.netns.0, &self.netns.1)
+            .map_err(|e| ControlPlaneError::Etcd { message: e.to_string() })?;
+        let out = cmd::run_ok(curl, None, cmd::DEFAULT_TIMEOUT)?;
+        serde_json::from_str(&out).map_err(|e| ControlPlaneError::Etcd { message: format!("{path}: {e}: {out}") })
+    }
+
+    /// etcd's current revision.
+    pub fn etcd_revision(&self) -> Result<u64, ControlPlaneError> {
+        let v = self.etcd("/v3/kv/range", &serde_json::json!({"key": "AA==", "limit": 1}))?;
+        v["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .ok_or_else(|| ControlPlaneError::Etcd { message: format!("no revision in {v}") })
+    }
+
+    /// Compacts etcd's history up to its current revision: every older resourceVersion is
+    /// gone (a watch from one answers 410). Returns the revision.
+    pub fn compact_etcd(&self) -> Result<u64, ControlPlaneError> {
+        let rev = self.etcd_revision()?;
+        self.etcd("/v3/kv/compaction", &serde_json::json!({"revision": rev.to_string(), "physical": true}))?;
+        Ok(rev)
+    }
+
+    /// Deletes an object from etcd directly (its key, e.g.
+    /// `/registry/networkpolicies/<ns>/<name>`), as a change nobody watching the API sees
+    /// happen; returns how many keys went.
+    pub fn etcd_delete(&self, key: &str) -> Result<u64, ControlPlaneError> {
+        use base64_lite::encode;
+        let v = self.etcd("/v3/kv/deleterange", &serde_json::json!({"key": encode(key.as_bytes())}))?;
+        Ok(v["deleted"].as_str().and_then(|d| d.parse().ok()).unwrap_or(0))
     }
 
     /// Errors naming the first component that has exited.
@@ -367,5 +440,35 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 2 * TOKEN_BYTES);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}
+
+/// Base64 (standard alphabet, padded) for etcd's JSON gateway, which takes keys so.
+mod base64_lite {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn encodes_as_rfc_4648_does() {
+        assert_eq!(encode(b""), "");
+        assert_eq!(encode(b"f"), "Zg==");
+        assert_eq!(encode(b"fo"), "Zm8=");
+        assert_eq!(encode(b"foo"), "Zm9v");
+        assert_eq!(encode(b"foobar"), "Zm9vYmFy");
     }
 }

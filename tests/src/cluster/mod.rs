@@ -26,6 +26,7 @@ pub mod node;
 pub mod process;
 pub mod sysctl_guard;
 pub mod teardown;
+pub mod ward_cni;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ pub use cni::{ApiAccess, BridgeCni, Cni, CniConfig, NodeCompanion, NodeContext};
 pub use controlplane::ControlPlane;
 pub use kubectl::{Kubectl, KubectlError};
 pub use node::ClusterNode;
+pub use ward_cni::WardCni;
 
 use crate::labdir::LabDir;
 use crate::netns::{NetNs, NetnsError, unique_name};
@@ -87,6 +89,8 @@ pub struct ClusterConfig {
     /// [`KubeCache::locate`] when `None`.
     pub cache: Option<KubeCache>,
     pub start_timeout: Duration,
+    /// More kube-apiserver flags (`--watch-cache=false`, say).
+    pub api_server_args: Vec<String>,
 }
 
 impl Default for ClusterConfig {
@@ -96,6 +100,7 @@ impl Default for ClusterConfig {
             cni: Arc::new(BridgeCni::default()),
             cache: None,
             start_timeout: DEFAULT_START_TIMEOUT,
+            api_server_args: Vec::new(),
         }
     }
 }
@@ -173,7 +178,14 @@ impl Cluster {
         // Before any kubelet can change them.
         cluster.sysctls = Some(SysctlGuard::acquire(SysctlPlaces::default(), &cluster.name)?);
         underlay.attach(&cp_netns, "cp", CONTROL_PLANE_IP)?;
-        let cp = ControlPlane::start(&cluster.name, &cluster.cache, &cp_netns, &cp_dir, cluster.start_timeout)?;
+        let cp = ControlPlane::start(
+            &cluster.name,
+            &cluster.cache,
+            &cp_netns,
+            &cp_dir,
+            cluster.start_timeout,
+            &config.api_server_args,
+        )?;
         cluster.underlay = Some(underlay);
         cluster.cp_netns = Some(cp_netns);
         cluster.control_plane = Some(cp);
@@ -313,6 +325,23 @@ impl Cluster {
 
     pub fn nodes(&self) -> &[ClusterNode] {
         &self.nodes
+    }
+
+    /// The control plane (to restart the API server, act on etcd, ...).
+    pub fn control_plane_mut(&mut self) -> Option<&mut ControlPlane> {
+        self.control_plane.as_mut()
+    }
+
+    /// A network namespace of the caller's on the underlay at `10.250.0.<100 + index>`,
+    /// reaching the API server like a node does (an agent under test without kubelet, say).
+    /// The caller's guard: dropping it removes it (and its underlay port).
+    pub fn attach_host(&self, index: u8) -> Result<NetNs, ClusterError> {
+        let Some(underlay) = &self.underlay else {
+            return Err(ClusterError::TornDown { cluster: self.name.clone() });
+        };
+        let netns = NetNs::create(format!("{}-h{index}", self.name))?;
+        underlay.attach(&netns, &format!("h{index}"), network::host_ip(index))?;
+        Ok(netns)
     }
 
     /// The control plane's network namespace, where clients of the API server run.

@@ -37,6 +37,15 @@ const BRIDGE: &str = "ul0";
 /// The member's end of its veth.
 pub const MEMBER_IFNAME: &str = "eth0";
 
+/// Hosts attached to the underlay that are not nodes ([`super::Cluster::attach_host`]) are
+/// `10.250.0.<HOST_IP_BASE + i>`.
+const HOST_IP_BASE: u8 = 100;
+
+/// The underlay address of attached host `index`.
+pub fn host_ip(index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 250, 0, HOST_IP_BASE.saturating_add(index))
+}
+
 /// Node `index`'s (1-based) underlay address.
 pub fn node_ip(index: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 250, 0, NODE_IP_BASE + index)

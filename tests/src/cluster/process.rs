@@ -42,11 +42,22 @@ pub struct Component {
 
 impl Component {
     /// Starts `cmd` inside `netns` with its output appended to `log`.
-    pub fn spawn(name: &str, mut cmd: Command, netns: &NetNs, log: &Path) -> Result<Self, ProcessError> {
+    pub fn spawn(name: &str, cmd: Command, netns: &NetNs, log: &Path) -> Result<Self, ProcessError> {
+        Self::spawn_in(name, cmd, netns.name(), netns.path(), log)
+    }
+
+    /// [`Component::spawn`] with the namespace by name and path.
+    pub fn spawn_in(
+        name: &str,
+        mut cmd: Command,
+        netns_name: &str,
+        netns_path: &Path,
+        log: &Path,
+    ) -> Result<Self, ProcessError> {
         let log_err = |source| ProcessError::Log { component: name.to_owned(), path: log.to_owned(), source };
         let out = File::options().create(true).append(true).open(log).map_err(log_err)?;
         let err = out.try_clone().map_err(log_err)?;
-        netns.command_inside(&mut cmd)?;
+        crate::netns::command_in(&mut cmd, netns_name, netns_path)?;
         cmd.stdin(Stdio::null()).stdout(Stdio::from(out)).stderr(Stdio::from(err));
         let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
             component: name.to_owned(),
