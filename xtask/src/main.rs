@@ -2,6 +2,7 @@
 //! testing, fuzzing, the conformance suite and the demo (alias in .cargo/config.toml).
 
 mod demo;
+mod demo_cluster;
 mod e2e;
 mod fuzz;
 mod kubernetes;
@@ -65,6 +66,10 @@ enum Cmd {
         /// Leave the lab running and print how to inspect and remove it.
         #[arg(long)]
         keep: bool,
+        /// The lab's real Kubernetes cluster with Ward as its CNI, the app applied with
+        /// kubectl, a matrix through pod addresses and Services.
+        #[arg(long)]
+        cluster: bool,
         /// Use the binaries already built.
         #[arg(long)]
         no_build: bool,
@@ -136,9 +141,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let summary = run_conformance(cases, filter)?;
             return Ok(if summary.failed() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        Cmd::Demo { keep, no_build } => {
+        Cmd::Demo { keep, cluster, no_build } => {
             if !no_build {
                 build()?;
+            }
+            if cluster {
+                return demo_cluster::demo(keep);
             }
             return demo::demo(keep);
         }

@@ -81,6 +81,20 @@ pub fn spec_schema() -> Value {
 fn structural(v: &mut Value) {
     match v {
         Value::Object(m) => {
+            // `Option<T>` of a type without a plain `type` (int-or-string) comes as
+            // `anyOf: [T, null]`: a structural schema wants T itself, nullable.
+            let is_null = |s: &Value| s.get("enum") == Some(&json!([null])) || s.get("type") == Some(&json!("null"));
+            if let Some(Value::Array(any)) = m.get("anyOf")
+                && any.len() == 2
+                && let Some(i) = any.iter().position(is_null)
+                && let Value::Object(inner) = any[1 - i].clone()
+            {
+                m.remove("anyOf");
+                for (k, val) in inner {
+                    m.entry(k).or_insert(val);
+                }
+                m.insert("nullable".into(), Value::Bool(true));
+            }
             for key in ["default", "title", "$schema", "definitions", "$defs", "components", "format"] {
                 m.remove(key);
             }
