@@ -12,6 +12,7 @@
 
 pub mod addr;
 pub mod hash;
+pub mod http;
 pub mod identity;
 pub mod lookup;
 pub mod maps;
