@@ -25,7 +25,7 @@
 //! follow (step 7).
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT},
+    bindings::TC_ACT_SHOT,
     helpers::bpf_ktime_get_coarse_ns,
     maps::lpm_trie::Key,
     programs::TcContext,
@@ -93,6 +93,7 @@ struct Outcome {
     tuple: Tuple,
     tcp_flags: u8,
     new_flow: bool,
+    ep_flags: u32,
 }
 
 /// What one packet's decision needs besides the packet.
@@ -130,6 +131,7 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
         tuple: parse::EMPTY,
         tcp_flags: 0,
         new_flow: false,
+        ep_flags: 0,
     };
     let c = Ctx {
         dir,
@@ -165,10 +167,14 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
             },
         );
     }
+    if dropped {
+        return TC_ACT_SHOT;
+    }
     // An allowed packet goes on to whatever runs after Ward (`TCX_NEXT`, which passes it when
     // nothing does): `TC_ACT_OK` would end the hook there and skip, for instance, the
-    // bandwidth plugin's classic tc filter on the same device.
-    if dropped { TC_ACT_SHOT } else { TCX_NEXT }
+    // bandwidth plugin's classic tc filter on the same device. Requests on ports with HTTP
+    // rules are judged first, by the HTTP program (it returns the same verdicts).
+    crate::http::after_l4(ctx, dir, reason, o.ep_flags, o.tuple.proto)
 }
 
 #[inline(always)]
@@ -183,6 +189,7 @@ fn decide(ctx: &TcContext, c: &Ctx, ifindex: u32, s: &mut Scratch) -> Reason {
     };
     o.ep_id = ep.ep_id;
     o.subject = ep.identity;
+    o.ep_flags = ep.flags;
     let isolated = ep.isolated(dir);
     let pkt = &s.pkt;
     let l4_ok = match parsed {

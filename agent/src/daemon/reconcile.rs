@@ -422,7 +422,9 @@ impl Agent {
             &mut self.ids,
             &self.mirror,
         );
-        let applied = match self.dp.maps.apply(&mut self.mirror, &plan.delta) {
+        // HTTP rule sets go in before the policy entries that name them, and out after.
+        let sets = self.dp.http.upsert_sets(&plan.compiled.http_sets);
+        let applied = match self.dp.maps.apply(&mut self.mirror, &plan.delta).and_then(|s| sets.map(|_| s)) {
             Ok(stats) => {
                 self.last_error = None;
                 if stats.upserts + stats.deletes > 0 {
@@ -441,6 +443,9 @@ impl Agent {
                 false
             }
         };
+        if applied {
+            self.dp.http.delete_sets(&plan.compiled.http_sets);
+        }
         // Only after a successful apply does no map refer to numbers this compile no longer uses.
         settle_identities(&mut self.ids, &plan.compiled, applied, &self.cfg.state_dir, &mut self.ids_saved);
         self.applied_files = self.store.file_hashes();

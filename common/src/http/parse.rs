@@ -153,6 +153,30 @@ impl Parser {
         path: PathNorm::EMPTY,
     };
 
+    /// Back to [`Parser::NEW`]'s meaning without rewriting the byte arrays (whose contents
+    /// count only up to their lengths, and `method` is cleared at each request): cheap in
+    /// the kernel, where the state lives in a map value.
+    #[inline(always)]
+    pub fn reset(&mut self) {
+        self.phase = LINE_START;
+        self.flags = 0;
+        self.method_len = 0;
+        self.field = FIELD_OTHER;
+        self.cand = 0;
+        self.name_len = 0;
+        self.tok = 0;
+        self.qpct = 0;
+        self.digits = 0;
+        self.value_state = 0;
+        self.seen_len = 0;
+        self.head_bytes = 0;
+        self.target_bytes = 0;
+        self.num = 0;
+        self.body_left = 0;
+        self.path.len = 0;
+        self.path.seg_start = 0;
+    }
+
     /// The method of the current request (complete once [`Step::Line`] was returned).
     pub fn method(&self) -> &[u8] {
         &self.method[..(self.method_len as usize).min(METHOD_MAX)]

@@ -188,7 +188,12 @@ pub const fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
-const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+/// An upper-case hex digit, computed (no table: the verifier would have to prove the index).
+#[inline(always)]
+const fn hex_digit(n: u8) -> u8 {
+    let n = n & 15;
+    if n < 10 { b'0' + n } else { b'A' + n - 10 }
+}
 
 /// The streaming normaliser's state and output. `#[repr(C)]` with explicit padding: it lives
 /// inside the kernel's per-connection state.
@@ -350,8 +355,8 @@ impl PathNorm {
     #[inline(always)]
     fn put_encoded(&mut self, v: u8) -> Result<(), Error> {
         self.put(b'%')?;
-        self.put(HEX_UPPER[(v >> 4) as usize & 15])?;
-        self.put(HEX_UPPER[(v & 15) as usize])
+        self.put(hex_digit(v >> 4))?;
+        self.put(hex_digit(v))
     }
 
     /// The segment being written, as (start, length).
