@@ -24,12 +24,7 @@
 //! An allowed first fragment at an isolated endpoint lets its datagram's later fragments
 //! follow (step 7).
 
-use aya_ebpf::{
-    bindings::TC_ACT_SHOT,
-    helpers::bpf_ktime_get_coarse_ns,
-    maps::lpm_trie::Key,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, programs::TcContext};
 use ward_common::{
     Addr16, Direction, Reason, Verdict,
     addr::is_v4_mapped,

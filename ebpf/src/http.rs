@@ -344,27 +344,35 @@ fn fresh(w: &mut Work, rev: u32, next_seq: u32) {
 /// stay off the caller's stack frame).
 #[inline(never)]
 fn l4(w: &mut Work) {
-    let flow = Flow::of_packet(Direction::Ingress, &w.seg.saddr, &w.seg.daddr, PROTO_TCP, w.seg.dport, w.seg.from_node_stack);
+    let flow =
+        Flow::of_packet(Direction::Ingress, &w.seg.saddr, &w.seg.daddr, PROTO_TCP, w.seg.dport, w.seg.from_node_stack);
     w.dec = decide_new_flow(&KernelTables, &w.ep, Direction::Ingress, &flow);
 }
 
 /// Judges the segment's payload; `Err` names why a request was denied. The passes run as a
 /// `bpf_loop` too, so the verifier checks one pass rather than [`ROUNDS`] of them.
+///
+/// The work area is reached through a raw pointer here: the callbacks write it while
+/// `bpf_loop` runs, which a `&mut` parameter would tell the compiler cannot happen.
 #[inline(always)]
-fn run(ctx: &TcContext, w: &mut Work) -> Result<(), (HttpReason, u8)> {
-    w.off = w.seg.payload;
-    w.end = w.seg.payload.wrapping_add(w.seg.payload_len);
-    w.stop = STOP_NONE;
-    let mut outer = Outer { skb: ctx.skb.skb };
-    // SAFETY: `round` is a static function with the callback signature; `outer` outlives the
-    // call.
-    unsafe { bpf_loop(ROUNDS, round as *mut c_void, &mut outer as *mut Outer as *mut c_void, 0) };
-    match w.stop {
-        STOP_DENY => Err((HttpReason::NoRule, 0)),
-        STOP_ERROR => Err((HttpReason::Refused, w.error)),
-        STOP_UNREADABLE => Err((HttpReason::Refused, 0)),
-        _ if w.off < w.end => Err((HttpReason::Budget, 0)),
-        _ => Ok(()),
+fn run(ctx: &TcContext, w: *mut Work) -> Result<(), (HttpReason, u8)> {
+    // SAFETY: `w` is this CPU's work area (see `judge`); every access below is a plain load
+    // or store through it, ordered around the `bpf_loop` call.
+    unsafe {
+        (*w).off = (*w).seg.payload;
+        (*w).end = (*w).seg.payload.wrapping_add((*w).seg.payload_len);
+        (*w).stop = STOP_NONE;
+        let mut outer = Outer { skb: ctx.skb.skb };
+        bpf_loop(ROUNDS, round as *mut c_void, &mut outer as *mut Outer as *mut c_void, 0);
+        let stop = core::ptr::read_volatile(&(*w).stop);
+        let (off, end) = (core::ptr::read_volatile(&(*w).off), core::ptr::read_volatile(&(*w).end));
+        match stop {
+            STOP_DENY => Err((HttpReason::NoRule, 0)),
+            STOP_ERROR => Err((HttpReason::Refused, core::ptr::read_volatile(&(*w).error))),
+            STOP_UNREADABLE => Err((HttpReason::Refused, 0)),
+            _ if off < end => Err((HttpReason::Budget, 0)),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -377,34 +385,38 @@ struct Outer {
 #[inline(never)]
 unsafe extern "C" fn round(_index: u64, ctx: *mut c_void) -> i64 {
     let Some(w) = WORK.get_ptr_mut(0) else { return 1 };
-    // SAFETY: this CPU's slot, as in `judge`, which is waiting in `bpf_loop`.
-    let w = unsafe { &mut *w };
-    // SAFETY: `run` passes a pointer to its `Outer`.
-    let skb = unsafe { (*(ctx as *const Outer)).skb };
-    if w.stop != STOP_NONE || w.off >= w.end {
-        return 1;
+    // SAFETY: `run` passes a pointer to its `Outer`; `w` is this CPU's work area, as in
+    // `judge`, which is waiting in `bpf_loop` (raw accesses: `step` writes it during the
+    // inner `bpf_loop`).
+    unsafe {
+        let skb = (*(ctx as *const Outer)).skb;
+        if (*w).stop != STOP_NONE || (*w).off >= (*w).end {
+            return 1;
+        }
+        if (*w).conn.parser.in_body() {
+            let n = (*w).conn.parser.skip(((*w).end - (*w).off) as u64) as u32;
+            (*w).off += n;
+            return 0;
+        }
+        let rest = (*w).end - (*w).off;
+        let n = if rest as usize > CHUNK { CHUNK as u32 } else { rest };
+        // Verifier: the length must be provably in 1..=CHUNK (it loses `off < end` above).
+        let n = ((n.wrapping_sub(1)) & (CHUNK as u32 - 1)) + 1;
+        // `buf` has CHUNK bytes and 0 < n <= CHUNK; the helper checks the packet bounds.
+        let r = bpf_skb_load_bytes(skb as *const c_void, (*w).off, (*w).buf.as_mut_ptr() as *mut c_void, n);
+        if r != 0 {
+            (*w).stop = STOP_UNREADABLE;
+            return 1;
+        }
+        core::ptr::write_volatile(&mut (*w).len, n);
+        core::ptr::write_volatile(&mut (*w).pos, 0);
+        // `step` is a static function with the callback signature; it reads only the
+        // per-CPU work area.
+        bpf_loop(n, step as *mut c_void, core::ptr::null_mut(), 0);
+        let pos = core::ptr::read_volatile(&(*w).pos);
+        (*w).off += pos;
+        if core::ptr::read_volatile(&(*w).stop) != STOP_NONE { 1 } else { 0 }
     }
-    if w.conn.parser.in_body() {
-        w.off += w.conn.parser.skip((w.end - w.off) as u64) as u32;
-        return 0;
-    }
-    let rest = w.end - w.off;
-    let n = if rest as usize > CHUNK { CHUNK as u32 } else { rest };
-    // Verifier: the length must be provably in 1..=CHUNK (it loses `off < end` above).
-    let n = ((n.wrapping_sub(1)) & (CHUNK as u32 - 1)) + 1;
-    // SAFETY: `buf` has CHUNK bytes and 0 < n <= CHUNK; the helper checks the packet bounds.
-    let r = unsafe { bpf_skb_load_bytes(skb as *const c_void, w.off, w.buf.as_mut_ptr() as *mut c_void, n) };
-    if r != 0 {
-        w.stop = STOP_UNREADABLE;
-        return 1;
-    }
-    w.len = n;
-    w.pos = 0;
-    // SAFETY: `step` is a static function with the callback signature; it reads only the
-    // per-CPU work area.
-    unsafe { bpf_loop(n, step as *mut c_void, core::ptr::null_mut(), 0) };
-    w.off += w.pos;
-    if w.stop != STOP_NONE { 1 } else { 0 }
 }
 
 /// One byte of the chunk through the parser, as a `bpf_loop` callback (verified once, not

@@ -18,6 +18,7 @@ mod cmd;
 pub mod cni;
 pub mod conformance;
 pub mod echo;
+pub mod http;
 pub mod labdir;
 pub mod manifest;
 pub mod netns;

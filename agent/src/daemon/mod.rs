@@ -4,6 +4,7 @@
 //! timer drives garbage collection. Each change ends in `reconcile`, which compiles the
 //! desired map contents and applies the difference to the kernel.
 
+mod http;
 mod plugin;
 pub mod reconcile;
 pub mod registry;
@@ -126,6 +127,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
                 agent.reload(Reread::Changed);
             }
             _ = gc.tick() => {
+                agent.dp.http.drain_events();
                 agent.gc();
                 agent.reload(Reread::All);
                 // A pass that could not write everything (a full map, say) left fewer allows
@@ -251,7 +253,10 @@ impl Agent {
             Request::Deregister { container_id, ifname } => self.deregister(&container_id, &ifname),
             Request::Readiness => Response::Readiness(self.readiness()),
             Request::Gc { network, valid } => self.collect(&network, &valid),
-            Request::Status => Response::Status(Box::new(self.status())),
+            Request::Status => {
+                self.dp.http.drain_events();
+                Response::Status(Box::new(self.status()))
+            }
             Request::Endpoints => Response::Endpoints { endpoints: self.endpoints() },
             Request::Explain { from, to, protocol, port } => self.explain(&from, &to, &protocol, port),
         }
@@ -403,7 +408,7 @@ impl Agent {
                 .collect(),
             _ => Vec::new(),
         };
-        StatusReport {
+        let mut report = StatusReport {
             node: self.cfg.node_name.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             datastore: format!("directory:{}", self.cfg.manifests.display()),
@@ -426,7 +431,12 @@ impl Agent {
             last_error: self.last_error.clone(),
             reason_counters,
             rule_counters,
-        }
+            ..StatusReport::default()
+        };
+        report.map_entries.insert(ward_common::http::conn::MAP_HTTP_CONN.to_owned(), self.dp.http.connections());
+        report.map_entries.insert(ward_common::http::conn::MAP_HTTP_SETS.to_owned(), self.dp.http.loaded().len());
+        self.http_status(&mut report);
+        report
     }
 
     fn endpoints(&self) -> Vec<EndpointStatus> {

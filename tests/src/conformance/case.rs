@@ -8,13 +8,15 @@ use std::fmt;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use crate::http::HttpRequest;
 use crate::spec::{Family, Labels, NamespaceSpec, PodRef, PodSpec, Protocol};
 
 use super::matrix::{self, Matrix};
 use super::model;
 
 /// The objects `apply` can carry today (apiVersion, kind).
-pub const SUPPORTED_OBJECTS: [(&str, &str); 1] = [("networking.k8s.io/v1", "NetworkPolicy")];
+pub const SUPPORTED_OBJECTS: [(&str, &str); 2] =
+    [("networking.k8s.io/v1", "NetworkPolicy"), ("policy.ward.dev/v1alpha1", "WardNetworkPolicy")];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CaseError {
@@ -124,6 +126,7 @@ impl ProbeSet {
                                 family: *family,
                                 allow: matrix.allowed(i, j),
                                 notation: Notation::Matrix,
+                                http: None,
                             });
                         }
                     }
@@ -153,6 +156,8 @@ pub struct Check {
     pub family: Family,
     pub allow: bool,
     pub notation: Notation,
+    /// The HTTP extension: the request the probe sends (`allow` = its `200` arrives).
+    pub http: Option<HttpRequest>,
 }
 
 impl Check {
@@ -171,6 +176,9 @@ impl fmt::Display for Check {
         write!(f, "from {} to {} {}/{}", self.from, self.to, self.protocol, self.port)?;
         if self.family != Family::IPv4 {
             write!(f, " ({})", self.family)?;
+        }
+        if let Some(h) = &self.http {
+            write!(f, " {} {}", h.method, h.path)?;
         }
         Ok(())
     }
@@ -248,6 +256,8 @@ struct RawSingleProbe {
     #[serde(default)]
     family: Family,
     expect: Expect,
+    #[serde(default)]
+    http: Option<HttpRequest>,
 }
 
 #[derive(Deserialize)]
@@ -325,6 +335,9 @@ fn parse_step(i: usize, s: RawStep, model: bool) -> Result<Step, CaseError> {
             ProbeSet::Matrix { protocol: p.protocol, port: p.port, family: p.family, matrix }
         } else {
             let p: RawSingleProbe = serde_yaml::from_value(v).map_err(err)?;
+            if p.http.is_some() && p.protocol != Protocol::Tcp {
+                return Err(invalid(format!("{ppath}.http"), "an HTTP probe needs protocol TCP"));
+            }
             // `external/<host>` names a `cluster.external` host and `dns:<name>` a DNS name;
             // the harness runs neither yet.
             let unsupported = || {
@@ -345,6 +358,7 @@ fn parse_step(i: usize, s: RawStep, model: bool) -> Result<Step, CaseError> {
                 family: p.family,
                 allow: matches!(p.expect, Expect::Allow),
                 notation: Notation::Words,
+                http: p.http,
             })
         };
         probes.push(set);
@@ -462,9 +476,12 @@ steps:
 
     #[test]
     fn unknown_probe_keys_and_targets_fail_naming_them() {
-        let text = SCENARIO.replace("expect: allow}", "expect: allow, http: {method: GET, path: /}}");
+        let text = SCENARIO.replace("expect: allow}", "expect: allow, grpc: {method: Get}}");
         let e = err(&text);
-        assert!(e.contains("steps[0].probes[0]") && e.contains("http"), "{e}");
+        assert!(e.contains("steps[0].probes[0]") && e.contains("grpc"), "{e}");
+        let text = SCENARIO.replace("expect: allow}", "expect: allow, http: {method: GET, path: /, body: x}}");
+        let e = err(&text);
+        assert!(e.contains("steps[0].probes[0]") && e.contains("body"), "{e}");
         let text = SCENARIO.replace(
             "to: shop/db, port: 5432, protocol: TCP, expect: allow",
             "to: dns:api.bank.example, port: 443, protocol: TCP, expect: allow",
@@ -489,18 +506,45 @@ steps:
     }
 
     #[test]
-    fn serve_http_fails_naming_the_key() {
-        let e = err(&SCENARIO.replace("name: pg}", "name: pg, http: true}"));
-        assert!(e.contains("http"), "{e}");
+    fn the_http_extension_parses_servers_and_requests_byte_for_byte() {
+        let text = SCENARIO
+            .replace("name: pg}", "name: pg, http: true}")
+            .replace("expect: allow}", "expect: allow, http: {method: GET, path: \"/v1/items/../admin?x=%2e\"}}");
+        let c = parse(&text).unwrap();
+        assert!(c.initial_cluster().pods[0].serves[0].http);
+        let ProbeSet::Single(check) = &c.steps[0].probes[0] else { panic!("single probe expected") };
+        assert_eq!(check.http, Some(HttpRequest::new("GET", "/v1/items/../admin?x=%2e")));
+        assert_eq!(check.to_string(), "from shop/db to shop/db TCP/5432 GET /v1/items/../admin?x=%2e");
+        let udp = text.replace("port: 5432, protocol: TCP, expect: allow", "port: 53, protocol: UDP, expect: allow");
+        assert!(err(&udp).contains("steps[0].probes[0].http"), "{}", err(&udp));
     }
 
     #[test]
-    fn ward_policies_fail_naming_the_kind() {
-        let text = MODEL
+    fn the_shared_http_scenario_parses() {
+        let path = crate::bins::workspace_root().join("../shared/conformance/scenarios/003-http-method-and-path.yaml");
+        let Ok(text) = std::fs::read_to_string(&path) else { return };
+        let c = parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let http: Vec<&Check> = c
+            .steps
+            .iter()
+            .flat_map(|s| &s.probes)
+            .filter_map(|p| match p {
+                ProbeSet::Single(c) if c.http.is_some() => Some(c),
+                _ => None,
+            })
+            .collect();
+        assert!(http.len() >= 8);
+    }
+
+    #[test]
+    fn ward_policies_are_accepted_and_other_kinds_fail_naming_the_kind() {
+        let ward = MODEL
             .replace("apiVersion: networking.k8s.io/v1", "apiVersion: policy.ward.dev/v1alpha1")
             .replace("kind: NetworkPolicy", "kind: WardNetworkPolicy");
+        assert!(parse(&ward).is_ok());
+        let text = MODEL.replace("kind: NetworkPolicy", "kind: AdminNetworkPolicy");
         let e = err(&text);
-        assert!(e.contains("steps[0].apply[0]") && e.contains("WardNetworkPolicy"), "{e}");
+        assert!(e.contains("steps[0].apply[0]") && e.contains("AdminNetworkPolicy"), "{e}");
     }
 
     #[test]

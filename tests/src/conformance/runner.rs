@@ -301,6 +301,8 @@ fn scenario_readiness(cluster: &ClusterSpec) -> Vec<Check> {
                 family: Family::IPv4,
                 allow: true,
                 notation: Notation::Words,
+                // An HTTP server must answer a request, not just accept the connection.
+                http: s.http.then(|| crate::http::HttpRequest::new("GET", "/")),
             });
         }
     }
@@ -344,12 +346,19 @@ fn act(node: &mut Node, action: &Action) -> Result<(), String> {
             node.update_namespace_labels(namespace, labels).map_err(lab)
         }
         Action::DeletePolicy { namespace, name } => {
-            let exists =
-                node.objects().any(|o| o.kind == "NetworkPolicy" && &o.namespace == namespace && &o.name == name);
-            if !exists {
-                return Err(format!("no NetworkPolicy {namespace}/{name} to delete"));
+            let kinds: Vec<String> = node
+                .objects()
+                .filter(|o| case::SUPPORTED_OBJECTS.iter().any(|(_, k)| *k == o.kind))
+                .filter(|o| &o.namespace == namespace && &o.name == name)
+                .map(|o| o.kind.clone())
+                .collect();
+            if kinds.is_empty() {
+                return Err(format!("no policy {namespace}/{name} to delete"));
             }
-            node.delete_object("NetworkPolicy", namespace, name).map_err(lab)
+            for kind in kinds {
+                node.delete_object(&kind, namespace, name).map_err(lab)?;
+            }
+            Ok(())
         }
         Action::CreatePod(spec) => node.create_pod(spec).map(drop).map_err(lab),
         Action::DeletePod(pod) => node.delete_pod(pod).map_err(lab),
@@ -363,7 +372,9 @@ fn verify(node: &Node, checks: &[Check], opts: &RunOptions) -> Result<(), String
     }
     let probes: Vec<Probe> = checks
         .iter()
-        .map(|c| node.probe_spec(&c.from, &c.to, c.port, c.protocol, c.family))
+        .map(|c| {
+            node.probe_spec(&c.from, &c.to, c.port, c.protocol, c.family).map(|p| Probe { http: c.http.clone(), ..p })
+        })
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     let start = Instant::now();
