@@ -291,6 +291,25 @@ pub fn judge(ctx: &TcContext) -> i32 {
         return TC_ACT_SHOT as i32;
     }
     match run(ctx, w) {
+        Ok(()) if w.conn.parser.in_request_line() => {
+            // The segment ends inside a request line: not decidable yet, so none of it goes
+            // to the server. It is dropped and the state stays as it was; the client's
+            // retransmission carries the line again, joined with what followed (Linux
+            // collapses retransmitted segments up to the MSS). That is the reassembly, and
+            // its bound: a line still incomplete after RETRANSMIT_RESET tries is denied.
+            if let Some(c) = HTTP_CONN.get_ptr_mut(&w.key) {
+                // SAFETY: one counter of the connection's map value.
+                let tries = unsafe {
+                    (*c).retransmits = (*c).retransmits.saturating_add(1);
+                    (*c).retransmits
+                };
+                if tries >= RETRANSMIT_RESET {
+                    return deny(ctx, w, HttpReason::Budget, 0);
+                }
+            }
+            count(HttpReason::Held);
+            TC_ACT_SHOT as i32
+        }
         Ok(()) => {
             w.conn.next_seq = data_seq.wrapping_add(payload_len);
             if flags & TCP_FIN != 0 {

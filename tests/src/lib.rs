@@ -22,6 +22,7 @@ pub mod http;
 pub mod labdir;
 pub mod manifest;
 pub mod netns;
+pub mod nginx;
 pub mod node;
 pub mod privileged;
 pub mod probe;

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use crate::run;
 
 /// Debian packages, each with a program that proves it present when it has one.
-const APT_PACKAGES: [(&str, Option<&str>); 16] = [
+const APT_PACKAGES: [(&str, Option<&str>); 17] = [
     ("llvm-22-dev", None),
     ("libpolly-22-dev", None),
     ("clang-22", Some("clang-22")),
@@ -30,12 +30,14 @@ const APT_PACKAGES: [(&str, Option<&str>); 16] = [
     ("nftables", Some("nft")),
     // libfuzzer-sys compiles libFuzzer's C++ (cargo xtask fuzz, and test).
     ("g++", Some("c++")),
+    // The real HTTP server of the HTTP-rule tests (tests/tests/http.rs) and the benchmark.
+    ("nginx-light", Some("nginx")),
 ];
 
 /// What `cargo xtask bench` needs beyond building and testing: the load generators, and perf
 /// for profiling missed targets.
-const BENCH_PACKAGES: [(&str, Option<&str>); 3] =
-    [("sockperf", Some("sockperf")), ("iperf3", Some("iperf3")), ("linux-perf", Some("perf"))];
+const BENCH_PACKAGES: [(&str, Option<&str>); 4] =
+    [("sockperf", Some("sockperf")), ("iperf3", Some("iperf3")), ("linux-perf", Some("perf")), ("wrk", Some("wrk"))];
 
 /// bpf-linker must link against Debian's LLVM 22 (its llvm-config first in PATH).
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

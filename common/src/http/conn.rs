@@ -100,12 +100,16 @@ pub enum HttpReason {
     Retransmit = 6,
     /// The HTTP program could not run (not loaded): dropped.
     Unavailable = 7,
-    /// More requests in one segment than one pass can judge: reset.
+    /// More requests in one segment than one pass can judge, or a request line still split
+    /// after the client's retransmissions: reset.
     Budget = 8,
+    /// A segment that ends inside a request line: held back (dropped, state unchanged) until
+    /// the client's retransmission carries the whole line.
+    Held = 9,
 }
 
 impl HttpReason {
-    pub const ALL: [HttpReason; 8] = [
+    pub const ALL: [HttpReason; 9] = [
         HttpReason::Allowed,
         HttpReason::NoRule,
         HttpReason::Refused,
@@ -114,6 +118,7 @@ impl HttpReason {
         HttpReason::Retransmit,
         HttpReason::Unavailable,
         HttpReason::Budget,
+        HttpReason::Held,
     ];
     /// Size of `WARD_HTTP_CNT`.
     pub const COUNT: u32 = 16;
@@ -128,6 +133,7 @@ impl HttpReason {
             HttpReason::Retransmit => "http_retransmit",
             HttpReason::Unavailable => "http_unavailable",
             HttpReason::Budget => "http_budget",
+            HttpReason::Held => "http_held",
         }
     }
 

@@ -202,6 +202,11 @@ impl Parser {
         self.phase == LINE_START
     }
 
+    /// Inside a request line: its method and path are not decided yet.
+    pub fn in_request_line(&self) -> bool {
+        matches!(self.phase, METHOD | TARGET | PATH | QUERY | VERSION | LINE_LF)
+    }
+
     /// In a body or chunk: the caller steps over bytes with [`Parser::skip`].
     #[inline(always)]
     pub fn in_body(&self) -> bool {
