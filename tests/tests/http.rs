@@ -540,3 +540,31 @@ fn http_rules_hold_over_ipv6() {
     let log = log_with(&nginx, &["/v1/items/v6-raw"]);
     assert!(log.contains("/v1/items/v6-raw") && !log.contains("/v1/admin"), "{log}");
 }
+
+#[test]
+fn ward_policy_explain_judges_a_request_with_the_datapath_s_rules() {
+    if !require_root("ward_policy_explain_judges_a_request_with_the_datapath_s_rules") {
+        return;
+    }
+    let (node, _nginx) = lab(true);
+    let explain = |method: &str, path: &str| {
+        let out = Command::new(&node.binaries().cli)
+            .arg("--socket")
+            .arg(node.socket())
+            .args(["policy", "explain", "--from", "store/frontend", "--to", "store/inventory", "--port", "8080"])
+            .args(["--http-method", method, "--http-path", path])
+            .output()
+            .unwrap_or_else(|e| panic!("running ward: {e}"));
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, text) = explain("GET", "/v1/items/../admin");
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("DENIED") && text.contains("path as matched: /v1/admin") && text.contains("no HTTP rule matches"),
+        "{text}"
+    );
+    let (_, text) = explain("GET", "/v1/items/7?x=1");
+    assert!(text.contains("request GET /v1/items/7?x=1: ALLOWED") && text.contains("store/inventory-http"), "{text}");
+    let (_, text) = explain("GET", "/v1/items%2F7");
+    assert!(text.contains("refused before matching: encoded_slash_or_backslash"), "{text}");
+}

@@ -37,6 +37,12 @@ pub enum Request {
         to: String,
         protocol: String,
         port: u16,
+        /// An HTTP request to judge against the destination's HTTP rules (TCP only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        http_method: Option<String>,
+        /// Its request target, as a client would send it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        http_path: Option<String>,
     },
 }
 

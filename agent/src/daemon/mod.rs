@@ -258,7 +258,9 @@ impl Agent {
                 Response::Status(Box::new(self.status()))
             }
             Request::Endpoints => Response::Endpoints { endpoints: self.endpoints() },
-            Request::Explain { from, to, protocol, port } => self.explain(&from, &to, &protocol, port),
+            Request::Explain { from, to, protocol, port, http_method, http_path } => {
+                self.explain(&from, &to, &protocol, port, http_method.as_deref().zip(http_path.as_deref()))
+            }
         }
     }
 

@@ -452,7 +452,14 @@ impl Agent {
         self.compiled = Some(plan.compiled);
     }
 
-    pub(super) fn explain(&self, from: &str, to: &str, protocol: &str, port: u16) -> Response {
+    pub(super) fn explain(
+        &self,
+        from: &str,
+        to: &str,
+        protocol: &str,
+        port: u16,
+        http: Option<(&str, &str)>,
+    ) -> Response {
         let (cluster, Some(compiled)) = (&self.cluster, &self.compiled) else {
             return Response::Error { message: "nothing compiled yet".into() };
         };
@@ -476,7 +483,14 @@ impl Agent {
             (Ok(f), Ok(t)) => (f, t),
             (Err(e), _) | (_, Err(e)) => return Response::Error { message: e },
         };
-        let ex = ward_policy::explain::explain(cluster, compiled, from, to, proto, port);
+        let ex = match proto {
+            // TCP: what HTTP rules at the destination say too (with the request, if given).
+            Protocol::Tcp => ward_policy::explain::explain_request(cluster, compiled, from, to, port, http),
+            _ if http.is_some() => {
+                return Response::Error { message: "http: an HTTP request needs protocol TCP".into() };
+            }
+            _ => ward_policy::explain::explain(cluster, compiled, from, to, proto, port),
+        };
         Response::Explanation { allowed: ex.allowed(), text: ex.to_string() }
     }
 }
