@@ -147,6 +147,10 @@ pub fn adopt_numbers(
             }
         }
         used.rules.insert(v.rule_id);
+        // An HTTP entry names its rule set: that number keeps its meaning too.
+        if let Some(set) = ward_common::http::rules::policy_http_set(v.flags) {
+            used.http_sets.insert(set);
+        }
     }
     used.labels.retain(|id| is_label(*id));
     used.cidrs.retain(|id| is_cidr_identity(*id));
