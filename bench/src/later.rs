@@ -1,5 +1,5 @@
 //! Places in the suite for parts whose features have not landed yet: the flow pipeline, the
-//! DNS proxy and HTTP rules. Each is listed in the report with what it will measure, and its
+//! DNS proxy. Each is listed in the report with what it will measure, and its
 //! target is stated as not measured, so the report never implies a figure that does not exist.
 
 use crate::report::{Section, Table, Target};
@@ -13,7 +13,7 @@ struct Planned {
     target: Option<(&'static str, &'static str)>,
 }
 
-const PLANNED: [Planned; 3] = [
+const PLANNED: [Planned; 2] = [
     Planned {
         name: "Flow pipeline",
         waits_for: "the flow observability issue (enrichment, JSON export)",
@@ -26,13 +26,6 @@ const PLANNED: [Planned; 3] = [
         waits_for: "the DNS/FQDN egress issue",
         measures: "latency and queries/s with dnsperf through the proxy against direct resolution \
                    (dnsmasq in a lab pod)",
-        target: None,
-    },
-    Planned {
-        name: "HTTP rules",
-        waits_for: "the HTTP path rules issue",
-        measures: "requests/s and latency with wrk against nginx in a lab pod: HTTP rules against \
-                   L4-only policy and against no policy",
         target: None,
     },
 ];
