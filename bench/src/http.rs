@@ -51,8 +51,12 @@ impl Config {
     pub fn policy(self) -> Option<Value> {
         let yaml = match self {
             Config::NoPolicy => return None,
-            Config::L4 => "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bench, namespace: bench}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 8080}]}]\n",
-            Config::Http => "apiVersion: policy.ward.dev/v1alpha1\nkind: WardNetworkPolicy\nmetadata: {name: bench, namespace: bench}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 8080, http: [{method: GET, pathPrefix: /v1/items/}, {path: /healthz}]}]}]\n",
+            Config::L4 => {
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bench, namespace: bench}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 8080}]}]\n"
+            }
+            Config::Http => {
+                "apiVersion: policy.ward.dev/v1alpha1\nkind: WardNetworkPolicy\nmetadata: {name: bench, namespace: bench}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 8080, http: [{method: GET, pathPrefix: /v1/items/}, {path: /healthz}]}]}]\n"
+            }
         };
         serde_yaml::from_str(yaml).ok()
     }
@@ -123,7 +127,10 @@ impl Bed {
         let other = self.request("/admin")?;
         let want_other = if config == Config::Http { None } else { Some(200) };
         if ok != Some(200) || other != want_other {
-            bail!("{}: GET {PATH} answered {ok:?}, GET /admin {other:?} (wanted 200 and {want_other:?})", config.name());
+            bail!(
+                "{}: GET {PATH} answered {ok:?}, GET /admin {other:?} (wanted 200 and {want_other:?})",
+                config.name()
+            );
         }
         Ok(())
     }
@@ -246,7 +253,11 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<PartResult> {
     let summary = |c: Config, f: fn(&WrkResult) -> f64| -> Option<Summary> {
         Summary::of(&runs.iter().filter(|(k, _)| *k == c).map(|(_, r)| f(r)).collect::<Vec<_>>())
     };
-    let base = (summary(Config::NoPolicy, |r| r.rps), summary(Config::NoPolicy, |r| r.p50), summary(Config::NoPolicy, |r| r.p99));
+    let base = (
+        summary(Config::NoPolicy, |r| r.rps),
+        summary(Config::NoPolicy, |r| r.p50),
+        summary(Config::NoPolicy, |r| r.p99),
+    );
     let mut table = Table::new(
         "wrk against nginx, kept-alive connections",
         &["configuration", "requests/s", "× (a)", "p50", "× (a)", "p99", "× (a)"],

@@ -55,7 +55,7 @@ const ETH_HLEN: u32 = 14;
 const CT_FROM_NODE: u8 = 0x80;
 
 /// `ward_common::lookup::Tables` over the BPF maps.
-struct KernelTables;
+pub(crate) struct KernelTables;
 
 impl Tables for KernelTables {
     #[inline(always)]

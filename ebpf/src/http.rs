@@ -28,7 +28,7 @@ use aya_ebpf::{
     bindings::{__sk_buff, BPF_F_INGRESS, TC_ACT_SHOT, tcx_action_base::TCX_NEXT},
     helpers::{bpf_ktime_get_ns, bpf_loop, bpf_skb_load_bytes},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key},
+    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::TcContext,
 };
 use ward_common::{
@@ -42,11 +42,12 @@ use ward_common::{
         parse::Step,
         rules::{EP_HTTP_INGRESS, HttpSet, match_request},
     },
-    lookup::{Decision, Flow, Tables, decide_new_flow},
-    maps::{Counter, EndpointInfo, IpcacheValue, PolicyKey, PolicyValue},
+    lookup::{Decision, Flow, decide_new_flow},
+    maps::{Counter, EndpointInfo},
 };
 
-use crate::maps::{CONFIG, ENDPOINTS, IPCACHE, POLICY};
+use crate::datapath::KernelTables;
+use crate::maps::{CONFIG, ENDPOINTS};
 
 #[map(name = "WARD_HTTP_PROG")]
 static HTTP_PROG: ProgramArray = ProgramArray::pinned(1, 0);
@@ -121,21 +122,6 @@ pub fn after_l4(ctx: &TcContext, dir: Direction, reason: Reason, ep_flags: u32, 
     unsafe { HTTP_PROG.tail_call(ctx, 0) };
     count(HttpReason::Unavailable);
     TC_ACT_SHOT as i32
-}
-
-/// `ward_common::lookup::Tables` over the BPF maps.
-struct KernelTables;
-
-impl Tables for KernelTables {
-    #[inline(always)]
-    fn ipcache(&self, addr: &Addr16) -> Option<IpcacheValue> {
-        IPCACHE.get(Key::new(128, *addr)).copied()
-    }
-
-    #[inline(always)]
-    fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
-        POLICY.get(Key::new(key.prefixlen, key.data())).copied()
-    }
 }
 
 /// The headers of one client segment.

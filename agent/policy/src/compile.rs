@@ -20,6 +20,10 @@
 //!   with named ports, the CIDR identity of a pod address is "flavoured" with the pod's
 //!   named ports that such rules mention, so the port resolves per pod while the prefix
 //!   still decides membership. Without such rules no identity is flavoured.
+//! * A `WardNetworkPolicy` port with `http` rules gives the same keys, flagged
+//!   `POLICY_HTTP` with the id of the rule set the kernel matches requests against
+//!   ([`resolve_http`]: the union per key, mooted under a plain allow); its subject's
+//!   endpoint gets `EP_HTTP_INGRESS`.
 //!
 //! Pure and deterministic: the same cluster, local set and identity state give the same
 //! maps. Identities are allocated in sorted key order.

@@ -145,10 +145,7 @@ fn rule_allows(
     port: u16,
     destination_ports: &[NamedPort],
 ) -> bool {
-    let peer_ok = match &rule.peers {
-        None => true,
-        Some(peers) => peers.iter().any(|p| peer_matches(cluster, policy, p, peer)),
-    };
+    let peer_ok = peers_match(cluster, policy, rule, peer);
     let port_ok = match &rule.ports {
         None => true,
         Some(ports) => ports.iter().any(|p| p.matches(proto, port, destination_ports)),
@@ -167,11 +164,7 @@ fn http_ports(
     destination_ports: &[NamedPort],
 ) -> Vec<usize> {
     let Some(ports) = &rule.ports else { return vec![] };
-    let peer_ok = match &rule.peers {
-        None => true,
-        Some(peers) => peers.iter().any(|p| peer_matches(cluster, policy, p, peer)),
-    };
-    if !peer_ok {
+    if !peers_match(cluster, policy, rule, peer) {
         return vec![];
     }
     ports
@@ -180,6 +173,14 @@ fn http_ports(
         .filter(|(_, p)| p.http.is_some() && p.matches_l4(proto, port, destination_ports))
         .map(|(i, _)| i)
         .collect()
+}
+
+/// Whether the rule's peers (none: everyone) include `peer`.
+fn peers_match(cluster: &Cluster, policy: &Policy, rule: &Rule, peer: &Peer) -> bool {
+    match &rule.peers {
+        None => true,
+        Some(peers) => peers.iter().any(|p| peer_matches(cluster, policy, p, peer)),
+    }
 }
 
 fn peer_matches(cluster: &Cluster, policy: &Policy, spec: &validate::Peer, peer: &Peer) -> bool {

@@ -22,6 +22,7 @@ use ward_common::http::rules::HttpSet;
 use ward_common::maps::Counter;
 
 use super::DatapathError;
+use super::maps::{map_err, take};
 
 /// Flow records kept for `ward status` (the newest ones).
 pub const RECENT_EVENTS: usize = 64;
@@ -34,18 +35,6 @@ pub struct HttpMaps {
     /// What `WARD_HTTP_SETS` holds.
     loaded: BTreeMap<u32, HttpSet>,
     recent: VecDeque<HttpEvent>,
-}
-
-fn take<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, DatapathError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let raw = ebpf.take_map(map).ok_or(DatapathError::MissingMap { map })?;
-    T::try_from(raw).map_err(|source| DatapathError::Map { map, source: Box::new(source) })
-}
-
-fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
-    move |source| DatapathError::Map { map, source: Box::new(source) }
 }
 
 impl HttpMaps {
