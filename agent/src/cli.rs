@@ -20,8 +20,31 @@ pub fn render(resp: &Response) -> String {
             Some(why) => format!("not ready: {why}\n"),
         },
         Response::Collected { forgotten } => format!("forgot {} stale endpoints\n", forgotten.len()),
+        Response::DnsFlows { flows } => dns_flows(flows),
         Response::Error { message } => format!("error: {message}\n"),
     }
+}
+
+fn dns_flows(flows: &[crate::dns::flow::DnsFlow]) -> String {
+    let mut o = String::new();
+    for f in flows {
+        let answers: Vec<String> = f.answers.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            o,
+            "{} {} {} {} {} -> {} [{}] ttl {} learned {} {}us",
+            f.pod,
+            f.transport,
+            f.qname,
+            f.qtype,
+            f.verdict.as_str(),
+            if f.rcode.is_empty() { "-" } else { &f.rcode },
+            answers.join(","),
+            f.ttl.map_or("-".into(), |t| t.to_string()),
+            f.learned,
+            f.latency_us
+        );
+    }
+    o
 }
 
 fn status(s: &StatusReport) -> String {
@@ -38,6 +61,33 @@ fn status(s: &StatusReport) -> String {
     }
     if let Some(e) = &s.last_error {
         let _ = writeln!(o, "Last error:      {e}");
+    }
+    if let Some(d) = &s.dns {
+        let _ = writeln!(
+            o,
+            "DNS proxy:       port {}: {} UDP + {} TCP queries, {} allowed, {} refused, {} upstream errors, \
+             {} write failures, {} malformed queries, {} malformed answers",
+            d.port,
+            d.queries_udp,
+            d.queries_tcp,
+            d.allowed,
+            d.refused,
+            d.upstream_errors,
+            d.write_failures,
+            d.malformed_queries,
+            d.malformed_answers
+        );
+        let _ = writeln!(
+            o,
+            "Learned:         {} addresses in {} entries; evicted {} (per name) {} (per pod); {} expired, \
+             {} kept for live flows",
+            d.learned_addresses,
+            d.learned_entries,
+            d.evicted_per_name,
+            d.evicted_per_pod,
+            d.expired_removed,
+            d.kept_for_live_flows
+        );
     }
     if s.rejected.is_empty() {
         let _ = writeln!(o, "Rejected:        none");

@@ -11,4 +11,5 @@ pub mod cni;
 pub mod daemon;
 pub mod datapath;
 pub mod datastore;
+pub mod dns;
 pub mod endpoint;

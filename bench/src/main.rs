@@ -16,7 +16,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use ward_bench::report::{Report, Section};
-use ward_bench::{Ctx, PartResult, control, datapath, http, lab, later, machine};
+use ward_bench::{Ctx, PartResult, control, datapath, dns, http, lab, later, machine};
 
 #[derive(Parser)]
 #[command(about = "Ward's benchmark suite (run it through `cargo xtask bench`)")]
@@ -57,6 +57,7 @@ enum Part {
     Datapath,
     Control,
     Lab,
+    Dns,
     Http,
     Later,
 }
@@ -100,10 +101,11 @@ fn run(ctx: &Ctx, only: &[Part], out: &std::path::Path) -> anyhow::Result<()> {
     };
     let wanted = |p: Part| only.is_empty() || only.contains(&p);
     type PartFn = fn(&Ctx) -> anyhow::Result<PartResult>;
-    let parts: [(Part, &str, PartFn); 5] = [
+    let parts: [(Part, &str, PartFn); 6] = [
         (Part::Datapath, "datapath", datapath::run),
         (Part::Control, "control plane", control::run),
         (Part::Lab, "lab (enforcement latency, CNI, agent memory)", lab::run),
+        (Part::Dns, "DNS proxy", dns::run),
         (Part::Http, "HTTP rules", http::run),
         (Part::Later, "later parts", later::run),
     ];

@@ -11,6 +11,7 @@
 #![no_std]
 
 pub mod addr;
+pub mod fqdn;
 pub mod hash;
 pub mod http;
 pub mod identity;

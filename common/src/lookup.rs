@@ -16,11 +16,15 @@
 //!    set admits: its set is noted and the lookups go on, because a plain allow for the same
 //!    peer and port, under any of the three peer identities, moots the HTTP rules (the union
 //!    of NetworkPolicy rules). HTTP hits only: `PolicyAllow` with `Decision::http` set.
-//! 5. Otherwise dropped (`PolicyDenied`): default deny.
+//! 5. Egress of a pod behind the DNS proxy only: the learned-address entry of (endpoint, destination, protocol, port) that
+//!    the DNS proxy wrote for an `fqdn` rule (`fqdn::decide_learned`): allowed while live,
+//!    `FqdnExpired` once expired.
+//! 6. Otherwise dropped (`PolicyDenied`): default deny.
 //!
-//! Three lookups at most, whatever the number of rules, peers or port ranges.
+//! Four lookups at most, whatever the number of rules, peers, port ranges or learned names.
 
 use crate::addr::Addr16;
+use crate::fqdn::{EP_DNS_PROXY, LearnedKey, LearnedValue, decide_learned};
 use crate::http::rules::policy_http_set;
 use crate::identity::{ID_ANY, ID_HOST, ID_WORLD};
 use crate::maps::{EndpointInfo, IpcacheValue, PolicyKey, PolicyValue};
@@ -33,6 +37,10 @@ pub trait Tables {
     fn ipcache(&self, addr: &Addr16) -> Option<IpcacheValue>;
     /// Longest-prefix match of a full-length policy key.
     fn policy(&self, key: &PolicyKey) -> Option<PolicyValue>;
+    /// Longest-prefix match of a full-length learned-address key (`fqdn`).
+    fn learned(&self, key: &LearnedKey) -> Option<LearnedValue>;
+    /// The clock learned entries expire by (CLOCK_MONOTONIC ns, `bpf_ktime_get_ns`).
+    fn now_ns(&self) -> u64;
 }
 
 /// The outcome of [`decide_new_flow`].
@@ -133,6 +141,13 @@ pub fn decide_new_flow<T: Tables>(tables: &T, ep: &EndpointInfo, dir: Direction,
     }
     if http[0] != 0 || http[1] != 0 || http[2] != 0 {
         return Decision { reason: Reason::PolicyAllow, rule_id: http_rule, peer, http };
+    }
+    // Only pods behind the DNS proxy have learned addresses (egress; HTTP rules are ingress).
+    if matches!(dir, Direction::Egress) && ep.flags & EP_DNS_PROXY != 0 {
+        let learned = tables.learned(&LearnedKey::lookup(ep.ep_id, flow.peer, proto, port));
+        if let Some((reason, rule_id)) = decide_learned(learned, tables.now_ns()) {
+            return Decision { reason, rule_id, peer, http: [0; 3] };
+        }
     }
     Decision { reason: Reason::PolicyDenied, rule_id: 0, peer, http: [0; 3] }
 }

@@ -107,6 +107,11 @@ pub enum Reason {
     CtQuota = 71,
     /// A frame that is neither IP nor ARP.
     UnsupportedProtocol = 72,
+    /// A new flow to an address learned from a DNS answer whose lifetime (TTL plus grace)
+    /// has run out; the pod must resolve the name again. Tracked flows are not cut.
+    FqdnExpired = 73,
+    /// DNS of a pod served by the DNS proxy while no proxy socket listens: DNS fails closed.
+    DnsProxyDown = 74,
 }
 
 impl Reason {
@@ -115,7 +120,7 @@ impl Reason {
     /// Upper bound (exclusive) of reason codes; sizes the per-reason counter array.
     pub const COUNT: u32 = 128;
 
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 19] = [
         Reason::PolicyAllow,
         Reason::Established,
         Reason::Reply,
@@ -133,6 +138,8 @@ impl Reason {
         Reason::MapError,
         Reason::CtQuota,
         Reason::UnsupportedProtocol,
+        Reason::FqdnExpired,
+        Reason::DnsProxyDown,
     ];
 
     pub const fn verdict(self) -> Verdict {
@@ -159,6 +166,8 @@ impl Reason {
             Reason::MapError => "map_error",
             Reason::CtQuota => "ct_quota",
             Reason::UnsupportedProtocol => "unsupported_protocol",
+            Reason::FqdnExpired => "fqdn_expired",
+            Reason::DnsProxyDown => "dns_proxy_down",
         }
     }
 }
@@ -212,6 +221,8 @@ mod tests {
                 Reason::MapError => 14,
                 Reason::CtQuota => 15,
                 Reason::UnsupportedProtocol => 16,
+                Reason::FqdnExpired => 17,
+                Reason::DnsProxyDown => 18,
             }
         }
         for (i, r) in Reason::ALL.iter().enumerate() {

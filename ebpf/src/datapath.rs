@@ -24,10 +24,16 @@
 //! An allowed first fragment at an isolated endpoint lets its datagram's later fragments
 //! follow (step 7).
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_SHOT,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
 use ward_common::{
     Addr16, Direction, Reason, Verdict,
     addr::is_v4_mapped,
+    fqdn::{LearnedKey, LearnedValue},
     identity::ID_WORLD,
     lookup::{Flow, Tables, decide_new_flow},
     maps::{
@@ -37,9 +43,10 @@ use ward_common::{
 };
 
 use crate::ct;
+use crate::dns;
 use crate::event::{self, EventInfo};
 use crate::frag;
-use crate::maps::{CONFIG, ENDPOINTS, IPCACHE, POLICY, SCRATCH};
+use crate::maps::{CONFIG, ENDPOINTS, FQDN, IPCACHE, POLICY, SCRATCH};
 use crate::nd;
 use crate::parse::{self, Kind, PROTO_TCP, Packet, Parsed, Tuple};
 
@@ -67,6 +74,17 @@ impl Tables for KernelTables {
     fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
         POLICY.get(Key::new(key.prefixlen, key.data())).copied()
     }
+
+    #[inline(always)]
+    fn learned(&self, key: &LearnedKey) -> Option<LearnedValue> {
+        FQDN.get(Key::new(key.prefixlen, key.data)).copied()
+    }
+
+    #[inline(always)]
+    fn now_ns(&self) -> u64 {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    }
 }
 
 /// Per-CPU working memory for one packet: the BPF stack is only 512 bytes, too small for
@@ -80,15 +98,16 @@ pub struct Scratch {
 }
 
 /// What the decision learned, for counters and the flow event.
-struct Outcome {
-    ep_id: u32,
+pub struct Outcome {
+    pub ep_id: u32,
+    /// The endpoint's `EndpointInfo.flags` (DNS steering reads `EP_DNS_PROXY`).
+    pub ep_flags: u32,
     subject: u32,
     peer: IpcacheValue,
     rule_id: u32,
-    tuple: Tuple,
-    tcp_flags: u8,
+    pub tuple: Tuple,
+    pub tcp_flags: u8,
     new_flow: bool,
-    ep_flags: u32,
 }
 
 /// What one packet's decision needs besides the packet.
@@ -120,13 +139,13 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
     let s = unsafe { &mut *scratch };
     s.o = Outcome {
         ep_id: 0,
+        ep_flags: 0,
         subject: 0,
         peer: IpcacheValue { identity: ID_WORLD, cidr_identity: ID_WORLD },
         rule_id: 0,
         tuple: parse::EMPTY,
         tcp_flags: 0,
         new_flow: false,
-        ep_flags: 0,
     };
     let c = Ctx {
         dir,
@@ -137,7 +156,10 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
         from_node_stack: matches!(dir, Direction::Ingress) && ingress_ifindex == 0,
         len_l3: ctx.len().saturating_sub(ETH_HLEN),
     };
-    let reason = decide(ctx, &c, ifindex, s);
+    let mut reason = decide(ctx, &c, ifindex, s);
+    if matches!(dir, Direction::Egress) {
+        reason = dns::steer(ctx, &s.o, reason);
+    }
     let o = &s.o;
     let bytes = ctx.len();
     event::count_reason(reason, bytes);
@@ -183,8 +205,8 @@ fn decide(ctx: &TcContext, c: &Ctx, ifindex: u32, s: &mut Scratch) -> Reason {
         None => return Reason::UnknownEndpoint,
     };
     o.ep_id = ep.ep_id;
-    o.subject = ep.identity;
     o.ep_flags = ep.flags;
+    o.subject = ep.identity;
     let isolated = ep.isolated(dir);
     let pkt = &s.pkt;
     let l4_ok = match parsed {
@@ -339,7 +361,8 @@ fn recheck(
     }
     let d = redecide(ep, orig_dir, key, v.state);
     o.peer = d.peer;
-    if matches!(d.reason.verdict(), Verdict::Allow) {
+    // An expired learned address still allows the flows started while it was live.
+    if matches!(d.reason.verdict(), Verdict::Allow) || d.reason == Reason::FqdnExpired {
         o.rule_id = d.rule_id;
         v.rule_id = d.rule_id;
         v.rev = c.rev;
@@ -385,7 +408,8 @@ fn related(c: &Ctx, ep: &EndpointInfo, pkt: &Packet, key: &mut CtKey) -> bool {
         if let Some(v) = ct::live(key, c.now) {
             // SAFETY: see `touch`; only read here.
             let (rev, state) = unsafe { ((*v).rev, (*v).state) };
-            return rev == c.rev || matches!(redecide(ep, orig_dir, key, state).reason.verdict(), Verdict::Allow);
+            let again = redecide(ep, orig_dir, key, state).reason;
+            return rev == c.rev || matches!(again.verdict(), Verdict::Allow) || again == Reason::FqdnExpired;
         }
     }
     false

@@ -15,6 +15,7 @@
 
 mod ct;
 mod datapath;
+mod dns;
 mod event;
 mod frag;
 mod http;

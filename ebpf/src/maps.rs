@@ -7,6 +7,7 @@ use aya_ebpf::{
 };
 use ward_common::{
     Addr16,
+    fqdn::{DnsConfig, FQDN_MAX, LearnedKeyData, LearnedValue},
     maps::{
         CT_COUNT_MAX, CT_MAX, ConfigValue, Counter, CtCountKey, CtKey, CtValue, ENDPOINTS_MAX, EVENTS_BYTES,
         EndpointInfo, EndpointKey, FRAGS_MAX, FragKey, FragValue, IPCACHE_MAX, IpcacheValue, POLICY_MAX, PolicyKeyData,
@@ -50,3 +51,11 @@ pub static SCRATCH: PerCpuArray<crate::datapath::Scratch> = PerCpuArray::with_ma
 
 #[map(name = "WARD_RULE_CNT")]
 pub static RULE_CNT: PerCpuHashMap<u32, Counter> = PerCpuHashMap::pinned(RULE_CNT_MAX, 0);
+
+/// Addresses the DNS proxy learned, per endpoint (`ward_common::fqdn`).
+#[map(name = "WARD_FQDN")]
+pub static FQDN: LpmTrie<LearnedKeyData, LearnedValue> = LpmTrie::pinned(FQDN_MAX, 0);
+
+/// Where the DNS proxy listens (`ward_common::fqdn::DnsConfig`).
+#[map(name = "WARD_DNS_CFG")]
+pub static DNS_CFG: Array<DnsConfig> = Array::pinned(1, 0);

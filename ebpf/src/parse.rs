@@ -210,6 +210,12 @@ fn parse_v4(ctx: &TcContext, out: &mut Packet) -> Result<(), Stop> {
     if h[0] >> 4 != 4 || ihl < 20 {
         return Err(Stop::Ip);
     }
+    // A header that claims more bytes than the frame holds, or fewer than itself, is no
+    // packet a receiver accepts (0: a BIG TCP aggregate, whose length is the skb's).
+    let total = u16::from_be_bytes([h[2], h[3]]) as usize;
+    if total != 0 && (total < ihl || total > frame_len(ctx) - off) {
+        return Err(Stop::Ip);
+    }
     out.v6 = false;
     out.hop_limit = h[8];
     let frag = u16::from_be_bytes([h[6], h[7]]);
@@ -227,6 +233,12 @@ fn parse_v4(ctx: &TcContext, out: &mut Packet) -> Result<(), Stop> {
     }
     out.first_fragment = frag & 0x2000 != 0;
     parse_l4(ctx, off + ihl, out).map_err(|_| Stop::L4)
+}
+
+/// The frame's length in bytes (at least the fixed headers, which were just read).
+#[inline(always)]
+fn frame_len(ctx: &TcContext) -> usize {
+    ctx.len() as usize
 }
 
 /// Refuses source-route options (and option lists that do not parse).
@@ -284,6 +296,11 @@ fn parse_v6(ctx: &TcContext, out: &mut Packet) -> Result<(), Stop> {
     // The fixed header in one helper call (see parse_v4).
     let h: [u8; 40] = load(ctx, off).map_err(|_| Stop::Ip)?;
     if h[0] >> 4 != 6 {
+        return Err(Stop::Ip);
+    }
+    // As for IPv4 (0: a jumbogram or BIG TCP aggregate).
+    let payload = u16::from_be_bytes([h[4], h[5]]) as usize;
+    if payload != 0 && payload > frame_len(ctx) - off - 40 {
         return Err(Stop::Ip);
     }
     out.v6 = true;
@@ -360,8 +377,13 @@ fn parse_l4(ctx: &TcContext, off: usize, out: &mut Packet) -> Result<(), ()> {
     let tuple = &mut out.tuple;
     match tuple.proto {
         PROTO_TCP => {
-            // Ports and flags (byte 13) in one helper call.
-            let h: [u8; 14] = load(ctx, off)?;
+            // The whole fixed header in one helper call (ports, flags at byte 13); a data
+            // offset below five words, or past the frame, is no TCP segment a receiver accepts.
+            let h: [u8; 20] = load(ctx, off)?;
+            let doff = ((h[12] >> 4) as usize) * 4;
+            if doff < 20 || off + doff > frame_len(ctx) {
+                return Err(());
+            }
             tuple.sport = u16::from_be_bytes([h[0], h[1]]);
             tuple.dport = u16::from_be_bytes([h[2], h[3]]);
             out.tcp_flags = h[13];

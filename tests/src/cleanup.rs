@@ -2,6 +2,10 @@
 //! never reaches its `Drop`s): network namespaces, scratch directories and pins named
 //! `ward-<pid>-<n>...` whose `<pid>` no longer runs, and agents started for such nodes. A
 //! lab kept on purpose (`demo --keep`, which writes `cleanup.sh`) is left alone.
+//!
+//! Lab clusters ([`crate::cluster`]) leave more: their programs and containers, mounts under
+//! their directory, cgroups named after their nodes, pod logs, and kubelet's machine-wide
+//! settings. Those go first, before the namespaces and directories they live in.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -23,7 +27,7 @@ pub fn owner_pid(name: &str) -> Option<i32> {
     pid.parse().ok()
 }
 
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     // Signal 0 checks existence; EPERM would still mean it exists.
     !matches!(kill(Pid::from_raw(pid), None), Err(nix::Error::ESRCH))
 }
@@ -59,6 +63,7 @@ pub fn stale_labs(bpffs: &Path) -> Vec<String> {
             removed.push(format!("killed ward-agent {pid} of node {}", node.map_or("?", |n| n)));
         }
     }
+    removed.extend(stale_clusters(&tmp, &stale));
     for (name, _) in entries(Path::new(NETNS_DIR)) {
         if stale(&name) && crate::cmd::ip(&["netns", "del", &name]).is_ok() {
             removed.push(format!("deleted network namespace {name}"));
@@ -71,10 +76,60 @@ pub fn stale_labs(bpffs: &Path) -> Vec<String> {
             removed.push(format!("removed pins {}", path.display()));
         }
     }
+    for (name, path) in entries(Path::new(crate::dnslab::NETNS_ETC)) {
+        if stale(&name) && fs::remove_dir_all(&path).is_ok() {
+            removed.push(format!("removed {}", path.display()));
+        }
+    }
     for (name, path) in entries(&tmp) {
         if stale(&name) && path.is_dir() && fs::remove_dir_all(&path).is_ok() {
             removed.push(format!("removed {}", path.display()));
         }
+    }
+    removed
+}
+
+/// The cluster part of [`stale_labs`]: for each `$TMPDIR/ward-<pid>-<n>-cluster` of a dead
+/// owner, its processes (by the directory on their command lines), its nodes' pod logs, its
+/// cgroups and its mounts; then the kubelet settings if no live cluster holds them.
+fn stale_clusters(tmp: &Path, stale: &dyn Fn(&str) -> bool) -> Vec<String> {
+    use crate::cluster::{ClusterNode, sysctl_guard, teardown};
+    let mut removed = Vec::new();
+    for (name, path) in entries(tmp) {
+        if !(name.ends_with("-cluster") && stale(&name) && path.is_dir()) {
+            continue;
+        }
+        removed.extend(teardown::kill_processes_mentioning(&format!("{}/", path.display())));
+        for (_, node_dir) in entries(&path) {
+            let (root, log) = (ClusterNode::kubelet_root_in(&node_dir), ClusterNode::log_in(&node_dir, "kubelet"));
+            removed.extend(teardown::remove_pod_logs(&root, &log));
+            let containerd = crate::cluster::containerd::ContainerdPaths { dir: node_dir.join("containerd") };
+            removed.extend(teardown::remove_runtime_leftovers(&containerd.state(), &containerd.root()));
+        }
+    }
+    let mut cgroups: BTreeSet<String> = BTreeSet::new();
+    for h in teardown::cgroup_hierarchies() {
+        cgroups.extend(entries(&h).into_iter().map(|(n, _)| n).filter(|n| stale(n)));
+    }
+    for name in cgroups {
+        match teardown::remove_cgroups(&name) {
+            Ok(lines) => removed.extend(lines),
+            Err(e) => removed.push(format!("could not remove: {e}")),
+        }
+    }
+    for (name, path) in entries(tmp) {
+        if name.ends_with("-cluster") && stale(&name) {
+            match teardown::unmount_under(&path) {
+                Ok(0) => {}
+                Ok(n) => removed.push(format!("unmounted {n} mounts under {}", path.display())),
+                Err(e) => removed.push(format!("could not unmount: {e}")),
+            }
+        }
+    }
+    teardown::remove_empty_machine_dirs();
+    match sysctl_guard::SysctlPlaces::default().clean_stale() {
+        Ok(lines) => removed.extend(lines),
+        Err(e) => removed.push(format!("could not restore kubelet's settings: {e}")),
     }
     removed
 }

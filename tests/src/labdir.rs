@@ -18,6 +18,13 @@ impl LabDir {
         Ok(LabDir { path, keep: false })
     }
 
+    /// `$TMPDIR/<name>`, for a lab whose other parts share its unique name.
+    pub fn create_named(name: &str) -> std::io::Result<Self> {
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir(&path)?;
+        Ok(LabDir { path, keep: false })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -8,15 +8,20 @@
 //! are made as a runtime makes them (Pod object, network namespace, CNI ADD, servers); a
 //! [`probe`] from inside one pod to another measures what the datapath allows.
 //!
+//! [`cluster`] is the other lab: a real Kubernetes 1.20.2 cluster (kubelet, containerd,
+//! kube-proxy) in network namespaces, for the upstream e2e suite and Ward as a real CNI.
+//!
 //! Everything the lab creates has a unique name (`ward-<pid>-<n>-...`) and is removed by a
 //! guard's `Drop`, also when a test panics.
 
 pub mod agent;
 pub mod bins;
 pub mod cleanup;
+pub mod cluster;
 mod cmd;
 pub mod cni;
 pub mod conformance;
+pub mod dnslab;
 pub mod echo;
 pub mod http;
 pub mod labdir;

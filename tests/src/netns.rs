@@ -6,7 +6,10 @@
 //! while unwinding from a panic.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 
@@ -103,6 +106,11 @@ impl NetNs {
         })
     }
 
+    /// Makes `cmd` start inside this namespace (see [`command_in`]).
+    pub fn command_inside(&self, cmd: &mut Command) -> Result<(), NetnsError> {
+        command_in(cmd, &self.name, &self.path)
+    }
+
     /// Sets a `net.*` sysctl of this namespace, e.g. `("net/ipv4/ip_forward", "1")`.
     /// `/proc/sys/net` shows the namespace of the thread that opens it.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<(), NetnsError> {
@@ -129,6 +137,27 @@ impl Drop for NetNs {
             eprintln!("ward-lab: cleanup: {e}");
         }
     }
+}
+
+/// Makes `cmd` start inside the network namespace at `path` (and only that namespace: unlike
+/// `ip netns exec`, no new mount namespace, so what the program mounts stays visible to
+/// everyone, as kubelet's volume mounts must be to containerd and runc).
+pub fn command_in(cmd: &mut Command, name: &str, path: &Path) -> Result<(), NetnsError> {
+    let file =
+        File::open(path).map_err(|source| NetnsError::Open { name: name.to_owned(), path: path.to_owned(), source })?;
+    // SAFETY: the closure runs between fork and exec and calls only setns(2), which is
+    // async-signal-safe; the file it uses is owned by the closure, so it is open in the child
+    // (and closed on exec, being O_CLOEXEC).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    Ok(())
 }
 
 /// Moves the calling thread into the namespace at `path` (`name` is for messages).

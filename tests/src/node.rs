@@ -110,6 +110,8 @@ pub struct NodeConfig {
     /// Wire pods through the agent's conflist (every plugin of it, as a runtime does) instead
     /// of calling ward-cni alone.
     pub via_conflist: bool,
+    /// More `ward-agent` arguments (e.g. `--dns-min-ttl 0`).
+    pub agent_args: Vec<String>,
 }
 
 impl Default for NodeConfig {
@@ -124,6 +126,7 @@ impl Default for NodeConfig {
             agent_log_filter: std::env::var("WARD_AGENT_LOG").unwrap_or_else(|_| "info".into()),
             cni_chain: Vec::new(),
             via_conflist: false,
+            agent_args: Vec::new(),
         }
     }
 }
@@ -410,6 +413,7 @@ impl Node {
         for plugin in &self.config.cni_chain {
             cmd.arg("--cni-chain").arg(plugin.to_string());
         }
+        cmd.args(&self.config.agent_args);
         cmd.env("RUST_LOG", &self.config.agent_log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -515,9 +519,7 @@ impl Node {
 
     /// The last lines of the agent's log.
     pub fn agent_log_tail(&self) -> String {
-        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        crate::cluster::process::log_tail(&self.log_path(), LOG_TAIL_LINES)
     }
 
     /// Prints the tail of the agent's log to stderr (used when something failed).
@@ -911,6 +913,8 @@ impl Drop for Node {
         if let Err(e) = self.stop_agent() {
             eprintln!("ward-lab: cleanup: {e}");
         }
+        // The agent's DNS keeper outlives a stopped agent on purpose (restarts); not a node's.
+        crate::dnslab::stop_dns_keeper(&self.state_dir());
         // Servers stop and pod namespaces go with the pods.
         self.pods.clear();
         let pins = self.pin_dir();

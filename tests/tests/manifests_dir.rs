@@ -22,6 +22,21 @@ fn connects(node: &Node, namespace: &str, from: &str, to: &str) -> bool {
     node.probe(&from, &to, 80, Protocol::Tcp, Family::IPv4).unwrap_or_else(|e| panic!("probe: {e}")).connected()
 }
 
+/// An allowed path, probed until it connects (a freshly started server on a loaded machine
+/// may miss the first probe); bounded in time.
+fn eventually_connects(node: &Node, namespace: &str, from: &str, to: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if connects(node, namespace, from, to) {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 fn status(node: &Node) -> serde_json::Value {
     node.status().unwrap_or_else(|e| panic!("status: {e}")).raw
 }
@@ -35,7 +50,7 @@ fn a_copy_of_a_policy_file_added_then_removed_leaves_the_pod_isolated() {
         return;
     }
     let mut node = lab("n");
-    assert!(connects(&node, "n", "client", "db"), "db is not isolated yet");
+    assert!(eventually_connects(&node, "n", "client", "db"), "db is not isolated yet");
     let deny: serde_yaml::Value = serde_yaml::from_str(
         "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: db-deny, namespace: n}, \
          spec: {podSelector: {matchLabels: {app: db}}, policyTypes: [Ingress]}}",
@@ -74,7 +89,7 @@ fn the_upstream_default_deny_example_isolates_the_pods_of_default() {
         return;
     }
     let mut node = lab("default");
-    assert!(connects(&node, "default", "client", "db"), "nothing is isolated yet");
+    assert!(eventually_connects(&node, "default", "client", "db"), "nothing is isolated yet");
     // Verbatim from the Kubernetes documentation (Network Policies, "Default deny all ingress traffic").
     let example = "---
 apiVersion: networking.k8s.io/v1

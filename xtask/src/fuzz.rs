@@ -47,6 +47,8 @@ pub const TARGETS: &[Target] = &[
     Target { name: "manifest", max_len: 64 * 1024, rss_limit_mb: 1024, ..Target::DEFAULT },
     Target { name: "cni", ..Target::DEFAULT },
     Target { name: "api", max_len: 80 * 1024, ..Target::DEFAULT },
+    // Frames through the loaded kernel programs: one selector byte plus a jumbo-free frame.
+    Target { name: "packet", needs_root: true, needs_ebpf: true, max_len: 1600, ..Target::DEFAULT },
     // Requests past the head bound (8 KiB) must be refused, so inputs go a little beyond it.
     Target { name: "http", max_len: 10 * 1024, ..Target::DEFAULT },
 ];

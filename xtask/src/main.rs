@@ -2,7 +2,9 @@
 //! testing, fuzzing, the conformance suite and the demo (alias in .cargo/config.toml).
 
 mod demo;
+mod e2e;
 mod fuzz;
+mod kubernetes;
 mod run;
 mod setup;
 
@@ -67,15 +69,35 @@ enum Cmd {
         #[arg(long)]
         no_build: bool,
     },
-    /// Remove what killed lab runs left behind (namespaces, agents, pins, scratch dirs).
+    /// Remove what killed lab runs left behind (namespaces, agents, pins, scratch dirs, and
+    /// lab clusters' processes, containers, mounts, cgroups and kubelet's sysctls).
     LabClean,
+    /// Setup, then the upstream e2e NetworkPolicy suite (e2e.test 1.20.2) against a lab
+    /// Kubernetes cluster (root). Exits non-zero when specs fail.
+    E2e {
+        /// The cluster's pod network.
+        #[arg(long, value_enum, default_value = "bridge")]
+        cni: e2e::CniChoice,
+        /// How many nodes.
+        #[arg(long, default_value_t = 1)]
+        nodes: u8,
+        /// ginkgo's focus (a regular expression over spec names).
+        #[arg(long, default_value = "NetworkPolicy")]
+        focus: String,
+        /// ginkgo's skip; the kernel here has no SCTP sockets.
+        #[arg(long, default_value = "SCTP")]
+        skip: String,
+        /// Where the JUnit report and e2e.log go [default: <target>/e2e-report].
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
+    },
     /// Setup (with the benchmark tools), a release build, then the benchmark suite in lab
     /// namespaces (root): writes bench/RESULTS.md and its SVG plots.
     Bench {
         /// A reduced matrix (a few minutes): checks the harness, not for publishing.
         #[arg(long)]
         quick: bool,
-        /// Only these parts, comma-separated: datapath, control, lab, http, later.
+        /// Only these parts, comma-separated: datapath, control, lab, dns, http, later.
         #[arg(long)]
         only: Option<String>,
         /// Where RESULTS.md and the plots go [default: bench/].
@@ -126,6 +148,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Bench { quick, only, out } => bench(quick, only, out)?,
+        Cmd::E2e { cni, nodes, focus, skip, report_dir } => {
+            setup::setup()?;
+            return e2e::e2e(e2e::E2eOptions { cni, nodes, focus, skip, report_dir });
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask setup`: makes a fresh machine able to build and test Ward, installing only
-//! what is missing and saying what it installs (recipe: shared/TOOLCHAIN.md).
+//! what is missing and saying what it installs (recipe: shared/TOOLCHAIN.md), and building the
+//! lab cluster's Kubernetes once per machine ([`crate::kubernetes`]).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -9,7 +10,7 @@ use anyhow::{Context, bail};
 use crate::run;
 
 /// Debian packages, each with a program that proves it present when it has one.
-const APT_PACKAGES: [(&str, Option<&str>); 17] = [
+const APT_PACKAGES: [(&str, Option<&str>); 19] = [
     ("llvm-22-dev", None),
     ("libpolly-22-dev", None),
     ("clang-22", Some("clang-22")),
@@ -30,14 +31,25 @@ const APT_PACKAGES: [(&str, Option<&str>); 17] = [
     ("nftables", Some("nft")),
     // libfuzzer-sys compiles libFuzzer's C++ (cargo xtask fuzz, and test).
     ("g++", Some("c++")),
+    // The lab's real DNS server for FQDN egress tests (the binary only, no system service),
+    // and dig for looking at it by hand.
+    ("dnsmasq-base", Some("dnsmasq")),
+    ("bind9-dnsutils", Some("dig")),
     // The real HTTP server of the HTTP-rule tests (tests/tests/http.rs) and the benchmark.
     ("nginx-light", Some("nginx")),
 ];
 
 /// What `cargo xtask bench` needs beyond building and testing: the load generators, and perf
 /// for profiling missed targets.
-const BENCH_PACKAGES: [(&str, Option<&str>); 4] =
-    [("sockperf", Some("sockperf")), ("iperf3", Some("iperf3")), ("linux-perf", Some("perf")), ("wrk", Some("wrk"))];
+const BENCH_PACKAGES: [(&str, Option<&str>); 5] = [
+    ("sockperf", Some("sockperf")),
+    ("iperf3", Some("iperf3")),
+    ("linux-perf", Some("perf")),
+    // DNS load through the proxy and directly (bench/src/dns.rs).
+    ("dnsperf", Some("dnsperf")),
+    // HTTP load against nginx (bench/src/http.rs).
+    ("wrk", Some("wrk")),
+];
 
 /// bpf-linker must link against Debian's LLVM 22 (its llvm-config first in PATH).
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -51,6 +63,7 @@ pub fn setup() -> anyhow::Result<()> {
     did |= bpf_linker()?;
     did |= cargo_fuzz()?;
     did |= bpffs()?;
+    did |= crate::kubernetes::ensure()?;
     if !did {
         println!("setup: everything present");
     }
@@ -71,7 +84,7 @@ pub fn setup_bench() -> anyhow::Result<()> {
 }
 
 /// Installs the packages of `packages` that are missing; true if it installed any.
-fn apt(packages: &[(&str, Option<&str>)]) -> anyhow::Result<bool> {
+pub(crate) fn apt(packages: &[(&str, Option<&str>)]) -> anyhow::Result<bool> {
     let missing: Vec<&str> = packages
         .iter()
         .filter(|(pkg, program)| !(dpkg_installed(pkg) || program.is_some_and(run::on_path)))

@@ -43,6 +43,7 @@ use ward_common::maps::{
 use ward_common::ports::{MAX_BLOCKS, PortBlock, range_to_blocks};
 
 use crate::cluster::{Cluster, PodKey, PolicyRef};
+use crate::fqdn_policy::{FqdnPolicy, FqdnPolicyBuilder};
 pub use crate::identity::RuleInfo;
 use crate::identity::{CidrKey, HttpSetKey, HttpSetRule, Identities, LabelKey, Live};
 use crate::selector::Labels;
@@ -63,6 +64,9 @@ pub struct Compiled {
     pub cidr_identity: BTreeMap<u32, CidrKey>,
     /// Addresses claimed by more than one owner, and how each was settled.
     pub address_conflicts: Vec<AddressConflict>,
+    /// The DNS proxy's rules for each local subject identity with `fqdn` peers or `dns`
+    /// rules (those subjects carry `EP_DNS_PROXY`).
+    pub fqdn: BTreeMap<u32, FqdnPolicy>,
     /// The HTTP rule sets the policy entries flagged `POLICY_HTTP` name (`WARD_HTTP_SETS`).
     pub http_sets: BTreeMap<u32, HttpSet>,
     /// HTTP rules that do not act as written (`ward status` and `explain` show them).
@@ -432,8 +436,16 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
             subjects.entry(*id).or_insert((key, &info.ports, &info.labels));
         }
     }
+    let mut fqdn = FqdnPolicyBuilder::default();
     for (subject, (key, ports, labels)) in subjects {
         let mut bits = 0;
+        // Behind the DNS proxy: every egress rule then counts for its DNS rules (a plain
+        // NetworkPolicy's port-53 allow too).
+        let fqdn_subject = policies_by_namespace
+            .get(key.namespace.as_str())
+            .into_iter()
+            .flatten()
+            .any(|(_, p)| p.pod_selector.matches(labels) && crate::fqdn_policy::has_fqdn(p));
         for (pref, p) in policies_by_namespace.get(key.namespace.as_str()).into_iter().flatten() {
             if !p.pod_selector.matches(labels) {
                 continue;
@@ -448,6 +460,9 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
                     if let Some(rule_id) = rule_ids.get(&(*pref, dir, index)) {
                         let peers = peers_of_rule.entry(*rule_id).or_insert_with(|| ctx.peers(p, &rule.peers));
                         ctx.emit(&mut out.policy, &mut http, subject, ports, peers, dir, rule, *rule_id);
+                        if dir == Direction::Egress && fqdn_subject {
+                            fqdn.add_rule(subject, rule, *rule_id, peers);
+                        }
                     }
                 }
             }
@@ -455,6 +470,12 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
         out.isolation.insert(subject, bits);
     }
     resolve_http(&mut out, &http, ids);
+    out.fqdn = fqdn.finish();
+    for subject in out.fqdn.keys() {
+        if let Some(bits) = out.isolation.get_mut(subject) {
+            *bits |= ward_common::fqdn::EP_DNS_PROXY;
+        }
+    }
     out
 }
 
@@ -545,8 +566,8 @@ impl RuleCtx<'_, '_> {
                         }
                     }
                 }
-                // The addresses of an fqdn peer are learned at run time by the DNS proxy, not
-                // known here: no identity stands for them in this compile (fails closed).
+                // The addresses of an fqdn peer are learned at run time by the DNS proxy, which
+                // writes them per endpoint into WARD_FQDN (`fqdn_policy`): no policy entry.
                 Peer::Fqdn(_) => {}
             }
         }

@@ -963,8 +963,9 @@ fn cidrs_within_finds_the_same_identities_as_a_scan() {
 }
 
 /// A WardNetworkPolicy's HTTP port admits the connection for its requests only (never every
-/// request), fqdn peers stay closed until the DNS proxy learns addresses, and the policy's
-/// plain ports and peers work as in a NetworkPolicy.
+/// request), an fqdn peer opens nothing in the policy map (the DNS proxy writes learned
+/// addresses per pod into WARD_FQDN, see `fqdn_subjects_go_behind_the_proxy_with_their_rules`),
+/// and the policy's plain ports and peers work as in a NetworkPolicy.
 #[test]
 fn http_ports_admit_requests_only_and_fqdn_peers_fail_closed() {
     let (c, compiled) = lab_with(
@@ -1305,4 +1306,57 @@ spec:
         assert_eq!(spec, want, "reference egress {from} {proto} {port}");
         assert_eq!(egress(from, proto, port), want, "datapath egress {from} {proto} {port}");
     }
+}
+
+/// A pod an fqdn policy selects for egress carries `EP_DNS_PROXY` and gets its rules (rule
+/// id and port blocks per selector); `dns` rules list every way it reaches port 53, a plain
+/// NetworkPolicy's included; other pods are not behind the proxy.
+#[test]
+fn fqdn_subjects_go_behind_the_proxy_with_their_rules() {
+    use crate::fqdn_policy::{L4Block, QueryVerdict};
+    let (c, compiled) = lab_with(
+        r#"
+apiVersion: policy.ward.dev/v1alpha1
+kind: WardNetworkPolicy
+metadata: {name: fqdn, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{fqdn: {matchName: api.bank.example}}, {fqdn: {matchPattern: "*.s3.example"}}]
+      ports: [{port: 443, protocol: TCP}, {port: 8000, endPort: 8003, protocol: TCP}]
+    - to: [{podSelector: {matchLabels: {pod: b}}}]
+      ports: [{port: 53, protocol: UDP, dns: [{matchPattern: "*.bank.example"}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: dns-to-c, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{podSelector: {matchLabels: {pod: c}}}]
+      ports: [{port: 53, protocol: UDP}]
+"#,
+    );
+    let a = compiled.pod_identity[&pod("x/a")];
+    assert_ne!(compiled.isolation_of(&pod("x/a")) & ward_common::fqdn::EP_DNS_PROXY, 0);
+    assert_eq!(compiled.isolation_of(&pod("x/b")) & ward_common::fqdn::EP_DNS_PROXY, 0);
+    let fp = &compiled.fqdn[&a];
+    assert_eq!(compiled.fqdn.len(), 1, "only x/a is behind the proxy");
+    let selectors: Vec<String> = fp.rules.iter().map(|r| r.selector.to_string()).collect();
+    assert_eq!(selectors, ["api.bank.example", "*.s3.example"], "in selector order (exact before patterns)");
+    let blocks = fp.rules[0].ports.clone().expect("ports");
+    assert_eq!(blocks[0], L4Block { proto: 6, base: 443, prefix_len: 16 });
+    assert_eq!(blocks[1], L4Block { proto: 6, base: 8000, prefix_len: 14 }, "8000-8003 as one block");
+    let info = &compiled.rules[&fp.rules[0].rule_id];
+    assert_eq!((info.policy.name.as_str(), info.index), ("fqdn", 0));
+    // DNS to x/b: only *.bank.example; to x/c (the plain NetworkPolicy): any name.
+    let b = compiled.pod_identity[&pod("x/b")];
+    let cc = compiled.pod_identity[&pod("x/c")];
+    assert_eq!(fp.query_allowed([b, ID_WORLD], 17, "api.bank.example"), QueryVerdict::Allowed);
+    assert_eq!(fp.query_allowed([b, ID_WORLD], 17, "evil.example"), QueryVerdict::Refused);
+    assert_eq!(fp.query_allowed([cc, ID_WORLD], 17, "evil.example"), QueryVerdict::Allowed);
+    assert_eq!(fp.query_allowed([ID_WORLD, ID_WORLD], 17, "api.bank.example"), QueryVerdict::Refused);
+    let _ = c;
 }

@@ -237,6 +237,10 @@ pub struct NetworkPolicyPort {
     /// `WardNetworkPolicy` only (ingress): the HTTP requests this port admits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<Vec<HttpRuleSpec>>,
+    /// `WardNetworkPolicy` only (egress, port 53): the names a pod may query through this
+    /// entry (`[{matchName: ...}, {matchPattern: ...}]`, as Cilium's `rules.dns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<FqdnPeer>>,
 }
 
 /// A port by number or by container-port name. As in the API, the string `"80"` is a name

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use ward_common::addr::Addr16;
+use ward_common::fqdn::{LEARNED_KEY_BITS, LearnedKey, LearnedKeyData, LearnedValue};
 use ward_common::lookup::Tables;
 use ward_common::maps::{IpcacheKey, IpcacheValue, POLICY_KEY_BITS, PolicyKey, PolicyValue};
 
@@ -81,7 +82,79 @@ fn lpm<K: Ord, V: Copy>(
     None
 }
 
+/// Lookups over a `Compiled` plus the learned addresses the DNS proxy wrote (as it writes
+/// them into `WARD_FQDN`), at the time `now_ns`.
+#[derive(Clone, Copy, Debug)]
+pub struct LearnedTables<'a> {
+    pub compiled: &'a Compiled,
+    pub learned: &'a BTreeMap<LearnedKey, LearnedValue>,
+    pub now_ns: u64,
+}
+
+fn learned_data(d: &LearnedKeyData) -> [u8; 24] {
+    let mut out = [0u8; 24];
+    out[0..4].copy_from_slice(&d.ep_id_be);
+    out[4..20].copy_from_slice(&d.addr);
+    out[20] = d.proto;
+    out[21..23].copy_from_slice(&d.port_be);
+    out
+}
+
+fn learned_key(prefixlen: u32, d: [u8; 24]) -> LearnedKey {
+    let mut addr = [0u8; 16];
+    addr.copy_from_slice(&d[4..20]);
+    LearnedKey {
+        prefixlen,
+        data: LearnedKeyData {
+            ep_id_be: [d[0], d[1], d[2], d[3]],
+            addr,
+            proto: d[20],
+            port_be: [d[21], d[22]],
+            _pad: 0,
+        },
+    }
+}
+
+/// Longest-prefix match in a learned map, as the kernel's `WARD_FQDN` trie answers it.
+pub fn learned_lookup(map: &BTreeMap<LearnedKey, LearnedValue>, key: &LearnedKey) -> Option<LearnedValue> {
+    let data = learned_data(&key.data);
+    lpm(
+        map,
+        key.prefixlen.min(LEARNED_KEY_BITS),
+        |len| learned_key(len, mask(data, len)),
+        |k| k.prefixlen,
+        |len| learned_key(len, [0; 24]),
+    )
+}
+
+impl Tables for LearnedTables<'_> {
+    fn ipcache(&self, addr: &Addr16) -> Option<IpcacheValue> {
+        CompiledTables(self.compiled).ipcache(addr)
+    }
+
+    fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
+        CompiledTables(self.compiled).policy(key)
+    }
+
+    fn learned(&self, key: &LearnedKey) -> Option<LearnedValue> {
+        learned_lookup(self.learned, key)
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+}
+
 impl Tables for CompiledTables<'_> {
+    /// The compiled maps alone hold no learned addresses (see [`LearnedTables`]).
+    fn learned(&self, _key: &LearnedKey) -> Option<LearnedValue> {
+        None
+    }
+
+    fn now_ns(&self) -> u64 {
+        0
+    }
+
     fn ipcache(&self, addr: &Addr16) -> Option<IpcacheValue> {
         lpm(
             &self.0.ipcache,

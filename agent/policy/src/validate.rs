@@ -122,6 +122,10 @@ pub struct PortSpec {
     /// match one of these rules. `None`: plain L4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<Vec<HttpRule>>,
+    /// `WardNetworkPolicy` egress only, on port 53 (UDP or TCP): the names a pod may query
+    /// through this entry; other queries are answered REFUSED by the DNS proxy. `None`: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<FqdnSelector>>,
 }
 
 impl PortSpec {
@@ -162,6 +166,10 @@ impl fmt::Display for PortSpec {
         if let Some(rules) = &self.http {
             let shown: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
             write!(f, " http [{}]", shown.join(", "))?;
+        }
+        if let Some(names) = &self.dns {
+            let shown: Vec<String> = names.iter().map(|r| r.to_string()).collect();
+            write!(f, " dns [{}]", shown.join(", "))?;
         }
         Ok(())
     }
@@ -479,15 +487,7 @@ fn peer(ctx: &Ctx, field: &str, dir: Direction, p: &NetworkPolicyPeer) -> Result
         if p.ip_block.is_some() || p.pod_selector.is_some() || p.namespace_selector.is_some() {
             return Err(ctx.err(field, "fqdn may not be combined with podSelector, namespaceSelector or ipBlock"));
         }
-        return match (&fqdn.match_name, &fqdn.match_pattern) {
-            (Some(name), None) => {
-                FqdnSelector::name(name).map(Peer::Fqdn).map_err(|e| ctx.err(format!("{ff}.matchName"), e.to_string()))
-            }
-            (None, Some(pattern)) => FqdnSelector::pattern(pattern)
-                .map(Peer::Fqdn)
-                .map_err(|e| ctx.err(format!("{ff}.matchPattern"), e.to_string())),
-            _ => Err(ctx.err(ff, "exactly one of matchName and matchPattern")),
-        };
+        return fqdn_selector(ctx, &ff, fqdn).map(Peer::Fqdn);
     }
     match (&p.ip_block, &p.pod_selector, &p.namespace_selector) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
@@ -506,6 +506,19 @@ fn peer(ctx: &Ctx, field: &str, dir: Direction, p: &NetworkPolicyPeer) -> Result
             };
             Ok(Peer::Pods { namespace_selector, pod_selector })
         }
+    }
+}
+
+/// `{matchName: ...}` or `{matchPattern: ...}` (an fqdn peer or a `dns` rule entry).
+fn fqdn_selector(ctx: &Ctx, field: &str, f: &model::FqdnPeer) -> Result<FqdnSelector, ObjectError> {
+    match (&f.match_name, &f.match_pattern) {
+        (Some(name), None) => {
+            FqdnSelector::name(name).map_err(|e| ctx.err(format!("{field}.matchName"), e.to_string()))
+        }
+        (None, Some(pattern)) => {
+            FqdnSelector::pattern(pattern).map_err(|e| ctx.err(format!("{field}.matchPattern"), e.to_string()))
+        }
+        _ => Err(ctx.err(field, "exactly one of matchName and matchPattern")),
     }
 }
 
@@ -601,7 +614,33 @@ fn port_spec(ctx: &Ctx, field: &str, dir: Direction, p: &NetworkPolicyPort) -> R
             Some(out)
         }
     };
-    Ok(PortSpec { protocol, port, end_port, http })
+    let dns = match &p.dns {
+        None => None,
+        Some(names) => {
+            let df = format!("{field}.dns");
+            if ctx.kind != PolicyKind::WardNetworkPolicy {
+                return Err(ward_only(ctx, df, "dns"));
+            }
+            if dir != Direction::Egress {
+                return Err(ctx.err(df, "dns rules say which names a pod may query: egress ports only"));
+            }
+            if port != PortRef::Number(ward_common::fqdn::DNS_PORT) || end_port.is_some() {
+                return Err(ctx.err(df, "dns rules need port 53 (a single port, UDP or TCP)"));
+            }
+            if protocol == Protocol::Sctp {
+                return Err(ctx.err(df, "dns rules need protocol UDP or TCP, not SCTP"));
+            }
+            if names.is_empty() {
+                return Err(ctx.err(df, "must list at least one name (omit dns to allow every name)"));
+            }
+            let mut out = Vec::new();
+            for (i, n) in names.iter().enumerate() {
+                out.push(fqdn_selector(ctx, &format!("{df}[{i}]"), n)?);
+            }
+            Some(out)
+        }
+    };
+    Ok(PortSpec { protocol, port, end_port, http, dns })
 }
 
 fn protocol(ctx: &Ctx, field: &str, p: Option<&str>) -> Result<Protocol, ObjectError> {
@@ -818,6 +857,50 @@ mod tests {
     }
 
     #[test]
+    fn dns_rules_take_names_on_egress_port_53_only_with_the_field_named() {
+        let p = wnp("{podSelector: {}, policyTypes: [Egress], egress: [{ports: [{protocol: UDP, port: 53, \
+                     dns: [{matchName: API.bank.example}, {matchPattern: '*.s3.example'}]}]}]}")
+        .expect("valid");
+        let spec = &p.egress.as_ref().expect("egress")[0].ports.as_ref().expect("ports")[0];
+        let names: Vec<String> = spec.dns.iter().flatten().map(|s| s.to_string()).collect();
+        assert_eq!(names, ["api.bank.example", "*.s3.example"]);
+        assert!(spec.to_string().ends_with("dns [api.bank.example, *.s3.example]"), "{spec}");
+        for (spec, field) in [
+            (
+                "{podSelector: {}, egress: [{ports: [{protocol: UDP, port: 80, dns: [{matchName: a.example}]}]}]}",
+                "spec.egress[0].ports[0].dns",
+            ),
+            (
+                "{podSelector: {}, egress: [{ports: [{protocol: SCTP, port: 53, dns: [{matchName: a.example}]}]}]}",
+                "spec.egress[0].ports[0].dns",
+            ),
+            (
+                "{podSelector: {}, egress: [{ports: [{protocol: UDP, port: 53, dns: []}]}]}",
+                "spec.egress[0].ports[0].dns",
+            ),
+            (
+                "{podSelector: {}, egress: [{ports: [{protocol: UDP, port: 53, dns: [{matchName: '*.a'}]}]}]}",
+                "spec.egress[0].ports[0].dns[0].matchName",
+            ),
+            (
+                "{podSelector: {}, egress: [{ports: [{protocol: UDP, port: 53, dns: [{}]}]}]}",
+                "spec.egress[0].ports[0].dns[0]",
+            ),
+            (
+                "{podSelector: {}, ingress: [{ports: [{protocol: UDP, port: 53, dns: [{matchName: a.example}]}]}]}",
+                "spec.ingress[0].ports[0].dns",
+            ),
+        ] {
+            let e = wnp(spec).expect_err(spec);
+            assert_eq!(e.field, field, "{spec}: {e}");
+        }
+        let e = np("{podSelector: {}, egress: [{ports: [{protocol: UDP, port: 53, dns: [{matchName: a.example}]}]}]}")
+            .expect_err("a NetworkPolicy has no dns rules");
+        assert_eq!(e.field, "spec.egress[0].ports[0].dns");
+        assert!(e.message.contains("WardNetworkPolicy"), "{e}");
+    }
+
+    #[test]
     fn ward_network_policy_takes_fqdn_peers_and_http_rules() {
         let p = wnp("{podSelector: {}, policyTypes: [Ingress, Egress], \
              egress: [{to: [{fqdn: {matchName: API.bank.example.}}, {fqdn: {matchPattern: '*.s3.example'}}], ports: [{port: 443}]}], \
@@ -958,8 +1041,8 @@ mod tests {
         assert_eq!(
             rules[1].ports,
             Some(vec![
-                PortSpec { protocol: Protocol::Tcp, port: PortRef::Number(80), end_port: None, http: None },
-                PortSpec { protocol: Protocol::Udp, port: PortRef::Any, end_port: None, http: None },
+                PortSpec { protocol: Protocol::Tcp, port: PortRef::Number(80), end_port: None, http: None, dns: None },
+                PortSpec { protocol: Protocol::Udp, port: PortRef::Any, end_port: None, http: None, dns: None },
             ])
         );
     }

@@ -214,7 +214,13 @@ fn port() -> impl Strategy<Value = NetworkPolicyPort> {
     let named = proptest::sample::select(vec!["http", "dns", "metrics", "nope"])
         .prop_map(|n| (Some(IntOrString::String(n.to_string())), None));
     let spec = prop_oneof![1 => Just((None, None)), 3 => numbered, 2 => named];
-    (protocol, spec).prop_map(|(protocol, (port, end_port))| NetworkPolicyPort { protocol, port, end_port, http: None })
+    (protocol, spec).prop_map(|(protocol, (port, end_port))| NetworkPolicyPort {
+        protocol,
+        port,
+        end_port,
+        http: None,
+        dns: None,
+    })
 }
 
 /// `None`, `Some([])` or a short list: the API's "absent", "empty" and "given".

@@ -44,6 +44,8 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         http_path: Option<String>,
     },
+    /// The DNS proxy's latest flow records.
+    DnsFlows,
 }
 
 /// A CNI attachment: `(CNI_CONTAINERID, CNI_IFNAME)`.
@@ -94,6 +96,9 @@ pub enum Response {
     Explanation {
         allowed: bool,
         text: String,
+    },
+    DnsFlows {
+        flows: Vec<crate::dns::flow::DnsFlow>,
     },
     Error {
         message: String,
@@ -152,6 +157,9 @@ pub struct StatusReport {
     /// New flows each policy rule allowed, summed over CPUs (rules that allowed none are
     /// left out).
     pub rule_counters: Vec<RuleCounter>,
+    /// The DNS proxy's counters (`None` when it does not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<crate::dns::flow::DnsStatus>,
     /// HTTP requests (and dropped packets of HTTP-policed connections) per reason.
     #[serde(default)]
     pub http_counters: BTreeMap<String, u64>,

@@ -96,6 +96,25 @@ struct RunArgs {
     /// '{"type":"portmap","capabilities":{"portMappings":true}}'.
     #[arg(long = "cni-chain")]
     cni_chain: Vec<String>,
+    /// UDP and TCP port of the DNS proxy (FQDN policy) in the agent's network namespace;
+    /// 0 disables it (DNS of pods that need it then fails closed).
+    #[arg(long, default_value_t = 10053)]
+    dns_proxy_port: u16,
+    /// Learned addresses live at least this long (seconds), whatever the record's TTL.
+    #[arg(long, default_value_t = 5)]
+    dns_min_ttl: u64,
+    /// Seconds added to every learned address's lifetime.
+    #[arg(long, default_value_t = 5)]
+    dns_grace: u64,
+    /// Addresses kept per pod and name (longer answers are trimmed to this many).
+    #[arg(long, default_value_t = 128)]
+    dns_max_per_name: usize,
+    /// Addresses kept per pod, all names together (the oldest go first).
+    #[arg(long, default_value_t = 4096)]
+    dns_max_per_pod: usize,
+    /// Seconds the DNS keeper holds the proxy's sockets with no agent running.
+    #[arg(long, default_value_t = 60)]
+    dns_handover_grace: u64,
 }
 
 impl RunArgs {
@@ -133,6 +152,11 @@ impl RunArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The DNS keeper (ward_agent::dns::sockets) is this binary started by the agent itself.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("dns-keeper") {
+        ward_agent::dns::sockets::keeper_main(&argv[2..]);
+    }
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARD_LOG").unwrap_or_else(|_| "info".into());
     let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -172,6 +196,17 @@ fn main() -> anyhow::Result<()> {
         flow_events: run.flow_events,
         ct_quota: run.ct_quota,
         conflist,
+        dns: ward_agent::dns::DnsSettings {
+            port: run.dns_proxy_port,
+            limits: ward_agent::dns::learn::Limits {
+                min_ttl: std::time::Duration::from_secs(run.dns_min_ttl),
+                grace: std::time::Duration::from_secs(run.dns_grace),
+                per_name: run.dns_max_per_name.max(1),
+                per_pod: run.dns_max_per_pod.max(1),
+            },
+            handover_grace: std::time::Duration::from_secs(run.dns_handover_grace),
+            ..ward_agent::dns::DnsSettings::default()
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(daemon::run(cfg))

@@ -56,6 +56,7 @@ pub struct Config {
     pub ct_quota: u32,
     /// The CNI conflist to write once ready (`--cni-conf-dir`), if any.
     pub conflist: Option<crate::cni::install::ConflistSpec>,
+    pub dns: crate::dns::DnsSettings,
 }
 
 /// How often vanished interfaces are garbage-collected and the manifests re-read (the
@@ -84,6 +85,10 @@ pub struct Agent {
     applied_files: BTreeMap<String, String>,
     last_error: Option<String>,
     conflist: Option<plugin::Conflist>,
+    /// The DNS proxy (`None` if it could not start: DNS of its pods then fails closed).
+    dns: Option<crate::dns::DnsHandle>,
+    /// Why the DNS proxy is not running.
+    dns_error: Option<String>,
 }
 
 pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
@@ -94,7 +99,8 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         }
     }
     tracing::info!(host_addrs = ?cfg.host_addrs, "node addresses (always allowed to reach local pods)");
-    let mut agent = Agent::start(cfg)?;
+    let mut agent = Agent::start(cfg).await?;
+    let mut bumps = agent.dns.as_mut().and_then(|d| d.bumps.take());
     let listener = server::bind(&agent.cfg.socket)?;
     let (call_tx, mut calls) = mpsc::channel::<server::Call>(64);
     tokio::spawn(server::serve(listener, call_tx));
@@ -125,6 +131,13 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
                 tokio::time::sleep(DEBOUNCE).await;
                 while fs_events.try_recv().is_ok() {}
                 agent.reload(Reread::Changed);
+            }
+            Some(()) = async { match bumps.as_mut() { Some(b) => b.recv().await, None => std::future::pending().await } } => {
+                // Learned entries narrowed: tracked flows are re-decided on their next packet.
+                while bumps.as_mut().is_some_and(|b| b.try_recv().is_ok()) {}
+                if let Err(e) = agent.dp.maps.bump_revision() {
+                    tracing::error!(error = %e, "bumping the policy revision after a DNS policy change");
+                }
             }
             _ = gc.tick() => {
                 agent.dp.http.drain_events();
@@ -192,12 +205,24 @@ enum Reread {
 }
 
 impl Agent {
-    fn start(cfg: Config) -> anyhow::Result<Self> {
+    async fn start(cfg: Config) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
         let mut dp = Datapath::open(&cfg.bpffs, &cfg.node_name)?;
         dp.maps.set_event_flags(cfg.flow_events.flags())?;
         dp.maps.set_ct_quota(cfg.ct_quota)?;
+        // The proxy serves from its persisted view at once, before the datastore is read.
+        let (dns, dns_error) = if cfg.dns.port == 0 {
+            (None, Some("disabled (--dns-proxy-port 0)".to_owned()))
+        } else {
+            match crate::dns::start(cfg.dns.clone(), dp.pin_dir(), &cfg.state_dir, &cfg.node_name).await {
+                Ok(h) => (Some(h), None),
+                Err(e) => {
+                    tracing::error!(error = %e, "the DNS proxy did not start; DNS of pods behind it fails closed");
+                    (None, Some(e.to_string()))
+                }
+            }
+        };
         // Adopt what the kernel holds: the diff against it is what a restart changes.
         let mirror = dp.maps.read_all()?;
         let registry = Registry::load(&cfg.state_dir)?;
@@ -222,6 +247,8 @@ impl Agent {
             applied_files: BTreeMap::new(),
             last_error: None,
             conflist,
+            dns,
+            dns_error,
         };
         tracing::info!(
             endpoints = agent.registry.len(),
@@ -260,6 +287,9 @@ impl Agent {
             Request::Endpoints => Response::Endpoints { endpoints: self.endpoints() },
             Request::Explain { from, to, protocol, port, http_method, http_path } => {
                 self.explain(&from, &to, &protocol, port, http_method.as_deref().zip(http_path.as_deref()))
+            }
+            Request::DnsFlows => {
+                Response::DnsFlows { flows: self.dns.as_ref().map(|d| d.shared.flows.recent()).unwrap_or_default() }
             }
         }
     }
@@ -433,12 +463,43 @@ impl Agent {
             last_error: self.last_error.clone(),
             reason_counters,
             rule_counters,
+            dns: self.dns_status(),
             ..StatusReport::default()
         };
         report.map_entries.insert(ward_common::http::conn::MAP_HTTP_CONN.to_owned(), self.dp.http.connections());
         report.map_entries.insert(ward_common::http::conn::MAP_HTTP_SETS.to_owned(), self.dp.http.loaded().len());
         self.http_status(&mut report);
         report
+    }
+
+    fn dns_status(&self) -> Option<crate::dns::flow::DnsStatus> {
+        use crate::dns::flow::get;
+        let d = self.dns.as_ref()?;
+        let s = &d.shared.stats;
+        let (addresses, entries, ls) = match d.shared.learner.lock() {
+            Ok(g) => (g.0.address_count(), g.0.written().len(), g.0.stats),
+            Err(_) => (0, 0, Default::default()),
+        };
+        Some(crate::dns::flow::DnsStatus {
+            port: d.port,
+            error: self.dns_error.clone(),
+            queries_udp: get(&s.queries_udp),
+            queries_tcp: get(&s.queries_tcp),
+            allowed: get(&s.allowed),
+            refused: get(&s.refused),
+            upstream_errors: get(&s.upstream_errors),
+            write_failures: get(&s.write_failures),
+            malformed_queries: get(&s.malformed_queries),
+            malformed_answers: get(&s.malformed_answers),
+            learned_answers: get(&s.learned_answers),
+            trimmed_answers: get(&s.trimmed_answers),
+            learned_addresses: addresses,
+            learned_entries: entries,
+            evicted_per_name: ls.evicted_per_name,
+            evicted_per_pod: ls.evicted_per_pod,
+            expired_removed: ls.expired_removed,
+            kept_for_live_flows: ls.kept_for_live_flows,
+        })
     }
 
     fn endpoints(&self) -> Vec<EndpointStatus> {

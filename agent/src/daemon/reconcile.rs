@@ -452,8 +452,21 @@ impl Agent {
         }
         // Only after a successful apply does no map refer to numbers this compile no longer uses.
         settle_identities(&mut self.ids, &plan.compiled, applied, &self.cfg.state_dir, &mut self.ids_saved);
+        self.publish_dns_view(&plan.compiled);
         self.applied_files = self.store.file_hashes();
         self.compiled = Some(plan.compiled);
+    }
+
+    /// Hands the DNS proxy its view of this compile (and persists it for the next start).
+    fn publish_dns_view(&mut self, compiled: &Compiled) {
+        let Some(dns) = &self.dns else { return };
+        let eps =
+            self.registry.iter().map(|e| (e.ep_id, pod_key(&e.reg.pod_namespace, &e.reg.pod_name), e.reg.ips.clone()));
+        let view = crate::dns::view_of(compiled, eps);
+        if **dns.view_tx.borrow() != view {
+            view.save(&self.cfg.state_dir);
+            dns.view_tx.send_replace(std::sync::Arc::new(view));
+        }
     }
 
     pub(super) fn explain(

@@ -11,6 +11,7 @@ use serde_yaml::Value;
 use crate::http::HttpRequest;
 use crate::spec::{Family, Labels, NamespaceSpec, PodRef, PodSpec, Protocol};
 
+use super::dns::{DnsRecordSpec, ExternalSpec, Target};
 use super::matrix::{self, Matrix};
 use super::model;
 
@@ -56,6 +57,12 @@ pub struct ClusterSpec {
     pub namespaces: Vec<NamespaceSpec>,
     #[serde(default)]
     pub pods: Vec<PodSpec>,
+    /// The DNS extension (`conformance::dns`): hosts outside the cluster and the lab's
+    /// DNS records.
+    #[serde(default)]
+    pub external: Vec<ExternalSpec>,
+    #[serde(default)]
+    pub dns: Vec<DnsRecordSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -120,7 +127,7 @@ impl ProbeSet {
                         if i != j {
                             out.push(Check {
                                 from: from.clone(),
-                                to: to.clone(),
+                                to: Target::Pod(to.clone()),
                                 port: *port,
                                 protocol: *protocol,
                                 family: *family,
@@ -150,7 +157,7 @@ pub enum Notation {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Check {
     pub from: PodRef,
-    pub to: PodRef,
+    pub to: Target,
     pub port: u16,
     pub protocol: Protocol,
     pub family: Family,
@@ -276,7 +283,7 @@ pub fn parse(text: &str) -> Result<Case, CaseError> {
     let model = raw.cluster.is_none();
     let mut steps = Vec::new();
     for (i, s) in raw.steps.into_iter().enumerate() {
-        steps.push(parse_step(i, s, model)?);
+        steps.push(parse_step(i, s, model, raw.cluster.as_ref())?);
     }
     Ok(Case { name: raw.name, cluster: raw.cluster, steps })
 }
@@ -293,10 +300,10 @@ fn validate_cluster(c: &ClusterSpec) -> Result<(), CaseError> {
             return Err(invalid(format!("cluster.pods[{i}]"), format!("pod {} is listed twice", p.pod_ref())));
         }
     }
-    Ok(())
+    super::dns::validate(&c.external, &c.dns).map_err(|(path, message)| invalid(path, message))
 }
 
-fn parse_step(i: usize, s: RawStep, model: bool) -> Result<Step, CaseError> {
+fn parse_step(i: usize, s: RawStep, model: bool, cluster: Option<&ClusterSpec>) -> Result<Step, CaseError> {
     let path = format!("steps[{i}]");
     let mut actions = Vec::new();
     if let Some(objs) = s.apply {
@@ -338,18 +345,21 @@ fn parse_step(i: usize, s: RawStep, model: bool) -> Result<Step, CaseError> {
             if p.http.is_some() && p.protocol != Protocol::Tcp {
                 return Err(invalid(format!("{ppath}.http"), "an HTTP probe needs protocol TCP"));
             }
-            // `external/<host>` names a `cluster.external` host and `dns:<name>` a DNS name;
-            // the harness runs neither yet.
-            let unsupported = || {
+            // `ns/pod`, `external/<host>` (a `cluster.external` host) or `dns:<name>`.
+            let to = Target::parse(&p.to).ok_or_else(|| {
                 invalid(
                     format!("{ppath}.to"),
-                    format!("probe target `{}` is not supported (only namespace/pod targets are)", p.to),
+                    format!("probe target `{}` is not namespace/pod, external/HOST or dns:NAME", p.to),
                 )
-            };
-            if p.to.starts_with("external/") {
-                return Err(unsupported());
+            })?;
+            if let Target::External(host) = &to
+                && !cluster.is_some_and(|c| c.external.iter().any(|h| &h.name == host))
+            {
+                return Err(invalid(
+                    format!("{ppath}.to"),
+                    format!("probe target `{}`: no such host in cluster.external", p.to),
+                ));
             }
-            let to = p.to.parse::<PodRef>().map_err(|_| unsupported())?;
             ProbeSet::Single(Check {
                 from: p.from,
                 to,
@@ -467,11 +477,35 @@ steps:
 
     #[test]
     fn unknown_cluster_keys_fail_naming_the_key() {
-        let text = SCENARIO.replace("cluster:\n", "cluster:\n  external: [{name: bank}]\n");
+        let text = SCENARIO.replace("cluster:\n", "cluster:\n  gateways: [{name: bank}]\n");
         let e = err(&text);
-        assert!(e.contains("external"), "{e}");
-        let text = SCENARIO.replace("cluster:\n", "cluster:\n  dns: []\n");
-        assert!(err(&text).contains("dns"));
+        assert!(e.contains("gateways"), "{e}");
+        let text = SCENARIO.replace("cluster:\n", "cluster:\n  external: [{name: bank, region: eu}]\n");
+        assert!(err(&text).contains("region"));
+        let text = SCENARIO.replace("cluster:\n", "cluster:\n  dns: [{name: a.example, mx: [x]}]\n");
+        assert!(err(&text).contains("mx"));
+    }
+
+    #[test]
+    fn the_dns_extension_parses_hosts_records_and_name_targets() {
+        let text = SCENARIO
+            .replace(
+                "cluster:\n",
+                "cluster:\n  external: [{name: bank, serves: [{port: 443, protocol: TCP}]}]\n  dns: [{name: api.bank.example, a: [external/bank], ttl: 5}, {name: www.bank.example, cname: api.bank.example}]\n",
+            )
+            .replace(
+                "to: shop/db, port: 5432, protocol: TCP, expect: allow",
+                "to: dns:api.bank.example, port: 443, protocol: TCP, expect: allow",
+            );
+        let c = parse(&text).unwrap();
+        let cluster = c.initial_cluster();
+        assert_eq!(cluster.external[0].name, "bank");
+        assert_eq!(cluster.dns[1].cname.as_deref(), Some("api.bank.example"));
+        assert_eq!(cluster.dns[1].ttl, 30, "the default TTL");
+        let ProbeSet::Single(check) = &c.steps[0].probes[0] else { panic!("single probe expected") };
+        assert_eq!(check.to, Target::Dns("api.bank.example".into()));
+        let with_host = text.replace("to: dns:api.bank.example", "to: external/bank");
+        assert!(parse(&with_host).is_ok());
     }
 
     #[test]
@@ -484,15 +518,16 @@ steps:
         assert!(e.contains("steps[0].probes[0]") && e.contains("body"), "{e}");
         let text = SCENARIO.replace(
             "to: shop/db, port: 5432, protocol: TCP, expect: allow",
-            "to: dns:api.bank.example, port: 443, protocol: TCP, expect: allow",
+            "to: ftp:api.bank.example, port: 443, protocol: TCP, expect: allow",
         );
         let e = err(&text);
-        assert!(e.contains("dns:api.bank.example"), "{e}");
+        assert!(e.contains("ftp:api.bank.example"), "{e}");
         let text = SCENARIO.replace(
             "to: shop/db, port: 5432, protocol: TCP, expect: allow",
             "to: external/bank, port: 443, protocol: TCP, expect: allow",
         );
-        assert!(err(&text).contains("external/bank"));
+        let e = err(&text);
+        assert!(e.contains("external/bank") && e.contains("cluster.external"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `runner` drives a [`crate::node::Node`].
 
 pub mod case;
+pub mod dns;
 pub mod matrix;
 pub mod model;
 pub mod placeholder;

@@ -36,6 +36,7 @@ pub fn cluster() -> ClusterSpec {
                 name: r.name,
             })
             .collect(),
+        ..ClusterSpec::default()
     }
 }
 

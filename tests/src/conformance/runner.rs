@@ -13,10 +13,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::node::{Node, NodeConfig, NodeError};
-use crate::probe::{self, Outcome, Probe};
+use crate::probe::{self, Outcome};
 use crate::spec::{Family, PodRef, Protocol};
 
 use super::case::{self, Action, Case, Check, ClusterSpec, Notation, ProbeSet};
+use super::dns::{self, Extension, Target};
 use super::matrix::Matrix;
 use super::model;
 use super::placeholder;
@@ -163,13 +164,18 @@ impl Runner<'_> {
         if case.is_model() {
             let opts = self.opts;
             let node = self.ready_model_lab(&case)?;
-            run_steps(node, &case, opts)
+            run_steps(node, &mut Extension::default(), &case, opts)
         } else {
             let cluster = case.initial_cluster();
             let mut node = build(&cluster, self.opts).map_err(|e| format!("building the lab: {e}"))?;
-            let checks = scenario_readiness(&cluster);
-            verify(&node, &checks, self.opts).map_err(|m| format!("lab not ready (no policy yet): {m}"))?;
-            let result = run_steps(&mut node, &case, self.opts);
+            let mut ext = Extension::build(&node, &cluster.external, &cluster.dns)
+                .map_err(|e| format!("building the lab's outside (cluster.external, cluster.dns): {e}"))?;
+            let mut checks = scenario_readiness(&cluster);
+            if let Some(first) = cluster.pods.first() {
+                checks.extend(ext.readiness(&first.pod_ref(), &cluster.external));
+            }
+            verify(&node, &mut ext, &checks, self.opts).map_err(|m| format!("lab not ready (no policy yet): {m}"))?;
+            let result = run_steps(&mut node, &mut ext, &case, self.opts);
             if result.is_err() {
                 node.dump_agent_log();
             }
@@ -203,7 +209,7 @@ impl Runner<'_> {
                 last = format!("resetting the model lab: {e}");
                 continue;
             }
-            match verify(node, &checks, self.opts) {
+            match verify(node, &mut Extension::default(), &checks, self.opts) {
                 Ok(()) => {
                     return self.model.as_mut().ok_or_else(|| "model lab vanished".to_owned());
                 }
@@ -295,7 +301,7 @@ fn scenario_readiness(cluster: &ClusterSpec) -> Vec<Check> {
         for s in &to.serves {
             checks.push(Check {
                 from: from.pod_ref(),
-                to: to.pod_ref(),
+                to: Target::Pod(to.pod_ref()),
                 port: s.port,
                 protocol: s.protocol,
                 family: Family::IPv4,
@@ -309,12 +315,12 @@ fn scenario_readiness(cluster: &ClusterSpec) -> Vec<Check> {
     checks
 }
 
-fn run_steps(node: &mut Node, case: &Case, opts: &RunOptions) -> Result<(), String> {
+fn run_steps(node: &mut Node, ext: &mut Extension, case: &Case, opts: &RunOptions) -> Result<(), String> {
     for (i, step) in case.steps.iter().enumerate() {
         let label = format!("steps[{i}] ({})", step.action.key());
         act(node, &step.action).map_err(|e| format!("{label}: {e}"))?;
         let checks: Vec<Check> = step.probes.iter().flat_map(ProbeSet::checks).collect();
-        if let Err(m) = verify(node, &checks, opts) {
+        if let Err(m) = verify(node, ext, &checks, opts) {
             let mut message = format!("{label}: {m}");
             let rejected = node.rejections();
             if !rejected.is_empty() {
@@ -366,23 +372,17 @@ fn act(node: &mut Node, action: &Action) -> Result<(), String> {
 }
 
 /// Probes every check, retrying wrong ones, then a final full pass; `Err` lists what differs.
-fn verify(node: &Node, checks: &[Check], opts: &RunOptions) -> Result<(), String> {
+fn verify(node: &Node, ext: &mut Extension, checks: &[Check], opts: &RunOptions) -> Result<(), String> {
     if checks.is_empty() {
         return Ok(());
     }
-    let probes: Vec<Probe> = checks
-        .iter()
-        .map(|c| {
-            node.probe_spec(&c.from, &c.to, c.port, c.protocol, c.family).map(|p| Probe { http: c.http.clone(), ..p })
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+    let probes: Vec<dns::Planned> = checks.iter().map(|c| ext.plan(node, c)).collect::<Result<_, _>>()?;
     let start = Instant::now();
     let mut pending: Vec<usize> = (0..checks.len()).collect();
     loop {
         let round = Instant::now();
-        let batch: Vec<Probe> = pending.iter().map(|&i| probes[i].clone()).collect();
-        let outcomes = probe::probe_all(&batch, opts.parallelism);
+        let batch: Vec<dns::Planned> = pending.iter().map(|&i| probes[i].clone()).collect();
+        let outcomes = dns::run_all(&batch, opts.parallelism);
         pending = pending
             .into_iter()
             .zip(outcomes)
@@ -398,7 +398,7 @@ fn verify(node: &Node, checks: &[Check], opts: &RunOptions) -> Result<(), String
         thread::sleep(opts.retry_every.saturating_sub(round.elapsed()));
     }
     // Upstream probes the whole matrix a second time before declaring failure.
-    let outcomes = probe::probe_all(&probes, opts.parallelism);
+    let outcomes = dns::run_all(&probes, opts.parallelism);
     let wrong: Vec<usize> = (0..checks.len()).filter(|&i| outcomes[i].connected() != checks[i].allow).collect();
     if wrong.is_empty() {
         return Ok(());
@@ -432,7 +432,7 @@ fn describe_failure(checks: &[Check], outcomes: &[Outcome], wrong: &[usize], bud
         if c.notation != Notation::Matrix {
             continue;
         }
-        let (Some(i), Some(j)) = (index(&c.from), index(&c.to)) else {
+        let (Some(i), Some(j)) = (index(&c.from), c.to.pod().and_then(index)) else {
             continue;
         };
         let t = tables
@@ -506,6 +506,6 @@ mod tests {
         .unwrap();
         let checks = scenario_readiness(&cluster);
         assert_eq!(checks.len(), 2);
-        assert!(checks.iter().all(|c| c.from.name == "b" && c.to.name == "a"));
+        assert!(checks.iter().all(|c| c.from.name == "b" && c.to.pod().is_some_and(|p| p.name == "a")));
     }
 }
