@@ -757,3 +757,23 @@ fn a_full_ipcache_withholds_a_block_whose_except_cannot_be_loaded() {
     assert_eq!(t.run("from_pod", &to(inside)), PASS);
     assert_eq!(t.run("from_pod", &to(excepted)), DROP);
 }
+
+/// Found by the packet fuzz target: a flow the node's own stack started was continued by the
+/// same addresses forwarded from elsewhere (a conntrack hit). A node flow continues only with
+/// packets the node sends; the pod's replies to it still pass.
+#[test]
+fn a_node_flow_cannot_be_continued_by_forwarded_packets() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new("node-flow");
+    t.apply(&base(BOTH));
+    let odd = |src: Ipv6Addr| V6::new(src, POD6, 97).frame(&[0; 7]);
+    assert_eq!(t.run_reason("to_pod", &odd(NODE6)), (PASS, Reason::FromHost));
+    assert_eq!(t.run_reason("to_pod", &odd(NODE6)), (PASS, Reason::Established));
+    assert_eq!(t.run_reason_on("to_pod", &odd(NODE6), LO, 5), (DROP, Reason::PolicyDenied), "forwarded, same tuple");
+    assert_eq!(t.run_reason("from_pod", &V6::new(POD6, NODE6, 97).frame(&[0; 7])), (PASS, Reason::Reply));
+    let tcp_in = packet(NODE, POD, TCP, 40123, 22, ACK);
+    assert_eq!(t.run("to_pod", &tcp_in), PASS);
+    assert_eq!(t.run_reason_on("to_pod", &tcp_in, LO, 3), (DROP, Reason::PolicyDenied));
+}

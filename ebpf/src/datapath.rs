@@ -269,6 +269,7 @@ fn decide_ip(c: &Ctx, ep: &EndpointInfo, s: &mut Scratch) -> Reason {
     ct::fill_key(&mut s.fwd, ep.ep_id, dir as u8, t, false);
     if pkt.kind != Kind::EchoReply
         && let Some(v) = ct::live(&s.fwd, c.now)
+        && started_alike(c, v)
     {
         let r = recheck(c, ep, dir, &s.fwd, v, Reason::Established, o);
         touch(v, c.now, tcp, pkt.tcp_flags, false);
@@ -299,6 +300,15 @@ fn decide_ip(c: &Ctx, ep: &EndpointInfo, s: &mut Scratch) -> Reason {
         }
     }
     d.reason
+}
+
+/// A flow the node's own stack started continues only with packets its stack sends: the same
+/// addresses forwarded from elsewhere are not the node's (see `Flow::from_node_stack`).
+#[inline(always)]
+fn started_alike(c: &Ctx, v: *mut CtValue) -> bool {
+    // SAFETY: see `touch`; only read here.
+    let from_node = unsafe { (*v).state } & CT_FROM_NODE != 0;
+    !from_node || c.from_node_stack || matches!(c.dir, Direction::Egress)
 }
 
 /// A policy decision for a packet that neither uses nor creates conntrack state.
