@@ -6,7 +6,7 @@
 //! Classes: ICMP/ICMPv6 errors and every other ICMP type; neighbour discovery and MLD;
 //! fragments in every order; IPv6 extension header orders and lengths; IPv4 options; spoofed
 //! and IPv4-mapped sources; TCP flag combinations; truncated headers; node addresses
-//! forwarded from elsewhere; non-IP frames. Root required (see `support`).
+//! forwarded from elsewhere; packets for addresses not the pod's; non-IP frames. Root required (see `support`).
 
 mod support;
 
@@ -490,6 +490,29 @@ fn spoofed_and_ipv4_mapped_sources_are_dropped_in_both_families() {
             "ethertype {ethertype:#06x}"
         );
     }
+}
+
+#[test]
+fn packets_into_a_pod_for_another_address_are_dropped_unless_the_node_sent_them() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new("not-for-pod");
+    // Unisolated, so only the address check can refuse them; the allowed flow still passes.
+    t.apply(&base(0));
+    let not_for_pod = (DROP, Reason::NotForPod);
+    for dst in [PEER, OUTSIDE, NODE, Ipv4Addr::BROADCAST, Ipv4Addr::new(224, 0, 0, 251)] {
+        let (v, r) = t.run_reason_on("to_pod", &packet(PEER, dst, TCP, 40000, 80, SYN), LO, 7);
+        assert_eq!((v, r), not_for_pod, "to {dst}");
+    }
+    for dst in [PEER6, OUTSIDE6, LINK_LOCAL, Ipv6Addr::new(0xff05, 0, 0, 0, 0, 0, 0, 0xfb)] {
+        let (v, r) = t.run_reason_on("to_pod", &packet6(PEER6, dst, UDP, 53, 40000, 0), LO, 7);
+        assert_eq!((v, r), not_for_pod, "to {dst}");
+    }
+    let (v, r) = t.run_reason_on("to_pod", &packet(PEER, POD, TCP, 40000, 80, SYN), LO, 7);
+    assert_eq!((v, r), (PASS, Reason::NotIsolated));
+    // The node's own stack may reach the pod at its link-local address.
+    assert_eq!(t.run_reason("to_pod", &packet6(NODE6, LINK_LOCAL, TCP, 40000, 22, SYN)), (PASS, Reason::FromHost));
 }
 
 #[test]

@@ -223,6 +223,12 @@ fn decide(ctx: &TcContext, c: &Ctx, ifindex: u32, s: &mut Scratch) -> Reason {
     if matches!(dir, Direction::Egress) && !source_is_pod(&ep, &pkt.tuple.saddr) {
         return Reason::SpoofedSource;
     }
+    // Entering the pod, a packet must be for one of its addresses (its neighbour discovery
+    // was exempted above): only the node's own stack may reach it at others (link-local, say).
+    // This keeps every tracked flow and every quoted packet between the pod's own addresses.
+    if matches!(dir, Direction::Ingress) && !c.from_node_stack && !source_is_pod(&ep, &pkt.tuple.daddr) {
+        return Reason::NotForPod;
+    }
     if !l4_ok {
         return if isolated { Reason::Malformed } else { Reason::NotIsolated };
     }
@@ -431,7 +437,8 @@ fn is_unspecified_v4(a: &Addr16) -> bool {
     a[12..].iter().all(|b| *b == 0)
 }
 
-/// The pod's own address of the packet's family (a pod without one has none to send from).
+/// The pod's own address of the packet's family (a pod without one has none to send from or
+/// be reached at).
 #[inline(always)]
 fn source_is_pod(ep: &EndpointInfo, saddr: &Addr16) -> bool {
     let own = if is_v4_mapped(saddr) { &ep.addr_v4 } else { &ep.addr_v6 };
