@@ -227,6 +227,12 @@ fn decide(ctx: &TcContext, c: &Ctx, ifindex: u32, s: &mut Scratch) -> Reason {
     if matches!(dir, Direction::Egress) && !source_is_pod(&ep, &pkt.tuple.saddr) {
         return Reason::SpoofedSource;
     }
+    // Entering the pod, a packet must be for one of its addresses (its neighbour discovery
+    // was exempted above): only the node's own stack may reach it at others (link-local, say).
+    // This keeps every tracked flow and every quoted packet between the pod's own addresses.
+    if matches!(dir, Direction::Ingress) && !c.from_node_stack && !source_is_pod(&ep, &pkt.tuple.daddr) {
+        return Reason::NotForPod;
+    }
     if !l4_ok {
         return if isolated { Reason::Malformed } else { Reason::NotIsolated };
     }
@@ -273,6 +279,7 @@ fn decide_ip(c: &Ctx, ep: &EndpointInfo, s: &mut Scratch) -> Reason {
     ct::fill_key(&mut s.fwd, ep.ep_id, dir as u8, t, false);
     if pkt.kind != Kind::EchoReply
         && let Some(v) = ct::live(&s.fwd, c.now)
+        && started_alike(c, v)
     {
         let r = recheck(c, ep, dir, &s.fwd, v, Reason::Established, o);
         touch(v, c.now, tcp, pkt.tcp_flags, false);
@@ -303,6 +310,15 @@ fn decide_ip(c: &Ctx, ep: &EndpointInfo, s: &mut Scratch) -> Reason {
         }
     }
     d.reason
+}
+
+/// A flow the node's own stack started continues only with packets its stack sends: the same
+/// addresses forwarded from elsewhere are not the node's (see `Flow::from_node_stack`).
+#[inline(always)]
+fn started_alike(c: &Ctx, v: *mut CtValue) -> bool {
+    // SAFETY: see `touch`; only read here.
+    let from_node = unsafe { (*v).state } & CT_FROM_NODE != 0;
+    !from_node || c.from_node_stack || matches!(c.dir, Direction::Egress)
 }
 
 /// A policy decision for a packet that neither uses nor creates conntrack state.
@@ -425,7 +441,8 @@ fn is_unspecified_v4(a: &Addr16) -> bool {
     a[12..].iter().all(|b| *b == 0)
 }
 
-/// The pod's own address of the packet's family (a pod without one has none to send from).
+/// The pod's own address of the packet's family (a pod without one has none to send from or
+/// be reached at).
 #[inline(always)]
 fn source_is_pod(ep: &EndpointInfo, saddr: &Addr16) -> bool {
     let own = if is_v4_mapped(saddr) { &ep.addr_v4 } else { &ep.addr_v6 };
