@@ -11,7 +11,7 @@ pub mod registry;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -204,23 +204,42 @@ enum Reread {
     All,
 }
 
+/// Starts the DNS proxy over the maps pinned in `pins`; a failure is reported, not fatal
+/// (DNS of the pods behind the proxy then fails closed).
+async fn start_dns(cfg: &Config, pins: &Path) -> (Option<crate::dns::DnsHandle>, Option<String>) {
+    match crate::dns::start(cfg.dns.clone(), pins, &cfg.state_dir, &cfg.node_name).await {
+        Ok(h) => (Some(h), None),
+        Err(e) => {
+            tracing::error!(error = %e, "the DNS proxy did not start; DNS of pods behind it fails closed");
+            (None, Some(e.to_string()))
+        }
+    }
+}
+
 impl Agent {
     async fn start(cfg: Config) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+        // The proxy serves from its persisted view at once, before the datastore is read. On
+        // a restart this layout's maps are pinned already, so it starts even before the
+        // programs load (seconds under the verifier): DNS queries queued in the keeper's
+        // sockets wait only for the agent's process start, well within a resolver's retries.
+        let pins = crate::datapath::pin_dir(&cfg.bpffs, &cfg.node_name);
+        let mut dns_started = None;
+        if cfg.dns.port != 0 && pins.join(ward_common::fqdn::MAP_FQDN).exists() {
+            dns_started = Some(start_dns(&cfg, &pins).await);
+        }
         let mut dp = Datapath::open(&cfg.bpffs, &cfg.node_name)?;
         dp.maps.set_event_flags(cfg.flow_events.flags())?;
         dp.maps.set_ct_quota(cfg.ct_quota)?;
-        // The proxy serves from its persisted view at once, before the datastore is read.
         let (dns, dns_error) = if cfg.dns.port == 0 {
             (None, Some("disabled (--dns-proxy-port 0)".to_owned()))
         } else {
-            match crate::dns::start(cfg.dns.clone(), dp.pin_dir(), &cfg.state_dir, &cfg.node_name).await {
-                Ok(h) => (Some(h), None),
-                Err(e) => {
-                    tracing::error!(error = %e, "the DNS proxy did not start; DNS of pods behind it fails closed");
-                    (None, Some(e.to_string()))
-                }
+            // An early start that failed (a pin missing, say) is tried again over the maps
+            // just opened.
+            match dns_started {
+                Some(started @ (Some(_), _)) => started,
+                _ => start_dns(&cfg, dp.pin_dir()).await,
             }
         };
         // Adopt what the kernel holds: the diff against it is what a restart changes.
