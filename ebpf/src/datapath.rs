@@ -34,7 +34,7 @@ use ward_common::{
     Addr16, Direction, Reason, Verdict,
     addr::is_v4_mapped,
     fqdn::{LearnedKey, LearnedValue},
-    identity::ID_WORLD,
+    identity::{ID_HOST, ID_WORLD},
     lookup::{Flow, Tables, decide_new_flow},
     maps::{
         CFG_EVENTS_ALLOWED, CFG_EVENTS_DROPPED, CT_FIN_ORIG, CT_FIN_REPLY, CT_REFRESH_NS, CT_RST, CT_SEEN_REPLY,
@@ -228,9 +228,13 @@ fn decide(ctx: &TcContext, c: &Ctx, ifindex: u32, s: &mut Scratch) -> Reason {
         return Reason::SpoofedSource;
     }
     // Entering the pod, a packet must be for one of its addresses (its neighbour discovery
-    // was exempted above): only the node's own stack may reach it at others (link-local, say).
-    // This keeps every tracked flow and every quoted packet between the pod's own addresses.
-    if matches!(dir, Direction::Ingress) && !c.from_node_stack && !source_is_pod(&ep, &pkt.tuple.daddr) {
+    // was exempted above): only the node itself, its stack sending from a node address, may
+    // reach it at others (link-local, say). This keeps every tracked flow and every quoted
+    // packet between the pod's own addresses.
+    if matches!(dir, Direction::Ingress)
+        && !source_is_pod(&ep, &pkt.tuple.daddr)
+        && !(c.from_node_stack && is_node_address(&pkt.tuple.saddr))
+    {
         return Reason::NotForPod;
     }
     if !l4_ok {
@@ -439,6 +443,13 @@ fn same(a: &Addr16, b: &Addr16) -> bool {
 #[inline(always)]
 fn is_unspecified_v4(a: &Addr16) -> bool {
     a[12..].iter().all(|b| *b == 0)
+}
+
+/// One of the node's own addresses (the ipcache's host identity): with `from_node_stack`,
+/// what `FromHost` admits.
+#[inline(always)]
+fn is_node_address(a: &Addr16) -> bool {
+    matches!(KernelTables.ipcache(a), Some(v) if v.identity == ID_HOST)
 }
 
 /// The pod's own address of the packet's family (a pod without one has none to send from or
