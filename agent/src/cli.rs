@@ -180,6 +180,26 @@ fn status(s: &StatusReport) -> String {
             let _ = writeln!(o, "  {r:<18} {n}");
         }
     }
+    if s.http_counters.values().any(|n| *n > 0) {
+        let _ = writeln!(o, "HTTP requests by reason:");
+        for (r, n) in s.http_counters.iter().filter(|(_, n)| **n > 0) {
+            let _ = writeln!(o, "  {r:<18} {n}");
+        }
+    }
+    for w in &s.http_warnings {
+        let _ = writeln!(o, "Warning: {w}");
+    }
+    if !s.http_recent.is_empty() {
+        let _ = writeln!(o, "Recent HTTP decisions:");
+        for d in &s.http_recent {
+            let why = if d.detail.is_empty() { d.reason.clone() } else { format!("{} ({})", d.reason, d.detail) };
+            let _ = writeln!(
+                o,
+                "  {} -> {} {} {} [{}] {} {why} {}",
+                d.from, d.to, d.method, d.path, d.normalized, d.verdict, d.rule
+            );
+        }
+    }
     if !s.rule_counters.is_empty() {
         let _ = writeln!(o, "New flows allowed, by rule:");
         for r in &s.rule_counters {

@@ -227,6 +227,35 @@ fn every_pinned_map_has_the_key_value_sizes_and_capacity_of_its_shared_type() {
 }
 
 #[test]
+fn every_pinned_http_map_has_the_sizes_of_its_shared_type() {
+    use std::mem::size_of;
+
+    use aya::maps::MapInfo;
+    use ward_common::http::conn::*;
+    use ward_common::http::rules::HttpSet;
+    use ward_common::maps::Counter;
+    if !privileged() {
+        return;
+    }
+    let t = TestDatapath::new("http-layout");
+    let expected: [(&str, usize, usize, u32); 4] = [
+        (MAP_HTTP_PROG, 4, 4, 1),
+        (MAP_HTTP_CONN, size_of::<HttpConnKey>(), size_of::<HttpConn>(), HTTP_CONN_MAX),
+        (MAP_HTTP_SETS, 4, size_of::<HttpSet>(), HTTP_SETS_MAX),
+        (MAP_HTTP_CNT, 4, size_of::<Counter>(), HttpReason::COUNT),
+    ];
+    for (name, key, value, max) in expected {
+        let info = MapInfo::from_pin(t.dp.pin_dir().join(name)).unwrap_or_else(|e| panic!("{name} not pinned: {e}"));
+        assert_eq!(info.key_size() as usize, key, "{name} key size");
+        assert_eq!(info.value_size() as usize, value, "{name} value size");
+        assert_eq!(info.max_entries(), max, "{name} capacity");
+    }
+    let events = MapInfo::from_pin(t.dp.pin_dir().join(MAP_HTTP_EVENTS)).expect("HTTP events pinned");
+    assert_eq!(events.max_entries(), HTTP_EVENTS_BYTES);
+    assert_eq!(HTTP_MAPS.len(), expected.len() + 1, "every HTTP map name is checked");
+}
+
+#[test]
 fn every_verdict_counts_its_reason_and_a_drop_emits_a_flow_event() {
     if !privileged() {
         return;

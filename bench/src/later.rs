@@ -1,5 +1,5 @@
-//! Places in the suite for parts whose features have not landed yet: the flow pipeline and
-//! HTTP rules (the DNS proxy has its own part, `dns`). Each is listed in the report with what it will measure, and its
+//! Places in the suite for parts whose features have not landed yet: the flow pipeline (the DNS
+//! proxy and HTTP rules have their own parts, `dns` and `http`). Each is listed in the report with what it will measure, and its
 //! target is stated as not measured, so the report never implies a figure that does not exist.
 
 use crate::report::{Section, Table, Target};
@@ -13,22 +13,13 @@ struct Planned {
     target: Option<(&'static str, &'static str)>,
 }
 
-const PLANNED: [Planned; 2] = [
-    Planned {
-        name: "Flow pipeline",
-        waits_for: "the flow observability issue (enrichment, JSON export)",
-        measures: "flow events per second from the kernel ring buffer through enrichment to the JSON \
+const PLANNED: [Planned; 1] = [Planned {
+    name: "Flow pipeline",
+    waits_for: "the flow observability issue (enrichment, JSON export)",
+    measures: "flow events per second from the kernel ring buffer through enrichment to the JSON \
                    exporter with nothing lost, and the loss curve beyond that rate",
-        target: Some(("flow events without loss", "≥ 1M events/s")),
-    },
-    Planned {
-        name: "HTTP rules",
-        waits_for: "the HTTP path rules issue",
-        measures: "requests/s and latency with wrk against nginx in a lab pod: HTTP rules against \
-                   L4-only policy and against no policy",
-        target: None,
-    },
-];
+    target: Some(("flow events without loss", "≥ 1M events/s")),
+}];
 
 pub fn run(_ctx: &Ctx) -> anyhow::Result<PartResult> {
     let mut table = Table::new("Parts still to come", &["part", "measures", "waits for"]);

@@ -4,8 +4,9 @@
 //!
 //! Parts: the datapath against no program, iptables and nftables ([`datapath`]); policy
 //! compilation and incremental updates ([`control`]); policy-change-to-enforcement, CNI
-//! ADD/DEL and agent memory in a lab node ([`lab`]); and places for parts whose features are
-//! still to come ([`later`]). The parts live in the library (`lib.rs`) so tests reach them.
+//! ADD/DEL and agent memory in a lab node ([`lab`]); HTTP rules against L4 and no policy
+//! with wrk and nginx ([`http`]); and places for parts whose features are still to come
+//! ([`later`]). The parts live in the library (`lib.rs`) so tests reach them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use ward_bench::report::{Report, Section};
-use ward_bench::{Ctx, PartResult, control, datapath, dns, lab, later, machine};
+use ward_bench::{Ctx, PartResult, control, datapath, dns, http, lab, later, machine};
 
 #[derive(Parser)]
 #[command(about = "Ward's benchmark suite (run it through `cargo xtask bench`)")]
@@ -57,6 +58,7 @@ enum Part {
     Control,
     Lab,
     Dns,
+    Http,
     Later,
 }
 
@@ -99,11 +101,12 @@ fn run(ctx: &Ctx, only: &[Part], out: &std::path::Path) -> anyhow::Result<()> {
     };
     let wanted = |p: Part| only.is_empty() || only.contains(&p);
     type PartFn = fn(&Ctx) -> anyhow::Result<PartResult>;
-    let parts: [(Part, &str, PartFn); 5] = [
+    let parts: [(Part, &str, PartFn); 6] = [
         (Part::Datapath, "datapath", datapath::run),
         (Part::Control, "control plane", control::run),
         (Part::Lab, "lab (enforcement latency, CNI, agent memory)", lab::run),
         (Part::Dns, "DNS proxy", dns::run),
+        (Part::Http, "HTTP rules", http::run),
         (Part::Later, "later parts", later::run),
     ];
     let mut failures = Vec::new();

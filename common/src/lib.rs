@@ -13,6 +13,7 @@
 pub mod addr;
 pub mod fqdn;
 pub mod hash;
+pub mod http;
 pub mod identity;
 pub mod lookup;
 pub mod maps;

@@ -11,7 +11,11 @@
 //!    not the node's traffic and goes on to policy like any other.
 //! 3. The endpoint is not isolated in `dir`: allowed (`NotIsolated`).
 //! 4. Policy LPM lookups, full key, peer = label identity, then CIDR identity, then `ID_ANY`:
-//!    the first hit allows (`PolicyAllow`, with the entry's rule id).
+//!    the first plain hit allows (`PolicyAllow`, with the entry's rule id). A hit on an HTTP
+//!    entry (`http::rules::POLICY_HTTP`) admits the connection only for the requests its rule
+//!    set admits: its set is noted and the lookups go on, because a plain allow for the same
+//!    peer and port, under any of the three peer identities, moots the HTTP rules (the union
+//!    of NetworkPolicy rules). HTTP hits only: `PolicyAllow` with `Decision::http` set.
 //! 5. Egress of a pod behind the DNS proxy only: the learned-address entry of (endpoint, destination, protocol, port) that
 //!    the DNS proxy wrote for an `fqdn` rule (`fqdn::decide_learned`): allowed while live,
 //!    `FqdnExpired` once expired.
@@ -21,6 +25,7 @@
 
 use crate::addr::Addr16;
 use crate::fqdn::{EP_DNS_PROXY, LearnedKey, LearnedValue, decide_learned};
+use crate::http::rules::policy_http_set;
 use crate::identity::{ID_ANY, ID_HOST, ID_WORLD};
 use crate::maps::{EndpointInfo, IpcacheValue, PolicyKey, PolicyValue};
 use crate::reason::{Direction, Reason};
@@ -45,6 +50,16 @@ pub struct Decision {
     /// The deciding rule for `PolicyAllow`, else 0.
     pub rule_id: u32,
     pub peer: IpcacheValue,
+    /// HTTP rule sets (label, CIDR, any peer; 0 = none) when only HTTP entries admit the
+    /// connection: then every request must match one of them.
+    pub http: [u32; 3],
+}
+
+impl Decision {
+    /// The connection is admitted for the requests of `http` only.
+    pub const fn http_only(&self) -> bool {
+        self.http[0] != 0 || self.http[1] != 0 || self.http[2] != 0
+    }
 }
 
 const WORLD: IpcacheValue = IpcacheValue { identity: ID_WORLD, cidr_identity: ID_WORLD };
@@ -100,29 +115,39 @@ pub fn decide_new_flow<T: Tables>(tables: &T, ep: &EndpointInfo, dir: Direction,
     };
     let (proto, port) = (flow.proto, flow.port);
     if matches!(dir, Direction::Ingress) && peer.identity == ID_HOST && flow.from_node_stack {
-        return Decision { reason: Reason::FromHost, rule_id: 0, peer };
+        return Decision { reason: Reason::FromHost, rule_id: 0, peer, http: [0; 3] };
     }
     if !ep.isolated(dir) {
-        return Decision { reason: Reason::NotIsolated, rule_id: 0, peer };
+        return Decision { reason: Reason::NotIsolated, rule_id: 0, peer, http: [0; 3] };
     }
-    let key = PolicyKey::lookup(ep.identity, peer.identity, dir, proto, port);
-    if let Some(v) = tables.policy(&key) {
-        return Decision { reason: Reason::PolicyAllow, rule_id: v.rule_id, peer };
+    let mut http = [0u32; 3];
+    let mut http_rule = 0;
+    let peers = [peer.identity, peer.cidr_identity, ID_ANY];
+    let mut i = 0;
+    while i < peers.len() {
+        let key = PolicyKey::lookup(ep.identity, peers[i], dir, proto, port);
+        if let Some(v) = tables.policy(&key) {
+            match policy_http_set(v.flags) {
+                None => return Decision { reason: Reason::PolicyAllow, rule_id: v.rule_id, peer, http: [0; 3] },
+                Some(set) => {
+                    http[i] = set;
+                    if http_rule == 0 {
+                        http_rule = v.rule_id;
+                    }
+                }
+            }
+        }
+        i += 1;
     }
-    let key = PolicyKey::lookup(ep.identity, peer.cidr_identity, dir, proto, port);
-    if let Some(v) = tables.policy(&key) {
-        return Decision { reason: Reason::PolicyAllow, rule_id: v.rule_id, peer };
+    if http[0] != 0 || http[1] != 0 || http[2] != 0 {
+        return Decision { reason: Reason::PolicyAllow, rule_id: http_rule, peer, http };
     }
-    let key = PolicyKey::lookup(ep.identity, ID_ANY, dir, proto, port);
-    if let Some(v) = tables.policy(&key) {
-        return Decision { reason: Reason::PolicyAllow, rule_id: v.rule_id, peer };
-    }
-    // Only pods behind the DNS proxy have learned addresses.
+    // Only pods behind the DNS proxy have learned addresses (egress; HTTP rules are ingress).
     if matches!(dir, Direction::Egress) && ep.flags & EP_DNS_PROXY != 0 {
         let learned = tables.learned(&LearnedKey::lookup(ep.ep_id, flow.peer, proto, port));
         if let Some((reason, rule_id)) = decide_learned(learned, tables.now_ns()) {
-            return Decision { reason, rule_id, peer };
+            return Decision { reason, rule_id, peer, http: [0; 3] };
         }
     }
-    Decision { reason: Reason::PolicyDenied, rule_id: 0, peer }
+    Decision { reason: Reason::PolicyDenied, rule_id: 0, peer, http: [0; 3] }
 }

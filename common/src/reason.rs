@@ -112,6 +112,9 @@ pub enum Reason {
     FqdnExpired = 73,
     /// DNS of a pod served by the DNS proxy while no proxy socket listens: DNS fails closed.
     DnsProxyDown = 74,
+    /// A packet entering a pod for an address that is not the pod's, from anyone but the
+    /// node's own stack: nothing routes such packets to a pod.
+    NotForPod = 75,
 }
 
 impl Reason {
@@ -120,7 +123,7 @@ impl Reason {
     /// Upper bound (exclusive) of reason codes; sizes the per-reason counter array.
     pub const COUNT: u32 = 128;
 
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::PolicyAllow,
         Reason::Established,
         Reason::Reply,
@@ -140,6 +143,7 @@ impl Reason {
         Reason::UnsupportedProtocol,
         Reason::FqdnExpired,
         Reason::DnsProxyDown,
+        Reason::NotForPod,
     ];
 
     pub const fn verdict(self) -> Verdict {
@@ -168,6 +172,7 @@ impl Reason {
             Reason::UnsupportedProtocol => "unsupported_protocol",
             Reason::FqdnExpired => "fqdn_expired",
             Reason::DnsProxyDown => "dns_proxy_down",
+            Reason::NotForPod => "not_for_pod",
         }
     }
 }
@@ -223,6 +228,7 @@ mod tests {
                 Reason::UnsupportedProtocol => 16,
                 Reason::FqdnExpired => 17,
                 Reason::DnsProxyDown => 18,
+                Reason::NotForPod => 19,
             }
         }
         for (i, r) in Reason::ALL.iter().enumerate() {

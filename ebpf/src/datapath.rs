@@ -25,7 +25,7 @@
 //! follow (step 7).
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT},
+    bindings::TC_ACT_SHOT,
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     maps::lpm_trie::Key,
     programs::TcContext,
@@ -34,7 +34,7 @@ use ward_common::{
     Addr16, Direction, Reason, Verdict,
     addr::is_v4_mapped,
     fqdn::{LearnedKey, LearnedValue},
-    identity::ID_WORLD,
+    identity::{ID_HOST, ID_WORLD},
     lookup::{Flow, Tables, decide_new_flow},
     maps::{
         CFG_EVENTS_ALLOWED, CFG_EVENTS_DROPPED, CT_FIN_ORIG, CT_FIN_REPLY, CT_REFRESH_NS, CT_RST, CT_SEEN_REPLY,
@@ -62,7 +62,7 @@ const ETH_HLEN: u32 = 14;
 const CT_FROM_NODE: u8 = 0x80;
 
 /// `ward_common::lookup::Tables` over the BPF maps.
-struct KernelTables;
+pub(crate) struct KernelTables;
 
 impl Tables for KernelTables {
     #[inline(always)]
@@ -184,10 +184,14 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
             },
         );
     }
+    if dropped {
+        return TC_ACT_SHOT;
+    }
     // An allowed packet goes on to whatever runs after Ward (`TCX_NEXT`, which passes it when
     // nothing does): `TC_ACT_OK` would end the hook there and skip, for instance, the
-    // bandwidth plugin's classic tc filter on the same device.
-    if dropped { TC_ACT_SHOT } else { TCX_NEXT }
+    // bandwidth plugin's classic tc filter on the same device. Requests on ports with HTTP
+    // rules are judged first, by the HTTP program (it returns the same verdicts).
+    crate::http::after_l4(ctx, dir, reason, o.ep_flags, o.tuple.proto)
 }
 
 #[inline(always)]
@@ -222,6 +226,16 @@ fn decide(ctx: &TcContext, c: &Ctx, ifindex: u32, s: &mut Scratch) -> Reason {
     }
     if matches!(dir, Direction::Egress) && !source_is_pod(&ep, &pkt.tuple.saddr) {
         return Reason::SpoofedSource;
+    }
+    // Entering the pod, a packet must be for one of its addresses (its neighbour discovery
+    // was exempted above): only the node itself, its stack sending from a node address, may
+    // reach it at others (link-local, say). This keeps every tracked flow and every quoted
+    // packet between the pod's own addresses.
+    if matches!(dir, Direction::Ingress)
+        && !source_is_pod(&ep, &pkt.tuple.daddr)
+        && !(c.from_node_stack && is_node_address(&pkt.tuple.saddr))
+    {
+        return Reason::NotForPod;
     }
     if !l4_ok {
         return if isolated { Reason::Malformed } else { Reason::NotIsolated };
@@ -269,6 +283,7 @@ fn decide_ip(c: &Ctx, ep: &EndpointInfo, s: &mut Scratch) -> Reason {
     ct::fill_key(&mut s.fwd, ep.ep_id, dir as u8, t, false);
     if pkt.kind != Kind::EchoReply
         && let Some(v) = ct::live(&s.fwd, c.now)
+        && started_alike(c, v)
     {
         let r = recheck(c, ep, dir, &s.fwd, v, Reason::Established, o);
         touch(v, c.now, tcp, pkt.tcp_flags, false);
@@ -299,6 +314,15 @@ fn decide_ip(c: &Ctx, ep: &EndpointInfo, s: &mut Scratch) -> Reason {
         }
     }
     d.reason
+}
+
+/// A flow the node's own stack started continues only with packets its stack sends: the same
+/// addresses forwarded from elsewhere are not the node's (see `Flow::from_node_stack`).
+#[inline(always)]
+fn started_alike(c: &Ctx, v: *mut CtValue) -> bool {
+    // SAFETY: see `touch`; only read here.
+    let from_node = unsafe { (*v).state } & CT_FROM_NODE != 0;
+    !from_node || c.from_node_stack || matches!(c.dir, Direction::Egress)
 }
 
 /// A policy decision for a packet that neither uses nor creates conntrack state.
@@ -421,7 +445,15 @@ fn is_unspecified_v4(a: &Addr16) -> bool {
     a[12..].iter().all(|b| *b == 0)
 }
 
-/// The pod's own address of the packet's family (a pod without one has none to send from).
+/// One of the node's own addresses (the ipcache's host identity): with `from_node_stack`,
+/// what `FromHost` admits.
+#[inline(always)]
+fn is_node_address(a: &Addr16) -> bool {
+    matches!(KernelTables.ipcache(a), Some(v) if v.identity == ID_HOST)
+}
+
+/// The pod's own address of the packet's family (a pod without one has none to send from or
+/// be reached at).
 #[inline(always)]
 fn source_is_pod(ep: &EndpointInfo, saddr: &Addr16) -> bool {
     let own = if is_v4_mapped(saddr) { &ep.addr_v4 } else { &ep.addr_v6 };

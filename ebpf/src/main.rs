@@ -4,7 +4,9 @@
 //! pod's egress policy; `to_pod` (TCX egress of the host veth) sees packets entering the pod
 //! and applies its ingress policy. Both share one pipeline (`datapath::process`): parse →
 //! endpoint → conntrack → policy (`ward_common::lookup`, the order written once) → counters
-//! and flow event. The entry points stay thin; the logic lives in the modules below.
+//! and flow event. The entry points stay thin; the logic lives in the modules below. An
+//! allowed TCP packet entering a pod with HTTP rules continues in `ward_http` (a tail call,
+//! so the verifier budget of the two main programs is untouched).
 #![no_std]
 #![no_main]
 // `core::intrinsics::atomic_xadd`: see `ct::count`.
@@ -16,6 +18,7 @@ mod datapath;
 mod dns;
 mod event;
 mod frag;
+mod http;
 mod maps;
 mod nd;
 mod parse;
@@ -31,6 +34,12 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
     datapath::process(&ctx, Direction::Ingress)
+}
+
+/// The HTTP request check, reached from `to_pod` by a tail call (`http::after_l4`).
+#[classifier]
+pub fn ward_http(ctx: TcContext) -> i32 {
+    http::judge(&ctx)
 }
 
 #[cfg(not(test))]

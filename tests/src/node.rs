@@ -830,6 +830,7 @@ impl Node {
             to: SocketAddr::new(ip, port),
             protocol,
             timeout: probe::DEFAULT_TIMEOUT,
+            http: None,
         })
     }
 

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::http::HttpRequest;
 use crate::netns;
 use crate::spec::Protocol;
 
@@ -30,6 +31,8 @@ pub struct Probe {
     pub to: SocketAddr,
     pub protocol: Protocol,
     pub timeout: Duration,
+    /// Send this request and count only its `200` (TCP only).
+    pub http: Option<HttpRequest>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,7 +75,10 @@ pub fn probe_all(probes: &[Probe], parallelism: usize) -> Vec<Outcome> {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(p) = probes.get(i) else { break };
                     let outcome = match netns::enter(&p.from_netns, &p.from_path) {
-                        Ok(()) => connect(p.to, p.protocol, p.timeout),
+                        Ok(()) => match &p.http {
+                            Some(req) => http_probe(p.to, req, p.timeout),
+                            None => connect(p.to, p.protocol, p.timeout),
+                        },
                         Err(e) => Outcome::Failed(e.to_string()),
                     };
                     if let Ok(mut slot) = results[i].lock() {
@@ -98,6 +104,19 @@ pub fn connect(to: SocketAddr, protocol: Protocol, timeout: Duration) -> Outcome
     match result {
         Ok(reply) if !reply.is_empty() => Outcome::Connected(reply),
         Ok(_) => Outcome::Failed("connected but no reply".into()),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            Outcome::Failed("timed out".into())
+        }
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// An HTTP probe: connected only when the request's `200` arrives.
+pub fn http_probe(to: SocketAddr, req: &HttpRequest, timeout: Duration) -> Outcome {
+    match crate::http::request(to, req, timeout) {
+        Ok(status) if crate::http::is_ok(&status) => Outcome::Connected(status),
+        Ok(status) if status.is_empty() => Outcome::Failed("no response".into()),
+        Ok(status) => Outcome::Failed(format!("answered {status:?}")),
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
             Outcome::Failed("timed out".into())
         }

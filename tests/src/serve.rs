@@ -47,7 +47,7 @@ impl Servers {
     pub fn start(netns_name: &str, netns_path: PathBuf, hostname: &str, serves: &[Serve]) -> Result<Self, ServeError> {
         let mut servers = Servers { stop: Arc::new(AtomicBool::new(false)), threads: Vec::new() };
         for s in serves {
-            let (port, protocol) = (s.port, s.protocol);
+            let (port, protocol, http) = (s.port, s.protocol, s.http);
             let (ready_tx, ready_rx) = mpsc::channel();
             let stop = servers.stop.clone();
             let (name, path) = (netns_name.to_owned(), netns_path.clone());
@@ -76,6 +76,7 @@ impl Servers {
                         }
                     };
                     match protocol {
+                        Protocol::Tcp if http => crate::http::serve(TcpListener::from(sock), &reply, &stop),
                         Protocol::Tcp => serve_tcp(TcpListener::from(sock), &reply, &stop),
                         Protocol::Udp => serve_udp(UdpSocket::from(sock), &reply, &stop),
                     }

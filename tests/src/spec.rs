@@ -67,11 +67,19 @@ pub struct Serve {
     pub protocol: Protocol,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// An HTTP/1.1 keep-alive server answering every request with `200` (TCP only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http: bool,
 }
 
 impl Serve {
     pub fn new(port: u16, protocol: Protocol, name: Option<&str>) -> Self {
-        Serve { port, protocol, name: name.map(str::to_owned) }
+        Serve { port, protocol, name: name.map(str::to_owned), http: false }
+    }
+
+    /// A TCP port served by the lab's HTTP server.
+    pub fn http(port: u16, name: Option<&str>) -> Self {
+        Serve { http: true, ..Serve::new(port, Protocol::Tcp, name) }
     }
 }
 
@@ -156,8 +164,10 @@ mod tests {
 
     #[test]
     fn serves_reject_unknown_keys_and_protocols_by_name() {
-        let e = serde_yaml::from_str::<Serve>("{port: 8080, protocol: TCP, http: true}").unwrap_err();
-        assert!(e.to_string().contains("http"), "{e}");
+        let e = serde_yaml::from_str::<Serve>("{port: 8080, protocol: TCP, grpc: true}").unwrap_err();
+        assert!(e.to_string().contains("grpc"), "{e}");
+        let s = serde_yaml::from_str::<Serve>("{port: 8080, protocol: TCP, http: true}").unwrap();
+        assert_eq!(s, Serve::http(8080, None));
         let e = serde_yaml::from_str::<Serve>("{port: 80, protocol: SCTP}").unwrap_err();
         assert!(e.to_string().contains("SCTP"), "{e}");
     }

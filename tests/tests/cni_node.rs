@@ -308,6 +308,7 @@ fn probe_to(node: &Node, from: &PodRef, to: SocketAddr) -> probe::Outcome {
         to,
         protocol: Protocol::Tcp,
         timeout: probe::DEFAULT_TIMEOUT,
+        http: None,
     })
 }
 

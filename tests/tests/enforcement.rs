@@ -713,6 +713,7 @@ fn the_node_always_reaches_its_pods_even_when_they_deny_all_ingress() {
             to: SocketAddr::new(ip, 80),
             protocol: Protocol::Tcp,
             timeout: probe::DEFAULT_TIMEOUT,
+            http: None,
         }
     };
     for family in [Family::IPv4, Family::IPv6] {

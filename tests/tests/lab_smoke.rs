@@ -51,6 +51,7 @@ fn probe_from(ns: &NetNs, to: &str, port: u16, protocol: Protocol) -> Probe {
         to: SocketAddr::new(to.parse::<IpAddr>().expect("address"), port),
         protocol,
         timeout: probe::DEFAULT_TIMEOUT,
+        http: None,
     }
 }
 

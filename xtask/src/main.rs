@@ -102,7 +102,7 @@ enum Cmd {
         /// A reduced matrix (a few minutes): checks the harness, not for publishing.
         #[arg(long)]
         quick: bool,
-        /// Only these parts, comma-separated: datapath, control, lab, dns, later.
+        /// Only these parts, comma-separated: datapath, control, lab, dns, http, later.
         #[arg(long)]
         only: Option<String>,
         /// Where RESULTS.md and the plots go [default: bench/].

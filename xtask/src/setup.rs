@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use crate::run;
 
 /// Debian packages, each with a program that proves it present when it has one.
-const APT_PACKAGES: [(&str, Option<&str>); 18] = [
+const APT_PACKAGES: [(&str, Option<&str>); 19] = [
     ("llvm-22-dev", None),
     ("libpolly-22-dev", None),
     ("clang-22", Some("clang-22")),
@@ -35,16 +35,20 @@ const APT_PACKAGES: [(&str, Option<&str>); 18] = [
     // and dig for looking at it by hand.
     ("dnsmasq-base", Some("dnsmasq")),
     ("bind9-dnsutils", Some("dig")),
+    // The real HTTP server of the HTTP-rule tests (tests/tests/http.rs) and the benchmark.
+    ("nginx-light", Some("nginx")),
 ];
 
 /// What `cargo xtask bench` needs beyond building and testing: the load generators, and perf
 /// for profiling missed targets.
-const BENCH_PACKAGES: [(&str, Option<&str>); 4] = [
+const BENCH_PACKAGES: [(&str, Option<&str>); 5] = [
     ("sockperf", Some("sockperf")),
     ("iperf3", Some("iperf3")),
     ("linux-perf", Some("perf")),
     // DNS load through the proxy and directly (bench/src/dns.rs).
     ("dnsperf", Some("dnsperf")),
+    // HTTP load against nginx (bench/src/http.rs).
+    ("wrk", Some("wrk")),
 ];
 
 /// bpf-linker must link against Debian's LLVM 22 (its llvm-config first in PATH).

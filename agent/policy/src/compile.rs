@@ -20,6 +20,10 @@
 //!   with named ports, the CIDR identity of a pod address is "flavoured" with the pod's
 //!   named ports that such rules mention, so the port resolves per pod while the prefix
 //!   still decides membership. Without such rules no identity is flavoured.
+//! * A `WardNetworkPolicy` port with `http` rules gives the same keys, flagged
+//!   `POLICY_HTTP` with the id of the rule set the kernel matches requests against
+//!   ([`resolve_http`]: the union per key, mooted under a plain allow); its subject's
+//!   endpoint gets `EP_HTTP_INGRESS`.
 //!
 //! Pure and deterministic: the same cluster, local set and identity state give the same
 //! maps. Identities are allocated in sorted key order.
@@ -31,14 +35,17 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use ward_common::Direction;
 use ward_common::addr::{V4_MAPPED_PREFIX_BITS, v4_mapped};
+use ward_common::http::rules::{EP_HTTP_INGRESS, HttpSet, SET_RULES_MAX, policy_http_flags, policy_http_set};
 use ward_common::identity::{FIRST_LABEL_ID, ID_ANY, ID_HOST, ID_UNKNOWN_POD, ID_WORLD};
-use ward_common::maps::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue};
+use ward_common::maps::{
+    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IpcacheKey, IpcacheValue, POLICY_ANY_PROTO_BITS, PolicyKey, PolicyValue,
+};
 use ward_common::ports::{MAX_BLOCKS, PortBlock, range_to_blocks};
 
 use crate::cluster::{Cluster, PodKey, PolicyRef};
 use crate::fqdn_policy::{FqdnPolicy, FqdnPolicyBuilder};
 pub use crate::identity::RuleInfo;
-use crate::identity::{CidrKey, Identities, LabelKey, Live};
+use crate::identity::{CidrKey, HttpSetKey, HttpSetRule, Identities, LabelKey, Live};
 use crate::selector::Labels;
 use crate::validate::{NamedPort, Peer, Policy, PortRef, PortSpec, Protocol, Rule};
 
@@ -60,6 +67,21 @@ pub struct Compiled {
     /// The DNS proxy's rules for each local subject identity with `fqdn` peers or `dns`
     /// rules (those subjects carry `EP_DNS_PROXY`).
     pub fqdn: BTreeMap<u32, FqdnPolicy>,
+    /// The HTTP rule sets the policy entries flagged `POLICY_HTTP` name (`WARD_HTTP_SETS`).
+    pub http_sets: BTreeMap<u32, HttpSet>,
+    /// HTTP rules that do not act as written (`ward status` and `explain` show them).
+    pub http_warnings: Vec<HttpWarning>,
+}
+
+/// HTTP rules that do not act as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpWarning {
+    /// A plain (L4) allow of rule `by_rule` for the same peer and port makes the HTTP rules of
+    /// `http_rules` moot at `key`: every request is allowed there.
+    Moot { key: PolicyKey, http_rules: Vec<u32>, by_rule: u32 },
+    /// More HTTP rules apply at `key` than one set holds: only `kept` are enforced (the
+    /// other requests are denied).
+    TooMany { key: PolicyKey, rules: usize, kept: usize },
 }
 
 /// An address more than one owner claims (see `compile`).
@@ -122,6 +144,7 @@ impl Compiled {
             labels: self.pod_identity.values().copied().filter(|id| *id >= FIRST_LABEL_ID).collect(),
             cidrs: self.cidr_identity.keys().copied().collect(),
             rules: self.rules.keys().copied().collect(),
+            http_sets: self.http_sets.keys().copied().collect(),
         }
     }
 
@@ -403,6 +426,7 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
     // A rule's peers do not depend on the subject: resolved once per rule, however many
     // local identities the policy selects.
     let mut peers_of_rule: BTreeMap<u32, BTreeMap<u32, &[NamedPort]>> = BTreeMap::new();
+    let mut http = HttpEntries::new();
     let mut subjects: BTreeMap<u32, (&PodKey, &[NamedPort], &Labels)> = BTreeMap::new();
     for key in local {
         let (Some(info), Some(id)) = (cluster.pods.get(key), out.pod_identity.get(key)) else {
@@ -435,7 +459,7 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
                 for (index, rule) in rules.iter().enumerate() {
                     if let Some(rule_id) = rule_ids.get(&(*pref, dir, index)) {
                         let peers = peers_of_rule.entry(*rule_id).or_insert_with(|| ctx.peers(p, &rule.peers));
-                        ctx.emit(&mut out.policy, subject, ports, peers, dir, rule, *rule_id);
+                        ctx.emit(&mut out.policy, &mut http, subject, ports, peers, dir, rule, *rule_id);
                         if dir == Direction::Egress && fqdn_subject {
                             fqdn.add_rule(subject, rule, *rule_id, peers);
                         }
@@ -445,6 +469,7 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
         }
         out.isolation.insert(subject, bits);
     }
+    resolve_http(&mut out, &http, ids);
     out.fqdn = fqdn.finish();
     for subject in out.fqdn.keys() {
         if let Some(bits) = out.isolation.get_mut(subject) {
@@ -549,11 +574,13 @@ impl RuleCtx<'_, '_> {
         out
     }
 
-    /// Writes the entries of one rule for one subject identity.
+    /// Writes the entries of one rule for one subject identity: plain allows into `map`, the
+    /// entries of ports with HTTP rules into `http` (resolved by [`resolve_http`]).
     #[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
     fn emit(
         &self,
         map: &mut BTreeMap<PolicyKey, PolicyValue>,
+        http: &mut HttpEntries,
         subject: u32,
         subject_ports: &[NamedPort],
         peers: &BTreeMap<u32, &[NamedPort]>,
@@ -561,57 +588,85 @@ impl RuleCtx<'_, '_> {
         rule: &Rule,
         rule_id: u32,
     ) {
-        let mut put = |key: PolicyKey| {
-            let v = map.entry(key).or_insert(PolicyValue { rule_id, flags: 0 });
-            v.rule_id = v.rule_id.min(rule_id);
-        };
         let Some(specs) = &rule.ports else {
             for peer in peers.keys() {
-                put(PolicyKey::any_proto(subject, *peer, dir));
+                put_plain(map, PolicyKey::any_proto(subject, *peer, dir), rule_id);
             }
             return;
         };
-        for spec in specs {
-            // A port with HTTP rules admits matching requests, never a whole connection at L4:
-            // no L4 entry for it (fails closed until the request-level check allows).
-            if spec.http.is_some() {
-                continue;
-            }
-            let proto = spec.protocol.number();
-            match &spec.port {
-                PortRef::Any | PortRef::Number(_) => {
-                    for block in blocks(spec) {
-                        for peer in peers.keys() {
-                            put(PolicyKey::port_block(subject, *peer, dir, proto, block));
+        for (port_index, spec) in specs.iter().enumerate() {
+            let mut keys = Vec::new();
+            self.port_keys(&mut keys, subject, subject_ports, peers, dir, spec);
+            match &spec.http {
+                None => {
+                    for key in keys {
+                        put_plain(map, key, rule_id);
+                    }
+                }
+                Some(rules) => {
+                    // A port with HTTP rules admits matching requests, not the connection:
+                    // its entries carry the rules, gathered per key across policies.
+                    let port_index = u8::try_from(port_index).unwrap_or(u8::MAX);
+                    for key in keys {
+                        let set = http.entry(key).or_default();
+                        for (i, r) in rules.iter().enumerate() {
+                            set.insert(HttpSetRule {
+                                rule_id,
+                                port_index,
+                                http_index: u8::try_from(i).unwrap_or(u8::MAX),
+                                rule: r.clone(),
+                            });
                         }
                     }
                 }
-                PortRef::Named(name) => {
-                    // A name can stand for several ports of one pod (its containers may share
-                    // it): one entry for each.
-                    let single = |port: u16| PortBlock { base: port, prefix_len: 16 };
-                    match dir {
-                        Direction::Ingress => {
-                            for port in resolve(subject_ports, name, spec.protocol) {
-                                for peer in peers.keys() {
-                                    put(PolicyKey::port_block(subject, *peer, dir, proto, single(port)));
-                                }
+            }
+        }
+    }
+
+    /// The policy keys one port entry of a rule stands for.
+    fn port_keys(
+        &self,
+        keys: &mut Vec<PolicyKey>,
+        subject: u32,
+        subject_ports: &[NamedPort],
+        peers: &BTreeMap<u32, &[NamedPort]>,
+        dir: Direction,
+        spec: &PortSpec,
+    ) {
+        let proto = spec.protocol.number();
+        match &spec.port {
+            PortRef::Any | PortRef::Number(_) => {
+                for block in blocks(spec) {
+                    for peer in peers.keys() {
+                        keys.push(PolicyKey::port_block(subject, *peer, dir, proto, block));
+                    }
+                }
+            }
+            PortRef::Named(name) => {
+                let single = |port: u16| PortBlock { base: port, prefix_len: 16 };
+                // A name can stand for several ports of one pod (its containers may share it):
+                // one entry for each.
+                match dir {
+                    Direction::Ingress => {
+                        for port in resolve(subject_ports, name, spec.protocol) {
+                            for peer in peers.keys() {
+                                keys.push(PolicyKey::port_block(subject, *peer, dir, proto, single(port)));
                             }
                         }
-                        Direction::Egress => {
-                            for (peer, dst_ports) in peers {
-                                if *peer == ID_ANY {
-                                    // Only pods have named ports: every pod identity that
-                                    // resolves the name, by its label identity.
-                                    for (id, f) in self.facts {
-                                        for port in resolve(f.ports, name, spec.protocol) {
-                                            put(PolicyKey::port_block(subject, *id, dir, proto, single(port)));
-                                        }
+                    }
+                    Direction::Egress => {
+                        for (peer, dst_ports) in peers {
+                            if *peer == ID_ANY {
+                                // Only pods have named ports: every pod identity that
+                                // resolves the name, by its label identity.
+                                for (id, f) in self.facts {
+                                    for port in resolve(f.ports, name, spec.protocol) {
+                                        keys.push(PolicyKey::port_block(subject, *id, dir, proto, single(port)));
                                     }
-                                } else {
-                                    for port in resolve(dst_ports, name, spec.protocol) {
-                                        put(PolicyKey::port_block(subject, *peer, dir, proto, single(port)));
-                                    }
+                                }
+                            } else {
+                                for port in resolve(dst_ports, name, spec.protocol) {
+                                    keys.push(PolicyKey::port_block(subject, *peer, dir, proto, single(port)));
                                 }
                             }
                         }
@@ -620,6 +675,94 @@ impl RuleCtx<'_, '_> {
             }
         }
     }
+}
+
+/// A plain allow; where two rules give the same entry, the lower rule id names it.
+fn put_plain(map: &mut BTreeMap<PolicyKey, PolicyValue>, key: PolicyKey, rule_id: u32) {
+    let v = map.entry(key).or_insert(PolicyValue { rule_id, flags: 0 });
+    v.rule_id = v.rule_id.min(rule_id);
+}
+
+/// HTTP rules gathered per policy key, before [`resolve_http`].
+type HttpEntries = BTreeMap<PolicyKey, BTreeSet<HttpSetRule>>;
+
+/// A plain entry for the same subject, peer and direction whose prefix covers `key` (the
+/// same key, or a shorter prefix of it), if any.
+fn plain_cover(map: &BTreeMap<PolicyKey, PolicyValue>, key: &PolicyKey) -> Option<PolicyValue> {
+    (POLICY_ANY_PROTO_BITS..=key.prefixlen)
+        .rev()
+        .filter_map(|len| map.get(&masked(key, len)))
+        .find(|v| policy_http_set(v.flags).is_none())
+        .copied()
+}
+
+/// Turns the gathered HTTP rules into policy entries and rule sets. Union semantics: a plain
+/// allow for the same peer and port (the same or a broader entry) moots the HTTP rules there,
+/// so no HTTP entry is written under it (the lookup finds the plain allow); an HTTP entry
+/// under a broader HTTP entry of the same peer also gets the broader one's rules, because
+/// the longest prefix alone answers in the kernel. Mooted rules, and rules for any peer that a
+/// plain any-peer allow moots, are reported in `out.http_warnings`.
+fn resolve_http(out: &mut Compiled, http: &HttpEntries, ids: &mut Identities) {
+    for (key, rules) in http {
+        if let Some(plain) = plain_cover(&out.policy, key) {
+            out.http_warnings.push(HttpWarning::Moot {
+                key: *key,
+                http_rules: rule_ids_of(rules),
+                by_rule: plain.rule_id,
+            });
+            continue;
+        }
+        let mut all: BTreeSet<HttpSetRule> = rules.clone();
+        for len in POLICY_ANY_PROTO_BITS..key.prefixlen {
+            if let Some(broader) = http.get(&masked(key, len)) {
+                all.extend(broader.iter().cloned());
+            }
+        }
+        if key.peer() != ID_ANY {
+            let any = PolicyKey { peer_be: ID_ANY.to_be_bytes(), ..*key };
+            if let Some(plain) = plain_cover(&out.policy, &any) {
+                out.http_warnings.push(HttpWarning::Moot {
+                    key: *key,
+                    http_rules: rule_ids_of(rules),
+                    by_rule: plain.rule_id,
+                });
+            }
+        }
+        let mut set = HttpSet::EMPTY;
+        let mut kept = BTreeSet::new();
+        for r in &all {
+            if set.len as usize >= SET_RULES_MAX {
+                break;
+            }
+            // Validation bounds methods and paths to what an entry holds.
+            if let Some(e) = r.rule.entry(r.rule_id, r.port_index, r.http_index) {
+                set.rules[set.len as usize] = e;
+                set.len += 1;
+                kept.insert(r.clone());
+            }
+        }
+        if kept.len() < all.len() {
+            out.http_warnings.push(HttpWarning::TooMany { key: *key, rules: all.len(), kept: kept.len() });
+        }
+        // Without a set id the entry stays out: the port admits nothing (fails closed).
+        let Some(id) = ids.http_set(&HttpSetKey { rules: kept.into_iter().collect() }) else { continue };
+        let rule_id = all.iter().map(|r| r.rule_id).min().unwrap_or(0);
+        out.policy.insert(*key, PolicyValue { rule_id, flags: policy_http_flags(id) });
+        out.http_sets.insert(id, set);
+        if let Some(bits) = out.isolation.get_mut(&key.subject()) {
+            *bits |= EP_HTTP_INGRESS;
+        }
+    }
+}
+
+fn rule_ids_of(rules: &BTreeSet<HttpSetRule>) -> Vec<u32> {
+    let ids: BTreeSet<u32> = rules.iter().map(|r| r.rule_id).collect();
+    ids.into_iter().collect()
+}
+
+/// `key` cut to its first `len` bits.
+fn masked(key: &PolicyKey, len: u32) -> PolicyKey {
+    crate::tables::masked_policy_key(key, len)
 }
 
 /// The CIDR identities whose prefix lies inside `cidr`. Keys order by prefix address first

@@ -962,13 +962,12 @@ fn cidrs_within_finds_the_same_identities_as_a_scan() {
     }
 }
 
-/// A WardNetworkPolicy's extensions allow nothing at L4 by themselves: an HTTP port opens no
-/// entry (until the request-level check admits requests), and an fqdn peer opens nothing in
-/// the policy map (the DNS proxy writes learned addresses per pod into WARD_FQDN, see
-/// `fqdn_subjects_go_behind_the_proxy_with_their_rules`), while the policy's plain ports and
-/// peers work as in a NetworkPolicy and the pods are isolated.
+/// A WardNetworkPolicy's HTTP port admits the connection for its requests only (never every
+/// request), an fqdn peer opens nothing in the policy map (the DNS proxy writes learned
+/// addresses per pod into WARD_FQDN, see `fqdn_subjects_go_behind_the_proxy_with_their_rules`),
+/// and the policy's plain ports and peers work as in a NetworkPolicy.
 #[test]
-fn ward_policy_extensions_fail_closed_at_l4() {
+fn http_ports_admit_requests_only_and_fqdn_peers_fail_closed() {
     let (c, compiled) = lab_with(
         r#"
 apiVersion: policy.ward.dev/v1alpha1
@@ -986,7 +985,7 @@ spec:
     - to: [{podSelector: {matchLabels: {pod: b}}}]
 "#,
     );
-    // Nobody reaches x/a on port 80 (HTTP rules only); x/a reaches only x/b.
+    // Nobody reaches x/a on port 80 for every request (HTTP rules only); x/a reaches only x/b.
     let expected80 = [
         "X.XXXXXXX",
         "X........",
@@ -1003,6 +1002,134 @@ spec:
     let mut expected81 = ALL_ALLOWED;
     expected81[0] = "X.XXXXXXX";
     assert_matrix(&c, &compiled, TCP, 81, expected81);
+    // Port 80 admits every peer's connection for GET / only, as the reference says.
+    let xa = pod("x/a");
+    for from in ["x/b", "y/c", "z/a"] {
+        let addr = addr_of(&c, &Peer::Pod(pod(from))).expect("address");
+        let d = datapath_decision(&compiled, Direction::Ingress, &xa, addr, TCP, 80);
+        assert!(d.http_only(), "{from}: {d:?}");
+        let set = &compiled.http_sets[&d.http[2]];
+        assert_eq!(set.entries().len(), 1);
+        assert_eq!((set.entries()[0].method(), set.entries()[0].path()), (Some(&b"GET"[..]), &b"/"[..]));
+        let r = reference::side(&c, Direction::Ingress, &Peer::Pod(pod(from)), &Peer::Pod(xa.clone()), TCP, 80);
+        assert_eq!((r.allowed, r.http_by.len()), (false, 1), "{from}");
+    }
+    let id = compiled.pod_identity[&xa];
+    assert_ne!(compiled.isolation[&id] & EP_HTTP_INGRESS, 0, "x/a's endpoint goes through the HTTP program");
+    let xb = compiled.pod_identity[&pod("x/b")];
+    assert_eq!(compiled.isolation[&xb] & EP_HTTP_INGRESS, 0);
+}
+
+const HTTP_TWO_POLICIES: &str = r#"
+apiVersion: policy.ward.dev/v1alpha1
+kind: WardNetworkPolicy
+metadata: {name: api, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+    - from: [{podSelector: {matchLabels: {pod: b}}}]
+      ports: [{port: 8080, http: [{method: GET, pathPrefix: /v1/items/}, {path: /healthz}]}]
+---
+apiVersion: policy.ward.dev/v1alpha1
+kind: WardNetworkPolicy
+metadata: {name: admin, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+    - from: [{podSelector: {matchLabels: {pod: b}}}]
+      ports: [{port: 8080, http: [{method: POST, path: /v1/admin}]}]
+    - from: [{podSelector: {matchLabels: {pod: c}}}]
+      ports: [{protocol: TCP, http: [{method: GET, path: /metrics}]}]
+"#;
+
+/// The rules of every policy that selects the pod for one peer and port form one set (the
+/// union); a broader HTTP entry's rules (any port) join a narrower one's.
+#[test]
+fn http_rules_of_several_policies_and_ports_are_one_union() {
+    let (c, compiled) = lab_with(HTTP_TWO_POLICIES);
+    let xa = pod("x/a");
+    let rules = |from: &str, port: u16| -> Vec<String> {
+        let addr = addr_of(&c, &Peer::Pod(pod(from))).expect("address");
+        let d = datapath_decision(&compiled, Direction::Ingress, &xa, addr, TCP, port);
+        let mut out: Vec<String> = d
+            .http
+            .iter()
+            .filter(|s| **s != 0)
+            .flat_map(|s| compiled.http_sets[s].entries().to_vec())
+            .map(|e| {
+                let m = e.method().map_or("*".into(), |m| String::from_utf8_lossy(m).into_owned());
+                let kind = if e.kind == ward_common::http::rules::KIND_PREFIX { "*" } else { "" };
+                format!("{m} {}{kind}", String::from_utf8_lossy(e.path()))
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    assert_eq!(rules("x/b", 8080), ["* /healthz", "GET /v1/items/*", "POST /v1/admin"]);
+    assert_eq!(rules("x/c", 8080), ["GET /metrics"]);
+    assert_eq!(rules("x/c", 9090), ["GET /metrics"]);
+    assert!(rules("y/b", 8080).is_empty());
+    let yb = addr_of(&c, &Peer::Pod(pod("y/b"))).expect("address");
+    assert_eq!(
+        datapath_decision(&compiled, Direction::Ingress, &xa, yb, TCP, 8080).reason,
+        ward_common::Reason::PolicyDenied
+    );
+    assert!(compiled.http_warnings.is_empty(), "{:?}", compiled.http_warnings);
+}
+
+/// Union semantics: a plain allow for the same peer and port, in the same or another
+/// policy, under the same or a broader entry or for any peer, moots the HTTP rules, and the
+/// compiler says so.
+#[test]
+fn a_plain_allow_for_the_same_peer_and_port_moots_http_rules_and_is_reported() {
+    for plain in [
+        "from: [{podSelector: {matchLabels: {pod: b}}}]\n      ports: [{port: 8080}]",
+        "from: [{podSelector: {matchLabels: {pod: b}}}]\n      ports: [{port: 8000, endPort: 8100}]",
+        "from: [{podSelector: {matchLabels: {pod: b}}}]",
+        "ports: [{port: 8080}]",
+        "{}",
+    ] {
+        let plain = plain.replace("\\n", "\n");
+        let yaml = format!(
+            "{HTTP_TWO_POLICIES}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: open, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n    - {plain}\n"
+        );
+        let (c, compiled) = lab_with(&yaml);
+        let addr = addr_of(&c, &Peer::Pod(pod("x/b"))).expect("address");
+        let d = datapath_decision(&compiled, Direction::Ingress, &pod("x/a"), addr, TCP, 8080);
+        assert_eq!((d.reason, d.http_only()), (ward_common::Reason::PolicyAllow, false), "{plain}");
+        assert!(datapath_side(&compiled, Direction::Ingress, &pod("x/a"), addr, TCP, 8080), "{plain}");
+        assert!(
+            compiled.http_warnings.iter().any(|w| matches!(w, HttpWarning::Moot { .. })),
+            "{plain}: {:?}",
+            compiled.http_warnings
+        );
+        let r = reference::side(&c, Direction::Ingress, &Peer::Pod(pod("x/b")), &Peer::Pod(pod("x/a")), TCP, 8080);
+        assert!(r.allowed && !r.http_by.is_empty(), "{plain}");
+    }
+}
+
+/// HTTP set ids are stable: the same rules keep their number across compiles (the kernel
+/// never sees one id mean two rule sets), and unused ones are freed by gc.
+#[test]
+fn http_set_ids_are_stable_and_freed_when_unused() {
+    let mut c = lab();
+    apply(&mut c, HTTP_TWO_POLICIES);
+    let mut ids = Identities::new();
+    let first = compile_all(&c, &mut ids);
+    let again = compile_all(&c, &mut ids);
+    assert_eq!(first.http_sets, again.http_sets);
+    assert_eq!(first.policy, again.policy);
+    let old: BTreeSet<u32> = first.http_sets.keys().copied().collect();
+    c.policies.retain(|k, _| k.name != "admin");
+    let fewer = compile_all(&c, &mut ids);
+    ids.gc(&fewer.live());
+    let now: BTreeSet<u32> = fewer.http_sets.keys().copied().collect();
+    assert!(now.iter().all(|id| !old.contains(id)), "x/b's set changed content, so it has a new id");
+    for id in &old {
+        assert!(ids.http_set_key(*id).is_none(), "set {id} freed");
+    }
+    let restored: Identities = serde_json::from_str(&serde_json::to_string(&ids).expect("json")).expect("back");
+    assert_eq!(restored, ids);
 }
 
 /// Issue 13, item 3, at the compiler: when an `except` prefix gets no CIDR identity (the

@@ -9,6 +9,8 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use ward_common::http::parse::{Driven, Parser, drive};
+use ward_common::http::rules::match_request;
 use ward_common::{Direction, Reason};
 
 use crate::cluster::{Cluster, PodKey, PolicyRef};
@@ -28,6 +30,32 @@ pub struct Explanation {
     pub egress: SideExplanation,
     /// Ingress at the destination.
     pub ingress: SideExplanation,
+    /// What the HTTP rules at the destination say, when a port there has them for this peer.
+    pub http: Option<HttpExplanation>,
+}
+
+/// The HTTP part of an explanation: which rules apply and, for a given request, the
+/// datapath's own decision (the kernel's parser, normaliser and matcher, run here).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpExplanation {
+    /// The rules that admit requests (`METHOD path`, `*` for any method, a trailing `*` for
+    /// a prefix), each with the policy rule it comes from.
+    pub rules: Vec<String>,
+    /// A plain (L4) allow for the same peer and port makes the HTTP rules moot.
+    pub moot_by: Option<String>,
+    /// The request asked about and its verdict.
+    pub request: Option<RequestVerdict>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestVerdict {
+    pub method: String,
+    pub target: String,
+    /// The path as the datapath compares it, when it could normalise it.
+    pub normalized: Option<String>,
+    pub allowed: bool,
+    /// The rule that admits it, or why it is refused.
+    pub why: String,
 }
 
 impl Explanation {
@@ -65,6 +93,11 @@ pub enum Why {
         rule_id: Option<u32>,
         rule: RuleInfo,
     },
+    /// Isolated, and only rules with HTTP rules admit the connection: its requests are
+    /// judged one by one (see [`Explanation::http`]).
+    HttpRules {
+        rule: RuleInfo,
+    },
     /// Isolated and no rule allows.
     DefaultDeny,
 }
@@ -80,7 +113,114 @@ pub fn explain(
 ) -> Explanation {
     let egress = explain_side(cluster, compiled, Direction::Egress, &from, &to, proto, port);
     let ingress = explain_side(cluster, compiled, Direction::Ingress, &from, &to, proto, port);
-    Explanation { from, to, protocol: proto, port, egress, ingress }
+    Explanation { from, to, protocol: proto, port, egress, ingress, http: None }
+}
+
+/// [`explain`], and what the HTTP rules at the destination do with `METHOD target` (the
+/// request target as a client would send it, query and encoding included).
+pub fn explain_request(
+    cluster: &Cluster,
+    compiled: &Compiled,
+    from: Peer,
+    to: Peer,
+    port: u16,
+    request: Option<(&str, &str)>,
+) -> Explanation {
+    let mut e = explain(cluster, compiled, from, to, Protocol::Tcp, port);
+    let reference = reference::side(cluster, Direction::Ingress, &e.from, &e.to, Protocol::Tcp, port);
+    let sets = http_sets(cluster, compiled, &e.from, &e.to, port);
+    if reference.http_by.is_empty() && sets.is_none() {
+        return e;
+    }
+    let mut http = HttpExplanation { rules: vec![], moot_by: None, request: None };
+    for (policy, index, port_index) in &reference.http_by {
+        let Some(p) = cluster.policies.get(policy) else { continue };
+        let spec = p
+            .ingress
+            .as_ref()
+            .and_then(|r| r.get(*index))
+            .and_then(|r| r.ports.as_ref())
+            .and_then(|ps| ps.get(*port_index));
+        for r in spec.and_then(|s| s.http.as_ref()).into_iter().flatten() {
+            http.rules.push(format!("{r} ({policy} ingress rule {index})"));
+        }
+    }
+    if e.ingress.allowed && sets.is_none() {
+        http.moot_by = Some(e.ingress.to_string());
+    }
+    if let Some((method, target)) = request {
+        let verdict = judge_request(compiled, sets.as_ref(), method, target);
+        if sets.is_some() {
+            // Only HTTP rules admit the connection: the request decides the ingress side.
+            e.ingress.allowed = verdict.allowed;
+        }
+        http.request = Some(verdict);
+    }
+    e.http = Some(http);
+    e
+}
+
+/// The HTTP sets the datapath would judge this connection's requests with (`None` when the
+/// connection is not HTTP-policed there).
+fn http_sets(cluster: &Cluster, compiled: &Compiled, from: &Peer, to: &Peer, port: u16) -> Option<[u32; 3]> {
+    let Peer::Pod(key) = to else { return None };
+    let subject_addrs = reference::addresses(cluster, to);
+    let peer_addr = pick_address(&reference::addresses(cluster, from), subject_addrs.first())?;
+    let d = CompiledTables(compiled).decide_for(
+        key,
+        Direction::Ingress,
+        peer_addr,
+        Protocol::Tcp,
+        port,
+        *from == Peer::Host,
+    )?;
+    d.http_only().then_some(d.http)
+}
+
+/// The datapath's decision for one request: the shared parser and matcher over the bytes a
+/// client would send.
+fn judge_request(compiled: &Compiled, sets: Option<&[u32; 3]>, method: &str, target: &str) -> RequestVerdict {
+    let bytes = format!("{method} {target} HTTP/1.1\r\nHost: explain\r\n\r\n");
+    let mut parser = Parser::NEW;
+    let mut rule = None;
+    let mut normalized = None;
+    let verdict = drive(
+        &mut parser,
+        bytes.as_bytes(),
+        |p| {
+            normalized = Some(String::from_utf8_lossy(p.path()).into_owned());
+            rule = sets.into_iter().flatten().filter(|s| **s != 0).find_map(|s| {
+                let set = compiled.http_sets.get(s)?;
+                match_request(set, &p.method, p.method_len, &p.path.out, p.path.len as usize).copied()
+            });
+            rule.is_some()
+        },
+        |_| {},
+    );
+    let mut out = RequestVerdict {
+        method: method.to_owned(),
+        target: target.to_owned(),
+        normalized,
+        allowed: matches!(verdict, Driven::Passed),
+        why: String::new(),
+    };
+    out.why = match (verdict, rule, sets) {
+        (_, _, None) => "no HTTP rules apply to this connection".into(),
+        (Driven::Denied { error: Some(e), .. }, _, _) => format!("refused before matching: {}", e.as_str()),
+        (Driven::Denied { error: None, .. }, _, _) => "no HTTP rule matches".into(),
+        (Driven::Passed, Some(r), _) => match compiled.rules.get(&r.rule_id) {
+            Some(info) => format!(
+                "allowed by {} ingress rule {} port {} http[{}]",
+                info.policy, info.index, r.port_index, r.http_index
+            ),
+            None => format!("allowed by rule id {}", r.rule_id),
+        },
+        (Driven::Passed, None, _) => "allowed".into(),
+    };
+    if sets.is_none() {
+        out.allowed = true;
+    }
+    out
 }
 
 fn explain_side(
@@ -115,7 +255,14 @@ fn explain_side(
         })
     };
     out.why = match datapath {
-        Some((reason, rule_id)) => {
+        Some((_, rule_id, true)) => {
+            out.allowed = false;
+            match compiled.rules.get(&rule_id) {
+                Some(rule) => Why::HttpRules { rule: rule.clone() },
+                None => Why::DefaultDeny,
+            }
+        }
+        Some((reason, rule_id, false)) => {
             out.allowed = reason.verdict() == ward_common::Verdict::Allow;
             match reason {
                 Reason::FromHost => Why::FromHost,
@@ -152,7 +299,7 @@ fn datapath(
     to: &Peer,
     proto: Protocol,
     port: u16,
-) -> Option<(Reason, u32)> {
+) -> Option<(Reason, u32, bool)> {
     let (subject, peer) = match dir {
         Direction::Egress => (from, to),
         Direction::Ingress => (to, from),
@@ -161,7 +308,7 @@ fn datapath(
     let subject_addrs = reference::addresses(cluster, subject);
     let peer_addr = pick_address(&reference::addresses(cluster, peer), subject_addrs.first())?;
     let d = CompiledTables(compiled).decide_for(key, dir, peer_addr, proto, port, *peer == Peer::Host)?;
-    Some((d.reason, d.rule_id))
+    Some((d.reason, d.rule_id, d.http_only()))
 }
 
 /// The peer address a packet would carry: one of the subject's family if there is one.
@@ -175,7 +322,27 @@ impl fmt::Display for Explanation {
         let verdict = if self.allowed() { "ALLOWED" } else { "DENIED" };
         writeln!(f, "{} {} -> {} port {}: {verdict}", self.protocol, self.from, self.to, self.port)?;
         writeln!(f, "  egress at {}: {}", self.from, self.egress)?;
-        write!(f, "  ingress at {}: {}", self.to, self.ingress)
+        write!(f, "  ingress at {}: {}", self.to, self.ingress)?;
+        if let Some(h) = &self.http {
+            write!(
+                f,
+                "\n  http rules at {}: {}",
+                self.to,
+                if h.rules.is_empty() { "none".into() } else { h.rules.join(", ") }
+            )?;
+            if let Some(by) = &h.moot_by {
+                write!(f, "\n  WARNING: these HTTP rules are moot for this peer and port, every request passes: {by}")?;
+            }
+            if let Some(r) = &h.request {
+                let verdict = if r.allowed { "ALLOWED" } else { "DENIED" };
+                write!(f, "\n  request {} {}: {verdict}", r.method, r.target)?;
+                if let Some(n) = &r.normalized {
+                    write!(f, " (path as matched: {n})")?;
+                }
+                write!(f, ": {}", r.why)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -195,6 +362,14 @@ impl fmt::Display for SideExplanation {
                 }
                 write!(f, "; selected by {}", selected())
             }
+            Why::HttpRules { rule } => write!(
+                f,
+                "{verdict} for every request: only HTTP rules admit it ({} {} rule {}), each request is judged; selected by {}",
+                rule.policy,
+                rule.direction.as_str(),
+                rule.index,
+                selected()
+            ),
             Why::DefaultDeny => write!(f, "{verdict}: default deny: selected by {}, no rule allows", selected()),
         }?;
         if self.reference_disagrees {
@@ -328,6 +503,71 @@ spec:
                 }
             }
         }
+    }
+
+    #[test]
+    fn http_requests_are_explained_with_the_datapath_s_own_parser_and_rules() {
+        let mut c = lab();
+        apply(
+            &mut c,
+            r#"
+apiVersion: policy.ward.dev/v1alpha1
+kind: WardNetworkPolicy
+metadata: {name: api, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+    - from: [{podSelector: {matchLabels: {pod: b}}}]
+      ports: [{port: 8080, http: [{method: GET, pathPrefix: /v1/items/}]}]
+"#,
+        );
+        let compiled = compile_all(&c, &mut Identities::new());
+        let ask = |target: &str| {
+            explain_request(&c, &compiled, Peer::Pod(pod("x/b")), Peer::Pod(pod("x/a")), 8080, Some(("GET", target)))
+        };
+        let ok = ask("/v1/items/7?x=1");
+        assert!(ok.allowed(), "{ok}");
+        assert!(!ok.ingress.reference_disagrees, "{ok}");
+        let text = ok.to_string();
+        assert!(
+            text.contains("http rules at x/a: GET /v1/items/* (x/api (WardNetworkPolicy) ingress rule 0)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("request GET /v1/items/7?x=1: ALLOWED (path as matched: /v1/items/7): allowed by x/api"),
+            "{text}"
+        );
+        let dots = ask("/v1/items/../admin");
+        assert!(!dots.allowed());
+        assert!(dots.to_string().contains("(path as matched: /v1/admin): no HTTP rule matches"), "{dots}");
+        let slash = ask("/v1/items%2F7");
+        assert!(!slash.allowed());
+        assert!(slash.to_string().contains("refused before matching: encoded_slash_or_backslash"), "{slash}");
+        // Another peer is not admitted at all; with a plain allow the rules are moot.
+        let other = explain_request(
+            &c,
+            &compiled,
+            Peer::Pod(pod("y/b")),
+            Peer::Pod(pod("x/a")),
+            8080,
+            Some(("GET", "/v1/items/7")),
+        );
+        assert!(!other.allowed(), "{other}");
+        apply(
+            &mut c,
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: open, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{ports: [{port: 8080}]}]\n",
+        );
+        let compiled = compile_all(&c, &mut Identities::new());
+        let moot = explain_request(
+            &c,
+            &compiled,
+            Peer::Pod(pod("x/b")),
+            Peer::Pod(pod("x/a")),
+            8080,
+            Some(("DELETE", "/anything")),
+        );
+        assert!(moot.allowed(), "{moot}");
+        assert!(moot.to_string().contains("WARNING: these HTTP rules are moot"), "{moot}");
     }
 
     #[test]

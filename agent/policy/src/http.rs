@@ -2,20 +2,24 @@
 //!
 //! A rule names a method (exact, case-sensitive, as HTTP defines methods; absent = any) and an
 //! exact path or a path prefix. Rule paths must already be in the normal form requests are
-//! normalised to before matching (README, "HTTP rules"), so that matching is a plain
-//! comparison: starting with `/`, no empty or dot segments, no query or fragment, and
-//! percent-encoding only where a character must stay encoded.
+//! normalised to before matching (README, "HTTP rules"): a rule path equals its own
+//! normalisation by the datapath's normaliser (`ward_common::http::path`), so matching is a
+//! plain comparison: starting with `/`, no empty or dot segments, no query or fragment, and
+//! percent-encoding (upper-case hex) only where a character must stay encoded.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use ward_common::http::path::{Error, PathNorm, normalize};
+use ward_common::http::rules::{HttpRuleEntry, RULE_PATH_MAX};
+
 use crate::model::HttpRuleSpec;
 
 /// Longest method the datapath compares.
-pub const MAX_METHOD: usize = 16;
+pub const MAX_METHOD: usize = ward_common::http::parse::METHOD_MAX;
 /// Longest rule path the datapath compares.
-pub const MAX_PATH: usize = 128;
+pub const MAX_PATH: usize = RULE_PATH_MAX;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct HttpRule {
@@ -74,7 +78,9 @@ fn check_method(m: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A path in normal form (see the module docs).
+/// A rule path must be in normal form: it starts with `/`, has no query or fragment, and
+/// equals what the request normaliser (`ward_common::http::path`, the kernel's own code)
+/// makes of it, so that matching is a plain comparison.
 fn check_path(p: &str) -> Result<(), String> {
     if !p.starts_with('/') {
         return Err(format!("{p:?} must start with '/'"));
@@ -82,51 +88,53 @@ fn check_path(p: &str) -> Result<(), String> {
     if p.len() > MAX_PATH {
         return Err(format!("{p:?} is longer than {MAX_PATH} characters"));
     }
-    let bytes = p.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        match b {
-            b'%' => {
-                let hex = |c: u8| c.is_ascii_digit() || (b'A'..=b'F').contains(&c);
-                let (Some(&h), Some(&l)) = (bytes.get(i + 1), bytes.get(i + 2)) else {
-                    return Err(format!("{p:?}: incomplete percent-encoding"));
-                };
-                if !hex(h) || !hex(l) {
-                    return Err(format!("{p:?}: percent-encoding must be two uppercase hex digits"));
-                }
-                let v = (hex_val(h) << 4) | hex_val(l);
-                if v.is_ascii_alphanumeric() || b"-._~".contains(&v) {
-                    return Err(format!("{p:?}: write {:?} unencoded (normal form)", v as char));
-                }
-                if v == b'/' || v == b'\\' || v == 0 || v < 0x20 || v == 0x7f {
-                    return Err(format!("{p:?}: an encoded slash, backslash or control byte never matches"));
-                }
-                i += 3;
-                continue;
-            }
-            b'?' | b'#' => return Err(format!("{p:?}: the query string and fragment are not part of the path")),
-            b';' => return Err(format!("{p:?}: ';' path parameters are rejected in requests, so never matched")),
-            b'\\' => return Err(format!("{p:?}: a backslash never matches")),
-            _ if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@/".contains(&b) => {}
-            _ => return Err(format!("{p:?}: {:?} must be percent-encoded", b as char)),
-        }
-        i += 1;
+    if let Some(c) = p.chars().find(|c| *c == '?' || *c == '#') {
+        return Err(format!("{p:?}: {c:?} starts the query or fragment, which are not part of the path"));
     }
-    for (n, seg) in p.split('/').enumerate().skip(1) {
-        let last = n == p.split('/').count() - 1;
-        if seg.is_empty() && !last {
-            return Err(format!("{p:?}: empty segment ('//')"));
-        }
-        if seg == "." || seg == ".." {
-            return Err(format!("{p:?}: dot segments are resolved before matching"));
-        }
+    let mut norm = PathNorm::EMPTY;
+    match normalize(p.as_bytes(), &mut norm) {
+        Ok(n) if n == p.as_bytes() => Ok(()),
+        Ok(n) => Err(format!(
+            "{p:?} is not in normal form: requests are matched after normalisation, which makes it {:?}",
+            String::from_utf8_lossy(n)
+        )),
+        Err(e) => Err(format!("{p:?}: requests with such a path are always denied ({})", refusal(e))),
     }
-    Ok(())
 }
 
-fn hex_val(c: u8) -> u8 {
-    if c.is_ascii_digit() { c - b'0' } else { c - b'A' + 10 }
+/// Why the normaliser refuses a path, for messages.
+pub fn refusal(e: Error) -> &'static str {
+    match e {
+        Error::EncodedNul | Error::ControlByte => "control bytes and %00 are refused",
+        Error::BadPercent => "'%' must be followed by two hex digits",
+        Error::BadUtf8 => "encoded bytes must be well-formed UTF-8",
+        Error::EncodedSlash => "an encoded slash or backslash never matches",
+        Error::Backslash => "a backslash never matches",
+        Error::Semicolon => "';' path parameters are refused",
+        Error::AboveRoot => "it climbs above '/'",
+        Error::PathTooLong => "the normalised path is too long",
+        Error::NonAscii => "non-ASCII bytes must be percent-encoded",
+        Error::Fragment => "a fragment is not part of a request",
+        _ => "characters outside a URI path must be percent-encoded",
+    }
+}
+
+impl HttpRule {
+    /// The rule as the datapath stores it.
+    pub fn entry(&self, rule_id: u32, port_index: u8, http_index: u8) -> Option<HttpRuleEntry> {
+        let (path, prefix) = match &self.path {
+            HttpPath::Exact(p) => (p, false),
+            HttpPath::Prefix(p) => (p, true),
+        };
+        HttpRuleEntry::new(
+            rule_id,
+            port_index,
+            http_index,
+            self.method.as_deref().map(str::as_bytes),
+            path.as_bytes(),
+            prefix,
+        )
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 //! including the named ports makes named-port resolution exact per identity. A *CIDR
 //! identity* stands for a policy prefix (optionally "flavoured" with the named ports of the
 //! pods whose addresses fall in it, see `compile`). Rule ids name (policy, direction, rule
-//! index) in the policy map values, flow events and counters.
+//! index) in the policy map values, flow events and counters. HTTP set ids name a set of HTTP
+//! rules (`WARD_HTTP_SETS`): the kernel must never see one id mean two contents while a
+//! policy entry still refers to it, so they are allocated, persisted and freed like the rest.
 //!
 //! The agent owns one [`Identities`], passes it to every `compile`, persists it (serde) so a
 //! restarted agent gets the same numbers back for the same keys, and calls
@@ -20,6 +22,7 @@ use ward_common::Direction;
 use ward_common::identity::{CIDR_ID_BIT, FIRST_LABEL_ID, MAX_ID};
 
 use crate::cluster::{PodKey, PolicyRef};
+use crate::http::HttpRule;
 use crate::selector::Labels;
 use crate::validate::{NamedPort, PodInfo};
 
@@ -63,12 +66,28 @@ pub struct RuleInfo {
     pub index: usize,
 }
 
+/// One rule of an HTTP set: which policy rule, port and `http` entry it comes from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HttpSetRule {
+    pub rule_id: u32,
+    pub port_index: u8,
+    pub http_index: u8,
+    pub rule: HttpRule,
+}
+
+/// What an HTTP set id stands for: its rules, sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HttpSetKey {
+    pub rules: Vec<HttpSetRule>,
+}
+
 /// The numbers still in use, for [`Identities::gc`]; see `Compiled::live`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Live {
     pub labels: BTreeSet<u32>,
     pub cidrs: BTreeSet<u32>,
     pub rules: BTreeSet<u32>,
+    pub http_sets: BTreeSet<u32>,
 }
 
 impl Live {
@@ -77,6 +96,7 @@ impl Live {
         self.labels.extend(other.labels.iter().copied());
         self.cidrs.extend(other.cidrs.iter().copied());
         self.rules.extend(other.rules.iter().copied());
+        self.http_sets.extend(other.http_sets.iter().copied());
     }
 }
 
@@ -86,6 +106,8 @@ const FIRST_CIDR_ID: u32 = CIDR_ID_BIT;
 const LAST_CIDR_ID: u32 = MAX_ID;
 const FIRST_RULE_ID: u32 = 1;
 const LAST_RULE_ID: u32 = u32::MAX;
+const FIRST_HTTP_SET_ID: u32 = 1;
+const LAST_HTTP_SET_ID: u32 = ward_common::http::rules::SET_ID_MAX;
 
 /// One numbering space: key to number and back, plus where the next search starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,6 +208,7 @@ pub struct Identities {
     labels: Space<LabelKey>,
     cidrs: Space<CidrKey>,
     rules: Space<RuleInfo>,
+    http_sets: Space<HttpSetKey>,
     /// Bumped by every allocation and every `gc` that frees a number, so the agent persists
     /// the table only when it changed. Neither persisted nor compared.
     revision: u64,
@@ -194,7 +217,10 @@ pub struct Identities {
 /// Equal when they hand out the same numbers (the `revision` counter is left out).
 impl PartialEq for Identities {
     fn eq(&self, other: &Self) -> bool {
-        self.labels == other.labels && self.cidrs == other.cidrs && self.rules == other.rules
+        self.labels == other.labels
+            && self.cidrs == other.cidrs
+            && self.rules == other.rules
+            && self.http_sets == other.http_sets
     }
 }
 
@@ -206,6 +232,7 @@ impl Default for Identities {
             labels: Space::new(FIRST_LABEL_ID, LAST_LABEL_ID),
             cidrs: Space::new(FIRST_CIDR_ID, LAST_CIDR_ID),
             rules: Space::new(FIRST_RULE_ID, LAST_RULE_ID),
+            http_sets: Space::new(FIRST_HTTP_SET_ID, LAST_HTTP_SET_ID),
             revision: 0,
         }
     }
@@ -241,6 +268,17 @@ impl Identities {
         let (id, new) = self.rules.get_or_alloc(rule);
         self.revision += u64::from(new);
         id
+    }
+
+    /// The id of an HTTP rule set (from 1, at most `SET_ID_MAX`), allocated if new.
+    pub fn http_set(&mut self, key: &HttpSetKey) -> Option<u32> {
+        let (id, new) = self.http_sets.get_or_alloc(key);
+        self.revision += u64::from(new);
+        id
+    }
+
+    pub fn http_set_key(&self, id: u32) -> Option<&HttpSetKey> {
+        self.http_sets.by_id.get(&id)
     }
 
     /// Changes whenever a number is allocated or freed: equal revisions of one table mean
@@ -284,12 +322,16 @@ impl Identities {
         self.labels.reserve(live.labels.iter().copied())
             + self.cidrs.reserve(live.cidrs.iter().copied())
             + self.rules.reserve(live.rules.iter().copied())
+            + self.http_sets.reserve(live.http_sets.iter().copied())
     }
 
     /// Frees every number not in `live`; returns how many were freed. Call it only once no
     /// loaded map refers to the freed numbers any more.
     pub fn gc(&mut self, live: &Live) -> usize {
-        let freed = self.labels.gc(&live.labels) + self.cidrs.gc(&live.cidrs) + self.rules.gc(&live.rules);
+        let freed = self.labels.gc(&live.labels)
+            + self.cidrs.gc(&live.cidrs)
+            + self.rules.gc(&live.rules)
+            + self.http_sets.gc(&live.http_sets);
         self.revision += u64::from(freed > 0);
         freed
     }
@@ -311,9 +353,11 @@ impl Serialize for Identities {
             labels: entries(&self.labels),
             cidrs: entries(&self.cidrs),
             rules: entries(&self.rules),
+            http_sets: entries(&self.http_sets),
             next_label: self.labels.next,
             next_cidr: self.cidrs.next,
             next_rule: self.rules.next,
+            next_http_set: self.http_sets.next,
         }
         .serialize(s)
     }
@@ -326,9 +370,11 @@ struct StateRef<'a> {
     labels: Vec<EntryRef<'a, LabelKey>>,
     cidrs: Vec<EntryRef<'a, CidrKey>>,
     rules: Vec<EntryRef<'a, RuleInfo>>,
+    http_sets: Vec<EntryRef<'a, HttpSetKey>>,
     next_label: u32,
     next_cidr: u32,
     next_rule: u32,
+    next_http_set: u32,
 }
 
 #[derive(Serialize)]
@@ -345,9 +391,14 @@ struct State {
     labels: Vec<Entry<LabelKey>>,
     cidrs: Vec<Entry<CidrKey>>,
     rules: Vec<Entry<RuleInfo>>,
+    /// Absent in files written before HTTP rules existed.
+    #[serde(default)]
+    http_sets: Vec<Entry<HttpSetKey>>,
     next_label: u32,
     next_cidr: u32,
     next_rule: u32,
+    #[serde(default)]
+    next_http_set: u32,
 }
 
 #[derive(Deserialize)]
@@ -372,6 +423,7 @@ impl TryFrom<State> for Identities {
         ids.labels.restore(pairs(s.labels), s.next_label, "label identity")?;
         ids.cidrs.restore(pairs(s.cidrs), s.next_cidr, "CIDR identity")?;
         ids.rules.restore(pairs(s.rules), s.next_rule, "rule")?;
+        ids.http_sets.restore(pairs(s.http_sets), s.next_http_set, "HTTP set")?;
         Ok(ids)
     }
 }
@@ -420,6 +472,7 @@ mod tests {
             labels: BTreeSet::from([FIRST_LABEL_ID, FIRST_LABEL_ID + 1, FIRST_LABEL_ID + 3]),
             cidrs: BTreeSet::from([CIDR_ID_BIT]),
             rules: BTreeSet::from([1, 2]),
+            http_sets: BTreeSet::new(),
         };
         assert!(ids.seed_label(&lk("x", "b"), FIRST_LABEL_ID + 1));
         assert!(!ids.seed_label(&lk("x", "c"), FIRST_LABEL_ID + 1), "a number holds one key");

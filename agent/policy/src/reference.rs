@@ -22,6 +22,9 @@
 //!   their ports.
 //! * A connection needs the egress side at the source (if a pod) and the ingress side at the
 //!   destination (if a pod). Connections from the node to a pod are always allowed.
+//! * A `WardNetworkPolicy` port with `http` rules allows no connection as such: it admits
+//!   the requests its rules match ([`Side::http_by`]). A rule that allows the same peer and
+//!   port without `http` allows every request (the union), which makes those rules moot.
 //!
 //! An end with several addresses (a dual-stack pod, the node) matches an ipBlock when any of
 //! its addresses does. A pod key not in the cluster is a pod no policy selects and no
@@ -73,6 +76,9 @@ pub struct Side {
     pub from_host: bool,
     /// Every rule that allows the connection, as (policy, rule index).
     pub allowed_by: Vec<(PolicyRef, usize)>,
+    /// Every port entry with HTTP rules that matches the connection, as (policy, rule index,
+    /// port index): their requests are admitted, when `allowed` is false.
+    pub http_by: Vec<(PolicyRef, usize, usize)>,
     pub allowed: bool,
 }
 
@@ -89,7 +95,14 @@ pub fn side(cluster: &Cluster, dir: Direction, from: &Peer, to: &Peer, proto: Pr
         Direction::Egress => (from, to),
         Direction::Ingress => (to, from),
     };
-    let mut out = Side { subject: None, selected_by: vec![], from_host: false, allowed_by: vec![], allowed: true };
+    let mut out = Side {
+        subject: None,
+        selected_by: vec![],
+        from_host: false,
+        allowed_by: vec![],
+        http_by: vec![],
+        allowed: true,
+    };
     let Peer::Pod(subject) = subject else {
         return out;
     };
@@ -114,6 +127,9 @@ pub fn side(cluster: &Cluster, dir: Direction, from: &Peer, to: &Peer, proto: Pr
             if rule_allows(cluster, policy, rule, peer, proto, port, destination_ports) {
                 out.allowed_by.push((pref.clone(), index));
             }
+            for port_index in http_ports(cluster, policy, rule, peer, proto, port, destination_ports) {
+                out.http_by.push((pref.clone(), index, port_index));
+            }
         }
     }
     out.allowed = out.selected_by.is_empty() || !out.allowed_by.is_empty();
@@ -129,15 +145,42 @@ fn rule_allows(
     port: u16,
     destination_ports: &[NamedPort],
 ) -> bool {
-    let peer_ok = match &rule.peers {
-        None => true,
-        Some(peers) => peers.iter().any(|p| peer_matches(cluster, policy, p, peer)),
-    };
+    let peer_ok = peers_match(cluster, policy, rule, peer);
     let port_ok = match &rule.ports {
         None => true,
         Some(ports) => ports.iter().any(|p| p.matches(proto, port, destination_ports)),
     };
     peer_ok && port_ok
+}
+
+/// The ports of `rule` with HTTP rules that match the connection (none unless its peers do).
+fn http_ports(
+    cluster: &Cluster,
+    policy: &Policy,
+    rule: &Rule,
+    peer: &Peer,
+    proto: Protocol,
+    port: u16,
+    destination_ports: &[NamedPort],
+) -> Vec<usize> {
+    let Some(ports) = &rule.ports else { return vec![] };
+    if !peers_match(cluster, policy, rule, peer) {
+        return vec![];
+    }
+    ports
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.http.is_some() && p.matches_l4(proto, port, destination_ports))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Whether the rule's peers (none: everyone) include `peer`.
+fn peers_match(cluster: &Cluster, policy: &Policy, rule: &Rule, peer: &Peer) -> bool {
+    match &rule.peers {
+        None => true,
+        Some(peers) => peers.iter().any(|p| peer_matches(cluster, policy, p, peer)),
+    }
 }
 
 fn peer_matches(cluster: &Cluster, policy: &Policy, spec: &validate::Peer, peer: &Peer) -> bool {

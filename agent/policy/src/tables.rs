@@ -55,6 +55,12 @@ fn policy_key(prefixlen: u32, d: [u8; 12]) -> PolicyKey {
     }
 }
 
+/// `key` with every data bit past the first `len` cleared and `len` as its prefix length: the
+/// entry of that length that would cover `key`.
+pub fn masked_policy_key(key: &PolicyKey, len: u32) -> PolicyKey {
+    policy_key(len, mask(policy_data(key), len))
+}
+
 /// Longest-prefix match in a map whose keys order by prefix length first: `probe(len)` builds
 /// the masked lookup key of one length, `len_of` reads a stored key's length, and
 /// `lowest(len)` is the smallest possible key of that length (the walk's bound).

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ward_common::Direction;
+use ward_common::lookup::Decision;
 
 use crate::cluster::{Cluster, PodKey};
 use crate::compile::{Compiled, compile};
@@ -78,7 +79,22 @@ pub fn addr_of(c: &Cluster, peer: &Peer) -> Option<IpAddr> {
     reference::addresses(c, peer).first().copied()
 }
 
-/// One side's datapath verdict for a local pod: `decide_new_flow` on the compiled maps.
+/// One side's datapath decision for a local pod: `decide_new_flow` on the compiled maps.
+pub fn datapath_decision(
+    compiled: &Compiled,
+    dir: Direction,
+    subject: &PodKey,
+    peer_addr: IpAddr,
+    proto: Protocol,
+    port: u16,
+) -> Decision {
+    // A node address here stands for the node itself (the lab's host peer).
+    CompiledTables(compiled)
+        .decide_for(subject, dir, peer_addr, proto, port, true)
+        .unwrap_or_else(|| panic!("{subject} is not a local pod"))
+}
+
+/// One side's datapath verdict for every request: allowed, and not only for HTTP requests.
 pub fn datapath_side(
     compiled: &Compiled,
     dir: Direction,
@@ -87,11 +103,8 @@ pub fn datapath_side(
     proto: Protocol,
     port: u16,
 ) -> bool {
-    // A node address here stands for the node itself (the lab's host peer).
-    let d = CompiledTables(compiled)
-        .decide_for(subject, dir, peer_addr, proto, port, true)
-        .unwrap_or_else(|| panic!("{subject} is not a local pod"));
-    d.reason.verdict() == ward_common::Verdict::Allow
+    let d = datapath_decision(compiled, dir, subject, peer_addr, proto, port);
+    d.reason.verdict() == ward_common::Verdict::Allow && !d.http_only()
 }
 
 /// What the datapath does with a connection: egress at the source if it is a (local) pod,

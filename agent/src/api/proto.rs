@@ -39,6 +39,12 @@ pub enum Request {
         to: String,
         protocol: String,
         port: u16,
+        /// An HTTP request to judge against the destination's HTTP rules (TCP only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        http_method: Option<String>,
+        /// Its request target, as a client would send it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        http_path: Option<String>,
     },
     /// The DNS proxy's latest flow records.
     DnsFlows,
@@ -171,6 +177,37 @@ pub struct StatusReport {
     /// The DNS proxy's counters (`None` when it does not run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<crate::dns::flow::DnsStatus>,
+    /// HTTP requests (and dropped packets of HTTP-policed connections) per reason.
+    #[serde(default)]
+    pub http_counters: BTreeMap<String, u64>,
+    /// The newest HTTP decisions, oldest first.
+    #[serde(default)]
+    pub http_recent: Vec<HttpDecision>,
+    /// HTTP rules that do not act as written (moot under an L4 allow, or too many).
+    #[serde(default)]
+    pub http_warnings: Vec<String>,
+}
+
+/// The flow record of one HTTP decision (`l7.http`), as `ward status` shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HttpDecision {
+    pub from: String,
+    pub to: String,
+    pub method: String,
+    /// The path as the client wrote it, without the query.
+    pub path: String,
+    /// The path as normalised, the form rules are compared with.
+    pub normalized: String,
+    /// `allowed` or `denied`.
+    pub verdict: String,
+    /// `http_allowed`, `http_no_rule`, `http_refused`, ...
+    pub reason: String,
+    /// For a refused request, why (`encoded_slash_or_backslash`, `content_length_and_chunked`, ...).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// The rule that allowed it: `namespace/policy ingress rule N port P http[H]`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rule: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -54,6 +54,12 @@ enum PolicyCmd {
         protocol: String,
         #[arg(long)]
         port: u16,
+        /// Judge this HTTP request method against the destination's HTTP rules (with --http-path).
+        #[arg(long, requires = "http_path")]
+        http_method: Option<String>,
+        /// The request target of that request, as a client sends it (query and encoding included).
+        #[arg(long, requires = "http_method")]
+        http_path: Option<String>,
     },
 }
 
@@ -62,8 +68,15 @@ fn main() -> ExitCode {
     let req = match &args.cmd {
         Cmd::Status { .. } => Request::Status,
         Cmd::Endpoints { .. } => Request::Endpoints,
-        Cmd::Policy { cmd: PolicyCmd::Explain { from, to, protocol, port } } => {
-            Request::Explain { from: from.clone(), to: to.clone(), protocol: protocol.clone(), port: *port }
+        Cmd::Policy { cmd: PolicyCmd::Explain { from, to, protocol, port, http_method, http_path } } => {
+            Request::Explain {
+                from: from.clone(),
+                to: to.clone(),
+                protocol: protocol.clone(),
+                port: *port,
+                http_method: http_method.clone(),
+                http_path: http_path.clone(),
+            }
         }
     };
     let resp = match client::call(&args.socket, &req, Duration::from_secs(10)) {

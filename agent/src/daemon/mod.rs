@@ -5,6 +5,7 @@
 //! `reconcile`, which plans the desired map contents (`crate::plan`) and applies the
 //! difference to the kernel.
 
+mod http;
 mod plugin;
 pub mod reconcile;
 pub mod registry;
@@ -12,7 +13,7 @@ pub mod state;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -175,6 +176,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
                 }
             }
             _ = gc.tick() => {
+                agent.dp.http.drain_events();
                 agent.gc();
                 // A pass that could not write everything (a full map, say) left fewer allows
                 // in force; try again until it can.
@@ -229,23 +231,42 @@ fn enable_forwarding() {
     }
 }
 
+/// Starts the DNS proxy over the maps pinned in `pins`; a failure is reported, not fatal
+/// (DNS of the pods behind the proxy then fails closed).
+async fn start_dns(cfg: &Config, pins: &Path) -> (Option<crate::dns::DnsHandle>, Option<String>) {
+    match crate::dns::start(cfg.dns.clone(), pins, &cfg.state_dir, &cfg.node_name).await {
+        Ok(h) => (Some(h), None),
+        Err(e) => {
+            tracing::error!(error = %e, "the DNS proxy did not start; DNS of pods behind it fails closed");
+            (None, Some(e.to_string()))
+        }
+    }
+}
+
 impl Agent {
     async fn start(cfg: Config, events: mpsc::Sender<Event>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+        // The proxy serves from its persisted view at once, before the datastore is read. On
+        // a restart this layout's maps are pinned already, so it starts even before the
+        // programs load (seconds under the verifier): DNS queries queued in the keeper's
+        // sockets wait only for the agent's process start, well within a resolver's retries.
+        let pins = crate::datapath::pin_dir(&cfg.bpffs, &cfg.node_name);
+        let mut dns_started = None;
+        if cfg.dns.port != 0 && pins.join(ward_common::fqdn::MAP_FQDN).exists() {
+            dns_started = Some(start_dns(&cfg, &pins).await);
+        }
         let mut dp = Datapath::open(&cfg.bpffs, &cfg.node_name)?;
         dp.maps.set_event_flags(cfg.flow_events.flags())?;
         dp.maps.set_ct_quota(cfg.ct_quota)?;
-        // The proxy serves from its persisted view at once, before the datastore is read.
         let (dns, dns_error) = if cfg.dns.port == 0 {
             (None, Some("disabled (--dns-proxy-port 0)".to_owned()))
         } else {
-            match crate::dns::start(cfg.dns.clone(), dp.pin_dir(), &cfg.state_dir, &cfg.node_name).await {
-                Ok(h) => (Some(h), None),
-                Err(e) => {
-                    tracing::error!(error = %e, "the DNS proxy did not start; DNS of pods behind it fails closed");
-                    (None, Some(e.to_string()))
-                }
+            // An early start that failed (a pin missing, say) is tried again over the maps
+            // just opened.
+            match dns_started {
+                Some(started @ (Some(_), _)) => started,
+                _ => start_dns(&cfg, dp.pin_dir()).await,
             }
         };
         // Adopt what the kernel holds: the diff against it is what a restart changes.
@@ -337,9 +358,14 @@ impl Agent {
             Request::Deregister { container_id, ifname } => self.deregister(&container_id, &ifname),
             Request::Readiness => Response::Readiness(self.readiness()),
             Request::Gc { network, valid } => self.collect(&network, &valid),
-            Request::Status => Response::Status(Box::new(self.status())),
+            Request::Status => {
+                self.dp.http.drain_events();
+                Response::Status(Box::new(self.status()))
+            }
             Request::Endpoints => Response::Endpoints { endpoints: self.endpoints() },
-            Request::Explain { from, to, protocol, port } => self.explain(&from, &to, &protocol, port),
+            Request::Explain { from, to, protocol, port, http_method, http_path } => {
+                self.explain(&from, &to, &protocol, port, http_method.as_deref().zip(http_path.as_deref()))
+            }
             Request::Datastore => Response::Datastore { snapshot: Box::new(self.store.snapshot().clone()) },
             Request::DnsFlows => {
                 Response::DnsFlows { flows: self.dns.as_ref().map(|d| d.shared.flows.recent()).unwrap_or_default() }
@@ -499,7 +525,7 @@ impl Agent {
         if let Err(why) = self.store.synced() {
             datastore_health.not_synced = Some(why);
         }
-        StatusReport {
+        let mut report = StatusReport {
             node: self.cfg.node_name.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             datastore: self.cfg.datastore.describe(),
@@ -525,7 +551,12 @@ impl Agent {
             reason_counters,
             rule_counters,
             dns: self.dns_status(),
-        }
+            ..StatusReport::default()
+        };
+        report.map_entries.insert(ward_common::http::conn::MAP_HTTP_CONN.to_owned(), self.dp.http.connections());
+        report.map_entries.insert(ward_common::http::conn::MAP_HTTP_SETS.to_owned(), self.dp.http.loaded().len());
+        self.http_status(&mut report);
+        report
     }
 
     fn dns_status(&self) -> Option<crate::dns::flow::DnsStatus> {

@@ -107,6 +107,10 @@ pub fn adopt_numbers(
             }
         }
         used.rules.insert(v.rule_id);
+        // An HTTP entry names its rule set: that number keeps its meaning too.
+        if let Some(set) = ward_common::http::rules::policy_http_set(v.flags) {
+            used.http_sets.insert(set);
+        }
     }
     used.labels.retain(|id| is_label(*id));
     used.cidrs.retain(|id| is_cidr_identity(*id));
@@ -151,7 +155,9 @@ impl Agent {
             &mut self.ids,
             &self.mirror,
         );
-        let applied = match self.dp.maps.apply(&mut self.mirror, &plan.delta) {
+        // HTTP rule sets go in before the policy entries that name them, and out after.
+        let sets = self.dp.http.upsert_sets(&plan.compiled.http_sets);
+        let applied = match self.dp.maps.apply(&mut self.mirror, &plan.delta).and_then(|s| sets.map(|_| s)) {
             Ok(stats) => {
                 self.last_error = None;
                 if stats.upserts + stats.deletes > 0 {
@@ -170,6 +176,9 @@ impl Agent {
                 false
             }
         };
+        if applied {
+            self.dp.http.delete_sets(&plan.compiled.http_sets);
+        }
         // Only after a successful apply does no map refer to numbers this compile no longer uses.
         settle_identities(&mut self.ids, &plan.compiled, applied, &self.cfg.state_dir, &mut self.ids_saved);
         self.publish_dns_view(&plan.compiled);
@@ -190,7 +199,14 @@ impl Agent {
         }
     }
 
-    pub(super) fn explain(&self, from: &str, to: &str, protocol: &str, port: u16) -> Response {
+    pub(super) fn explain(
+        &self,
+        from: &str,
+        to: &str,
+        protocol: &str,
+        port: u16,
+        http: Option<(&str, &str)>,
+    ) -> Response {
         let (cluster, Some(compiled)) = (&self.cluster, &self.compiled) else {
             return Response::Error { message: "nothing compiled yet".into() };
         };
@@ -214,7 +230,14 @@ impl Agent {
             (Ok(f), Ok(t)) => (f, t),
             (Err(e), _) | (_, Err(e)) => return Response::Error { message: e },
         };
-        let ex = ward_policy::explain::explain(cluster, compiled, from, to, proto, port);
+        let ex = match proto {
+            // TCP: what HTTP rules at the destination say too (with the request, if given).
+            Protocol::Tcp => ward_policy::explain::explain_request(cluster, compiled, from, to, port, http),
+            _ if http.is_some() => {
+                return Response::Error { message: "http: an HTTP request needs protocol TCP".into() };
+            }
+            _ => ward_policy::explain::explain(cluster, compiled, from, to, proto, port),
+        };
         Response::Explanation { allowed: ex.allowed(), text: ex.to_string() }
     }
 }

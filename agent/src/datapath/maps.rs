@@ -131,7 +131,7 @@ pub struct SweepStats {
     pub expired: usize,
 }
 
-fn take<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, DatapathError>
+pub(super) fn take<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, DatapathError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
@@ -139,7 +139,7 @@ where
     T::try_from(raw).map_err(|source| DatapathError::Map { map, source: Box::new(source) })
 }
 
-fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+pub(super) fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
     move |source| DatapathError::Map { map, source: Box::new(source) }
 }
 

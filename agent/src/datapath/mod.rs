@@ -5,6 +5,7 @@
 //! a restarted agent adopts them (maps by name, links by atomically replacing their program).
 
 mod attach;
+mod http;
 mod maps;
 mod migrate;
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use aya::{Ebpf, EbpfLoader};
 
+pub use http::HttpMaps;
 pub use maps::{Maps, MirrorContents, MirrorDelta, SweepStats};
 
 /// The programs' clock (`bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC_COARSE), for comparing with
@@ -58,6 +60,7 @@ pub enum DatapathError {
 pub struct Datapath {
     ebpf: Ebpf,
     pub maps: Maps,
+    pub http: HttpMaps,
     pin_dir: PathBuf,
     /// A node found under an older layout, carried over at load, finished by
     /// [`finish_migration`](Self::finish_migration).
@@ -94,7 +97,8 @@ impl Datapath {
         let mut maps = Maps::take(&mut ebpf)?;
         maps.check_layout(&pin_dir)?;
         let migration = migrate::from_older(bpffs, node, &pin_dir, &mut maps)?;
-        Ok(Datapath { ebpf, maps, pin_dir, migration })
+        let http = HttpMaps::take(&mut ebpf)?;
+        Ok(Datapath { ebpf, maps, http, pin_dir, migration })
     }
 
     /// Once the maps hold the compiled state and the endpoints are attached: every link still

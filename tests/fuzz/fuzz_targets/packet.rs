@@ -141,6 +141,21 @@ fn may_pass(dir: Direction, node_sent: bool, frame: &[u8]) -> bool {
     if ethertype == 0x0806 {
         return arp_ok(dir, &frame[14..]);
     }
+    // The node's own traffic, whatever else the packet holds (the node is trusted): sent by
+    // its stack into the pod, or the pod's packets to the node (replies of such flows).
+    let raw_addr = |off: usize, len: usize| frame.get(off..off + len);
+    let (raw_src, raw_dst) = match ethertype {
+        0x0800 => (raw_addr(26, 4).map(|a| a.to_vec()), raw_addr(30, 4).map(|a| a.to_vec())),
+        0x86dd => (raw_addr(22, 16).map(|a| a.to_vec()), raw_addr(38, 16).map(|a| a.to_vec())),
+        _ => (None, None),
+    };
+    let is_node = |a: &Option<Vec<u8>>| {
+        a.as_deref().is_some_and(|a| a == NODE.octets().as_slice() || a == NODE6.octets().as_slice())
+    };
+    if (dir == Direction::Ingress && node_sent && is_node(&raw_src)) || (dir == Direction::Egress && is_node(&raw_dst))
+    {
+        return true;
+    }
     let Ok(p) = SlicedPacket::from_ethernet(frame) else { return false };
     let Some(net) = &p.net else { return false };
     let (src, dst, hop, proto, fragmented, later_fragment) = match net {
@@ -167,10 +182,10 @@ fn may_pass(dir: Direction, node_sent: bool, frame: &[u8]) -> bool {
         return true;
     }
     // The remote end of the packet, and whether the pod is the right end of it: leaving the
-    // pod, its source must be the pod's; entering it, the decision is by source alone (a
-    // packet on the pod's link for another address is the pod's to ignore).
+    // pod, its source must be the pod's; entering it, its destination (only the node's own
+    // stack, let through above, may reach the pod at other addresses).
     let (remote, pod_end) = match dir {
-        Direction::Ingress => (src, true),
+        Direction::Ingress => (src, dst == pod),
         Direction::Egress => (dst, src == pod),
     };
     // The node's own traffic (and the pod's answers to it): anything.
@@ -231,20 +246,31 @@ fn error_ok(dir: Direction, _src: IpAddr, dst: IpAddr, ty: u8, errors: &[u8], qu
     } else {
         (IpAddr::V4(POD), IpAddr::V4(PEER), IpAddr::V4(NODE))
     };
-    // The node's flows relate whatever their ports.
-    if (isrc == pod && idst == node) || (isrc == node && idst == pod) {
+    // The node's flows relate whatever their ports (and, the node being trusted, whatever
+    // address its stack sent them to on the pod's link).
+    if isrc == node || idst == node {
         return true;
     }
+    // The quoted packet ran between the pod's own address and the peer (both directions are
+    // checked against the pod's address: the source check out, NotForPod in).
     let ends_ok = match quoted_dir {
         Direction::Egress => isrc == pod && idst == peer,
         Direction::Ingress => isrc == peer && idst == pod,
     };
+    // Quoted packets are cut short (8 bytes of L4 are all a stack must quote): the ports are
+    // read from the payload's first four bytes, whatever else etherparse could decode.
+    // Only a first fragment (or a whole packet) carries ports.
+    let payload = match net {
+        etherparse::LaxNetSlice::Ipv4(ip) if ip.header().fragments_offset().value() == 0 => ip.payload(),
+        etherparse::LaxNetSlice::Ipv6(ip) => ip.payload(),
+        _ => return false,
+    };
+    let p = payload.payload;
+    let proto = payload.ip_number.0;
     ends_ok
-        && match &inner.transport {
-            Some(TransportSlice::Tcp(t)) => flow_ok(quoted_dir, TCP, t.source_port(), t.destination_port()),
-            Some(TransportSlice::Udp(u)) => flow_ok(quoted_dir, UDP, u.source_port(), u.destination_port()),
-            _ => false,
-        }
+        && matches!(proto, TCP | UDP)
+        && p.len() >= 4
+        && flow_ok(quoted_dir, proto, u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]))
 }
 
 /// ARP: anything inbound; outbound only for the pod's own IPv4 address (or 0.0.0.0).

@@ -8,6 +8,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use crate::http::HttpRequest;
 use crate::spec::{Family, Labels, NamespaceSpec, PodRef, PodSpec, Protocol};
 
 use super::dns::{DnsRecordSpec, ExternalSpec, Target};
@@ -132,6 +133,7 @@ impl ProbeSet {
                                 family: *family,
                                 allow: matrix.allowed(i, j),
                                 notation: Notation::Matrix,
+                                http: None,
                             });
                         }
                     }
@@ -161,6 +163,8 @@ pub struct Check {
     pub family: Family,
     pub allow: bool,
     pub notation: Notation,
+    /// The HTTP extension: the request the probe sends (`allow` = its `200` arrives).
+    pub http: Option<HttpRequest>,
 }
 
 impl Check {
@@ -179,6 +183,9 @@ impl fmt::Display for Check {
         write!(f, "from {} to {} {}/{}", self.from, self.to, self.protocol, self.port)?;
         if self.family != Family::IPv4 {
             write!(f, " ({})", self.family)?;
+        }
+        if let Some(h) = &self.http {
+            write!(f, " {} {}", h.method, h.path)?;
         }
         Ok(())
     }
@@ -256,6 +263,8 @@ struct RawSingleProbe {
     #[serde(default)]
     family: Family,
     expect: Expect,
+    #[serde(default)]
+    http: Option<HttpRequest>,
 }
 
 #[derive(Deserialize)]
@@ -333,6 +342,9 @@ fn parse_step(i: usize, s: RawStep, model: bool, cluster: Option<&ClusterSpec>) 
             ProbeSet::Matrix { protocol: p.protocol, port: p.port, family: p.family, matrix }
         } else {
             let p: RawSingleProbe = serde_yaml::from_value(v).map_err(err)?;
+            if p.http.is_some() && p.protocol != Protocol::Tcp {
+                return Err(invalid(format!("{ppath}.http"), "an HTTP probe needs protocol TCP"));
+            }
             // `ns/pod`, `external/<host>` (a `cluster.external` host) or `dns:<name>`.
             let to = Target::parse(&p.to).ok_or_else(|| {
                 invalid(
@@ -356,6 +368,7 @@ fn parse_step(i: usize, s: RawStep, model: bool, cluster: Option<&ClusterSpec>) 
                 family: p.family,
                 allow: matches!(p.expect, Expect::Allow),
                 notation: Notation::Words,
+                http: p.http,
             })
         };
         probes.push(set);
@@ -497,9 +510,12 @@ steps:
 
     #[test]
     fn unknown_probe_keys_and_targets_fail_naming_them() {
-        let text = SCENARIO.replace("expect: allow}", "expect: allow, http: {method: GET, path: /}}");
+        let text = SCENARIO.replace("expect: allow}", "expect: allow, grpc: {method: Get}}");
         let e = err(&text);
-        assert!(e.contains("steps[0].probes[0]") && e.contains("http"), "{e}");
+        assert!(e.contains("steps[0].probes[0]") && e.contains("grpc"), "{e}");
+        let text = SCENARIO.replace("expect: allow}", "expect: allow, http: {method: GET, path: /, body: x}}");
+        let e = err(&text);
+        assert!(e.contains("steps[0].probes[0]") && e.contains("body"), "{e}");
         let text = SCENARIO.replace(
             "to: shop/db, port: 5432, protocol: TCP, expect: allow",
             "to: ftp:api.bank.example, port: 443, protocol: TCP, expect: allow",
@@ -525,9 +541,34 @@ steps:
     }
 
     #[test]
-    fn serve_http_fails_naming_the_key() {
-        let e = err(&SCENARIO.replace("name: pg}", "name: pg, http: true}"));
-        assert!(e.contains("http"), "{e}");
+    fn the_http_extension_parses_servers_and_requests_byte_for_byte() {
+        let text = SCENARIO
+            .replace("name: pg}", "name: pg, http: true}")
+            .replace("expect: allow}", "expect: allow, http: {method: GET, path: \"/v1/items/../admin?x=%2e\"}}");
+        let c = parse(&text).unwrap();
+        assert!(c.initial_cluster().pods[0].serves[0].http);
+        let ProbeSet::Single(check) = &c.steps[0].probes[0] else { panic!("single probe expected") };
+        assert_eq!(check.http, Some(HttpRequest::new("GET", "/v1/items/../admin?x=%2e")));
+        assert_eq!(check.to_string(), "from shop/db to shop/db TCP/5432 GET /v1/items/../admin?x=%2e");
+        let udp = text.replace("port: 5432, protocol: TCP, expect: allow", "port: 53, protocol: UDP, expect: allow");
+        assert!(err(&udp).contains("steps[0].probes[0].http"), "{}", err(&udp));
+    }
+
+    #[test]
+    fn the_shared_http_scenario_parses() {
+        let path = crate::bins::workspace_root().join("../shared/conformance/scenarios/003-http-method-and-path.yaml");
+        let Ok(text) = std::fs::read_to_string(&path) else { return };
+        let c = parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let http: Vec<&Check> = c
+            .steps
+            .iter()
+            .flat_map(|s| &s.probes)
+            .filter_map(|p| match p {
+                ProbeSet::Single(c) if c.http.is_some() => Some(c),
+                _ => None,
+            })
+            .collect();
+        assert!(http.len() >= 8);
     }
 
     #[test]

@@ -171,7 +171,7 @@ impl Extension {
         match &check.to {
             Target::Pod(to) => node
                 .probe_spec(&check.from, to, check.port, check.protocol, check.family)
-                .map(Planned::Direct)
+                .map(|p| Planned::Direct(Probe { http: check.http.clone(), ..p }))
                 .map_err(|e| e.to_string()),
             Target::External(name) => {
                 let host = self.outside.hosts.get(name).ok_or(format!("no external host {name}"))?;
@@ -182,6 +182,7 @@ impl Extension {
                     to: SocketAddr::new(host.ip(v6), check.port),
                     protocol: check.protocol,
                     timeout,
+                    http: check.http.clone(),
                 }))
             }
             Target::Dns(name) => {
@@ -195,6 +196,7 @@ impl Extension {
                         to: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), check.port),
                         protocol: check.protocol,
                         timeout,
+                        http: check.http.clone(),
                     },
                     name: name.clone(),
                     v6,
@@ -216,6 +218,7 @@ impl Extension {
                     family: Family::IPv4,
                     allow: true,
                     notation: super::case::Notation::Words,
+                    http: s.http.then(|| crate::http::HttpRequest::new("GET", "/")),
                 });
             }
         }

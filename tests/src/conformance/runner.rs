@@ -307,6 +307,8 @@ fn scenario_readiness(cluster: &ClusterSpec) -> Vec<Check> {
                 family: Family::IPv4,
                 allow: true,
                 notation: Notation::Words,
+                // An HTTP server must answer a request, not just accept the connection.
+                http: s.http.then(|| crate::http::HttpRequest::new("GET", "/")),
             });
         }
     }
