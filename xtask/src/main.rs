@@ -2,7 +2,6 @@
 //! testing, fuzzing, the conformance suite and the demo (alias in .cargo/config.toml).
 
 mod demo;
-mod demo_cluster;
 mod e2e;
 mod fuzz;
 mod kubernetes;
@@ -66,10 +65,6 @@ enum Cmd {
         /// Leave the lab running and print how to inspect and remove it.
         #[arg(long)]
         keep: bool,
-        /// The lab's real Kubernetes cluster with Ward as its CNI, the app applied with
-        /// kubectl, a matrix through pod addresses and Services.
-        #[arg(long)]
-        cluster: bool,
         /// Use the binaries already built.
         #[arg(long)]
         no_build: bool,
@@ -141,12 +136,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let summary = run_conformance(cases, filter)?;
             return Ok(if summary.failed() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        Cmd::Demo { keep, cluster, no_build } => {
+        Cmd::Demo { keep, no_build } => {
             if !no_build {
                 build()?;
-            }
-            if cluster {
-                return demo_cluster::demo(keep);
             }
             return demo::demo(keep);
         }

@@ -1,5 +1,5 @@
 //! The agent's per-change pass, run through the agent's own code
-//! (`ward_agent::daemon::reconcile`: [`plan`] then [`settle_identities`]) with the kernel
+//! (`ward_agent::plan::plan` then `ward_agent::daemon::state::settle_identities`) with the kernel
 //! writes replaced by [`MirrorDelta::apply_to`](ward_agent::datapath::MirrorDelta::apply_to).
 //! The map writes counted are the ones the kernel would receive.
 
@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ward_agent::api::proto::EndpointRegistration;
-use ward_agent::daemon::reconcile::{Compiled, Source, plan, settle_identities};
+use ward_agent::daemon::state::settle_identities;
 use ward_agent::daemon::registry::Registry;
 use ward_agent::datapath::MirrorContents;
+use ward_agent::plan::{Compiled, Source, plan};
 use ward_policy::cluster::{Cluster, PodKey};
 use ward_policy::identity::Identities;
 
@@ -86,10 +87,11 @@ impl Reconciler {
     pub fn pass(&mut self, snapshot: &Cluster, local: &BTreeSet<PodKey>) -> anyhow::Result<Pass> {
         self.register(snapshot, local)?;
         let t0 = Instant::now();
+        let local = self.registry.to_vec();
         let p = plan(
             &mut self.view,
             Source::from(snapshot),
-            &self.registry,
+            &local,
             &snapshot.host_addrs,
             &mut self.ids,
             &self.mirror,
