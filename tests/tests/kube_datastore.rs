@@ -343,13 +343,11 @@ fn the_api_datastore_follows_the_real_server_through_restarts_compaction_outages
         &["get", "secrets", "-A"],
         &["create", "-n", "default", "-f", "-"],
     ] {
-        let (code, out) = if write[0] == "create" && write.len() == 5 {
-            let cmd = sa.command(write).expect("kubectl");
-            let o = ward_lab::cmd::run(cmd, Some(b"{\"apiVersion\":\"networking.k8s.io/v1\",\"kind\":\"NetworkPolicy\",\"metadata\":{\"name\":\"x\"},\"spec\":{\"podSelector\":{}}}"), Duration::from_secs(30)).expect("kubectl");
-            (o.status.code().unwrap_or(-1), format!("{}{}", o.stdout, o.stderr))
-        } else {
-            sa.run_status(write).expect("kubectl")
-        };
+        // `create -f -` is fed a NetworkPolicy: the agent reads policies, never writes them.
+        let stdin = (write[0] == "create" && write.len() == 5).then_some(
+            &br#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"x"},"spec":{"podSelector":{}}}"#[..],
+        );
+        let (code, out) = sa.run_status_with(write, stdin).expect("kubectl");
         assert!(code != 0 && out.contains("orbidden"), "the agent must not {write:?}: exit {code}: {out}");
     }
 
@@ -369,11 +367,9 @@ fn the_api_datastore_follows_the_real_server_through_restarts_compaction_outages
         ("{podSelector: {}, policyTypes: [Sideways]}", "spec.policyTypes[0]"),
         ("{podSelector: {}, ingress: [{ports: [{port: 80, endPort: 70000}]}]}", "spec.ingress[0].ports[0].endPort"),
     ] {
-        let cmd = k.command(&["apply", "-f", "-"]).expect("kubectl");
-        let out = ward_lab::cmd::run(cmd, Some(wnp(spec).as_bytes()), Duration::from_secs(30)).expect("kubectl");
-        let text = format!("{}{}", out.stdout, out.stderr);
+        let (code, text) = k.run_status_with(&["apply", "-f", "-"], Some(wnp(spec).as_bytes())).expect("kubectl");
         assert!(
-            !out.status.success() && text.contains(field),
+            code != 0 && text.contains(field),
             "the API server must reject {spec} naming {field}: {text}"
         );
     }

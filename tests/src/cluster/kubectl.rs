@@ -88,7 +88,12 @@ impl Kubectl {
     /// Runs kubectl and returns its exit code and combined output, failing only when it could
     /// not run (for probes, where a non-zero exit is the answer).
     pub fn run_status(&self, args: &[&str]) -> Result<(i32, String), KubectlError> {
-        let out = cmd::run(self.command(args)?, None, CALL_TIMEOUT)?;
+        self.run_status_with(args, None)
+    }
+
+    /// [`Kubectl::run_status`] with `stdin` fed to kubectl (`-f -`).
+    pub fn run_status_with(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<(i32, String), KubectlError> {
+        let out = cmd::run(self.command(args)?, stdin, CALL_TIMEOUT)?;
         Ok((out.status.code().unwrap_or(-1), format!("{}{}", out.stdout, out.stderr)))
     }
 
