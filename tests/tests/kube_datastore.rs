@@ -339,7 +339,7 @@ fn the_api_datastore_follows_the_real_server_through_restarts_compaction_outages
     for write in [
         &["create", "configmap", "x", "-n", "default"][..],
         &["delete", "namespace", "default", "--wait=false"],
-        &["label", "node", "--all", "x=y"],
+        &["label", "namespace", "default", "x=y"],
         &["get", "secrets", "-A"],
         &["create", "-n", "default", "-f", "-"],
     ] {

@@ -26,8 +26,10 @@ const RUNTIME_PACKAGES: [(&str, Option<&str>); 4] = [
 ];
 
 /// The source package's Build-Depends that matter here, and what the images need.
-const BUILD_PACKAGES: [(&str, Option<&str>); 6] = [
+const BUILD_PACKAGES: [(&str, Option<&str>); 7] = [
     ("golang-go", Some("go")),
+    // Replaces the source's vendored reflect2 1.0.1 (see `cache::PROGRAM_RECIPE`).
+    ("golang-github-modern-go-reflect2-dev", None),
     ("rsync", Some("rsync")),
     ("jq", Some("jq")),
     ("dpkg-dev", Some("dpkg-source")),
@@ -40,6 +42,8 @@ const SOURCE_STAMP: &str = "source";
 /// Written by setup; a machine whose sources already have deb-src entries gets none.
 const DEB_SRC_FILE: &str = "/etc/apt/sources.list.d/ward-deb-src.sources";
 const APT_SOURCES: [&str; 2] = ["/etc/apt/sources.list", "/etc/apt/sources.list.d"];
+/// Where golang-github-modern-go-reflect2-dev puts its source.
+const REFLECT2_SOURCE: &str = "/usr/share/gocode/src/github.com/modern-go/reflect2";
 const BUSYBOX: &str = "/usr/bin/busybox";
 /// The images' PATH (busybox applets are in /bin).
 const PATH_ENV_CHANGE: &str = "ENV=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -79,6 +83,7 @@ pub fn ensure() -> anyhow::Result<bool> {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let tree = source_tree(&cache)?;
+    vendor_reflect2(&tree)?;
     for program in cache::PROGRAMS {
         if !cache.program_done(program) {
             build_program(&cache, &tree, program)?;
@@ -116,6 +121,26 @@ fn source_tree(cache: &KubeCache) -> anyhow::Result<PathBuf> {
         symlink("../../..", &link).with_context(|| format!("linking {}", link.display()))?;
     }
     Ok(tree)
+}
+
+/// Debian's reflect2 source (1.0.2, which knows Go 1.18's map iterator) in place of the
+/// tree's vendored 1.0.1, whose map iteration faults under the Go 1.19 here
+/// (`cache::PROGRAM_RECIPE`). The build is in GOPATH mode, so `vendor/` is read as it is and
+/// `vendor/modules.txt` is not consulted.
+fn vendor_reflect2(tree: &Path) -> anyhow::Result<()> {
+    let vendored = tree.join("vendor/github.com/modern-go/reflect2");
+    remove(&vendored)?;
+    fs::create_dir_all(&vendored).with_context(|| format!("creating {}", vendored.display()))?;
+    for (name, path) in entries(Path::new(REFLECT2_SOURCE)) {
+        if name.ends_with(".go") || name.ends_with(".s") {
+            fs::copy(&path, vendored.join(&name))
+                .with_context(|| format!("copying {} into {}", path.display(), vendored.display()))?;
+        }
+    }
+    if !vendored.join("go_above_118.go").is_file() {
+        bail!("{REFLECT2_SOURCE} is not reflect2 1.0.2 or later (no go_above_118.go)");
+    }
+    Ok(())
 }
 
 /// Once every artefact is in the cache, the source tree and its Go build cache (about 3.5 GB)

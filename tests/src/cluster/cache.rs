@@ -38,6 +38,13 @@ pub const E2E_TEST: Program = Program { name: "e2e.test", make_target: "test/e2e
 pub const PROGRAMS: [Program; 8] =
     [KUBE_APISERVER, KUBE_CONTROLLER_MANAGER, KUBE_SCHEDULER, KUBELET, KUBE_PROXY, KUBECTL, AGNHOST, E2E_TEST];
 
+/// The revision of how the programs are built, part of their stamps. `reflect2-1.0.2`: the
+/// source's vendored `github.com/modern-go/reflect2` 1.0.1 predates Go 1.18's map iterator,
+/// and under the Go 1.19 here its map iteration faults (kube-apiserver died with SIGSEGV in
+/// `reflect2.UnsafeMapType.UnsafeIterate`, from json-iterator, on the first custom resource
+/// it decoded); setup builds with Debian's reflect2 1.0.2 in its place.
+pub const PROGRAM_RECIPE: &str = "reflect2-1.0.2";
+
 /// An image built from local files: its archive name in `images/` and the reference kubelet
 /// and e2e.test ask for (test/utils/image/manifest.go, kubelet's default pause image).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,13 +126,14 @@ impl KubeCache {
         self.images_dir().join(format!("{}.tar", image.name))
     }
 
-    /// The stamp of an artefact (`program-kubelet`, `image-pause`, `source`).
+    /// The stamp of an artefact (`program-kubelet-reflect2-1.0.2`, `image-pause`, `source`).
     pub fn stamp(&self, artefact: &str) -> PathBuf {
         self.stamps_dir().join(artefact)
     }
 
+    /// Named with [`PROGRAM_RECIPE`], so a program built by an older recipe counts as missing.
     pub fn program_stamp(program: Program) -> String {
-        format!("program-{}", program.name)
+        format!("program-{}-{PROGRAM_RECIPE}", program.name)
     }
 
     pub fn image_stamp(image: Image) -> String {
