@@ -368,10 +368,7 @@ fn the_api_datastore_follows_the_real_server_through_restarts_compaction_outages
         ("{podSelector: {}, ingress: [{ports: [{port: 80, endPort: 70000}]}]}", "spec.ingress[0].ports[0].endPort"),
     ] {
         let (code, text) = k.run_status_with(&["apply", "-f", "-"], Some(wnp(spec).as_bytes())).expect("kubectl");
-        assert!(
-            code != 0 && text.contains(field),
-            "the API server must reject {spec} naming {field}: {text}"
-        );
+        assert!(code != 0 && text.contains(field), "the API server must reject {spec} naming {field}: {text}");
     }
 
     // Objects first, then the agent: the initial list.

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ward_agent::api::proto::EndpointRegistration;
-use ward_agent::daemon::state::settle_identities;
 use ward_agent::daemon::registry::Registry;
+use ward_agent::daemon::state::settle_identities;
 use ward_agent::datapath::MirrorContents;
 use ward_agent::plan::{Compiled, Source, plan};
 use ward_policy::cluster::{Cluster, PodKey};
@@ -88,14 +88,7 @@ impl Reconciler {
         self.register(snapshot, local)?;
         let t0 = Instant::now();
         let local = self.registry.to_vec();
-        let p = plan(
-            &mut self.view,
-            Source::from(snapshot),
-            &local,
-            &snapshot.host_addrs,
-            &mut self.ids,
-            &self.mirror,
-        );
+        let p = plan(&mut self.view, Source::from(snapshot), &local, &snapshot.host_addrs, &mut self.ids, &self.mirror);
         p.delta.apply_to(&mut self.mirror);
         let t1 = Instant::now();
         settle_identities(&mut self.ids, &p.compiled, true, &self.state_dir, &mut self.ids_saved);
