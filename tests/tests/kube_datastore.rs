@@ -323,6 +323,23 @@ fn the_api_datastore_follows_the_real_server_through_restarts_compaction_outages
     }
     k.run(&["wait", "--for=condition=established", "--timeout=60s", "crd/wardnetworkpolicies.policy.ward.dev"])
         .unwrap_or_else(|e| panic!("{e}"));
+    // The whole install set renders with kustomize and the real API server accepts every
+    // object of it (server-side dry run: the DaemonSet, ConfigMap, RBAC and CRD as they would
+    // be created). 1.20's kubectl does not know the DaemonSet's `maxSurge` (a 1.21 field),
+    // hence --validate=false, as the README says.
+    let rendered = k.run(&["kustomize", &manifests.display().to_string()]).unwrap_or_else(|e| panic!("{e}"));
+    for kind in
+        ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"]
+    {
+        assert!(
+            rendered.contains(&format!("kind: {kind}\n")),
+            "kubectl kustomize manifests/ renders a {kind}: {rendered}"
+        );
+    }
+    let (code, out) = k
+        .run_status_with(&["apply", "--dry-run=server", "--validate=false", "-f", "-"], Some(rendered.as_bytes()))
+        .expect("kubectl");
+    assert!(code == 0 && out.contains("daemonset.apps/ward-agent"), "the API server accepts manifests/: {out}");
     let sa_kc = cluster.service_account_kubeconfig("kube-system", "ward-agent").unwrap_or_else(|e| panic!("{e}"));
 
     // The agent's RBAC reads what it watches and nothing else, and writes nothing.
