@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::Cni;
-use super::cni::{CniConfig, CniSetupError, NodeCompanion, NodeContext};
+use super::cni::{CniConfig, CniSetupError, DEBIAN_CNI_BIN_DIR, NodeCompanion, NodeContext};
 use super::network::SERVICE_CIDR;
 use super::process::{self, Component};
 use crate::bins::{self, Binaries};
@@ -110,6 +110,16 @@ impl Cni for WardCni {
         let out = Command::new(&self.bins.agent).arg("install-cni").arg("--bin-dir").arg(&bin_dir).output()?;
         if !out.status.success() {
             return Err(format!("ward-agent install-cni: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        // containerd's CRI brings up every sandbox's `lo` with the reference `loopback`
+        // plugin from the same directory; a node has it from its distribution.
+        let loopback = Path::new(DEBIAN_CNI_BIN_DIR).join("loopback");
+        if !loopback.is_file() {
+            return Err(format!("{} is missing (containernetworking-plugins)", loopback.display()).into());
+        }
+        let link = bin_dir.join("loopback");
+        if fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(&loopback, &link)?;
         }
         // The agent writes the conflist itself once ready.
         Ok(CniConfig { bin_dir, files: Vec::new() })
