@@ -26,10 +26,6 @@ pub struct Target {
     /// It needs root (e.g. BPF_PROG_TEST_RUN): under CI=true it fails without, elsewhere it
     /// is skipped with a warning.
     pub needs_root: bool,
-    /// It loads the eBPF object, so the agent is built with it (otherwise `AYA_BUILD_SKIP=1`
-    /// keeps the nightly eBPF build out of the sanitizer build). The two kinds build into
-    /// separate target directories so neither rebuilds the other.
-    pub needs_ebpf: bool,
     /// libFuzzer's `-max_len`.
     pub max_len: usize,
     /// libFuzzer's `-rss_limit_mb` (and `-malloc_limit_mb`): past it the run fails.
@@ -38,7 +34,7 @@ pub struct Target {
 
 impl Target {
     const DEFAULT: Target =
-        Target { name: "", needs_root: false, needs_ebpf: false, max_len: 4096, rss_limit_mb: 2048 };
+        Target { name: "", needs_root: false, max_len: 4096, rss_limit_mb: 2048 };
 }
 
 /// Every fuzz target.
@@ -48,7 +44,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "cni", ..Target::DEFAULT },
     Target { name: "api", max_len: 80 * 1024, ..Target::DEFAULT },
     // Frames through the loaded kernel programs: one selector byte plus a jumbo-free frame.
-    Target { name: "packet", needs_root: true, needs_ebpf: true, max_len: 1600, ..Target::DEFAULT },
+    Target { name: "packet", needs_root: true, max_len: 1600, ..Target::DEFAULT },
     // Requests past the head bound (8 KiB) must be refused, so inputs go a little beyond it.
     Target { name: "http", max_len: 10 * 1024, ..Target::DEFAULT },
     // A query or an answer: the proxy's EDNS0 buffer (4096 bytes) bounds what it reads.
@@ -120,7 +116,7 @@ fn run_target(t: &Target, seconds: u64) -> anyhow::Result<Outcome> {
     for d in [&corpus, &artifacts] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let target_dir = home.join(if t.needs_ebpf { "target-ebpf" } else { "target" });
+    let target_dir = fuzz_target_dir();
 
     // Built first on its own, so the time limit below is spent fuzzing, not compiling.
     let started = Instant::now();
@@ -173,10 +169,14 @@ fn cargo_fuzz(t: &Target, verb: &str, fuzz_dir: &Path, target_dir: &Path) -> Com
     for var in ["RUSTC", "RUSTC_WRAPPER", "RUSTUP_TOOLCHAIN", "CARGO_TARGET_DIR", "RUSTFLAGS"] {
         cmd.env_remove(var);
     }
-    if !t.needs_ebpf {
-        cmd.env("AYA_BUILD_SKIP", "1");
-    }
     cmd
+}
+
+/// One target directory for every target, all built with the agent's eBPF object (the packet
+/// target loads it): a second directory would compile every dependency twice on a fresh
+/// machine, and switching `AYA_BUILD_SKIP` within one would rebuild the agent each time.
+fn fuzz_target_dir() -> PathBuf {
+    fuzz_home().join("target")
 }
 
 /// Crash, leak, timeout and OOM inputs written since `since`.
@@ -211,7 +211,7 @@ fn print_input(t: &Target, path: &Path) {
     }
     println!(
         "replay: rustup run nightly cargo fuzz run --fuzz-dir tests/fuzz --target-dir {} {} {}",
-        fuzz_home().join(if t.needs_ebpf { "target-ebpf" } else { "target" }).display(),
+        fuzz_target_dir().display(),
         t.name,
         path.display()
     );
