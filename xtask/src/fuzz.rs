@@ -33,8 +33,7 @@ pub struct Target {
 }
 
 impl Target {
-    const DEFAULT: Target =
-        Target { name: "", needs_root: false, max_len: 4096, rss_limit_mb: 2048 };
+    const DEFAULT: Target = Target { name: "", needs_root: false, max_len: 4096, rss_limit_mb: 2048 };
 }
 
 /// Every fuzz target.

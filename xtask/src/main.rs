@@ -192,6 +192,13 @@ fn test(cases: Option<PathBuf>, fuzz_seconds: u64) -> anyhow::Result<ExitCode> {
     let fuzz_failed = fuzzed.iter().filter(|(_, o)| matches!(o, fuzz::Outcome::Failed(_))).count() as u64;
     let fuzz_passed = fuzzed.iter().filter(|(_, o)| matches!(o, fuzz::Outcome::Passed)).count() as u64;
     let ok = unit.is_ok() && conf.as_ref().is_ok_and(|s| s.failed() == 0) && fuzz_failed == 0;
+    // Repeated at the end, where a long run's log is read first.
+    for f in &counts.failures {
+        println!("xtask test: FAILED test {}:", f.name);
+        for l in &f.excerpt {
+            println!("    {l}");
+        }
+    }
     println!(
         "xtask test: {}: cargo test {} ({} passed, {} failed), {conf_line}, fuzz {fuzz_passed} passed, {fuzz_failed} failed ({fuzz_seconds} s each)",
         if ok { "PASSED" } else { "FAILED" },

@@ -29,11 +29,60 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     status(cmd)
 }
 
-/// Test counts read from cargo test's `test result:` lines.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Test counts read from cargo test's `test result:` lines, and what the failed tests
+/// printed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TestCounts {
     pub passed: u64,
     pub failed: u64,
+    /// Each failed test's name with the end of its captured output (the panic), so the
+    /// last lines of a long run say which test failed and why.
+    pub failures: Vec<Failure>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub name: String,
+    pub excerpt: Vec<String>,
+}
+
+impl TestCounts {
+    /// Reads one line of cargo test's output.
+    fn read(&mut self, line: &str, block: &mut Option<Failure>) {
+        if let Some((p, f)) = parse_test_result(line) {
+            self.passed += p;
+            self.failed += f;
+        }
+        // libtest prints a failed test's captured output between `---- NAME stdout ----`
+        // and the next such header or the `failures:` list.
+        let header = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" stdout ----"));
+        if header.is_some() || line == "failures:" || line.starts_with("test result: ") {
+            if let Some(done) = block.take() {
+                self.failures.push(done.trimmed());
+            }
+        }
+        if let Some(name) = header {
+            *block = Some(Failure { name: name.to_string(), excerpt: Vec::new() });
+        } else if let Some(b) = block {
+            b.excerpt.push(line.to_string());
+        }
+    }
+}
+
+impl Failure {
+    /// Keeps the lines around the panic: what led to it and its message.
+    fn trimmed(mut self) -> Failure {
+        const BEFORE: usize = 12;
+        const AFTER: usize = 6;
+        let end = self
+            .excerpt
+            .iter()
+            .position(|l| l.contains("panicked at"))
+            .map_or(self.excerpt.len(), |i| (i + 1 + AFTER).min(self.excerpt.len()));
+        let start = end.saturating_sub(BEFORE + AFTER + 1);
+        self.excerpt = self.excerpt[start..end].to_vec();
+        self
+    }
 }
 
 /// `cargo test <args>` in the workspace root: echoes its output as it comes and adds up the
@@ -50,12 +99,10 @@ pub fn cargo_test(args: &[&str]) -> (TestCounts, anyhow::Result<()>) {
         Err(e) => return (counts, Err(anyhow::anyhow!("starting `{line}`: {e}"))),
     };
     if let Some(out) = child.stdout.take() {
+        let mut block = None;
         for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
             println!("{l}");
-            if let Some((p, f)) = parse_test_result(&l) {
-                counts.passed += p;
-                counts.failed += f;
-            }
+            counts.read(&l, &mut block);
         }
     }
     let result = match child.wait() {
@@ -105,5 +152,39 @@ mod tests {
         let l = "test result: FAILED. 7 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.61s";
         assert_eq!(super::parse_test_result(l), Some((7, 1)));
         assert_eq!(super::parse_test_result("running 7 tests"), None);
+    }
+
+    #[test]
+    fn keeps_each_failed_test_and_its_panic() {
+        let out = [
+            "running 2 tests",
+            "test a ... ok",
+            "test b::c ... FAILED",
+            "",
+            "failures:",
+            "",
+            "---- b::c stdout ----",
+            "some log",
+            "thread 'b::c' panicked at tests/b.rs:3:5:",
+            "assertion failed: x",
+            "note: run with `RUST_BACKTRACE=1`",
+            "",
+            "",
+            "failures:",
+            "    b::c",
+            "",
+            "test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+        ];
+        let mut counts = super::TestCounts::default();
+        let mut block = None;
+        for l in out {
+            counts.read(l, &mut block);
+        }
+        assert_eq!((counts.passed, counts.failed), (1, 1));
+        assert_eq!(counts.failures.len(), 1);
+        let f = &counts.failures[0];
+        assert_eq!(f.name, "b::c");
+        assert_eq!(f.excerpt[0], "some log");
+        assert!(f.excerpt.iter().any(|l| l == "assertion failed: x"), "{:?}", f.excerpt);
     }
 }
