@@ -56,10 +56,10 @@ impl TestCounts {
         // libtest prints a failed test's captured output between `---- NAME stdout ----`
         // and the next such header or the `failures:` list.
         let header = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" stdout ----"));
-        if header.is_some() || line == "failures:" || line.starts_with("test result: ") {
-            if let Some(done) = block.take() {
-                self.failures.push(done.trimmed());
-            }
+        if (header.is_some() || line == "failures:" || line.starts_with("test result: "))
+            && let Some(done) = block.take()
+        {
+            self.failures.push(done.trimmed());
         }
         if let Some(name) = header {
             *block = Some(Failure { name: name.to_string(), excerpt: Vec::new() });
