@@ -98,13 +98,8 @@ impl Prometheus {
             .stderr(Stdio::from(log2))
             .spawn()
             .map_err(|e| io("starting prometheus", e))?;
-        let mut p = Prometheus {
-            child,
-            dir,
-            netns: netns.name().to_owned(),
-            netns_path: netns.path().to_owned(),
-            addr,
-        };
+        let mut p =
+            Prometheus { child, dir, netns: netns.name().to_owned(), netns_path: netns.path().to_owned(), addr };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if matches!(p.get("/-/ready"), Ok((200, _))) {
@@ -133,7 +128,7 @@ impl Prometheus {
             scope
                 .spawn(move || -> Result<std::io::Result<Vec<u8>>, NetnsError> {
                     crate::netns::enter(name, path)?;
-                    Ok((|| {
+                    Ok((|| -> std::io::Result<Vec<u8>> {
                         let mut s = TcpStream::connect_timeout(&addr, QUERY_TIMEOUT)?;
                         s.set_read_timeout(Some(QUERY_TIMEOUT))?;
                         s.write_all(request.as_bytes())?;
@@ -160,7 +155,8 @@ impl Prometheus {
             body: body.to_owned(),
         };
         let (code, body) = self.get(&format!("/api/v1/query?query={}", percent_encode(query)))?;
-        let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| fail(&format!("HTTP {code}, {e}"), &body))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| fail(&format!("HTTP {code}, {e}"), &body))?;
         if json["status"] != "success" {
             return Err(fail("not a success", &body));
         }

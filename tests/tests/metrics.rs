@@ -76,15 +76,15 @@ fn prometheus_scrapes_drops_rule_hits_unused_rules_and_latency_from_the_agent() 
     let hits = value(&prom, rule, |v| v >= 1.0);
     assert!(hits >= 1.0, "the allowing rule's hit counter: {hits}");
     // "Rules never hit" as PromQL: rule 1's client does not exist.
-    let unused = prom
-        .query(r#"ward_rule_flows_total{job="ward",policy="n/web"} == 0"#)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let unused =
+        prom.query(r#"ward_rule_flows_total{job="ward",policy="n/web"} == 0"#).unwrap_or_else(|e| panic!("{e}"));
     let unused_rules: Vec<&str> = unused.iter().filter_map(|s| s.labels.get("rule").and_then(|r| r.as_str())).collect();
     assert_eq!(unused_rules, ["1"], "the never-hit rule, and only it, reads 0: {unused:?}");
-    let verdicts =
-        value(&prom, r#"ward_policy_verdicts_total{job="ward",direction="ingress",match="rule",action="allowed"}"#, |v| {
-            v >= 1.0
-        });
+    let verdicts = value(
+        &prom,
+        r#"ward_policy_verdicts_total{job="ward",direction="ingress",match="rule",action="allowed"}"#,
+        |v| v >= 1.0,
+    );
     assert!(verdicts >= 1.0, "the allowed new flow is a rule verdict: {verdicts}");
     let updates = value(&prom, r#"ward_policy_update_latency_seconds_count{job="ward"}"#, |v| v >= 1.0);
     assert!(updates >= 1.0, "the policy write was timed: {updates}");

@@ -90,7 +90,9 @@ async fn answer(path: &str, calls: &mpsc::Sender<Call>) -> Vec<u8> {
             _ => response(503, "text/plain", "the agent does not answer\n"),
         },
         "/metrics" => match call(calls, Request::Metrics).await {
-            Some(Response::Metrics(r)) => response(200, crate::metrics::text::CONTENT_TYPE, &crate::metrics::text::render(&r)),
+            Some(Response::Metrics(r)) => {
+                response(200, crate::metrics::text::CONTENT_TYPE, &crate::metrics::text::render(&r))
+            }
             _ => response(503, "text/plain", "the agent does not answer\n"),
         },
         _ => response(404, "text/plain", "not found\n"),

@@ -50,7 +50,8 @@ impl Agent {
             .iter()
             .map(|(map, entries)| {
                 // The pinned map's own capacity (tests create maps smaller than the defaults).
-                let max_entries = MapInfo::from_pin(self.dp.pin_dir().join(map)).ok().map(|i| u64::from(i.max_entries()));
+                let max_entries =
+                    MapInfo::from_pin(self.dp.pin_dir().join(map)).ok().map(|i| u64::from(i.max_entries()));
                 MapFill { map: map.clone(), entries: *entries as u64, max_entries }
             })
             .collect();

@@ -68,8 +68,9 @@ pub struct MapFill {
 }
 
 /// Upper bounds of the latency buckets, in microseconds (1 ms to 10 s).
-pub const LATENCY_BOUNDS_US: [u64; 13] =
-    [1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000];
+pub const LATENCY_BOUNDS_US: [u64; 13] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
 
 /// A fixed-bucket histogram of durations. Counts are per bucket (not cumulative; the text
 /// rendering accumulates them), the last one for observations above every bound.

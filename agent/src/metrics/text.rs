@@ -92,7 +92,11 @@ pub fn render(r: &Report) -> String {
     }
     let dirs = [Direction::Ingress, Direction::Egress];
 
-    o.family("ward_drop_total", "counter", "Packets the datapath dropped, by reason and direction (exact, from the kernel's per-CPU counters).");
+    o.family(
+        "ward_drop_total",
+        "counter",
+        "Packets the datapath dropped, by reason and direction (exact, from the kernel's per-CPU counters).",
+    );
     for reason in Reason::ALL.into_iter().filter(|x| x.verdict() == Verdict::Drop) {
         for d in dirs {
             let n = slots.get(&(reason, d)).copied().unwrap_or(0);
@@ -100,7 +104,11 @@ pub fn render(r: &Report) -> String {
         }
     }
 
-    o.family("ward_flows_processed_total", "counter", "Packets the L3/L4 datapath judged, by verdict (exact, from the kernel's per-CPU counters).");
+    o.family(
+        "ward_flows_processed_total",
+        "counter",
+        "Packets the L3/L4 datapath judged, by verdict (exact, from the kernel's per-CPU counters).",
+    );
     for v in [Verdict::Allow, Verdict::Drop] {
         let n: u64 = slots.iter().filter(|((x, _), _)| x.verdict() == v).map(|(_, n)| n).sum();
         o.sample("ward_flows_processed_total", &[("type", "l3_l4"), ("verdict", verdict_name(v))], n);
@@ -111,7 +119,11 @@ pub fn render(r: &Report) -> String {
         let Some((matched, action)) = policy_match(reason) else { continue };
         for d in dirs {
             let n = slots.get(&(reason, d)).copied().unwrap_or(0);
-            o.sample("ward_policy_verdicts_total", &[("direction", d.as_str()), ("match", matched), ("action", action)], n);
+            o.sample(
+                "ward_policy_verdicts_total",
+                &[("direction", d.as_str()), ("match", matched), ("action", action)],
+                n,
+            );
         }
     }
 
@@ -149,7 +161,11 @@ pub fn render(r: &Report) -> String {
     }
 
     let h = &r.policy_update_latency;
-    o.family("ward_policy_update_latency_seconds", "histogram", "Time from the agent receiving a datastore change to the kernel maps holding it.");
+    o.family(
+        "ward_policy_update_latency_seconds",
+        "histogram",
+        "Time from the agent receiving a datastore change to the kernel maps holding it.",
+    );
     let mut cumulative = 0;
     for (i, bound) in LATENCY_BOUNDS_US.iter().enumerate() {
         cumulative += h.counts.get(i).copied().unwrap_or(0);
@@ -235,8 +251,14 @@ mod tests {
         );
         has(&text, &format!("ward_flows_processed_total{{{NODE},type=\"l3_l4\",verdict=\"FORWARDED\"}} 14"));
         has(&text, &format!("ward_flows_processed_total{{{NODE},type=\"l3_l4\",verdict=\"DROPPED\"}} 8"));
-        has(&text, &format!("ward_policy_verdicts_total{{{NODE},direction=\"egress\",match=\"rule\",action=\"allowed\"}} 4"));
-        has(&text, &format!("ward_policy_verdicts_total{{{NODE},direction=\"ingress\",match=\"none\",action=\"denied\"}} 7"));
+        has(
+            &text,
+            &format!("ward_policy_verdicts_total{{{NODE},direction=\"egress\",match=\"rule\",action=\"allowed\"}} 4"),
+        );
+        has(
+            &text,
+            &format!("ward_policy_verdicts_total{{{NODE},direction=\"ingress\",match=\"none\",action=\"denied\"}} 7"),
+        );
         has(&text, &format!("ward_packets_total{{{NODE},reason=\"policy_denied\"}} 8"));
     }
 
@@ -312,7 +334,8 @@ mod tests {
             assert!(!line.starts_with('#'), "stray comment {line}");
             let name = line.split(['{', ' ']).next().expect("a name");
             let ok = name == current
-                || (kind == "histogram" && ["_bucket", "_sum", "_count"].iter().any(|s| *name == format!("{current}{s}")));
+                || (kind == "histogram"
+                    && ["_bucket", "_sum", "_count"].iter().any(|s| *name == format!("{current}{s}")));
             assert!(ok, "{name} outside its family (current {current})");
             let (key, value) = line.rsplit_once(' ').expect("name value");
             assert!(value.parse::<f64>().is_ok(), "{line}");
