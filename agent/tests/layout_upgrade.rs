@@ -145,7 +145,18 @@ fn a_v2_node_with_the_retired_reason_counter_gets_the_per_direction_one() {
     let old = v2.join(MAP_REASON_CNT_RETIRED);
     let old_s = old.to_string_lossy().into_owned();
     bpftool(&[
-        "map", "create", &old_s, "type", "percpu_array", "key", "4", "value", "16", "entries", "128", "name",
+        "map",
+        "create",
+        &old_s,
+        "type",
+        "percpu_array",
+        "key",
+        "4",
+        "value",
+        "16",
+        "entries",
+        "128",
+        "name",
         "WARD_REASON_CNT",
     ]);
     let dp = Datapath::open(bpffs, &node).expect("load over the v2 pins");

@@ -147,4 +147,32 @@ mod tests {
         assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
         assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
     }
+
+    #[tokio::test]
+    async fn metrics_serves_the_owner_tasks_report_as_exposition_text() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, mut rx) = mpsc::channel::<Call>(4);
+        tokio::spawn(serve(listener, tx));
+        tokio::spawn(async move {
+            while let Some((req, reply)) = rx.recv().await {
+                assert_eq!(req, Request::Metrics, "/metrics asks for the metrics report");
+                let mut r = crate::metrics::Report::default();
+                r.status.node = "n1".into();
+                let _ = reply.send(Response::Metrics(Box::new(r)));
+            }
+        });
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains(&format!("Content-Type: {}", crate::metrics::text::CONTENT_TYPE)), "{head}");
+        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+        assert!(
+            body.lines().any(|l| l == "ward_drop_total{node=\"n1\",reason=\"policy_denied\",direction=\"ingress\"} 0"),
+            "{body}"
+        );
+    }
 }
