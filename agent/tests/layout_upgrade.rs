@@ -19,6 +19,16 @@ fn bpftool(args: &[&str]) {
     assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Removes both pin directories, also when the test panics.
+struct Cleanup(std::path::PathBuf, std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
 fn hex(bytes: &[u8]) -> Vec<String> {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -33,13 +43,6 @@ fn a_v1_node_is_carried_over_with_its_flows_and_links() {
     let v1 = bpffs.join("ward/v1").join(&node);
     let _ = std::fs::remove_dir_all(&v1);
     std::fs::create_dir_all(v1.join("links")).expect("v1 dir");
-    struct Cleanup(std::path::PathBuf, std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
     let v2 = ward_agent::datapath::pin_dir(bpffs, &node);
     let _cleanup = Cleanup(v1.clone(), v2.clone());
 
@@ -135,13 +138,7 @@ fn a_v2_node_with_the_retired_reason_counter_gets_the_per_direction_one() {
     let v2 = ward_agent::datapath::pin_dir(bpffs, &node);
     let _ = std::fs::remove_dir_all(&v2);
     std::fs::create_dir_all(&v2).expect("v2 dir");
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(v2.clone());
+    let _cleanup = Cleanup(v2.clone(), v2.clone());
     let old = v2.join(MAP_REASON_CNT_RETIRED);
     let old_s = old.to_string_lossy().into_owned();
     bpftool(&[

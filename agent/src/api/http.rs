@@ -117,13 +117,27 @@ fn response(code: u16, content_type: &str, body: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// The endpoint on a free loopback port, and the calls it makes of the owner task.
+    async fn endpoint() -> (SocketAddr, mpsc::Receiver<Call>) {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel::<Call>(4);
+        tokio::spawn(serve(listener, tx));
+        (addr, rx)
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
     #[tokio::test]
     async fn readyz_answers_503_with_the_reason_until_the_agent_is_ready() {
         use super::super::proto::Readiness;
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, mut rx) = mpsc::channel::<Call>(4);
-        tokio::spawn(serve(listener, tx));
+        let (addr, mut rx) = endpoint().await;
         tokio::spawn(async move {
             let mut ready = false;
             while let Some((_, reply)) = rx.recv().await {
@@ -132,28 +146,18 @@ mod tests {
                 ready = true;
             }
         });
-        let get = |path: &'static str| async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
-        };
-        let first = get("/readyz").await;
+        let first = get(addr, "/readyz").await;
         assert!(
             first.starts_with("HTTP/1.1 503") && first.contains("not ready: the datastore has not synced"),
             "{first}"
         );
-        assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
-        assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
     }
 
     #[tokio::test]
     async fn metrics_serves_the_owner_tasks_report_as_exposition_text() {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, mut rx) = mpsc::channel::<Call>(4);
-        tokio::spawn(serve(listener, tx));
+        let (addr, mut rx) = endpoint().await;
         tokio::spawn(async move {
             while let Some((req, reply)) = rx.recv().await {
                 assert_eq!(req, Request::Metrics, "/metrics asks for the metrics report");
@@ -162,10 +166,7 @@ mod tests {
                 let _ = reply.send(Response::Metrics(Box::new(r)));
             }
         });
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
+        let out = get(addr, "/metrics").await;
         let (head, body) = out.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(head.contains(&format!("Content-Type: {}", crate::metrics::text::CONTENT_TYPE)), "{head}");
