@@ -29,6 +29,7 @@ pub fn render(resp: &Response) -> String {
             snapshot.nodes.len()
         ),
         Response::Error { message } => format!("error: {message}\n"),
+        Response::Metrics(r) => crate::metrics::text::render(r),
     }
 }
 

@@ -210,7 +210,7 @@ fn every_pinned_map_has_the_key_value_sizes_and_capacity_of_its_shared_type() {
         (MAP_POLICY, size_of::<PolicyKey>(), size_of::<PolicyValue>(), POLICY_MAX),
         (MAP_CT, size_of::<CtKey>(), size_of::<CtValue>(), CT_MAX),
         (MAP_CONFIG, 4, size_of::<ConfigValue>(), 1),
-        (MAP_REASON_CNT, 4, size_of::<Counter>(), ward_common::Reason::COUNT),
+        (MAP_REASON_DIR, 4, size_of::<Counter>(), REASON_DIR_MAX),
         (MAP_RULE_CNT, 4, size_of::<Counter>(), RULE_CNT_MAX),
         (MAP_CT_COUNT, size_of::<CtCountKey>(), size_of::<i64>(), CT_COUNT_MAX),
         (MAP_FRAGS, size_of::<FragKey>(), size_of::<FragValue>(), FRAGS_MAX),

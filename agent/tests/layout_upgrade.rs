@@ -19,6 +19,16 @@ fn bpftool(args: &[&str]) {
     assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Removes both pin directories, also when the test panics.
+struct Cleanup(std::path::PathBuf, std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
 fn hex(bytes: &[u8]) -> Vec<String> {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -33,13 +43,6 @@ fn a_v1_node_is_carried_over_with_its_flows_and_links() {
     let v1 = bpffs.join("ward/v1").join(&node);
     let _ = std::fs::remove_dir_all(&v1);
     std::fs::create_dir_all(v1.join("links")).expect("v1 dir");
-    struct Cleanup(std::path::PathBuf, std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
     let v2 = ward_agent::datapath::pin_dir(bpffs, &node);
     let _cleanup = Cleanup(v1.clone(), v2.clone());
 
@@ -118,4 +121,46 @@ fn a_v1_node_is_carried_over_with_its_flows_and_links() {
         assert!(v2.join("links").join(name).exists(), "{name} still pinned");
     }
     ns.run(|| dp.detach(ifindex));
+}
+
+/// A v2 node left by an agent that counted per reason only (`WARD_REASON_CNT`, 128 slots):
+/// this agent's datapath pins the per-direction counter beside it at its full size and
+/// unlinks the retired pin, while the rest of the v2 pins are adopted as they are.
+#[test]
+fn a_v2_node_with_the_retired_reason_counter_gets_the_per_direction_one() {
+    use aya::maps::MapInfo;
+    use ward_common::maps::{MAP_REASON_CNT_RETIRED, MAP_REASON_DIR, REASON_DIR_MAX};
+    if !privileged() {
+        return;
+    }
+    let node = format!("ward-test-{}-retired", std::process::id());
+    let bpffs = std::path::Path::new("/sys/fs/bpf");
+    let v2 = ward_agent::datapath::pin_dir(bpffs, &node);
+    let _ = std::fs::remove_dir_all(&v2);
+    std::fs::create_dir_all(&v2).expect("v2 dir");
+    let _cleanup = Cleanup(v2.clone(), v2.clone());
+    let old = v2.join(MAP_REASON_CNT_RETIRED);
+    let old_s = old.to_string_lossy().into_owned();
+    bpftool(&[
+        "map",
+        "create",
+        &old_s,
+        "type",
+        "percpu_array",
+        "key",
+        "4",
+        "value",
+        "16",
+        "entries",
+        "128",
+        "name",
+        "WARD_REASON_CNT",
+    ]);
+    let dp = Datapath::open(bpffs, &node).expect("load over the v2 pins");
+    assert!(!old.exists(), "the retired counter's pin is removed");
+    let info = MapInfo::from_pin(v2.join(MAP_REASON_DIR)).expect("the per-direction counter is pinned");
+    assert_eq!(info.max_entries(), REASON_DIR_MAX);
+    let counts = dp.maps.reason_counters().expect("the new counter reads");
+    assert_eq!(counts.len(), 2 * ward_common::Reason::ALL.len(), "every (reason, direction)");
+    assert!(counts.values().all(|c| c.packets == 0), "a fresh counter starts at zero");
 }

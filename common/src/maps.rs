@@ -5,7 +5,7 @@ use core::mem::size_of;
 
 use crate::addr::Addr16;
 use crate::ports::PortBlock;
-use crate::reason::Direction;
+use crate::reason::{Direction, Reason};
 
 /// Bumped whenever a map's layout changes; part of the pin path (`<bpffs>/ward/v{N}/`) and
 /// stored in `WARD_CONFIG`, so an agent never adopts maps it cannot read.
@@ -22,7 +22,14 @@ pub const MAP_POLICY: &str = "WARD_POLICY";
 pub const MAP_CT: &str = "WARD_CT";
 pub const MAP_CONFIG: &str = "WARD_CONFIG";
 pub const MAP_EVENTS: &str = "WARD_EVENTS";
-pub const MAP_REASON_CNT: &str = "WARD_REASON_CNT";
+/// Per-CPU packet/byte counters indexed by (direction, reason): see [`reason_slot`].
+pub const MAP_REASON_DIR: &str = "WARD_REASON_DIR";
+/// The per-reason counter of earlier agents (indexed by reason alone). Retired rather than
+/// resized: a pinned map keeps its size, so a bigger array under the same name would have
+/// met the old, smaller pin after an upgrade. The new name is created fresh beside the old
+/// pins (no layout bump, no migration: counters restart at zero as on any restart) and the
+/// loader unlinks this stale pin (a running old program keeps its own reference).
+pub const MAP_REASON_CNT_RETIRED: &str = "WARD_REASON_CNT";
 pub const MAP_RULE_CNT: &str = "WARD_RULE_CNT";
 pub const MAP_CT_COUNT: &str = "WARD_CT_COUNT";
 pub const MAP_FRAGS: &str = "WARD_FRAGS";
@@ -35,7 +42,7 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_CT,
     MAP_CONFIG,
     MAP_EVENTS,
-    MAP_REASON_CNT,
+    MAP_REASON_DIR,
     MAP_RULE_CNT,
     MAP_CT_COUNT,
     MAP_FRAGS,
@@ -54,6 +61,17 @@ pub const CT_COUNT_MAX: u32 = 2 * ENDPOINTS_MAX;
 /// First fragments whose later fragments may pass (an LRU: losing one only drops fragments).
 pub const FRAGS_MAX: u32 = 16 * 1024;
 pub const RULE_CNT_MAX: u32 = 64 * 1024;
+/// Slots of `WARD_REASON_DIR`: one block of [`Reason::COUNT`] per direction.
+pub const REASON_DIR_MAX: u32 = 2 * Reason::COUNT;
+
+/// The `WARD_REASON_DIR` slot of a verdict: ingress block first, then egress.
+pub const fn reason_slot(reason: Reason, dir: Direction) -> u32 {
+    let block = match dir {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    };
+    block * Reason::COUNT + reason as u32
+}
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;
 
@@ -417,7 +435,7 @@ pub const CFG_EVENTS_ALLOWED: u32 = 1;
 /// Emit a flow event for every dropped packet.
 pub const CFG_EVENTS_DROPPED: u32 = 2;
 
-/// `WARD_REASON_CNT` (per-CPU array indexed by reason code) and `WARD_RULE_CNT` (per-CPU hash
+/// `WARD_REASON_DIR` (per-CPU array indexed by [`reason_slot`]) and `WARD_RULE_CNT` (per-CPU hash
 /// keyed by rule id) value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -488,6 +506,19 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reason_slots_are_distinct_per_direction_and_inside_the_array() {
+        let mut seen = [false; REASON_DIR_MAX as usize];
+        for r in Reason::ALL {
+            for d in [Direction::Ingress, Direction::Egress] {
+                let slot = reason_slot(r, d);
+                assert!(slot < REASON_DIR_MAX, "{r:?} {d:?}");
+                assert!(!seen[slot as usize], "{r:?} {d:?} shares slot {slot}");
+                seen[slot as usize] = true;
+            }
+        }
+    }
 
     #[test]
     fn policy_key_fields_are_big_endian_and_prefixes_cover_their_fields() {

@@ -132,7 +132,7 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
         None => ConfigValue { layout_version: 0, policy_rev: 0, flags: 0, ct_quota: 0 },
     };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        event::count_reason(Reason::MapError, ctx.len());
+        event::count_reason(Reason::MapError, dir, ctx.len());
         return TC_ACT_SHOT;
     };
     // SAFETY: this CPU's slot of a one-entry per-CPU array; TC programs do not nest on a CPU.
@@ -162,7 +162,7 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
     }
     let o = &s.o;
     let bytes = ctx.len();
-    event::count_reason(reason, bytes);
+    event::count_reason(reason, dir, bytes);
     if reason == Reason::PolicyAllow {
         event::count_rule(o.rule_id, bytes);
     }

@@ -1,19 +1,19 @@
-//! Observability from the datapath: per-reason and per-rule counters (per-CPU, always on)
+//! Observability from the datapath: per-(reason, direction) and per-rule counters (per-CPU, always on)
 //! and flow events into the ring buffer (gated by `WARD_CONFIG.flags`). A full ring buffer
 //! loses the event, never the verdict.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use ward_common::{
-    maps::{Counter, FlowEvent},
-    reason::Reason,
+    maps::{Counter, FlowEvent, reason_slot},
+    reason::{Direction, Reason},
 };
 
 use crate::maps::{EVENTS, REASON_CNT, RULE_CNT};
 use crate::parse::Tuple;
 
 #[inline(always)]
-pub fn count_reason(reason: Reason, bytes: u32) {
-    if let Some(c) = REASON_CNT.get_ptr_mut(reason as u32) {
+pub fn count_reason(reason: Reason, dir: Direction, bytes: u32) {
+    if let Some(c) = REASON_CNT.get_ptr_mut(reason_slot(reason, dir)) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe {
             (*c).packets += 1;

@@ -11,9 +11,8 @@ use ward_common::{
     maps::{
         CT_COUNT_MAX, CT_MAX, ConfigValue, Counter, CtCountKey, CtKey, CtValue, ENDPOINTS_MAX, EVENTS_BYTES,
         EndpointInfo, EndpointKey, FRAGS_MAX, FragKey, FragValue, IPCACHE_MAX, IpcacheValue, POLICY_MAX, PolicyKeyData,
-        PolicyValue, RULE_CNT_MAX,
+        PolicyValue, REASON_DIR_MAX, RULE_CNT_MAX,
     },
-    reason::Reason,
 };
 
 #[map(name = "WARD_ENDPOINTS")]
@@ -42,8 +41,8 @@ pub static CONFIG: Array<ConfigValue> = Array::pinned(1, 0);
 #[map(name = "WARD_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
-#[map(name = "WARD_REASON_CNT")]
-pub static REASON_CNT: PerCpuArray<Counter> = PerCpuArray::pinned(Reason::COUNT, 0);
+#[map(name = "WARD_REASON_DIR")]
+pub static REASON_CNT: PerCpuArray<Counter> = PerCpuArray::pinned(REASON_DIR_MAX, 0);
 
 /// Per-packet working memory (not pinned: it holds nothing between packets).
 #[map(name = "WARD_SCRATCH")]

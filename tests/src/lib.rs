@@ -31,6 +31,7 @@ pub mod nginx;
 pub mod node;
 pub mod privileged;
 pub mod probe;
+pub mod prometheus;
 pub mod rawframe;
 pub mod serve;
 pub mod spec;

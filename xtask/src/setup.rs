@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use crate::run;
 
 /// Debian packages, each with a program that proves it present when it has one.
-const APT_PACKAGES: [(&str, Option<&str>); 19] = [
+const APT_PACKAGES: [(&str, Option<&str>); 20] = [
     ("llvm-22-dev", None),
     ("libpolly-22-dev", None),
     ("clang-22", Some("clang-22")),
@@ -37,6 +37,9 @@ const APT_PACKAGES: [(&str, Option<&str>); 19] = [
     ("bind9-dnsutils", Some("dig")),
     // The real HTTP server of the HTTP-rule tests (tests/tests/http.rs) and the benchmark.
     ("nginx-light", Some("nginx")),
+    // The real Prometheus server that scrapes the agent in tests/tests/metrics.rs (the
+    // binary only, run by the test with its own config; the system service is not used).
+    ("prometheus", Some("prometheus")),
 ];
 
 /// What `cargo xtask bench` needs beyond building and testing: the load generators, and perf

@@ -1,11 +1,10 @@
 //! The agent's HTTP endpoint (`--metrics-addr`): `/healthz` (the owner task answers),
 //! `/readyz` (it can protect new pods: the DaemonSet's readiness probe, so a hand-off
-//! upgrade waits for the new agent) and `/metrics` (Prometheus text format: packets per
-//! reason, new flows per rule, map entries, datastore state). Read-only: every answer comes
+//! upgrade waits for the new agent) and `/metrics` (Prometheus text format, rendered by
+//! `crate::metrics::text` from the owner task's `metrics::Report`). Read-only: every answer comes
 //! from the owner task through the same calls the local socket makes. One request per
 //! connection, bounded in size and time; anything else gets 404 or 400.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use super::proto::{Request, Response, StatusReport};
+use super::proto::{Request, Response};
 use super::server::Call;
 
 /// The request line and headers must fit in this and arrive within the timeout.
@@ -90,8 +89,10 @@ async fn answer(path: &str, calls: &mpsc::Sender<Call>) -> Vec<u8> {
             }
             _ => response(503, "text/plain", "the agent does not answer\n"),
         },
-        "/metrics" => match call(calls, Request::Status).await {
-            Some(Response::Status(s)) => response(200, "text/plain; version=0.0.4", &metrics(&s)),
+        "/metrics" => match call(calls, Request::Metrics).await {
+            Some(Response::Metrics(r)) => {
+                response(200, crate::metrics::text::CONTENT_TYPE, &crate::metrics::text::render(&r))
+            }
             _ => response(503, "text/plain", "the agent does not answer\n"),
         },
         _ => response(404, "text/plain", "not found\n"),
@@ -112,96 +113,31 @@ fn response(code: u16, content_type: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A label value, escaped as the text format wants.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-/// The status report in Prometheus's text format.
-pub fn metrics(s: &StatusReport) -> String {
-    let mut out = String::new();
-    let node = label(&s.node);
-    let _ = writeln!(
-        out,
-        "# HELP ward_packets_total Packets the datapath decided, by reason.\n# TYPE ward_packets_total counter"
-    );
-    for (reason, n) in &s.reason_counters {
-        let _ = writeln!(out, "ward_packets_total{{node=\"{node}\",reason=\"{}\"}} {n}", label(reason));
-    }
-    let _ = writeln!(
-        out,
-        "# HELP ward_rule_flows_total New flows a policy rule allowed.\n# TYPE ward_rule_flows_total counter"
-    );
-    for r in &s.rule_counters {
-        let _ = writeln!(
-            out,
-            "ward_rule_flows_total{{node=\"{node}\",policy=\"{}\",direction=\"{}\",rule=\"{}\"}} {}",
-            label(&r.policy),
-            label(&r.direction),
-            r.index,
-            r.flows
-        );
-    }
-    let _ = writeln!(out, "# HELP ward_map_entries Entries in each BPF map.\n# TYPE ward_map_entries gauge");
-    for (map, n) in &s.map_entries {
-        let _ = writeln!(out, "ward_map_entries{{node=\"{node}\",map=\"{}\"}} {n}", label(map));
-    }
-    let gauges = [
-        ("ward_endpoints", "Local pods protected.", s.endpoints),
-        ("ward_pods", "Pods the datastore holds.", s.pods),
-        ("ward_policies", "Policies in force.", s.policies),
-        ("ward_identities", "Label identities allocated.", s.identities),
-        ("ward_rejected_objects", "Objects rejected as invalid.", s.rejected.len()),
-    ];
-    for (name, help, v) in gauges {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{node}\"}} {v}");
-    }
-    let synced = u8::from(s.datastore_health.not_synced.is_none());
-    let reachable = u8::from(s.datastore_health.unreachable_since.is_none());
-    let _ = writeln!(
-        out,
-        "# HELP ward_datastore_synced Whether the datastore has been listed in full.\n# TYPE ward_datastore_synced gauge\nward_datastore_synced{{node=\"{node}\"}} {synced}"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP ward_datastore_reachable Whether the datastore's source answers.\n# TYPE ward_datastore_reachable gauge\nward_datastore_reachable{{node=\"{node}\"}} {reachable}"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP ward_datastore_listings_total Full listings per kind (relists after 410 Gone included).\n# TYPE ward_datastore_listings_total counter"
-    );
-    for (kind, n) in &s.datastore_health.listings {
-        let _ = writeln!(out, "ward_datastore_listings_total{{node=\"{node}\",kind=\"{}\"}} {n}", label(kind));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn metrics_are_prometheus_text_with_escaped_labels() {
-        let mut s = StatusReport { node: "n\"1".into(), pods: 3, ..StatusReport::default() };
-        s.reason_counters.insert("policy_denied".into(), 7);
-        s.datastore_health.listings.insert("Pod".into(), 2);
-        let m = metrics(&s);
-        assert!(m.contains("ward_packets_total{node=\"n\\\"1\",reason=\"policy_denied\"} 7"), "{m}");
-        assert!(m.contains("ward_pods{node=\"n\\\"1\"} 3"));
-        assert!(m.contains("ward_datastore_listings_total{node=\"n\\\"1\",kind=\"Pod\"} 2"));
-        assert!(m.contains("ward_datastore_synced{node=\"n\\\"1\"} 1"));
-        for line in m.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.rsplit(' ').next().is_some_and(|v| v.parse::<f64>().is_ok()), "{line}");
-        }
+    /// The endpoint on a free loopback port, and the calls it makes of the owner task.
+    async fn endpoint() -> (SocketAddr, mpsc::Receiver<Call>) {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel::<Call>(4);
+        tokio::spawn(serve(listener, tx));
+        (addr, rx)
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
     }
 
     #[tokio::test]
     async fn readyz_answers_503_with_the_reason_until_the_agent_is_ready() {
         use super::super::proto::Readiness;
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, mut rx) = mpsc::channel::<Call>(4);
-        tokio::spawn(serve(listener, tx));
+        let (addr, mut rx) = endpoint().await;
         tokio::spawn(async move {
             let mut ready = false;
             while let Some((_, reply)) = rx.recv().await {
@@ -210,19 +146,34 @@ mod tests {
                 ready = true;
             }
         });
-        let get = |path: &'static str| async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
-        };
-        let first = get("/readyz").await;
+        let first = get(addr, "/readyz").await;
         assert!(
             first.starts_with("HTTP/1.1 503") && first.contains("not ready: the datastore has not synced"),
             "{first}"
         );
-        assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
-        assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+    }
+
+    #[tokio::test]
+    async fn metrics_serves_the_owner_tasks_report_as_exposition_text() {
+        let (addr, mut rx) = endpoint().await;
+        tokio::spawn(async move {
+            while let Some((req, reply)) = rx.recv().await {
+                assert_eq!(req, Request::Metrics, "/metrics asks for the metrics report");
+                let mut r = crate::metrics::Report::default();
+                r.status.node = "n1".into();
+                let _ = reply.send(Response::Metrics(Box::new(r)));
+            }
+        });
+        let out = get(addr, "/metrics").await;
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains(&format!("Content-Type: {}", crate::metrics::text::CONTENT_TYPE)), "{head}");
+        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+        assert!(
+            body.lines().any(|l| l == "ward_drop_total{node=\"n1\",reason=\"policy_denied\",direction=\"ingress\"} 0"),
+            "{body}"
+        );
     }
 }

@@ -51,6 +51,8 @@ pub enum Request {
     /// The datastore's objects as the agent holds them (validated), for checking that it
     /// converged to its source.
     Datastore,
+    /// What `/metrics` renders: counters, every compiled rule's hits, map fill, latency.
+    Metrics,
 }
 
 /// A CNI attachment: `(CNI_CONTAINERID, CNI_IFNAME)`.
@@ -111,6 +113,7 @@ pub enum Response {
     Error {
         message: String,
     },
+    Metrics(Box<crate::metrics::Report>),
 }
 
 /// Whether the agent can protect new pods: it is up (it answered) and its datastore has

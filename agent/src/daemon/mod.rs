@@ -6,6 +6,7 @@
 //! difference to the kernel.
 
 mod http;
+mod metrics;
 mod plugin;
 pub mod reconcile;
 pub mod registry;
@@ -121,6 +122,8 @@ pub struct Agent {
     dns: Option<crate::dns::DnsHandle>,
     /// Why the DNS proxy is not running.
     dns_error: Option<String>,
+    /// Datastore change to maps written, per pass (`/metrics`).
+    update_latency: crate::metrics::Histogram,
 }
 
 pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
@@ -154,6 +157,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
                 let _ = reply.send(resp);
             }
             Some(event) = events.recv() => {
+                let received = std::time::Instant::now();
                 let mut changed = agent.store.apply(event);
                 for _ in 0..EVENT_BATCH {
                     match events.try_recv() {
@@ -165,6 +169,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
                 // still takes a pass: the revision counts as applied only after one.
                 if changed || agent.applied != agent.store.checkpoint().revision {
                     agent.reconcile();
+                    agent.update_latency.observe(received.elapsed());
                 }
                 agent.publish_conflist();
             }
@@ -327,6 +332,7 @@ impl Agent {
             conflist,
             dns,
             dns_error,
+            update_latency: crate::metrics::Histogram::default(),
         };
         tracing::info!(
             endpoints = agent.registry.len(),
@@ -367,6 +373,10 @@ impl Agent {
                 self.explain(&from, &to, &protocol, port, http_method.as_deref().zip(http_path.as_deref()))
             }
             Request::Datastore => Response::Datastore { snapshot: Box::new(self.store.snapshot().clone()) },
+            Request::Metrics => {
+                self.dp.http.drain_events();
+                Response::Metrics(Box::new(self.metrics()))
+            }
             Request::DnsFlows => {
                 Response::DnsFlows { flows: self.dns.as_ref().map(|d| d.shared.flows.recent()).unwrap_or_default() }
             }
@@ -502,7 +512,13 @@ impl Agent {
             .dp
             .maps
             .reason_counters()
-            .map(|m| m.into_iter().map(|(r, c)| (r.as_str().to_owned(), c.packets)).collect())
+            .map(|m| {
+                let mut per_reason = BTreeMap::new();
+                for ((r, _), c) in m {
+                    *per_reason.entry(r.as_str().to_owned()).or_default() += c.packets;
+                }
+                per_reason
+            })
             .unwrap_or_default();
         let rule_counters = match (self.dp.maps.rule_counters(), &self.compiled) {
             (Ok(counts), Some(compiled)) => counts

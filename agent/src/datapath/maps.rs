@@ -10,7 +10,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
 };
 use ward_common::{
-    Addr16, Reason,
+    Addr16, Direction, Reason,
     maps::{
         self as m, CFG_EVENTS_DROPPED, CT_COUNT_AGENT, CT_COUNT_KERNEL, ConfigValue, Counter, CtCountKey, CtKey,
         CtValue, EndpointInfo, FlowEvent, IpcacheKey, IpcacheValue, LAYOUT_VERSION, PolicyKey, PolicyKeyData,
@@ -150,7 +150,7 @@ impl Maps {
             ipcache: take(ebpf, m::MAP_IPCACHE)?,
             policy: take(ebpf, m::MAP_POLICY)?,
             config: take(ebpf, m::MAP_CONFIG)?,
-            reason_cnt: take(ebpf, m::MAP_REASON_CNT)?,
+            reason_cnt: take(ebpf, m::MAP_REASON_DIR)?,
             rule_cnt: take(ebpf, m::MAP_RULE_CNT)?,
             ct: take(ebpf, m::MAP_CT)?,
             ct_count: take(ebpf, m::MAP_CT_COUNT)?,
@@ -326,17 +326,21 @@ impl Maps {
         Err(DatapathError::Withheld { prefixlen: k.prefixlen, addr: k.addr })
     }
 
-    /// Packets and bytes per reason, summed over CPUs.
-    pub fn reason_counters(&self) -> Result<BTreeMap<Reason, Counter>, DatapathError> {
+    /// Packets and bytes per reason and direction, summed over CPUs (exact: every CPU's
+    /// slot is read, nothing is sampled).
+    pub fn reason_counters(&self) -> Result<BTreeMap<(Reason, Direction), Counter>, DatapathError> {
         let mut out = BTreeMap::new();
         for r in Reason::ALL {
-            let per_cpu = self.reason_cnt.get(&(r as u32), 0).map_err(map_err(m::MAP_REASON_CNT))?;
-            let mut sum = Counter::default();
-            for c in per_cpu.iter() {
-                sum.packets += c.packets;
-                sum.bytes += c.bytes;
+            for d in [Direction::Ingress, Direction::Egress] {
+                let slot = m::reason_slot(r, d);
+                let per_cpu = self.reason_cnt.get(&slot, 0).map_err(map_err(m::MAP_REASON_DIR))?;
+                let mut sum = Counter::default();
+                for c in per_cpu.iter() {
+                    sum.packets += c.packets;
+                    sum.bytes += c.bytes;
+                }
+                out.insert((r, d), sum);
             }
-            out.insert(r, sum);
         }
         Ok(out)
     }

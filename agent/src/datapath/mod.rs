@@ -96,6 +96,7 @@ impl Datapath {
         attach::load_programs(&mut ebpf)?;
         let mut maps = Maps::take(&mut ebpf)?;
         maps.check_layout(&pin_dir)?;
+        remove_retired_pins(&pin_dir);
         let migration = migrate::from_older(bpffs, node, &pin_dir, &mut maps)?;
         let http = HttpMaps::take(&mut ebpf)?;
         Ok(Datapath { ebpf, maps, http, pin_dir, migration })
@@ -140,6 +141,18 @@ impl Datapath {
 
 /// `<bpffs>/ward/v{N}/<node>`: the layout version is part of the path, so an agent never
 /// opens maps of a layout it does not know.
+/// Unlinks pins of maps this layout no longer has (see `MAP_REASON_CNT_RETIRED`). Programs
+/// of an older agent that still run hold their own reference, so their map lives on until
+/// they are replaced.
+fn remove_retired_pins(pin_dir: &Path) {
+    let pin = pin_dir.join(ward_common::maps::MAP_REASON_CNT_RETIRED);
+    match std::fs::remove_file(&pin) {
+        Ok(()) => tracing::info!(pin = %pin.display(), "removed the pin of a retired map"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(pin = %pin.display(), error = %e, "removing the pin of a retired map"),
+    }
+}
+
 pub fn pin_dir(bpffs: &Path, node: &str) -> PathBuf {
     bpffs.join("ward").join(format!("v{}", ward_common::maps::LAYOUT_VERSION)).join(node)
 }

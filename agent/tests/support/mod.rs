@@ -101,10 +101,14 @@ impl TestDatapath {
         let before = self.dp.maps.reason_counters().expect("counters");
         let verdict = self.dp.run_program_from(program, pkt, ifindex, ingress_ifindex).expect("test run");
         let after = self.dp.maps.reason_counters().expect("counters");
-        let counted: Vec<Reason> = Reason::ALL.into_iter().filter(|r| after[r].packets != before[r].packets).collect();
-        assert_eq!(counted.len(), 1, "exactly one reason counted per packet, got {counted:?}");
+        let counted: Vec<(Reason, Direction)> =
+            after.keys().filter(|k| after[*k].packets != before[*k].packets).copied().collect();
+        assert_eq!(counted.len(), 1, "exactly one (reason, direction) counted per packet, got {counted:?}");
         assert_eq!(after[&counted[0]].bytes - before[&counted[0]].bytes, pkt.len() as u64, "bytes counted");
-        (verdict, counted[0])
+        // Each program sees one side of the pod boundary: its counts carry that direction.
+        let expected = if program == "to_pod" { Direction::Ingress } else { Direction::Egress };
+        assert_eq!(counted[0].1, expected, "{program} counted under the wrong direction");
+        (verdict, counted[0].0)
     }
 
     pub fn pin(&self, map: &str) -> std::path::PathBuf {
