@@ -185,6 +185,12 @@ impl Source {
                 return;
             }
         };
+        // Objects and the end of a listing come from the server, so they prove it answers (a
+        // watch that resumed after a restart delivers no listing). `Init` does not: the
+        // watcher emits it before its list request.
+        if !matches!(event, watcher::Event::Init) {
+            self.reachable();
+        }
         match event {
             watcher::Event::Init => {
                 *self.health.listings.entry(kind.to_owned()).or_default() += 1;
@@ -200,7 +206,6 @@ impl Source {
                 }
             }
             watcher::Event::InitDone => {
-                self.reachable();
                 out.push(Event::InitDone(vec![kind]));
             }
             watcher::Event::Apply(obj) => {
@@ -518,5 +523,17 @@ mod tests {
         assert_eq!(s.health.last_error.as_deref(), Some("still refused"));
         s.reachable();
         assert_eq!(s.health.unreachable_since, None);
+    }
+
+    #[test]
+    fn a_delivered_object_ends_an_outage_and_a_watcher_init_does_not() {
+        let mut s = Source::default();
+        let mut out = Vec::new();
+        s.unreachable("connection refused".into());
+        s.handle(KIND_POD, Ok(watcher::Event::Init), &mut out);
+        assert!(s.health.unreachable_since.is_some(), "Init is the watcher's own, before any request");
+        s.handle(KIND_POD, Ok(watcher::Event::Apply(dynamic(pod_json("a", "10.244.1.5", "121")))), &mut out);
+        assert_eq!(s.health.unreachable_since, None, "a resumed watch delivered an object");
+        assert_eq!(s.health.last_error, None);
     }
 }
