@@ -13,4 +13,5 @@ pub mod datapath;
 pub mod datastore;
 pub mod dns;
 pub mod endpoint;
+pub mod flows;
 pub mod plan;

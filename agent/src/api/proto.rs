@@ -51,6 +51,21 @@ pub enum Request {
     /// The datastore's objects as the agent holds them (validated), for checking that it
     /// converged to its source.
     Datastore,
+    /// Flow records from the node's history (`Response::Flows`); with `follow`, the
+    /// connection stays open and each later matching flow follows as its own line
+    /// (`Response::Flow`, or `Response::FlowsLost` when this reader fell behind).
+    Flows {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last: Option<usize>,
+        #[serde(default)]
+        follow: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<crate::flows::record::FlowTime>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<crate::flows::record::FlowTime>,
+        #[serde(default)]
+        filter: crate::flows::filter::Filter,
+    },
 }
 
 /// A CNI attachment: `(CNI_CONTAINERID, CNI_IFNAME)`.
@@ -107,6 +122,20 @@ pub enum Response {
     },
     Datastore {
         snapshot: Box<crate::datastore::Snapshot>,
+    },
+    /// The matching flows of the history, oldest first; `not_seen`: flows that had already
+    /// fallen out of the history and might have matched.
+    Flows {
+        flows: Vec<crate::flows::record::Flow>,
+        not_seen: u64,
+    },
+    /// One live flow (after `Flows`, when following).
+    Flow {
+        flow: Box<crate::flows::record::Flow>,
+    },
+    /// This follower fell behind the live stream and missed this many flows.
+    FlowsLost {
+        missed: u64,
     },
     Error {
         message: String,

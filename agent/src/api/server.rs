@@ -11,6 +11,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::proto::{Request, Response};
+use crate::flows::history::{Hub, Query};
 
 /// A request on its way to the owner task, with the channel for its answer.
 pub type Call = (Request, oneshot::Sender<Response>);
@@ -74,8 +75,8 @@ pub fn bind(path: &Path) -> Result<UnixListener, ListenError> {
     Ok(listener)
 }
 
-/// Serves until the owner task goes away.
-pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
+/// Serves until the owner task goes away. Flow queries are answered from `flows` directly.
+pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>, flows: std::sync::Arc<Hub>) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -85,17 +86,18 @@ pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
             }
         };
         let calls = calls.clone();
+        let flows = flows.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, calls).await {
+            if let Err(e) = handle(stream, calls, flows).await {
                 tracing::debug!(error = %e, "API connection");
             }
         });
     }
 }
 
-async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
+async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>, flows: std::sync::Arc<Hub>) -> std::io::Result<()> {
     let (read, write) = stream.into_split();
-    answer(read, write, calls, REQUEST_TIMEOUT).await
+    answer(read, write, calls, &flows, REQUEST_TIMEOUT).await
 }
 
 /// Reads one request from `read` (within `timeout`), has the owner task answer it, and
@@ -104,6 +106,7 @@ async fn answer<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     read: R,
     mut write: W,
     calls: mpsc::Sender<Call>,
+    flows: &Hub,
     timeout: Duration,
 ) -> std::io::Result<()> {
     let request = match tokio::time::timeout(timeout, read_request(read)).await {
@@ -112,6 +115,9 @@ async fn answer<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     };
     let response = match request {
         Err(e) => Response::Error { message: e.to_string() },
+        Ok(Request::Flows { last, follow, since, until, filter }) => {
+            return answer_flows(&mut write, flows, Query { last, since, until, filter }, follow).await;
+        }
         Ok(req) => {
             let (tx, rx) = oneshot::channel();
             if calls.send((req, tx)).await.is_err() {
@@ -121,10 +127,40 @@ async fn answer<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             }
         }
     };
+    write_response(&mut write, &response).await
+}
+
+async fn write_response<W: AsyncWrite + Unpin>(write: &mut W, response: &Response) -> std::io::Result<()> {
     let mut out =
-        serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"result\":\"error\",\"message\":\"encoding\"}".to_vec());
+        serde_json::to_vec(response).unwrap_or_else(|_| b"{\"result\":\"error\",\"message\":\"encoding\"}".to_vec());
     out.push(b'\n');
     write.write_all(&out).await
+}
+
+/// The history's answer as one line; when following, then one line per later matching flow
+/// until `until` passes or the client goes away. A follower that falls behind is told how
+/// many it missed; the flow task never waits for it.
+async fn answer_flows<W: AsyncWrite + Unpin>(write: &mut W, hub: &Hub, q: Query, follow: bool) -> std::io::Result<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    let (answer, mut live) = hub.query_and_follow(&q);
+    let flows = answer.flows.iter().map(|f| (**f).clone()).collect();
+    write_response(write, &Response::Flows { flows, not_seen: answer.not_seen }).await?;
+    if !follow {
+        return Ok(());
+    }
+    write.flush().await?;
+    loop {
+        match live.recv().await {
+            Ok(f) if q.until.is_some_and(|u| f.time > u) => return Ok(()),
+            Ok(f) if q.wants(&f) => {
+                write_response(write, &Response::Flow { flow: Box::new((*f).clone()) }).await?;
+                write.flush().await?;
+            }
+            Ok(_) => {}
+            Err(RecvError::Lagged(missed)) => write_response(write, &Response::FlowsLost { missed }).await?,
+            Err(RecvError::Closed) => return Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -135,7 +171,8 @@ mod tests {
         let (calls, mut owner) = mpsc::channel::<Call>(1);
         let (mut client, server) = tokio::io::duplex(4096);
         let (server_read, server_write) = tokio::io::split(server);
-        let serving = tokio::spawn(answer(server_read, server_write, calls, timeout));
+        let hub = Hub::new(4);
+        let serving = tokio::spawn(async move { answer(server_read, server_write, calls, &hub, timeout).await });
         let owner = tokio::spawn(async move {
             let (req, reply) = owner.recv().await?;
             let _ = reply.send(Response::Deregistered { existed: false });
@@ -171,12 +208,65 @@ mod tests {
         let (calls, _owner) = mpsc::channel::<Call>(1);
         let (mut client, server) = tokio::io::duplex(4096);
         let (server_read, server_write) = tokio::io::split(server);
-        let serving = tokio::spawn(answer(server_read, server_write, calls, Duration::from_millis(50)));
+        let hub = Hub::new(4);
+        let serving =
+            tokio::spawn(
+                async move { answer(server_read, server_write, calls, &hub, Duration::from_millis(50)).await },
+            );
         client.write_all(b"{\"op\":").await.expect("write");
         let mut answer = Vec::new();
         BufReader::new(&mut client).read_until(b'\n', &mut answer).await.expect("answer");
         serving.await.expect("task").expect("io");
         let resp: Response = serde_json::from_slice(&answer).expect("response");
         assert!(matches!(&resp, Response::Error { message } if message.starts_with("no request within")), "{resp:?}");
+    }
+
+    /// `follow`: the history's answer first, then each later matching flow on its own line,
+    /// without the owner task (nobody answers `calls` here).
+    #[tokio::test]
+    async fn a_followed_flow_query_streams_matching_flows_after_the_history() {
+        use crate::flows::filter::tests::flow;
+        use crate::flows::filter::{Cond, Filter};
+        use crate::flows::record::{FlowVerdict, TrafficDirection};
+        let hub = Hub::new(8);
+        let f = |port, v| flow("a/x", "a/y", port, v, TrafficDirection::Ingress);
+        hub.push([f(1, FlowVerdict::Dropped), f(2, FlowVerdict::Forwarded)]);
+        let (calls, _owner) = mpsc::channel::<Call>(1);
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (server_read, server_write) = tokio::io::split(server);
+        let serving = {
+            let hub = hub.clone();
+            tokio::spawn(async move { answer(server_read, server_write, calls, &hub, REQUEST_TIMEOUT).await })
+        };
+        let mut filter = Filter::default();
+        filter.push(Cond::from_flag("verdict", "DROPPED").expect("filter"), false);
+        let req = Request::Flows { last: None, follow: true, since: None, until: None, filter };
+        let mut line = serde_json::to_vec(&req).expect("encode");
+        line.push(b'\n');
+        client.write_all(&line).await.expect("write");
+        let mut reader = BufReader::new(client);
+        let mut next = async || {
+            let mut l = Vec::new();
+            reader.read_until(b'\n', &mut l).await.expect("read");
+            serde_json::from_slice::<Response>(&l).expect("a response line")
+        };
+        match next().await {
+            Response::Flows { flows, not_seen } => {
+                assert_eq!(flows.iter().map(|f| f.l4.parts().2).collect::<Vec<_>>(), [1]);
+                assert_eq!(not_seen, 0);
+            }
+            other => panic!("expected the history first, got {other:?}"),
+        }
+        // Pushed after the answer: the allowed one is filtered out, the drop follows.
+        hub.push([f(3, FlowVerdict::Forwarded), f(4, FlowVerdict::Dropped)]);
+        match next().await {
+            Response::Flow { flow } => assert_eq!(flow.l4.parts().2, 4),
+            other => panic!("expected the live drop, got {other:?}"),
+        }
+        drop(next);
+        drop(reader);
+        // The client is gone: the server's next write fails and the connection ends.
+        hub.push([f(5, FlowVerdict::Dropped)]);
+        assert!(serving.await.expect("task").is_err(), "writing to a closed connection ends the follow");
     }
 }

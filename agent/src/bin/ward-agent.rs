@@ -79,6 +79,9 @@ struct RunArgs {
     /// Which verdicts emit flow events into the ring buffer.
     #[arg(long, env = "WARD_FLOW_EVENTS", value_enum, default_value_t = FlowEvents::Drops)]
     flow_events: FlowEvents,
+    /// Flow records kept in memory for `ward observe` (the oldest go first).
+    #[arg(long, default_value_t = ward_agent::flows::history::DEFAULT_HISTORY)]
+    flow_history: usize,
     /// Most tracked flows one pod may hold; past it the pod's new flows are refused
     /// (`ct_quota`), so one pod's flood never crowds out another's connections.
     #[arg(long, default_value_t = ward_common::maps::CT_QUOTA_DEFAULT)]
@@ -226,6 +229,7 @@ fn main() -> anyhow::Result<()> {
         bpffs: run.bpffs,
         host_addrs: run.host_addrs,
         flow_events: run.flow_events,
+        flow_history: run.flow_history,
         ct_quota: run.ct_quota,
         conflist,
         dns: ward_agent::dns::DnsSettings {

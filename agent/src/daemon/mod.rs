@@ -5,6 +5,7 @@
 //! `reconcile`, which plans the desired map contents (`crate::plan`) and applies the
 //! difference to the kernel.
 
+mod flows;
 mod http;
 mod plugin;
 pub mod reconcile;
@@ -77,6 +78,8 @@ pub struct Config {
     pub bpffs: PathBuf,
     pub host_addrs: Vec<IpAddr>,
     pub flow_events: FlowEvents,
+    /// Flow records kept for `ward observe` (`crate::flows::history::DEFAULT_HISTORY`).
+    pub flow_history: usize,
     /// Most tracked flows one endpoint may hold (`ward_common::maps::CT_QUOTA_DEFAULT`).
     pub ct_quota: u32,
     /// The CNI conflist to write once ready (`--cni-conf-dir`), if any.
@@ -121,6 +124,8 @@ pub struct Agent {
     dns: Option<crate::dns::DnsHandle>,
     /// Why the DNS proxy is not running.
     dns_error: Option<String>,
+    /// What the flow task names flows from, republished after each pass (`flows.rs`).
+    flow_view: flows::ViewTx,
 }
 
 pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
@@ -134,13 +139,14 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     let (event_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut agent = Agent::start(cfg, event_tx).await?;
     let mut bumps = agent.dns.as_mut().and_then(|d| d.bumps.take());
+    let flow_hub = agent.start_flows();
     let listener = server::bind(&agent.cfg.socket)?;
     let (call_tx, mut calls) = mpsc::channel::<server::Call>(64);
     if let Some(addr) = agent.cfg.metrics_addr {
         let http = crate::api::http::bind(addr).await?;
         tokio::spawn(crate::api::http::serve(http, call_tx.clone()));
     }
-    tokio::spawn(server::serve(listener, call_tx));
+    tokio::spawn(server::serve(listener, call_tx, flow_hub));
     let mut gc = tokio::time::interval(GC_PERIOD);
     let mut ct_sweep = tokio::time::interval(CT_SWEEP_PERIOD);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -327,6 +333,7 @@ impl Agent {
             conflist,
             dns,
             dns_error,
+            flow_view: flows::ViewTx::default(),
         };
         tracing::info!(
             endpoints = agent.registry.len(),
@@ -367,6 +374,8 @@ impl Agent {
                 self.explain(&from, &to, &protocol, port, http_method.as_deref().zip(http_path.as_deref()))
             }
             Request::Datastore => Response::Datastore { snapshot: Box::new(self.store.snapshot().clone()) },
+            // The API server answers these from the flow hub, without the owner task.
+            Request::Flows { .. } => Response::Error { message: "flows are served by the API server".into() },
             Request::DnsFlows => {
                 Response::DnsFlows { flows: self.dns.as_ref().map(|d| d.shared.flows.recent()).unwrap_or_default() }
             }

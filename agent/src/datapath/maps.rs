@@ -121,7 +121,8 @@ pub struct Maps {
     rule_cnt: PerCpuHashMap<MapData, u32, Counter>,
     ct: HashMap<MapData, CtKey, CtValue>,
     ct_count: HashMap<MapData, CtCountKey, i64>,
-    events: RingBuf<MapData>,
+    /// `None` once the flow task took it ([`Maps::take_events`]).
+    events: Option<RingBuf<MapData>>,
 }
 
 /// What one conntrack expiry sweep did.
@@ -154,7 +155,7 @@ impl Maps {
             rule_cnt: take(ebpf, m::MAP_RULE_CNT)?,
             ct: take(ebpf, m::MAP_CT)?,
             ct_count: take(ebpf, m::MAP_CT_COUNT)?,
-            events: take(ebpf, m::MAP_EVENTS)?,
+            events: Some(take(ebpf, m::MAP_EVENTS)?),
         })
     }
 
@@ -356,15 +357,16 @@ impl Maps {
         Ok(out)
     }
 
-    /// The next flow event the programs wrote, if any (non-blocking).
+    /// Hands the flow ring buffer to its one reader (the flow task); `None` if taken already.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// The next flow event the programs wrote, if any (non-blocking; `None` too once the
+    /// ring buffer was taken).
     pub fn next_event(&mut self) -> Option<FlowEvent> {
-        let item = self.events.next()?;
-        if item.len() < std::mem::size_of::<FlowEvent>() {
-            return None;
-        }
-        // SAFETY: the programs write whole `FlowEvent`s (repr(C), any bit pattern valid);
-        // the length was checked and the read is unaligned-safe.
-        Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) })
+        let item = self.events.as_mut()?.next()?;
+        FlowEvent::from_bytes(&item)
     }
 
     /// Tracked flows per endpoint id, from the counters (no walk over the table).
