@@ -517,3 +517,165 @@ impl UuidSource {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use ward_common::addr::addr16;
+    use ward_policy::identity::Identities;
+    use ward_policy::model::{Object, parse_documents};
+
+    const CLUSTER: &str = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: shop, labels: {app: api}}
+status: {podIP: 10.1.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: shop, labels: {app: db}}
+status: {podIP: 10.1.0.2}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-from-api, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: api}}}], ports: [{port: 5432}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-no-egress, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  policyTypes: [Egress]
+";
+
+    fn view() -> View {
+        let objects: Vec<Object> = parse_documents(CLUSTER, "t").into_iter().flatten().collect();
+        let (cluster, errors) = Cluster::from_objects(&objects, "t");
+        assert!(errors.is_empty(), "{errors:?}");
+        let db = PodKey::new("shop", "db");
+        let compiled = ward_policy::compile::compile(&cluster, &BTreeSet::from([db.clone()]), &mut Identities::new());
+        let ips = ["10.1.0.2".parse().expect("ip")];
+        View::build("n1", &cluster, &compiled.rules, [LocalPod { ep_id: 3, key: db, ips: &ips }])
+    }
+
+    fn event(src: &str, dst: &str, dir: Direction, reason: Reason, rule_id: u32) -> FlowEvent {
+        FlowEvent {
+            ts_ns: 0,
+            saddr: addr16(src.parse().expect("ip")),
+            daddr: addr16(dst.parse().expect("ip")),
+            sport_be: 40000u16.to_be_bytes(),
+            dport_be: 5432u16.to_be_bytes(),
+            proto: 6,
+            dir: dir as u8,
+            verdict: reason.verdict() as u8,
+            reason: reason as u8,
+            ifindex: 9,
+            ep_id: 3,
+            subject_identity: 300,
+            peer_identity: 301,
+            peer_cidr_identity: 2,
+            rule_id,
+            tcp_flags: 0x02,
+            _pad: [0; 7],
+        }
+    }
+
+    fn names(list: &[PolicyAttribution]) -> Vec<String> {
+        list.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn an_allow_names_its_policy_and_rule_and_a_default_deny_the_isolating_policies() {
+        let v = view();
+        let rule_id = *v.rules.iter().find(|(_, r)| r.policy.name == "db-from-api").expect("the rule's id").0;
+        let ok = v.enrich(
+            &event("10.1.0.1", "10.1.0.2", Direction::Ingress, Reason::PolicyAllow, rule_id),
+            FlowTime(1),
+            "u".into(),
+        );
+        assert_eq!(
+            (ok.verdict, ok.traffic_direction, ok.trace_reason),
+            (FlowVerdict::Forwarded, TrafficDirection::Ingress, TraceReason::New)
+        );
+        assert_eq!(
+            (ok.source.namespace.as_str(), ok.source.pod_name.as_str(), ok.source.identity),
+            ("shop", "api", 301)
+        );
+        assert_eq!((ok.destination.pod_name.as_str(), ok.destination.identity), ("db", 300));
+        assert_eq!(ok.destination.labels, ["app=db"]);
+        assert_eq!(names(&ok.ingress_allowed_by), ["shop/db-from-api rule 0"]);
+        assert!(ok.ingress_denied_by.is_empty() && ok.egress_allowed_by.is_empty() && ok.drop_reason_desc.is_none());
+        assert_eq!(ok.rule_id, Some(rule_id));
+        assert!(
+            ok.l4
+                == L4::Tcp(Tcp {
+                    source_port: 40000,
+                    destination_port: 5432,
+                    flags: TcpFlags { syn: true, ..TcpFlags::default() }
+                })
+        );
+
+        // From outside the cluster: a default-deny drop names the ingress isolator only.
+        let no = v.enrich(
+            &event("192.0.2.1", "10.1.0.2", Direction::Ingress, Reason::PolicyDenied, 0),
+            FlowTime(2),
+            "v".into(),
+        );
+        assert_eq!(no.verdict, FlowVerdict::Dropped);
+        assert_eq!(no.drop_reason_desc.as_deref(), Some("POLICY_DENIED"));
+        assert!(!no.source.is_pod() && no.ip.source.to_string() == "192.0.2.1");
+        assert_eq!(names(&no.ingress_denied_by), ["shop/db-from-api"]);
+        assert!(no.ingress_allowed_by.is_empty() && no.egress_allowed_by.is_empty() && no.rule_id.is_none());
+        let json = serde_json::to_value(&no).expect("encode");
+        assert!(json.get("ingress_allowed_by").is_none() && json.get("egress_allowed_by").is_none(), "{json}");
+
+        // Egress from db: the egress isolator, with db as the source.
+        let out = v.enrich(
+            &event("10.1.0.2", "10.1.0.1", Direction::Egress, Reason::PolicyDenied, 0),
+            FlowTime(3),
+            "w".into(),
+        );
+        assert_eq!((out.source.pod_name.as_str(), out.destination.pod_name.as_str()), ("db", "api"));
+        assert_eq!(names(&out.egress_denied_by), ["shop/db-no-egress"]);
+        assert!(out.ingress_denied_by.is_empty());
+
+        // Codes this agent does not know: an ERROR record, never a guessed verdict.
+        let mut odd = event("10.1.0.1", "10.1.0.2", Direction::Ingress, Reason::PolicyAllow, rule_id);
+        odd.reason = 127;
+        let odd = v.enrich(&odd, FlowTime(4), "x".into());
+        assert_eq!((odd.verdict, odd.reason.as_str()), (FlowVerdict::Error, "unknown_127"));
+        assert!(odd.ingress_allowed_by.is_empty());
+    }
+
+    #[test]
+    fn a_record_survives_its_json_and_uses_hubbles_field_names() {
+        let v = view();
+        let f = v.enrich(
+            &event("10.1.0.1", "10.1.0.2", Direction::Ingress, Reason::PolicyDenied, 0),
+            FlowTime(1_700_000_000_123_456_789),
+            "u".into(),
+        );
+        let json = serde_json::to_value(&f).expect("encode");
+        assert_eq!(json["time"], "2023-11-14T22:13:20.123456789Z");
+        assert_eq!(json["verdict"], "DROPPED");
+        assert_eq!(json["traffic_direction"], "INGRESS");
+        assert_eq!(json["IP"]["ipVersion"], "IPv4");
+        assert_eq!(json["l4"]["TCP"]["destination_port"], 5432);
+        assert_eq!(json["l4"]["TCP"]["flags"]["SYN"], true);
+        assert_eq!(json["destination"]["pod_name"], "db");
+        assert_eq!(json["trace_reason"], "NEW");
+        assert_eq!(serde_json::from_value::<Flow>(json).expect("decode"), f);
+    }
+
+    #[test]
+    fn flow_ids_differ() {
+        let mut u = UuidSource::default();
+        let (a, b) = (u.next_uuid(), u.next_uuid());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+    }
+}
