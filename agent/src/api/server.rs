@@ -263,6 +263,8 @@ mod tests {
             Response::Flow { flow } => assert_eq!(flow.l4.parts().2, 4),
             other => panic!("expected the live drop, got {other:?}"),
         }
+        // The closure borrows the reader; dropping the reader closes the client's end.
+        #[expect(clippy::drop_non_drop, reason = "ends the closure's borrow of the reader")]
         drop(next);
         drop(reader);
         // The client is gone: the server's next write fails and the connection ends.

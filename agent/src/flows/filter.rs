@@ -112,7 +112,7 @@ impl Cond {
             "namespace" if !value.is_empty() => Cond::Namespace { side, namespace: value.to_owned() },
             "namespace" => return Err(bad("expected a namespace")),
             "label" => match value.split_once('=') {
-                Some((k, _)) if k.is_empty() => return Err(bad("expected key=value or key")),
+                Some(("", _)) => return Err(bad("expected key=value or key")),
                 Some((k, v)) => Cond::Label { side, key: k.to_owned(), value: Some(v.to_owned()) },
                 None if value.is_empty() => return Err(bad("expected key=value or key")),
                 None => Cond::Label { side, key: value.to_owned(), value: None },
