@@ -61,7 +61,16 @@ fn observe_reports_allowed_and_denied_flows_with_their_deciding_policies() {
     if !require_root("observe_reports_allowed_and_denied_flows_with_their_deciding_policies") {
         return;
     }
-    let config = NodeConfig { agent_args: vec!["--flow-events".into(), "all".into()], ..NodeConfig::default() };
+    let export = TempFile(std::env::temp_dir().join(format!("ward-{}-observe-export.jsonl", std::process::id())));
+    let config = NodeConfig {
+        agent_args: vec![
+            "--flow-events".into(),
+            "all".into(),
+            "--flow-export-file".into(),
+            export.0.to_string_lossy().into_owned(),
+        ],
+        ..NodeConfig::default()
+    };
     let mut node = Node::start(config).unwrap_or_else(|e| panic!("lab node: {e}"));
     node.set_namespace("shop", &Labels::new()).unwrap_or_else(|e| panic!("namespace: {e}"));
     node.create_pods(&[pod("db"), pod("api"), pod("stranger")]).unwrap_or_else(|e| panic!("pods: {e}"));
@@ -145,6 +154,28 @@ fn observe_reports_allowed_and_denied_flows_with_their_deciding_policies() {
     let path = file.to_string_lossy().into_owned();
     let from_file = observe(&node, &["--input-file", &path, "--last", "1000", "--verdict", "DROPPED"]);
     assert_eq!(from_file, drops_among(&flows), "the file filtered like the agent's history");
+
+    // The agent's own export holds the same records (it is flushed as the exporter catches up).
+    let export_path = export.0.to_string_lossy().into_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let exported = observe(&node, &["--input-file", &export_path, "--last", "1000", "--from-pod", "shop/stranger"]);
+        if let Some(f) = at_db(&exported, "shop/stranger") {
+            assert_eq!(f, dropped, "the exported record is the one the agent serves");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the drop in {export_path} within 10 s: {exported:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Removes the file when the test ends, on panic too.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn drops_among(flows: &[Value]) -> Vec<Value> {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::api::client::Responses;
 use crate::api::proto::{Request, Response};
+use crate::flows::export::LostLine;
 use crate::flows::filter::{Cond, FilterError};
 use crate::flows::history::Query;
 use crate::flows::record::{Endpoint, Flow, FlowTime};
@@ -226,14 +227,20 @@ pub enum InputError {
     Decode { path: PathBuf, line: usize, source: serde_json::Error },
 }
 
-/// The flows of a JSON-lines file that `q` wants (its `last` applied to what matches).
-pub fn read_input(path: &Path, q: &Query) -> Result<Vec<Flow>, InputError> {
+/// The flows of a JSON-lines file that `q` wants (its `last` applied to what matches), and
+/// how many flows the file's `lost_events` lines say its writer missed.
+pub fn read_input(path: &Path, q: &Query) -> Result<(Vec<Flow>, u64), InputError> {
     let io = |source| InputError::Io { path: path.to_owned(), source };
     let file = std::fs::File::open(path).map_err(io)?;
     let mut out = Vec::new();
+    let mut lost = 0;
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(io)?;
         if line.trim().is_empty() {
+            continue;
+        }
+        if let Ok(l) = serde_json::from_str::<LostLine>(&line) {
+            lost += l.lost_events.num_events_lost;
             continue;
         }
         let flow: Flow = serde_json::from_str(&line).map_err(|source| InputError::Decode {
@@ -248,7 +255,7 @@ pub fn read_input(path: &Path, q: &Query) -> Result<Vec<Flow>, InputError> {
     if let Some(n) = q.last {
         out.drain(..out.len().saturating_sub(n));
     }
-    Ok(out)
+    Ok((out, lost))
 }
 
 fn print(out: &mut impl Write, f: &Flow, output: Output) -> std::io::Result<()> {
@@ -278,7 +285,10 @@ pub fn run(socket: &Path, raw: &[String]) -> ExitCode {
     let mut out = stdout.lock();
     if let Some(path) = &args.input_file {
         return match read_input(path, &args.query) {
-            Ok(flows) => {
+            Ok((flows, lost)) => {
+                if lost > 0 {
+                    eprintln!("ward observe: the file's writer missed {lost} flows (lost_events lines)");
+                }
                 for f in &flows {
                     if print(&mut out, f, args.output).is_err() {
                         return ExitCode::FAILURE;
@@ -431,7 +441,10 @@ mod tests {
         std::fs::write(&path, format!("{text}\n")).expect("write");
         let a = args("--verdict DROPPED --last 1").expect("parses");
         let got = read_input(&path, &a.query).expect("reads");
-        assert_eq!(got, [flows[2].clone()], "the last matching flow, exactly as written");
+        assert_eq!(got, (vec![flows[2].clone()], 0), "the last matching flow, exactly as written");
+        let lost = "{\"lost_events\":{\"source\":\"export\",\"num_events_lost\":7}}\n";
+        std::fs::write(&path, format!("{text}{lost}{lost}")).expect("write");
+        assert_eq!(read_input(&path, &a.query).expect("reads").1, 14, "lost_events lines are counted, not flows");
         std::fs::write(&path, format!("{text}{{\"time\":1}}\n")).expect("write");
         let e = read_input(&path, &a.query).expect_err("a bad line");
         assert!(e.to_string().contains("line 4"), "{e}");

@@ -34,6 +34,12 @@ impl Agent {
             }
             None => tracing::error!(map = ward_common::maps::MAP_EVENTS, "flow ring buffer already taken"),
         }
+        if let Some(export) = &self.cfg.flow_export
+            && let Err(e) = crate::flows::export::spawn(export.clone(), &hub)
+        {
+            // Observing still works; the file is what is missing, and the log says why.
+            tracing::error!(error = %e, "flow export not started");
+        }
         hub
     }
 

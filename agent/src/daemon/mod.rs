@@ -80,6 +80,8 @@ pub struct Config {
     pub flow_events: FlowEvents,
     /// Flow records kept for `ward observe` (`crate::flows::history::DEFAULT_HISTORY`).
     pub flow_history: usize,
+    /// Where flow records are also written (`--flow-export-file`), if anywhere.
+    pub flow_export: Option<crate::flows::export::ExportSettings>,
     /// Most tracked flows one endpoint may hold (`ward_common::maps::CT_QUOTA_DEFAULT`).
     pub ct_quota: u32,
     /// The CNI conflist to write once ready (`--cni-conf-dir`), if any.

@@ -87,6 +87,11 @@ impl Hub {
         }
     }
 
+    /// Live flows from now on (the exporter).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Flow>> {
+        self.live.subscribe()
+    }
+
     pub fn query(&self, q: &Query) -> Answer {
         Self::answer(&self.lock(), q)
     }

@@ -5,6 +5,7 @@
 //! channel: the task never waits on the owner), and hands it to the [`history::Hub`]: a
 //! bounded history for queries and a broadcast for followers (`ward observe`).
 
+pub mod export;
 pub mod filter;
 pub mod history;
 pub mod record;
