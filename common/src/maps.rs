@@ -26,9 +26,11 @@ pub const MAP_REASON_CNT: &str = "WARD_REASON_CNT";
 pub const MAP_RULE_CNT: &str = "WARD_RULE_CNT";
 pub const MAP_CT_COUNT: &str = "WARD_CT_COUNT";
 pub const MAP_FRAGS: &str = "WARD_FRAGS";
+/// Per-CPU array indexed by reason code: flow events lost because `WARD_EVENTS` was full.
+pub const MAP_EVENTS_LOST: &str = "WARD_EVT_LOST";
 
 /// Every pinned map, for pinning and for the layout check in tests.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_ENDPOINTS,
     MAP_IPCACHE,
     MAP_POLICY,
@@ -39,6 +41,7 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_RULE_CNT,
     MAP_CT_COUNT,
     MAP_FRAGS,
+    MAP_EVENTS_LOST,
 ];
 
 pub const ENDPOINTS_MAX: u32 = 16 * 1024;

@@ -42,6 +42,10 @@ pub static CONFIG: Array<ConfigValue> = Array::pinned(1, 0);
 #[map(name = "WARD_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
+/// Flow events lost because `EVENTS` was full, per reason (emitted = delivered + lost).
+#[map(name = "WARD_EVT_LOST")]
+pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
+
 #[map(name = "WARD_REASON_CNT")]
 pub static REASON_CNT: PerCpuArray<Counter> = PerCpuArray::pinned(Reason::COUNT, 0);
 

@@ -128,14 +128,20 @@ pub enum Response {
     Flows {
         flows: Vec<crate::flows::record::Flow>,
         not_seen: u64,
+        /// Flow events the kernel could not deliver (ring buffer full) since the agent started.
+        #[serde(default)]
+        lost_events: u64,
     },
     /// One live flow (after `Flows`, when following).
     Flow {
         flow: Box<crate::flows::record::Flow>,
     },
-    /// This follower fell behind the live stream and missed this many flows.
+    /// Flows this follower will not see: it fell behind the live stream (`reader`), or the
+    /// kernel's ring buffer was full (`kernel`).
     FlowsLost {
         missed: u64,
+        #[serde(default)]
+        source: crate::flows::history::LostSource,
     },
     Error {
         message: String,

@@ -11,7 +11,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::proto::{Request, Response};
-use crate::flows::history::{Hub, Query};
+use crate::flows::history::{Hub, LostSource, Query};
 
 /// A request on its way to the owner task, with the channel for its answer.
 pub type Call = (Request, oneshot::Sender<Response>);
@@ -142,24 +142,37 @@ async fn write_response<W: AsyncWrite + Unpin>(write: &mut W, response: &Respons
 /// many it missed; the flow task never waits for it.
 async fn answer_flows<W: AsyncWrite + Unpin>(write: &mut W, hub: &Hub, q: Query, follow: bool) -> std::io::Result<()> {
     use tokio::sync::broadcast::error::RecvError;
-    let (answer, mut live) = hub.query_and_follow(&q);
+    let (answer, follower) = hub.query_and_follow(&q);
+    let (mut live, mut lost) = (follower.flows, follower.lost);
+    let mut lost_seen = answer.lost_events;
     let flows = answer.flows.iter().map(|f| (**f).clone()).collect();
-    write_response(write, &Response::Flows { flows, not_seen: answer.not_seen }).await?;
+    write_response(write, &Response::Flows { flows, not_seen: answer.not_seen, lost_events: answer.lost_events })
+        .await?;
     if !follow {
         return Ok(());
     }
     write.flush().await?;
     loop {
-        match live.recv().await {
-            Ok(f) if q.until.is_some_and(|u| f.time > u) => return Ok(()),
-            Ok(f) if q.wants(&f) => {
-                write_response(write, &Response::Flow { flow: Box::new((*f).clone()) }).await?;
-                write.flush().await?;
+        let resp = tokio::select! {
+            got = live.recv() => match got {
+                Ok(f) if q.until.is_some_and(|u| f.time > u) => return Ok(()),
+                Ok(f) if q.wants(&f) => Response::Flow { flow: Box::new((*f).clone()) },
+                Ok(_) => continue,
+                Err(RecvError::Lagged(missed)) => Response::FlowsLost { missed, source: LostSource::Reader },
+                Err(RecvError::Closed) => return Ok(()),
+            },
+            changed = lost.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let now = *lost.borrow_and_update();
+                let missed = now.saturating_sub(lost_seen);
+                lost_seen = now;
+                Response::FlowsLost { missed, source: LostSource::Kernel }
             }
-            Ok(_) => {}
-            Err(RecvError::Lagged(missed)) => write_response(write, &Response::FlowsLost { missed }).await?,
-            Err(RecvError::Closed) => return Ok(()),
-        }
+        };
+        write_response(write, &resp).await?;
+        write.flush().await?;
     }
 }
 
@@ -251,9 +264,9 @@ mod tests {
             serde_json::from_slice::<Response>(&l).expect("a response line")
         };
         match next().await {
-            Response::Flows { flows, not_seen } => {
+            Response::Flows { flows, not_seen, lost_events } => {
                 assert_eq!(flows.iter().map(|f| f.l4.parts().2).collect::<Vec<_>>(), [1]);
-                assert_eq!(not_seen, 0);
+                assert_eq!((not_seen, lost_events), (0, 0));
             }
             other => panic!("expected the history first, got {other:?}"),
         }
@@ -263,6 +276,11 @@ mod tests {
             Response::Flow { flow } => assert_eq!(flow.l4.parts().2, 4),
             other => panic!("expected the live drop, got {other:?}"),
         }
+        // The kernel lost events: the follower is told how many since it last heard.
+        hub.note_lost(3);
+        assert_eq!(next().await, Response::FlowsLost { missed: 3, source: LostSource::Kernel });
+        hub.note_lost(5);
+        assert_eq!(next().await, Response::FlowsLost { missed: 2, source: LostSource::Kernel });
         // The closure borrows the reader; dropping the reader closes the client's end.
         #[expect(clippy::drop_non_drop, reason = "ends the closure's borrow of the reader")]
         drop(next);

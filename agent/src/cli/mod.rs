@@ -32,7 +32,7 @@ pub fn render(resp: &Response) -> String {
         ),
         Response::Flows { flows, .. } => flows.iter().map(|f| format!("{}\n", observe::compact(f))).collect(),
         Response::Flow { flow } => format!("{}\n", observe::compact(flow)),
-        Response::FlowsLost { missed } => format!("... {missed} flows missed (this reader fell behind)\n"),
+        Response::FlowsLost { missed, source } => format!("... {missed} flows lost ({})\n", source.as_str()),
         Response::Error { message } => format!("error: {message}\n"),
     }
 }

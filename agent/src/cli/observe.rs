@@ -12,7 +12,7 @@ use crate::api::client::Responses;
 use crate::api::proto::{Request, Response};
 use crate::flows::export::LostLine;
 use crate::flows::filter::{Cond, FilterError};
-use crate::flows::history::Query;
+use crate::flows::history::{LostSource, Query};
 use crate::flows::record::{Endpoint, Flow, FlowTime};
 
 /// Flows shown when neither `--last`, `--since` nor `--follow` is given (as hubble).
@@ -326,7 +326,13 @@ pub fn run(socket: &Path, raw: &[String]) -> ExitCode {
             }
         };
         let written = match resp {
-            Response::Flows { flows, not_seen } => {
+            Response::Flows { flows, not_seen, lost_events } => {
+                if lost_events > 0 {
+                    eprintln!(
+                        "ward observe: the kernel could not deliver {lost_events} flow events since the agent started \
+                         (ring buffer full)"
+                    );
+                }
                 if not_seen > 0 {
                     eprintln!(
                         "ward observe: {not_seen} older flows had already left this node's history and could not be \
@@ -336,8 +342,12 @@ pub fn run(socket: &Path, raw: &[String]) -> ExitCode {
                 flows.iter().try_for_each(|f| print(&mut out, f, args.output))
             }
             Response::Flow { flow } => print(&mut out, &flow, args.output),
-            Response::FlowsLost { missed } => {
+            Response::FlowsLost { missed, source: LostSource::Reader } => {
                 eprintln!("ward observe: fell behind the live stream; {missed} flows missed");
+                Ok(())
+            }
+            Response::FlowsLost { missed, source: LostSource::Kernel } => {
+                eprintln!("ward observe: the kernel's ring buffer was full; {missed} flow events lost");
                 Ok(())
             }
             Response::Error { message } => {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::watch;
 
 use super::history::Hub;
 use super::record::Flow;
@@ -129,16 +130,18 @@ fn write_flow(out: &mut Rotating, f: &Flow) -> Result<(), ExportError> {
     }
 }
 
-fn write_lost(out: &mut Rotating, missed: u64) -> Result<(), ExportError> {
-    let line = LostLine { lost_events: LostEvents { source: "export".into(), num_events_lost: missed } };
+fn write_lost(out: &mut Rotating, source: &str, missed: u64) -> Result<(), ExportError> {
+    let line = LostLine { lost_events: LostEvents { source: source.into(), num_events_lost: missed } };
     match serde_json::to_vec(&line) {
         Ok(l) => out.write_line(&l),
         Err(_) => Ok(()),
     }
 }
 
-/// Writes what `live` delivers until the hub goes away, flushing whenever it catches up.
-fn pump(mut out: Rotating, mut live: broadcast::Receiver<Arc<Flow>>) {
+/// Writes what `live` delivers until the hub goes away, flushing whenever it catches up;
+/// the kernel's losses go in as `lost_events` lines (source `kernel`) as they are noticed.
+fn pump(mut out: Rotating, mut live: broadcast::Receiver<Arc<Flow>>, mut lost: watch::Receiver<u64>) {
+    let mut lost_seen = *lost.borrow_and_update();
     loop {
         let first = live.blocking_recv();
         let mut next = Some(first);
@@ -147,7 +150,7 @@ fn pump(mut out: Rotating, mut live: broadcast::Receiver<Arc<Flow>>) {
                 Ok(f) => write_flow(&mut out, &f),
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "flow export fell behind");
-                    write_lost(&mut out, missed)
+                    write_lost(&mut out, "export", missed)
                 }
                 Err(RecvError::Closed) => {
                     let _ = out.flush();
@@ -164,6 +167,15 @@ fn pump(mut out: Rotating, mut live: broadcast::Receiver<Arc<Flow>>) {
                 Err(broadcast::error::TryRecvError::Empty) => None,
             };
         }
+        if lost.has_changed().unwrap_or(false) {
+            let now = *lost.borrow_and_update();
+            if now > lost_seen
+                && let Err(e) = write_lost(&mut out, "kernel", now - lost_seen)
+            {
+                tracing::error!(error = %e, "flow export");
+            }
+            lost_seen = now;
+        }
         if let Err(e) = out.flush() {
             tracing::error!(error = %e, "flow export");
         }
@@ -173,10 +185,10 @@ fn pump(mut out: Rotating, mut live: broadcast::Receiver<Arc<Flow>>) {
 /// Starts the exporter on a thread of its own (file writes block).
 pub fn spawn(settings: ExportSettings, hub: &Hub) -> Result<(), ExportError> {
     let out = Rotating::open(settings)?;
-    let live = hub.subscribe();
+    let (live, lost) = (hub.subscribe(), hub.watch_lost());
     std::thread::Builder::new()
         .name("ward-flow-export".into())
-        .spawn(move || pump(out, live))
+        .spawn(move || pump(out, live, lost))
         .map_err(|source| ExportError::Io { path: PathBuf::from("<thread>"), source })?;
     Ok(())
 }
@@ -234,6 +246,19 @@ mod tests {
             if text.lines().count() == 3 {
                 let got: Vec<Flow> = text.lines().map(|l| serde_json::from_str(l).expect("a flow line")).collect();
                 assert_eq!(got, flows);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "three lines within 10 s, got {text:?}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Kernel losses are noticed with the next flow and written as their own line.
+        hub.note_lost(4);
+        hub.push([flows[0].clone()]);
+        let lost = r#"{"lost_events":{"source":"kernel","num_events_lost":4}}"#;
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() == 5 {
+                assert_eq!(text.lines().nth(4), Some(lost), "{text}");
                 break;
             }
             assert!(std::time::Instant::now() < deadline, "three lines within 10 s, got {text:?}");

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::filter::Filter;
 use super::record::{Flow, FlowTime};
@@ -43,6 +43,8 @@ pub struct Answer {
     pub flows: Vec<Arc<Flow>>,
     /// Flows that fell out of the history before the query and might have matched it.
     pub not_seen: u64,
+    /// Flow events the kernel could not deliver (ring buffer full) since the flow task started.
+    pub lost_events: u64,
 }
 
 #[derive(Debug)]
@@ -53,17 +55,69 @@ struct Ring {
     evicted: u64,
 }
 
+/// Where flows were lost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LostSource {
+    /// The reader fell behind the agent's live stream.
+    #[default]
+    Reader,
+    /// The kernel's ring buffer was full.
+    Kernel,
+}
+
+impl LostSource {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LostSource::Reader => "reader",
+            LostSource::Kernel => "kernel",
+        }
+    }
+}
+
+/// A live follower: flows as they come, and the kernel's loss count as it grows.
+pub struct Follow {
+    pub flows: broadcast::Receiver<Arc<Flow>>,
+    pub lost: watch::Receiver<u64>,
+}
+
 /// History and live stream, shared by the flow task and the API connections.
 #[derive(Debug)]
 pub struct Hub {
     ring: Mutex<Ring>,
     live: broadcast::Sender<Arc<Flow>>,
+    /// Kernel-lost flow events since the flow task started.
+    lost: watch::Sender<u64>,
 }
 
 impl Hub {
     pub fn new(cap: usize) -> Arc<Hub> {
         let (live, _) = broadcast::channel(LIVE_QUEUE);
-        Arc::new(Hub { ring: Mutex::new(Ring { cap: cap.max(1), flows: VecDeque::new(), evicted: 0 }), live })
+        Arc::new(Hub {
+            ring: Mutex::new(Ring { cap: cap.max(1), flows: VecDeque::new(), evicted: 0 }),
+            live,
+            lost: watch::channel(0).0,
+        })
+    }
+
+    /// Records the kernel's count of lost events (since the flow task started).
+    pub fn note_lost(&self, total: u64) {
+        self.lost.send_if_modified(|old| {
+            let grew = total > *old;
+            if grew {
+                *old = total;
+            }
+            grew
+        });
+    }
+
+    pub fn lost_events(&self) -> u64 {
+        *self.lost.borrow()
+    }
+
+    /// The loss count, for a follower that reports it as it grows.
+    pub fn watch_lost(&self) -> watch::Receiver<u64> {
+        self.lost.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
@@ -93,14 +147,19 @@ impl Hub {
     }
 
     pub fn query(&self, q: &Query) -> Answer {
-        Self::answer(&self.lock(), q)
+        let mut answer = Self::answer(&self.lock(), q);
+        answer.lost_events = self.lost_events();
+        answer
     }
 
     /// The history's answer and a live subscription starting right after it (taken under
     /// one lock: no flow is both in the answer and in the stream, none is in neither).
-    pub fn query_and_follow(&self, q: &Query) -> (Answer, broadcast::Receiver<Arc<Flow>>) {
+    pub fn query_and_follow(&self, q: &Query) -> (Answer, Follow) {
         let ring = self.lock();
-        (Self::answer(&ring, q), self.live.subscribe())
+        let mut answer = Self::answer(&ring, q);
+        let lost = self.lost.subscribe();
+        answer.lost_events = *lost.borrow();
+        (answer, Follow { flows: self.live.subscribe(), lost })
     }
 
     fn answer(ring: &Ring, q: &Query) -> Answer {
@@ -116,7 +175,7 @@ impl Hub {
             _ => true,
         };
         let not_seen = if short && reaches_back { ring.evicted } else { 0 };
-        Answer { flows, not_seen }
+        Answer { flows, not_seen, lost_events: 0 }
     }
 }
 
@@ -159,7 +218,8 @@ mod tests {
         hub.push([at(1, 1, FlowVerdict::Forwarded), at(2, 2, FlowVerdict::Dropped)]);
         let mut q = Query::default();
         q.filter.push(Cond::from_flag("verdict", "DROPPED").expect("filter"), false);
-        let (answer, mut live) = hub.query_and_follow(&q);
+        let (answer, follow) = hub.query_and_follow(&q);
+        let mut live = follow.flows;
         assert_eq!(ports(&answer), vec![2]);
         // More than the live queue while the follower sleeps: the task never waits for it.
         hub.push((0..LIVE_QUEUE as i128 + 10).map(|i| at(10 + i, 3, FlowVerdict::Dropped)));

@@ -13,6 +13,8 @@ pub mod record;
 use std::sync::Arc;
 
 use aya::maps::{MapData, RingBuf};
+
+use crate::datapath::{EventSource, LostCounters};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use ward_common::maps::FlowEvent;
@@ -39,23 +41,47 @@ fn monotonic_offset() -> i128 {
     FlowTime::now().0 - mono
 }
 
+/// How often the kernel's loss counters are read when no event wakes the task.
+const LOST_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Lost events over all reasons.
+fn lost_total(lost: &LostCounters) -> u64 {
+    match lost.per_reason() {
+        Ok(m) => m.values().sum(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the flow events' loss counters");
+            0
+        }
+    }
+}
+
 /// Starts the flow task over the ring buffer taken from `Maps`.
-pub fn spawn(ring: RingBuf<MapData>, view: watch::Receiver<Arc<View>>, hub: Arc<Hub>) -> Result<(), FlowError> {
+pub fn spawn(source: EventSource, view: watch::Receiver<Arc<View>>, hub: Arc<Hub>) -> Result<(), FlowError> {
+    let EventSource { ring, lost } = source;
     // SAFETY: the RingBuf owns its map's fd (`MapData`), which stays open and unchanged for as
     // long as the RingBuf lives, and the AsyncFd owns the RingBuf.
     let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| FlowError::Register(e.into()))?;
-    tokio::spawn(run(fd, view, hub));
+    tokio::spawn(run(fd, lost, view, hub));
     Ok(())
 }
 
-async fn run(mut fd: AsyncFd<RingBuf<MapData>>, view: watch::Receiver<Arc<View>>, hub: Arc<Hub>) {
+async fn run(mut fd: AsyncFd<RingBuf<MapData>>, lost: LostCounters, view: watch::Receiver<Arc<View>>, hub: Arc<Hub>) {
     let mut uuids = UuidSource::default();
     let mut short = 0u64;
+    // Losses before this agent started are not this stream's: count from here.
+    let baseline = lost_total(&lost);
+    let mut poll = tokio::time::interval(LOST_POLL);
     loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
+        let ready = tokio::select! {
+            r = fd.readable_mut() => Some(r),
+            _ = poll.tick() => None,
+        };
+        hub.note_lost(lost_total(&lost).saturating_sub(baseline));
+        let mut guard = match ready {
+            None => continue,
+            Some(Ok(g)) => g,
+            Some(Err(e)) => {
                 tracing::error!(map = ward_common::maps::MAP_EVENTS, error = %e, "flow ring buffer; no more flow records");
                 return;
             }
