@@ -3,7 +3,6 @@
 //! isolating policy for a default-deny drop), and the filters select what they say. Needs
 //! root and the workspace's binaries (`cargo xtask build`).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -20,17 +19,9 @@ fn pod(name: &str) -> PodSpec {
 
 /// Runs `ward --socket <node's socket> <args>`; returns (success, stdout, stderr).
 fn ward(node: &Node, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(&node.binaries().cli)
-        .arg("--socket")
-        .arg(node.socket())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running ward: {e}"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = node.ward(args);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
 }
 
 /// `ward observe -o json <args>`, one record per line.

@@ -379,8 +379,8 @@ pub fn run(socket: &Path, raw: &[String]) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flows::filter::tests::flow;
-    use crate::flows::record::{FlowVerdict, PolicyAttribution, TrafficDirection};
+    use crate::flows::filter::tests::{attribution, flow};
+    use crate::flows::record::{FlowVerdict, TrafficDirection};
 
     fn args(s: &str) -> Result<ObserveArgs, ObserveError> {
         let v: Vec<String> = s.split_whitespace().map(str::to_owned).collect();
@@ -412,24 +412,14 @@ mod tests {
     #[test]
     fn compact_lines_name_the_ends_the_verdict_and_what_decided() {
         let mut ok = flow("shop/api", "shop/db", 5432, FlowVerdict::Forwarded, TrafficDirection::Ingress);
-        ok.ingress_allowed_by.push(PolicyAttribution {
-            namespace: "shop".into(),
-            name: "db-from-api".into(),
-            kind: "NetworkPolicy".into(),
-            rule_index: Some(0),
-        });
+        ok.ingress_allowed_by.push(attribution("shop", "db-from-api", "NetworkPolicy", Some(0)));
         assert_eq!(
             compact(&ok),
             "2023-11-14T22:13:20Z shop/api:40000 -> shop/db:5432 TCP FORWARDED INGRESS allowed by shop/db-from-api rule 0"
         );
         let mut drop = flow("shop/web", "192.0.2.7", 443, FlowVerdict::Dropped, TrafficDirection::Egress);
         drop.reason = "policy_denied".into();
-        drop.egress_denied_by.push(PolicyAttribution {
-            namespace: "shop".into(),
-            name: "lockdown".into(),
-            kind: "WardNetworkPolicy".into(),
-            rule_index: None,
-        });
+        drop.egress_denied_by.push(attribution("shop", "lockdown", "WardNetworkPolicy", None));
         assert_eq!(
             compact(&drop),
             "2023-11-14T22:13:20Z shop/web:40000 -> 192.0.2.7:443 TCP DROPPED EGRESS default deny (isolated by \

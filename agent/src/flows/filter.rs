@@ -273,6 +273,11 @@ pub(crate) mod tests {
         }
     }
 
+    /// `ns/name` of `kind`, with its rule index if given.
+    pub(crate) fn attribution(ns: &str, name: &str, kind: &str, rule_index: Option<usize>) -> PolicyAttribution {
+        PolicyAttribution { namespace: ns.into(), name: name.into(), kind: kind.into(), rule_index }
+    }
+
     fn filter(args: &[(&str, &str, bool)]) -> Filter {
         let mut f = Filter::default();
         for (flag, value, not) in args {
@@ -318,19 +323,9 @@ pub(crate) mod tests {
     #[test]
     fn policy_filter_matches_allowing_and_denying_attribution() {
         let mut allowed = flow("shop/api", "shop/db", 5432, FlowVerdict::Forwarded, TrafficDirection::Ingress);
-        allowed.ingress_allowed_by.push(PolicyAttribution {
-            namespace: "shop".into(),
-            name: "db-from-api".into(),
-            kind: "NetworkPolicy".into(),
-            rule_index: Some(0),
-        });
+        allowed.ingress_allowed_by.push(attribution("shop", "db-from-api", "NetworkPolicy", Some(0)));
         let mut denied = flow("shop/web", "shop/db", 5432, FlowVerdict::Dropped, TrafficDirection::Egress);
-        denied.egress_denied_by.push(PolicyAttribution {
-            namespace: "shop".into(),
-            name: "lockdown".into(),
-            kind: "NetworkPolicy".into(),
-            rule_index: None,
-        });
+        denied.egress_denied_by.push(attribution("shop", "lockdown", "NetworkPolicy", None));
         let by = |v: &str| filter(&[("policy", v, false)]);
         assert!(by("shop/db-from-api").matches(&allowed) && !by("shop/db-from-api").matches(&denied));
         assert!(by("lockdown").matches(&denied) && !by("lockdown").matches(&allowed));
