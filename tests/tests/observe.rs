@@ -146,6 +146,29 @@ fn observe_reports_allowed_and_denied_flows_with_their_deciding_policies() {
     let from_file = observe(&node, &["--input-file", &path, "--last", "1000", "--verdict", "DROPPED"]);
     assert_eq!(from_file, drops_among(&flows), "the file filtered like the agent's history");
 
+    // A time window through the agent: the last minute holds both.
+    let recent = observe(&node, &["--since", "1m", "--to-pod", "shop/db", "--traffic-direction", "ingress"]);
+    assert!(at_db(&recent, "shop/api").is_some() && at_db(&recent, "shop/stranger").is_some(), "{recent:#?}");
+    let future = observe(&node, &["--since", "2999-01-01T00:00:00Z"]);
+    assert!(future.is_empty(), "nothing after a future time: {future:#?}");
+
+    // --follow: a new drop arrives on the open stream, and only what matches the filter.
+    let mut follower = Follower::start(&node, &["observe", "-f", "-o", "json", "--from-pod", "shop/stranger"]);
+    // The follower subscribes once its process has connected: probe until a record arrives.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let live = loop {
+        let again = node.probe(&stranger, &db, 5432, Protocol::Tcp, Family::IPv4).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!again.connected(), "still denied: {again}");
+        if let Some(line) = follower.next_line(Duration::from_secs(1)) {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "no line from ward observe -f within 15 s");
+    };
+    let live: Value = serde_json::from_str(&live).unwrap_or_else(|e| panic!("not a JSON flow ({e}): {live}"));
+    assert_eq!(pod_of(&live["source"]), "shop/stranger", "{live:#}");
+    assert!(live["uuid"] != dropped["uuid"], "a new record, not the history: {live:#}");
+    drop(follower);
+
     // The agent's own export holds the same records (it is flushed as the exporter catches up).
     let export_path = export.0.to_string_lossy().into_owned();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -157,6 +180,47 @@ fn observe_reports_allowed_and_denied_flows_with_their_deciding_policies() {
         }
         assert!(Instant::now() < deadline, "the drop in {export_path} within 10 s: {exported:#?}");
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A `ward observe --follow` process, killed when dropped (on panic too), with its stdout
+/// read on a thread so a wait can have a deadline.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(node: &Node, args: &[&str]) -> Follower {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(&node.binaries().cli)
+            .arg("--socket")
+            .arg(node.socket())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting ward {args:?}: {e}"));
+        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout of ward {args:?}"));
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Follower { child, lines }
+    }
+
+    fn next_line(&mut self, within: Duration) -> Option<String> {
+        self.lines.recv_timeout(within).ok()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
