@@ -149,15 +149,18 @@ async fn answer_flows<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     follow: bool,
 ) -> std::io::Result<()> {
     use tokio::sync::broadcast::error::RecvError;
+    let history = |a: crate::flows::history::Answer| Response::Flows {
+        flows: a.flows.iter().map(|f| (**f).clone()).collect(),
+        not_seen: a.not_seen,
+        lost_events: a.lost_events,
+    };
+    if !follow {
+        return write_response(write, &history(hub.query(&q))).await;
+    }
     let (answer, follower) = hub.query_and_follow(&q);
     let (mut live, mut lost) = (follower.flows, follower.lost);
     let mut lost_seen = answer.lost_events;
-    let flows = answer.flows.iter().map(|f| (**f).clone()).collect();
-    write_response(write, &Response::Flows { flows, not_seen: answer.not_seen, lost_events: answer.lost_events })
-        .await?;
-    if !follow {
-        return Ok(());
-    }
+    write_response(write, &history(answer)).await?;
     write.flush().await?;
     loop {
         let mut scratch = [0u8; 64];
