@@ -3,7 +3,8 @@
 //! Data flow: `datastore` (a directory of manifests or the Kubernetes API, as events into one
 //! store) feeds `plan`, the pure half of a pass around the compiler in the `ward-policy` crate; `datapath` writes the compiled contents into the pinned
 //! BPF maps and attaches the programs; `endpoint` and `cni` wire pod interfaces and register
-//! them through `api`; `cli` reads it all back.
+//! them through `api`; `flows` turns the datapath's flow events into named, attributed
+//! records (`ward observe`); `cli` reads it all back.
 
 pub mod api;
 pub mod cli;
@@ -14,4 +15,5 @@ pub mod datastore;
 pub mod dns;
 pub mod endpoint;
 pub mod metrics;
+pub mod flows;
 pub mod plan;

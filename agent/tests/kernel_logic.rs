@@ -11,7 +11,10 @@ use ward_common::{
     Direction, Reason, Verdict,
     addr::v4_mapped,
     identity::{CIDR_ID_BIT, ID_ANY, ID_WORLD},
-    maps::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue},
+    maps::{
+        EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EVENTS_BYTES, FlowEvent, IpcacheKey, IpcacheValue, PolicyKey,
+        PolicyValue,
+    },
 };
 
 use support::*;
@@ -204,7 +207,7 @@ fn every_pinned_map_has_the_key_value_sizes_and_capacity_of_its_shared_type() {
     }
     let t = TestDatapath::new("layout");
     // LPM trie keys are the 4-byte prefix length plus the data.
-    let expected: [(&str, usize, usize, u32); 9] = [
+    let expected: [(&str, usize, usize, u32); 10] = [
         (MAP_ENDPOINTS, size_of::<EndpointKey>(), size_of::<EndpointInfo>(), ENDPOINTS_MAX),
         (MAP_IPCACHE, size_of::<IpcacheKey>(), size_of::<IpcacheValue>(), IPCACHE_MAX),
         (MAP_POLICY, size_of::<PolicyKey>(), size_of::<PolicyValue>(), POLICY_MAX),
@@ -214,6 +217,7 @@ fn every_pinned_map_has_the_key_value_sizes_and_capacity_of_its_shared_type() {
         (MAP_RULE_CNT, 4, size_of::<Counter>(), RULE_CNT_MAX),
         (MAP_CT_COUNT, size_of::<CtCountKey>(), size_of::<i64>(), CT_COUNT_MAX),
         (MAP_FRAGS, size_of::<FragKey>(), size_of::<FragValue>(), FRAGS_MAX),
+        (MAP_EVENTS_LOST, 4, size_of::<u64>(), ward_common::Reason::COUNT),
     ];
     for (name, key, value, max) in expected {
         let info = MapInfo::from_pin(t.dp.pin_dir().join(name)).unwrap_or_else(|e| panic!("{name} not pinned: {e}"));
@@ -253,6 +257,36 @@ fn every_pinned_http_map_has_the_sizes_of_its_shared_type() {
     let events = MapInfo::from_pin(t.dp.pin_dir().join(MAP_HTTP_EVENTS)).expect("HTTP events pinned");
     assert_eq!(events.max_entries(), HTTP_EVENTS_BYTES);
     assert_eq!(HTTP_MAPS.len(), expected.len() + 1, "every HTTP map name is checked");
+}
+
+/// A full ring buffer loses events, never verdicts, and counts each loss by reason:
+/// emitted = delivered + lost, exactly.
+#[test]
+fn a_full_event_ring_counts_every_lost_event_by_reason() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new("lost");
+    t.apply(&base(EP_ISOLATED_INGRESS));
+    while t.dp.maps.next_event().is_some() {}
+    let before = t.dp.maps.events_lost().expect("loss counters");
+    // Each record takes 80 bytes plus an 8-byte header: the ring holds fewer than this many.
+    let capacity = (EVENTS_BYTES as usize) / (std::mem::size_of::<FlowEvent>() + 8);
+    let sent = capacity + 100;
+    let pkt = packet(OUTSIDE, POD, TCP, 40600, 81, SYN);
+    for _ in 0..sent {
+        assert_eq!(t.run_reason("to_pod", &pkt), (DROP, Reason::PolicyDenied), "a full ring never changes a verdict");
+    }
+    let mut delivered = 0;
+    while t.dp.maps.next_event().is_some() {
+        delivered += 1;
+    }
+    let lost = t.dp.maps.events_lost().expect("loss counters");
+    let lost_now =
+        lost.get(&Reason::PolicyDenied).copied().unwrap_or(0) - before.get(&Reason::PolicyDenied).copied().unwrap_or(0);
+    assert!(lost_now >= 100, "at least the overflow is lost: {lost_now} (delivered {delivered})");
+    assert_eq!(delivered + lost_now as usize, sent, "emitted = delivered + lost");
+    assert_eq!(lost.keys().copied().collect::<Vec<_>>(), [Reason::PolicyDenied], "counted under its reason: {lost:?}");
 }
 
 #[test]

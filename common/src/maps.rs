@@ -33,9 +33,11 @@ pub const MAP_REASON_CNT_RETIRED: &str = "WARD_REASON_CNT";
 pub const MAP_RULE_CNT: &str = "WARD_RULE_CNT";
 pub const MAP_CT_COUNT: &str = "WARD_CT_COUNT";
 pub const MAP_FRAGS: &str = "WARD_FRAGS";
+/// Per-CPU array indexed by reason code: flow events lost because `WARD_EVENTS` was full.
+pub const MAP_EVENTS_LOST: &str = "WARD_EVT_LOST";
 
 /// Every pinned map, for pinning and for the layout check in tests.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_ENDPOINTS,
     MAP_IPCACHE,
     MAP_POLICY,
@@ -46,6 +48,7 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_RULE_CNT,
     MAP_CT_COUNT,
     MAP_FRAGS,
+    MAP_EVENTS_LOST,
 ];
 
 pub const ENDPOINTS_MAX: u32 = 16 * 1024;
@@ -467,6 +470,53 @@ pub struct FlowEvent {
     pub _pad: [u8; 7],
 }
 
+/// User space's reading of a [`FlowEvent`]: the one decode of the kernel's record (the
+/// agent's flow task and its tests use nothing else).
+#[cfg(feature = "user")]
+impl FlowEvent {
+    /// Reads a record from the bytes of one ring buffer item; `None` when they are too few.
+    pub fn from_bytes(bytes: &[u8]) -> Option<FlowEvent> {
+        if bytes.len() < size_of::<FlowEvent>() {
+            return None;
+        }
+        // SAFETY: FlowEvent is repr(C) of integers and byte arrays (every bit pattern is
+        // valid), the length was checked, and `read_unaligned` needs no alignment.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<FlowEvent>()) })
+    }
+
+    /// The packet's source address (IPv4-mapped addresses as IPv4).
+    pub fn src(&self) -> core::net::IpAddr {
+        core::net::Ipv6Addr::from(self.saddr).to_canonical()
+    }
+
+    /// The packet's destination address (IPv4-mapped addresses as IPv4).
+    pub fn dst(&self) -> core::net::IpAddr {
+        core::net::Ipv6Addr::from(self.daddr).to_canonical()
+    }
+
+    /// Source port, host order (0 when the protocol has none).
+    pub fn sport(&self) -> u16 {
+        u16::from_be_bytes(self.sport_be)
+    }
+
+    /// Destination port, host order (0 when the protocol has none).
+    pub fn dport(&self) -> u16 {
+        u16::from_be_bytes(self.dport_be)
+    }
+
+    pub fn dir(&self) -> Result<Direction, u8> {
+        Direction::try_from(self.dir)
+    }
+
+    pub fn verdict(&self) -> Result<crate::reason::Verdict, u8> {
+        crate::reason::Verdict::try_from(self.verdict)
+    }
+
+    pub fn reason(&self) -> Result<crate::reason::Reason, u8> {
+        crate::reason::Reason::try_from(self.reason)
+    }
+}
+
 const _: () = assert!(size_of::<EndpointInfo>() == 48);
 const _: () = assert!(size_of::<IpcacheKey>() == 20);
 const _: () = assert!(size_of::<IpcacheValue>() == 8);
@@ -506,6 +556,47 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "user")]
+    #[test]
+    fn a_flow_event_decodes_from_its_bytes_with_host_order_ports_and_typed_codes() {
+        use crate::reason::{Reason, Verdict};
+        let ev = FlowEvent {
+            ts_ns: 42,
+            saddr: crate::addr::v4_mapped([10, 1, 0, 2]),
+            daddr: [0xfd, 0x77, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 3],
+            sport_be: 40000u16.to_be_bytes(),
+            dport_be: 5432u16.to_be_bytes(),
+            proto: 6,
+            dir: Direction::Ingress as u8,
+            verdict: Verdict::Drop as u8,
+            reason: Reason::PolicyDenied as u8,
+            ifindex: 7,
+            ep_id: 3,
+            subject_identity: 300,
+            peer_identity: 301,
+            peer_cidr_identity: 2,
+            rule_id: 0,
+            tcp_flags: 0x02,
+            _pad: [0; 7],
+        };
+        // SAFETY: reading a repr(C) value without padding as its bytes.
+        let bytes: [u8; 80] = unsafe { core::mem::transmute(ev) };
+        let got = FlowEvent::from_bytes(&bytes).expect("80 bytes decode");
+        assert_eq!(got, ev);
+        assert_eq!(got.src(), core::net::IpAddr::from([10, 1, 0, 2]));
+        assert_eq!(got.dst(), core::net::IpAddr::from([0xfd77, 0, 0, 1, 0, 0, 0, 3]));
+        assert_eq!((got.sport(), got.dport()), (40000, 5432));
+        assert_eq!(got.dir(), Ok(Direction::Ingress));
+        assert_eq!(got.verdict(), Ok(Verdict::Drop));
+        assert_eq!(got.reason(), Ok(Reason::PolicyDenied));
+        assert!(FlowEvent::from_bytes(&bytes[..79]).is_none(), "a short item is refused");
+        let mut bad = bytes;
+        bad[core::mem::offset_of!(FlowEvent, dir)] = 9;
+        bad[core::mem::offset_of!(FlowEvent, reason)] = 200;
+        let bad = FlowEvent::from_bytes(&bad).expect("decodes");
+        assert_eq!((bad.dir(), bad.reason()), (Err(9), Err(200)));
+    }
 
     #[test]
     fn reason_slots_are_distinct_per_direction_and_inside_the_array() {

@@ -1,6 +1,6 @@
 //! Observability from the datapath: per-(reason, direction) and per-rule counters (per-CPU, always on)
 //! and flow events into the ring buffer (gated by `WARD_CONFIG.flags`). A full ring buffer
-//! loses the event, never the verdict.
+//! loses the event, never the verdict, and counts the loss per reason in `WARD_EVT_LOST`.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use ward_common::{
@@ -8,7 +8,7 @@ use ward_common::{
     reason::{Direction, Reason},
 };
 
-use crate::maps::{EVENTS, REASON_CNT, RULE_CNT};
+use crate::maps::{EVENTS, EVENTS_LOST, REASON_CNT, RULE_CNT};
 use crate::parse::Tuple;
 
 #[inline(always)]
@@ -50,6 +50,11 @@ pub struct EventInfo {
 #[inline(always)]
 pub fn emit(t: &Tuple, info: &EventInfo) {
     let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
+        // The ring is full: the event is lost, and counted, never waited for.
+        if let Some(c) = EVENTS_LOST.get_ptr_mut(info.reason as u32) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { *c += 1 };
+        }
         return;
     };
     // SAFETY: `ts` comes from a helper with no preconditions.

@@ -13,6 +13,7 @@ use ward_common::{
         EndpointInfo, EndpointKey, FRAGS_MAX, FragKey, FragValue, IPCACHE_MAX, IpcacheValue, POLICY_MAX, PolicyKeyData,
         PolicyValue, REASON_DIR_MAX, RULE_CNT_MAX,
     },
+    reason::Reason,
 };
 
 #[map(name = "WARD_ENDPOINTS")]
@@ -40,6 +41,10 @@ pub static CONFIG: Array<ConfigValue> = Array::pinned(1, 0);
 
 #[map(name = "WARD_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+/// Flow events lost because `EVENTS` was full, per reason (emitted = delivered + lost).
+#[map(name = "WARD_EVT_LOST")]
+pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
 
 #[map(name = "WARD_REASON_DIR")]
 pub static REASON_CNT: PerCpuArray<Counter> = PerCpuArray::pinned(REASON_DIR_MAX, 0);

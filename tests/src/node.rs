@@ -361,6 +361,16 @@ impl Node {
         self.caps.insert(pod.clone(), caps);
     }
 
+    /// Runs the `ward` CLI against this node's agent: `ward --socket <socket> <args>`.
+    pub fn ward(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.bins.cli)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running ward {args:?}: {e}"))
+    }
+
     pub fn binaries(&self) -> &Binaries {
         &self.bins
     }

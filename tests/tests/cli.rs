@@ -1,8 +1,6 @@
 //! The `ward` CLI against a live lab node: status, endpoints and explain answer from the
 //! agent's real state. Needs root and the workspace's binaries (`cargo xtask build`).
 
-use std::process::Command;
-
 use serde_yaml::Value;
 use ward_lab::{Family, Labels, Node, NodeConfig, PodRef, PodSpec, Protocol, Serve, require_root};
 
@@ -35,12 +33,7 @@ fn lab() -> Node {
 
 /// Runs `ward --socket <node's socket> <args>`; returns (success, stdout).
 fn ward(node: &Node, args: &[&str]) -> (bool, String) {
-    let out = Command::new(&node.binaries().cli)
-        .arg("--socket")
-        .arg(node.socket())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running ward: {e}"));
+    let out = node.ward(args);
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

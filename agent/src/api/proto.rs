@@ -53,6 +53,21 @@ pub enum Request {
     Datastore,
     /// What `/metrics` renders: counters, every compiled rule's hits, map fill, latency.
     Metrics,
+    /// Flow records from the node's history (`Response::Flows`); with `follow`, the
+    /// connection stays open and each later matching flow follows as its own line
+    /// (`Response::Flow`, or `Response::FlowsLost` when this reader fell behind).
+    Flows {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last: Option<usize>,
+        #[serde(default)]
+        follow: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<crate::flows::record::FlowTime>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<crate::flows::record::FlowTime>,
+        #[serde(default)]
+        filter: crate::flows::filter::Filter,
+    },
 }
 
 /// A CNI attachment: `(CNI_CONTAINERID, CNI_IFNAME)`.
@@ -109,6 +124,26 @@ pub enum Response {
     },
     Datastore {
         snapshot: Box<crate::datastore::Snapshot>,
+    },
+    /// The matching flows of the history, oldest first; `not_seen`: flows that had already
+    /// fallen out of the history and might have matched.
+    Flows {
+        flows: Vec<crate::flows::record::Flow>,
+        not_seen: u64,
+        /// Flow events the kernel could not deliver (ring buffer full) since the agent started.
+        #[serde(default)]
+        lost_events: u64,
+    },
+    /// One live flow (after `Flows`, when following).
+    Flow {
+        flow: Box<crate::flows::record::Flow>,
+    },
+    /// Flows this follower will not see: it fell behind the live stream (`reader`), or the
+    /// kernel's ring buffer was full (`kernel`).
+    FlowsLost {
+        missed: u64,
+        #[serde(default)]
+        source: crate::flows::history::LostSource,
     },
     Error {
         message: String,

@@ -79,6 +79,19 @@ struct RunArgs {
     /// Which verdicts emit flow events into the ring buffer.
     #[arg(long, env = "WARD_FLOW_EVENTS", value_enum, default_value_t = FlowEvents::Drops)]
     flow_events: FlowEvents,
+    /// Flow records kept in memory for `ward observe` (the oldest go first).
+    #[arg(long, default_value_t = ward_agent::flows::history::DEFAULT_HISTORY)]
+    flow_history: usize,
+    /// Also write every flow record to this file, one JSON record per line (`ward observe
+    /// --input-file` reads it), rotated by size.
+    #[arg(long)]
+    flow_export_file: Option<PathBuf>,
+    /// Size at which the export file is rotated to `<file>.1`.
+    #[arg(long, default_value_t = ward_agent::flows::export::DEFAULT_MAX_BYTES)]
+    flow_export_max_bytes: u64,
+    /// Rotated export files kept (`<file>.1` .. `<file>.N`).
+    #[arg(long, default_value_t = ward_agent::flows::export::DEFAULT_KEEP)]
+    flow_export_keep: usize,
     /// Most tracked flows one pod may hold; past it the pod's new flows are refused
     /// (`ct_quota`), so one pod's flood never crowds out another's connections.
     #[arg(long, default_value_t = ward_common::maps::CT_QUOTA_DEFAULT)]
@@ -226,6 +239,12 @@ fn main() -> anyhow::Result<()> {
         bpffs: run.bpffs,
         host_addrs: run.host_addrs,
         flow_events: run.flow_events,
+        flow_history: run.flow_history,
+        flow_export: run.flow_export_file.map(|path| ward_agent::flows::export::ExportSettings {
+            path,
+            max_bytes: run.flow_export_max_bytes.max(1),
+            keep: run.flow_export_keep,
+        }),
         ct_quota: run.ct_quota,
         conflist,
         dns: ward_agent::dns::DnsSettings {

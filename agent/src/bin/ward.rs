@@ -37,6 +37,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// Flow records of this node: recent, live (--follow) or from a file (--input-file),
+    /// filtered as hubble's are (`ward observe --help`).
+    #[command(disable_help_flag = true)]
+    Observe {
+        /// Options and filters, read in order (`--not` negates the filter after it).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,6 +74,7 @@ enum PolicyCmd {
 fn main() -> ExitCode {
     let args = Args::parse();
     let req = match &args.cmd {
+        Cmd::Observe { args: observe } => return cli::observe::run(&args.socket, observe),
         Cmd::Status { .. } => Request::Status,
         Cmd::Endpoints { .. } => Request::Endpoints,
         Cmd::Policy { cmd: PolicyCmd::Explain { from, to, protocol, port, http_method, http_path } } => {

@@ -5,6 +5,7 @@
 //! `reconcile`, which plans the desired map contents (`crate::plan`) and applies the
 //! difference to the kernel.
 
+mod flows;
 mod http;
 mod metrics;
 mod plugin;
@@ -78,6 +79,10 @@ pub struct Config {
     pub bpffs: PathBuf,
     pub host_addrs: Vec<IpAddr>,
     pub flow_events: FlowEvents,
+    /// Flow records kept for `ward observe` (`crate::flows::history::DEFAULT_HISTORY`).
+    pub flow_history: usize,
+    /// Where flow records are also written (`--flow-export-file`), if anywhere.
+    pub flow_export: Option<crate::flows::export::ExportSettings>,
     /// Most tracked flows one endpoint may hold (`ward_common::maps::CT_QUOTA_DEFAULT`).
     pub ct_quota: u32,
     /// The CNI conflist to write once ready (`--cni-conf-dir`), if any.
@@ -124,6 +129,8 @@ pub struct Agent {
     dns_error: Option<String>,
     /// Datastore change to maps written, per pass (`/metrics`).
     update_latency: crate::metrics::Histogram,
+    /// What the flow task names flows from, republished after each pass (`flows.rs`).
+    flow_view: flows::ViewTx,
 }
 
 pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
@@ -137,13 +144,14 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     let (event_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut agent = Agent::start(cfg, event_tx).await?;
     let mut bumps = agent.dns.as_mut().and_then(|d| d.bumps.take());
+    let flow_hub = agent.start_flows();
     let listener = server::bind(&agent.cfg.socket)?;
     let (call_tx, mut calls) = mpsc::channel::<server::Call>(64);
     if let Some(addr) = agent.cfg.metrics_addr {
         let http = crate::api::http::bind(addr).await?;
         tokio::spawn(crate::api::http::serve(http, call_tx.clone()));
     }
-    tokio::spawn(server::serve(listener, call_tx));
+    tokio::spawn(server::serve(listener, call_tx, flow_hub));
     let mut gc = tokio::time::interval(GC_PERIOD);
     let mut ct_sweep = tokio::time::interval(CT_SWEEP_PERIOD);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -333,6 +341,7 @@ impl Agent {
             dns,
             dns_error,
             update_latency: crate::metrics::Histogram::default(),
+            flow_view: flows::ViewTx::default(),
         };
         tracing::info!(
             endpoints = agent.registry.len(),
@@ -377,6 +386,8 @@ impl Agent {
                 self.dp.http.drain_events();
                 Response::Metrics(Box::new(self.metrics()))
             }
+            // The API server answers these from the flow hub, without the owner task.
+            Request::Flows { .. } => Response::Error { message: "flows are served by the API server".into() },
             Request::DnsFlows => {
                 Response::DnsFlows { flows: self.dns.as_ref().map(|d| d.shared.flows.recent()).unwrap_or_default() }
             }

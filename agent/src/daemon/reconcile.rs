@@ -184,6 +184,7 @@ impl Agent {
         self.publish_dns_view(&plan.compiled);
         self.applied = self.store.checkpoint().revision.clone();
         self.compiled = Some(plan.compiled);
+        self.publish_flow_view();
         self.persist_snapshot();
     }
 

@@ -121,7 +121,32 @@ pub struct Maps {
     rule_cnt: PerCpuHashMap<MapData, u32, Counter>,
     ct: HashMap<MapData, CtKey, CtValue>,
     ct_count: HashMap<MapData, CtCountKey, i64>,
-    events: RingBuf<MapData>,
+    /// `None` once the flow task took it ([`Maps::take_events`]).
+    events: Option<EventSource>,
+}
+
+/// The flow ring buffer and its loss counters: what the flow task owns.
+pub struct EventSource {
+    pub ring: RingBuf<MapData>,
+    pub lost: LostCounters,
+}
+
+/// `WARD_EVT_LOST`: flow events lost because the ring was full.
+pub struct LostCounters(PerCpuArray<MapData, u64>);
+
+impl LostCounters {
+    /// Per reason, summed over CPUs (counted since the maps were created; zeros left out).
+    pub fn per_reason(&self) -> Result<BTreeMap<Reason, u64>, DatapathError> {
+        let mut out = BTreeMap::new();
+        for r in Reason::ALL {
+            let per_cpu = self.0.get(&(r as u32), 0).map_err(map_err(m::MAP_EVENTS_LOST))?;
+            let n: u64 = per_cpu.iter().sum();
+            if n > 0 {
+                out.insert(r, n);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// What one conntrack expiry sweep did.
@@ -154,7 +179,10 @@ impl Maps {
             rule_cnt: take(ebpf, m::MAP_RULE_CNT)?,
             ct: take(ebpf, m::MAP_CT)?,
             ct_count: take(ebpf, m::MAP_CT_COUNT)?,
-            events: take(ebpf, m::MAP_EVENTS)?,
+            events: Some(EventSource {
+                ring: take(ebpf, m::MAP_EVENTS)?,
+                lost: LostCounters(take(ebpf, m::MAP_EVENTS_LOST)?),
+            }),
         })
     }
 
@@ -360,15 +388,21 @@ impl Maps {
         Ok(out)
     }
 
-    /// The next flow event the programs wrote, if any (non-blocking).
+    /// Hands the flow ring buffer to its one reader (the flow task); `None` if taken already.
+    pub fn take_events(&mut self) -> Option<EventSource> {
+        self.events.take()
+    }
+
+    /// Flow events lost per reason (empty once the flow task took the ring buffer).
+    pub fn events_lost(&self) -> Result<BTreeMap<Reason, u64>, DatapathError> {
+        self.events.as_ref().map_or(Ok(BTreeMap::new()), |e| e.lost.per_reason())
+    }
+
+    /// The next flow event the programs wrote, if any (non-blocking; `None` too once the
+    /// ring buffer was taken).
     pub fn next_event(&mut self) -> Option<FlowEvent> {
-        let item = self.events.next()?;
-        if item.len() < std::mem::size_of::<FlowEvent>() {
-            return None;
-        }
-        // SAFETY: the programs write whole `FlowEvent`s (repr(C), any bit pattern valid);
-        // the length was checked and the read is unaligned-safe.
-        Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) })
+        let item = self.events.as_mut()?.ring.next()?;
+        FlowEvent::from_bytes(&item)
     }
 
     /// Tracked flows per endpoint id, from the counters (no walk over the table).

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use aya::{Ebpf, EbpfLoader};
 
 pub use http::HttpMaps;
-pub use maps::{Maps, MirrorContents, MirrorDelta, SweepStats};
+pub use maps::{EventSource, LostCounters, Maps, MirrorContents, MirrorDelta, SweepStats};
 
 /// The programs' clock (`bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC_COARSE), for comparing with
 /// the timestamps they write.

@@ -1,6 +1,8 @@
 //! Human-readable rendering of API responses for the `ward` CLI (JSON output is the
 //! responses themselves).
 
+pub mod observe;
+
 use std::fmt::Write as _;
 
 use crate::api::proto::{EndpointStatus, Response, StatusReport};
@@ -28,6 +30,9 @@ pub fn render(resp: &Response) -> String {
             snapshot.policies.len(),
             snapshot.nodes.len()
         ),
+        Response::Flows { flows, .. } => flows.iter().map(|f| format!("{}\n", observe::compact(f))).collect(),
+        Response::Flow { flow } => format!("{}\n", observe::compact(flow)),
+        Response::FlowsLost { missed, source } => format!("... {missed} flows lost ({})\n", source.as_str()),
         Response::Error { message } => format!("error: {message}\n"),
         Response::Metrics(r) => crate::metrics::text::render(r),
     }

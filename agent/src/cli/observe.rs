@@ -1,0 +1,453 @@
+//! `ward observe`: flow records of this node, recent (`--last`, `--since`, `--until`) or live
+//! (`--follow`), from the agent or from an exported JSON-lines file (`--input-file`), with
+//! hubble's filter flags. The filters are `crate::flows::filter`, the same code the agent
+//! runs on its history.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::api::client::Responses;
+use crate::api::proto::{Request, Response};
+use crate::flows::export::LostLine;
+use crate::flows::filter::{Cond, FilterError};
+use crate::flows::history::{LostSource, Query};
+use crate::flows::record::{Endpoint, Flow, FlowTime};
+
+/// Flows shown when neither `--last`, `--since` nor `--follow` is given (as hubble).
+pub const DEFAULT_LAST: usize = 20;
+
+pub const USAGE: &str = "\
+Usage: ward observe [OPTIONS] [FILTERS]
+
+Flow records of this node, oldest first.
+
+Options:
+  --last N               the N most recent matching flows (default 20 without --since/--follow)
+  --follow, -f           keep printing matching flows as they happen
+  --since T, --until T   an RFC 3339 time (2026-01-02T15:04:05Z) or an age (30s, 5m, 2h, 1d)
+  -o, --output FORMAT    compact (default) or json (one flow record per line)
+  --input-file FILE      read flows from a JSON-lines file instead of the agent
+
+Filters (different kinds must all match; repeats of one kind are alternatives):
+  --pod NS/NAME  --from-pod NS/NAME  --to-pod NS/NAME
+  --namespace NS  --from-namespace NS  --to-namespace NS
+  --label K=V  --from-label K=V  --to-label K=V   (K alone: the label is present)
+  --ip ADDR  --from-ip ADDR  --to-ip ADDR
+  --port N  --protocol tcp|udp|sctp|icmp|icmpv4|icmpv6
+  --verdict FORWARDED|DROPPED|AUDIT|ERROR  --traffic-direction ingress|egress
+  --policy NS/NAME|NAME
+  --not                  the next filter excludes instead
+";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Compact,
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObserveArgs {
+    pub query: Query,
+    pub follow: bool,
+    pub output: Output,
+    pub input_file: Option<PathBuf>,
+    pub help: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ObserveError {
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error("{flag} needs a value")]
+    MissingValue { flag: String },
+    #[error("{flag}: {why} (got {value:?})")]
+    BadValue { flag: String, value: String, why: String },
+    #[error("--not must be followed by a filter")]
+    DanglingNot,
+    #[error("unexpected argument {0:?}")]
+    Unexpected(String),
+}
+
+/// Reads a time flag: RFC 3339, or an age before `now` (`90s`, `5m`, `2h`, `1d`, `250ms`).
+pub fn parse_time(value: &str, now: FlowTime) -> Result<FlowTime, String> {
+    if let Ok(t) = value.parse::<FlowTime>() {
+        return Ok(t);
+    }
+    let digits = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let (n, unit) = value.split_at(digits);
+    let n: i128 = n.parse().map_err(|_| "expected an RFC 3339 time or an age like 5m".to_owned())?;
+    let scale: i128 = match unit {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60 * 1_000_000_000,
+        "h" => 3600 * 1_000_000_000,
+        "d" => 86_400 * 1_000_000_000,
+        _ => return Err("expected an RFC 3339 time or an age like 5m (units ms, s, m, h, d)".to_owned()),
+    };
+    Ok(FlowTime(now.0 - n * scale))
+}
+
+impl ObserveArgs {
+    /// Reads `ward observe`'s arguments, in order (`--not` applies to the filter after it).
+    pub fn parse(args: &[String], now: FlowTime) -> Result<ObserveArgs, ObserveError> {
+        let mut out = ObserveArgs {
+            query: Query::default(),
+            follow: false,
+            output: Output::Compact,
+            input_file: None,
+            help: false,
+        };
+        let mut negate = false;
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let terms_before = out.query.filter.terms.len();
+            // `--flag=value` and `--flag value` alike.
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+                _ => (arg.as_str(), None),
+            };
+            let mut value = || -> Result<String, ObserveError> {
+                match &inline {
+                    Some(v) => Ok(v.clone()),
+                    None => it.next().cloned().ok_or_else(|| ObserveError::MissingValue { flag: flag.to_owned() }),
+                }
+            };
+            let bad = |value: &str, why: String| ObserveError::BadValue {
+                flag: flag.to_owned(),
+                value: value.to_owned(),
+                why,
+            };
+            match flag {
+                "-h" | "--help" => out.help = true,
+                "-f" | "--follow" => out.follow = true,
+                "--not" => {
+                    negate = true;
+                    continue;
+                }
+                "--last" => {
+                    let v = value()?;
+                    out.query.last = Some(v.parse().map_err(|_| bad(&v, "expected a number".into()))?);
+                }
+                "--since" | "--until" => {
+                    let v = value()?;
+                    let t = parse_time(&v, now).map_err(|why| bad(&v, why))?;
+                    if flag == "--since" {
+                        out.query.since = Some(t);
+                    } else {
+                        out.query.until = Some(t);
+                    }
+                }
+                "-o" | "--output" => {
+                    let v = value()?;
+                    out.output = match v.as_str() {
+                        "compact" => Output::Compact,
+                        "json" | "jsonpb" => Output::Json,
+                        _ => return Err(bad(&v, "expected compact or json".into())),
+                    };
+                }
+                "--input-file" => out.input_file = Some(PathBuf::from(value()?)),
+                f if f.starts_with("--") => {
+                    let v = value()?;
+                    out.query.filter.push(Cond::from_flag(&f[2..], &v)?, negate);
+                }
+                _ => return Err(ObserveError::Unexpected(arg.clone())),
+            }
+            if negate && out.query.filter.terms.len() == terms_before {
+                return Err(ObserveError::DanglingNot);
+            }
+            negate = false;
+        }
+        if negate {
+            return Err(ObserveError::DanglingNot);
+        }
+        if out.query.last.is_none() && out.query.since.is_none() && !out.follow {
+            out.query.last = Some(DEFAULT_LAST);
+        }
+        // Following without --last shows only what happens from now on.
+        if out.follow && out.query.last.is_none() && out.query.since.is_none() {
+            out.query.last = Some(0);
+        }
+        Ok(out)
+    }
+}
+
+/// One end as `namespace/pod:port`, or `address:port` when it is no pod.
+fn end(e: &Endpoint, ip: std::net::IpAddr, port: Option<u16>) -> String {
+    let who = if e.is_pod() {
+        format!("{}/{}", e.namespace, e.pod_name)
+    } else if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
+    match port {
+        Some(p) => format!("{who}:{p}"),
+        None => who,
+    }
+}
+
+/// One line per flow: time, source -> destination, protocol, verdict and direction, and
+/// what decided it.
+pub fn compact(f: &Flow) -> String {
+    let (proto, sport, dport) = f.l4.parts();
+    let has_ports = matches!(proto, "TCP" | "UDP" | "SCTP");
+    let (sport, dport) = if has_ports { (Some(sport), Some(dport)) } else { (None, None) };
+    let allowed: Vec<String> =
+        f.ingress_allowed_by.iter().chain(&f.egress_allowed_by).map(ToString::to_string).collect();
+    let denied: Vec<String> = f.ingress_denied_by.iter().chain(&f.egress_denied_by).map(ToString::to_string).collect();
+    let why = if !allowed.is_empty() {
+        format!("allowed by {}", allowed.join(", "))
+    } else if f.reason == "policy_denied" && !denied.is_empty() {
+        format!("default deny (isolated by {})", denied.join(", "))
+    } else if !denied.is_empty() {
+        format!("{} (isolated by {})", f.reason, denied.join(", "))
+    } else {
+        f.reason.clone()
+    };
+    format!(
+        "{} {} -> {} {} {} {} {}",
+        f.time,
+        end(&f.source, f.ip.source, sport),
+        end(&f.destination, f.ip.destination, dport),
+        proto,
+        f.verdict.as_str(),
+        f.traffic_direction.as_str(),
+        why
+    )
+}
+
+/// What went wrong reading an input file.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("reading {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} line {line}: not a flow record: {source}")]
+    Decode { path: PathBuf, line: usize, source: serde_json::Error },
+}
+
+/// The flows of a JSON-lines file that `q` wants (its `last` applied to what matches), and
+/// how many flows the file's `lost_events` lines say its writer missed.
+pub fn read_input(path: &Path, q: &Query) -> Result<(Vec<Flow>, u64), InputError> {
+    let io = |source| InputError::Io { path: path.to_owned(), source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut out = Vec::new();
+    let mut lost = 0;
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Ok(l) = serde_json::from_str::<LostLine>(&line) {
+            lost += l.lost_events.num_events_lost;
+            continue;
+        }
+        let flow: Flow = serde_json::from_str(&line).map_err(|source| InputError::Decode {
+            path: path.to_owned(),
+            line: i + 1,
+            source,
+        })?;
+        if q.wants(&flow) {
+            out.push(flow);
+        }
+    }
+    if let Some(n) = q.last {
+        out.drain(..out.len().saturating_sub(n));
+    }
+    Ok((out, lost))
+}
+
+fn print(out: &mut impl Write, f: &Flow, output: Output) -> std::io::Result<()> {
+    match output {
+        Output::Compact => writeln!(out, "{}", compact(f)),
+        Output::Json => {
+            let line = serde_json::to_string(f).map_err(std::io::Error::other)?;
+            writeln!(out, "{line}")
+        }
+    }
+}
+
+/// Runs `ward observe` against the agent at `socket` (or the input file).
+pub fn run(socket: &Path, raw: &[String]) -> ExitCode {
+    let args = match ObserveArgs::parse(raw, FlowTime::now()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ward observe: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.help {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if let Some(path) = &args.input_file {
+        return match read_input(path, &args.query) {
+            Ok((flows, lost)) => {
+                if lost > 0 {
+                    eprintln!("ward observe: the file's writer missed {lost} flows (lost_events lines)");
+                }
+                for f in &flows {
+                    if print(&mut out, f, args.output).is_err() {
+                        return ExitCode::FAILURE;
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ward observe: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let q = args.query;
+    let req = Request::Flows { last: q.last, follow: args.follow, since: q.since, until: q.until, filter: q.filter };
+    let mut stream = match Responses::open(socket, &req, Duration::from_secs(10)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ward: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut first = true;
+    loop {
+        let resp = match stream.next_response() {
+            Ok(Some(r)) => r,
+            Ok(None) if first => {
+                eprintln!("ward: the agent closed the connection without answering");
+                return ExitCode::from(2);
+            }
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ward: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let written = match resp {
+            Response::Flows { flows, not_seen, lost_events } => {
+                if lost_events > 0 {
+                    eprintln!(
+                        "ward observe: the kernel could not deliver {lost_events} flow events since the agent started \
+                         (ring buffer full)"
+                    );
+                }
+                if not_seen > 0 {
+                    eprintln!(
+                        "ward observe: {not_seen} older flows had already left this node's history and could not be \
+                         searched (the agent's --flow-history bounds it)"
+                    );
+                }
+                flows.iter().try_for_each(|f| print(&mut out, f, args.output))
+            }
+            Response::Flow { flow } => print(&mut out, &flow, args.output),
+            Response::FlowsLost { missed, source: LostSource::Reader } => {
+                eprintln!("ward observe: fell behind the live stream; {missed} flows missed");
+                Ok(())
+            }
+            Response::FlowsLost { missed, source: LostSource::Kernel } => {
+                eprintln!("ward observe: the kernel's ring buffer was full; {missed} flow events lost");
+                Ok(())
+            }
+            Response::Error { message } => {
+                eprintln!("ward: {message}");
+                return ExitCode::FAILURE;
+            }
+            other => {
+                eprintln!("ward: unexpected answer {other:?}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // A closed pipe (`| head`) ends the command quietly.
+        if written.and_then(|()| out.flush()).is_err() {
+            return ExitCode::SUCCESS;
+        }
+        if first {
+            if !args.follow {
+                return ExitCode::SUCCESS;
+            }
+            if let Err(e) = stream.wait_forever() {
+                eprintln!("ward: {e}");
+                return ExitCode::from(2);
+            }
+            first = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flows::filter::tests::{attribution, flow};
+    use crate::flows::record::{FlowVerdict, TrafficDirection};
+
+    fn args(s: &str) -> Result<ObserveArgs, ObserveError> {
+        let v: Vec<String> = s.split_whitespace().map(str::to_owned).collect();
+        ObserveArgs::parse(&v, FlowTime(1_000_000_000_000))
+    }
+
+    #[test]
+    fn not_negates_only_the_next_filter_and_times_read_both_ways() {
+        let a = args("--not --verdict DROPPED --to-pod shop/db --last 5 -o json").expect("parses");
+        let t = &a.query.filter.terms;
+        assert_eq!(t.len(), 2);
+        assert!(t[0].negated && !t[1].negated, "{t:?}");
+        assert_eq!((a.query.last, a.output), (Some(5), Output::Json));
+        let a = args("--since 5m --until=2026-12-01T16:00:00Z").expect("parses");
+        assert_eq!(a.query.since, Some(FlowTime(1_000_000_000_000 - 300 * 1_000_000_000)));
+        assert_eq!(a.query.until, "2026-12-01T16:00:00Z".parse().ok());
+        assert_eq!(a.query.last, None, "--since alone: everything since");
+        assert_eq!(args("").expect("parses").query.last, Some(DEFAULT_LAST));
+        assert_eq!(args("-f").expect("parses").query.last, Some(0), "follow alone: only new flows");
+        assert_eq!(args("--verdict DROPPED --not"), Err(ObserveError::DanglingNot));
+        assert_eq!(args("--not --last 3"), Err(ObserveError::DanglingNot));
+        assert_eq!(args("--not --pod a/b --not --last 3"), Err(ObserveError::DanglingNot));
+        assert_eq!(args("--last"), Err(ObserveError::MissingValue { flag: "--last".into() }));
+        assert!(matches!(args("--since yesterday"), Err(ObserveError::BadValue { .. })));
+        assert!(matches!(args("--port web"), Err(ObserveError::Filter(_))));
+        assert_eq!(args("stray"), Err(ObserveError::Unexpected("stray".into())));
+    }
+
+    #[test]
+    fn compact_lines_name_the_ends_the_verdict_and_what_decided() {
+        let mut ok = flow("shop/api", "shop/db", 5432, FlowVerdict::Forwarded, TrafficDirection::Ingress);
+        ok.ingress_allowed_by.push(attribution("shop", "db-from-api", "NetworkPolicy", Some(0)));
+        assert_eq!(
+            compact(&ok),
+            "2023-11-14T22:13:20Z shop/api:40000 -> shop/db:5432 TCP FORWARDED INGRESS allowed by shop/db-from-api rule 0"
+        );
+        let mut drop = flow("shop/web", "192.0.2.7", 443, FlowVerdict::Dropped, TrafficDirection::Egress);
+        drop.reason = "policy_denied".into();
+        drop.egress_denied_by.push(attribution("shop", "lockdown", "WardNetworkPolicy", None));
+        assert_eq!(
+            compact(&drop),
+            "2023-11-14T22:13:20Z shop/web:40000 -> 192.0.2.7:443 TCP DROPPED EGRESS default deny (isolated by \
+             shop/lockdown (WardNetworkPolicy))"
+        );
+    }
+
+    #[test]
+    fn an_input_file_is_filtered_like_the_agents_history() {
+        let dir = std::env::temp_dir().join(format!("ward-observe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("flows.jsonl");
+        let flows = [
+            flow("shop/api", "shop/db", 5432, FlowVerdict::Forwarded, TrafficDirection::Ingress),
+            flow("shop/web", "shop/db", 5432, FlowVerdict::Dropped, TrafficDirection::Ingress),
+            flow("shop/web", "shop/db", 5433, FlowVerdict::Dropped, TrafficDirection::Ingress),
+        ];
+        let text: String = flows.iter().map(|f| serde_json::to_string(f).expect("encode") + "\n").collect();
+        std::fs::write(&path, format!("{text}\n")).expect("write");
+        let a = args("--verdict DROPPED --last 1").expect("parses");
+        let got = read_input(&path, &a.query).expect("reads");
+        assert_eq!(got, (vec![flows[2].clone()], 0), "the last matching flow, exactly as written");
+        let lost = "{\"lost_events\":{\"source\":\"export\",\"num_events_lost\":7}}\n";
+        std::fs::write(&path, format!("{text}{lost}{lost}")).expect("write");
+        assert_eq!(read_input(&path, &a.query).expect("reads").1, 14, "lost_events lines are counted, not flows");
+        std::fs::write(&path, format!("{text}{{\"time\":1}}\n")).expect("write");
+        let e = read_input(&path, &a.query).expect_err("a bad line");
+        assert!(e.to_string().contains("line 4"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
