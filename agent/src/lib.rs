@@ -14,6 +14,6 @@ pub mod datapath;
 pub mod datastore;
 pub mod dns;
 pub mod endpoint;
-pub mod metrics;
 pub mod flows;
+pub mod metrics;
 pub mod plan;

@@ -92,4 +92,10 @@ fn prometheus_scrapes_drops_rule_hits_unused_rules_and_latency_from_the_agent() 
     assert_eq!(ct_capacity, f64::from(ward_common::maps::CT_MAX), "map capacity is the pinned map's");
     let build = value(&prom, r#"ward_build_info{job="ward"}"#, |v| v == 1.0);
     assert_eq!(build, 1.0);
+    // Drops emit flow records (the default): the denied SYNs reached the flow history, and
+    // nothing was lost at this rate.
+    let delivered = value(&prom, r#"ward_flow_events_total{job="ward"}"#, |v| v >= 1.0);
+    assert!(delivered >= 1.0, "the denied connection's drop records were read from the ring: {delivered}");
+    let lost = value(&prom, r#"ward_lost_events_total{job="ward",source="kernel_ring_buffer"}"#, |_| true);
+    assert_eq!(lost, 0.0, "no flow record lost in the kernel");
 }

@@ -40,6 +40,7 @@ impl Agent {
             // Observing still works; the file is what is missing, and the log says why.
             tracing::error!(error = %e, "flow export not started");
         }
+        self.flow_hub = Some(hub.clone());
         hub
     }
 

@@ -62,6 +62,7 @@ impl Agent {
             rules,
             maps,
             policy_update_latency: self.update_latency.clone(),
+            flow_events: self.flow_hub.as_ref().map(|h| h.counters()).unwrap_or_default(),
         }
     }
 }

@@ -131,6 +131,8 @@ pub struct Agent {
     update_latency: crate::metrics::Histogram,
     /// What the flow task names flows from, republished after each pass (`flows.rs`).
     flow_view: flows::ViewTx,
+    /// The flow history, once started: its delivered and lost counts go to `/metrics`.
+    flow_hub: Option<std::sync::Arc<crate::flows::history::Hub>>,
 }
 
 pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
@@ -342,6 +344,7 @@ impl Agent {
             dns_error,
             update_latency: crate::metrics::Histogram::default(),
             flow_view: flows::ViewTx::default(),
+            flow_hub: None,
         };
         tracing::info!(
             endpoints = agent.registry.len(),

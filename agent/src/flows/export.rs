@@ -8,6 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -140,7 +141,12 @@ fn write_lost(out: &mut Rotating, source: &str, missed: u64) -> Result<(), Expor
 
 /// Writes what `live` delivers until the hub goes away, flushing whenever it catches up;
 /// the kernel's losses go in as `lost_events` lines (source `kernel`) as they are noticed.
-fn pump(mut out: Rotating, mut live: broadcast::Receiver<Arc<Flow>>, mut lost: watch::Receiver<u64>) {
+fn pump(
+    mut out: Rotating,
+    mut live: broadcast::Receiver<Arc<Flow>>,
+    mut lost: watch::Receiver<u64>,
+    skipped: Arc<AtomicU64>,
+) {
     let mut lost_seen = *lost.borrow_and_update();
     loop {
         let first = live.blocking_recv();
@@ -150,6 +156,7 @@ fn pump(mut out: Rotating, mut live: broadcast::Receiver<Arc<Flow>>, mut lost: w
                 Ok(f) => write_flow(&mut out, &f),
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "flow export fell behind");
+                    skipped.fetch_add(missed, Ordering::Relaxed);
                     write_lost(&mut out, "export", missed)
                 }
                 Err(RecvError::Closed) => {
@@ -185,10 +192,10 @@ fn pump(mut out: Rotating, mut live: broadcast::Receiver<Arc<Flow>>, mut lost: w
 /// Starts the exporter on a thread of its own (file writes block).
 pub fn spawn(settings: ExportSettings, hub: &Hub) -> Result<(), ExportError> {
     let out = Rotating::open(settings)?;
-    let (live, lost) = (hub.subscribe(), hub.watch_lost());
+    let (live, lost, skipped) = (hub.subscribe(), hub.watch_lost(), hub.export_lost_counter());
     std::thread::Builder::new()
         .name("ward-flow-export".into())
-        .spawn(move || pump(out, live, lost))
+        .spawn(move || pump(out, live, lost, skipped))
         .map_err(|source| ExportError::Io { path: PathBuf::from("<thread>"), source })?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! history still holds says how many flows fell out of it.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -10,6 +11,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::filter::Filter;
 use super::record::{Flow, FlowTime};
+use crate::metrics::FlowEventCounts;
 
 /// Flows kept unless told otherwise (`--flow-history`).
 pub const DEFAULT_HISTORY: usize = 4096;
@@ -88,6 +90,10 @@ pub struct Hub {
     live: broadcast::Sender<Arc<Flow>>,
     /// Kernel-lost flow events since the flow task started.
     lost: watch::Sender<u64>,
+    /// Flow records pushed into the history (read from the kernel's ring).
+    delivered: AtomicU64,
+    /// Records the exporter skipped because it fell behind the live stream.
+    export_lost: Arc<AtomicU64>,
 }
 
 impl Hub {
@@ -97,7 +103,25 @@ impl Hub {
             ring: Mutex::new(Ring { cap: cap.max(1), flows: VecDeque::new(), evicted: 0 }),
             live,
             lost: watch::channel(0).0,
+            delivered: AtomicU64::new(0),
+            export_lost: Arc::default(),
         })
+    }
+
+    /// What `/metrics` says of the flow records: delivered, and lost where (so that what
+    /// the kernel emitted = delivered + lost in the kernel).
+    pub fn counters(&self) -> FlowEventCounts {
+        FlowEventCounts {
+            delivered: self.delivered.load(Ordering::Relaxed),
+            lost_kernel: self.lost_events(),
+            lost_export: self.export_lost.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Where the exporter counts the records it skipped (a counter, not the hub: the
+    /// exporter ends when the hub goes away).
+    pub fn export_lost_counter(&self) -> Arc<AtomicU64> {
+        self.export_lost.clone()
     }
 
     /// Records the kernel's count of lost events (since the flow task started).
@@ -136,6 +160,7 @@ impl Hub {
                 ring.evicted += 1;
             }
             ring.flows.push_back(f.clone());
+            self.delivered.fetch_add(1, Ordering::Relaxed);
             // No subscriber is not an error.
             let _ = self.live.send(f);
         }
@@ -210,6 +235,17 @@ mod tests {
         assert_eq!((ports(&recent), recent.not_seen), (vec![4, 5], 0), "a window inside the history misses nothing");
         let old = hub.query(&Query { since: Some(FlowTime(1)), until: Some(FlowTime(3)), ..Query::default() });
         assert_eq!((ports(&old), old.not_seen), (vec![3], 2), "a window reaching back past it");
+    }
+
+    #[test]
+    fn counters_say_what_was_delivered_and_lost_where() {
+        let hub = Hub::new(2);
+        hub.push((1..=5).map(|i| at(i, i as u16, FlowVerdict::Forwarded)));
+        hub.note_lost(3);
+        hub.export_lost_counter().fetch_add(4, Ordering::Relaxed);
+        let c = hub.counters();
+        // Evicted from the history is still delivered: it was read from the kernel.
+        assert_eq!((c.delivered, c.lost_kernel, c.lost_export), (5, 3, 4));
     }
 
     #[test]

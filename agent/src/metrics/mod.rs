@@ -31,6 +31,17 @@ pub struct Report {
     pub maps: Vec<MapFill>,
     /// Time from the owner task receiving a datastore change to the maps holding it.
     pub policy_update_latency: Histogram,
+    #[serde(default)]
+    pub flow_events: FlowEventCounts,
+}
+
+/// Flow records from the kernel's ring buffer: how many reached the history, and how many
+/// were lost and where (the kernel's ring was full; the file exporter fell behind).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FlowEventCounts {
+    pub delivered: u64,
+    pub lost_kernel: u64,
+    pub lost_export: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

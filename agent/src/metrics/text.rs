@@ -175,6 +175,21 @@ pub fn render(r: &Report) -> String {
     o.sample("ward_policy_update_latency_seconds_sum", &[], seconds(h.sum_us));
     o.sample("ward_policy_update_latency_seconds_count", &[], h.count());
 
+    let f = &r.flow_events;
+    o.family(
+        "ward_flow_events_total",
+        "counter",
+        "Flow records read from the kernel's ring buffer into the flow history (ward observe).",
+    );
+    o.sample("ward_flow_events_total", &[], f.delivered);
+    o.family(
+        "ward_lost_events_total",
+        "counter",
+        "Flow records lost: the kernel's ring buffer was full (kernel_ring_buffer), or the file exporter fell behind (export).",
+    );
+    o.sample("ward_lost_events_total", &[("source", "kernel_ring_buffer")], f.lost_kernel);
+    o.sample("ward_lost_events_total", &[("source", "export")], f.lost_export);
+
     let gauges = [
         ("ward_endpoints", "Local pods protected.", s.endpoints),
         ("ward_pods", "Pods the datastore holds.", s.pods),
@@ -295,6 +310,16 @@ mod tests {
             .map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a count"))
             .collect();
         assert!(counts.windows(2).all(|w| w[0] <= w[1]), "buckets never decrease: {counts:?}");
+    }
+
+    #[test]
+    fn flow_records_delivered_and_lost_per_source() {
+        let mut r = report();
+        r.flow_events = crate::metrics::FlowEventCounts { delivered: 12, lost_kernel: 3, lost_export: 5 };
+        let text = render(&r);
+        has(&text, &format!("ward_flow_events_total{{{NODE}}} 12"));
+        has(&text, &format!("ward_lost_events_total{{{NODE},source=\"kernel_ring_buffer\"}} 3"));
+        has(&text, &format!("ward_lost_events_total{{{NODE},source=\"export\"}} 5"));
     }
 
     #[test]
