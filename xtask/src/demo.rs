@@ -32,7 +32,9 @@ pub fn demo(keep: bool) -> anyhow::Result<ExitCode> {
 
     crate::clean_stale_labs();
     println!("demo: starting a lab node with ward-agent");
-    let mut node = Node::start(NodeConfig::default()).context("starting the lab node")?;
+    // Flow records for allowed flows too, so `ward observe` shows both kinds of path.
+    let config = NodeConfig { agent_args: vec!["--flow-events".into(), "all".into()], ..NodeConfig::default() };
+    let mut node = Node::start(config).context("starting the lab node")?;
     for ns in &namespaces {
         node.set_namespace(&ns.name, &ns.labels)?;
     }
@@ -76,6 +78,21 @@ Why? (ward policy explain)"
         let text = ward(&["policy", "explain", "--from", from, "--to", to, "--port", port])?;
         for line in text.lines() {
             println!("  {line}");
+        }
+    }
+    // What happened, from the kernel's own flow records: the compromised pod's denied
+    // attempt names the policy that isolates the database, the allowed path its rule.
+    println!(
+        "
+What happened (ward observe --to-pod shop/db, newest last):"
+    );
+    let observed = ward(&["observe", "--to-pod", "shop/db", "--traffic-direction", "INGRESS", "--last", "400"])?;
+    for from in ["attacker/compromised", "shop/payments"] {
+        // One line per source: the newest of its flows into the database.
+        if let Some(line) = observed.lines().rfind(|l| l.contains(&format!(" {from}:"))) {
+            println!("  {line}");
+        } else {
+            println!("  (no flow from {from} in the history)");
         }
     }
     println!(
