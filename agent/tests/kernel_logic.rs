@@ -318,6 +318,17 @@ fn every_verdict_counts_its_reason_and_a_drop_emits_a_flow_event() {
     assert_eq!((ev.proto, ev.tcp_flags), (TCP, SYN));
     assert_eq!((ev.ep_id, ev.subject_identity, ev.peer_identity), (7, SUBJECT, ID_WORLD));
     assert!(t.dp.maps.next_event().is_none(), "one event per drop");
+    assert_eq!((ev.icmp_type, ev.icmp_code), (0, 0), "no ICMP fields for TCP");
+    // An ICMP drop carries the message's type and code (an unrelated "administratively
+    // prohibited" destination unreachable, then an echo request with a nonzero code).
+    let unreach = V4::new(OUTSIDE, POD, ICMP).frame(&icmp_msg(3, 13, [0; 4], &[]));
+    assert_eq!(t.run_reason("to_pod", &unreach).0, DROP);
+    let ev = t.dp.maps.next_event().expect("a flow event for the ICMP drop");
+    assert_eq!((ev.proto, ev.icmp_type, ev.icmp_code), (ICMP, 3, 13), "{ev:?}");
+    let echo = V4::new(OUTSIDE, POD, ICMP).frame(&icmp_msg(8, 5, echo_rest(9, 1), &[]));
+    assert_eq!(t.run_reason("to_pod", &echo), (DROP, Reason::PolicyDenied));
+    let ev = t.dp.maps.next_event().expect("a flow event for the echo drop");
+    assert_eq!((ev.icmp_type, ev.icmp_code), (8, 5), "{ev:?}");
     // Rule counters count the allowing rule.
     let rules = t.dp.maps.rule_counters().expect("rule counters");
     assert_eq!(rules.get(&31).map(|c| c.packets), Some(1), "rule 31 allowed one new flow: {rules:?}");

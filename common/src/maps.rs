@@ -467,7 +467,11 @@ pub struct FlowEvent {
     pub peer_cidr_identity: u32,
     pub rule_id: u32,
     pub tcp_flags: u8,
-    pub _pad: [u8; 7],
+    /// ICMP/ICMPv6 type and code; 0 for other protocols (and in records of agents before
+    /// these fields, which wrote zeroes here).
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub _pad: [u8; 5],
 }
 
 /// User space's reading of a [`FlowEvent`]: the one decode of the kernel's record (the
@@ -578,7 +582,9 @@ mod tests {
             peer_cidr_identity: 2,
             rule_id: 0,
             tcp_flags: 0x02,
-            _pad: [0; 7],
+            icmp_type: 0,
+            icmp_code: 0,
+            _pad: [0; 5],
         };
         // SAFETY: reading a repr(C) value without padding as its bytes.
         let bytes: [u8; 80] = unsafe { core::mem::transmute(ev) };

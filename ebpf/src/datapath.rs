@@ -107,6 +107,8 @@ pub struct Outcome {
     rule_id: u32,
     pub tuple: Tuple,
     pub tcp_flags: u8,
+    /// ICMP/ICMPv6 type and code (0 for other protocols), for the flow record.
+    icmp: [u8; 2],
     new_flow: bool,
 }
 
@@ -145,6 +147,7 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
         rule_id: 0,
         tuple: parse::EMPTY,
         tcp_flags: 0,
+        icmp: [0; 2],
         new_flow: false,
     };
     let c = Ctx {
@@ -181,6 +184,7 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
                 peer_cidr_identity: o.peer.cidr_identity,
                 rule_id: o.rule_id,
                 tcp_flags: o.tcp_flags,
+                icmp: o.icmp,
             },
         );
     }
@@ -221,6 +225,7 @@ fn decide(ctx: &TcContext, c: &Ctx, ifindex: u32, s: &mut Scratch) -> Reason {
     };
     o.tuple = pkt.tuple;
     o.tcp_flags = pkt.tcp_flags;
+    o.icmp = [pkt.icmp_type, pkt.icmp_code];
     if l4_ok && pkt.kind == Kind::NeighbourDiscovery && nd::exempt(&ep, dir, pkt) {
         return Reason::NotPoliced;
     }

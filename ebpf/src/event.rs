@@ -45,6 +45,7 @@ pub struct EventInfo {
     pub peer_cidr_identity: u32,
     pub rule_id: u32,
     pub tcp_flags: u8,
+    pub icmp: [u8; 2],
 }
 
 #[inline(always)]
@@ -76,7 +77,9 @@ pub fn emit(t: &Tuple, info: &EventInfo) {
         peer_cidr_identity: info.peer_cidr_identity,
         rule_id: info.rule_id,
         tcp_flags: info.tcp_flags,
-        _pad: [0; 7],
+        icmp_type: info.icmp[0],
+        icmp_code: info.icmp[1],
+        _pad: [0; 5],
     });
     entry.submit(0);
 }

@@ -112,6 +112,7 @@ pub struct Packet {
     pub kind: Kind,
     pub tcp_flags: u8,
     pub icmp_type: u8,
+    pub icmp_code: u8,
     /// IPv4 TTL or IPv6 hop limit.
     pub hop_limit: u8,
     pub v6: bool,
@@ -164,6 +165,7 @@ pub fn parse(ctx: &TcContext, out: &mut Packet) -> Parsed {
     out.kind = Kind::Flow;
     out.tcp_flags = 0;
     out.icmp_type = 0;
+    out.icmp_code = 0;
     out.inner_valid = false;
     out.first_fragment = false;
     out.frag_id = 0;
@@ -406,6 +408,7 @@ fn parse_icmp(ctx: &TcContext, off: usize, out: &mut Packet, v6: bool) -> Result
     let h: [u8; 8] = load(ctx, off)?;
     let ty = h[0];
     out.icmp_type = ty;
+    out.icmp_code = h[1];
     let id = u16::from_be_bytes([h[4], h[5]]);
     match (v6, ty) {
         (false, ICMP_ECHO_REQUEST) | (true, ICMPV6_ECHO_REQUEST) => {

@@ -151,10 +151,14 @@ pub struct Tcp {
     pub flags: TcpFlags,
 }
 
-/// ICMP records carry no type or code yet (the kernel record has none): the echo
-/// identifier is what the datapath tracks.
+/// Hubble's `ICMPv4`/`ICMPv6`: the message's type and code, as the kernel read them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Icmp {}
+pub struct Icmp {
+    #[serde(rename = "type", default)]
+    pub icmp_type: u8,
+    #[serde(default)]
+    pub code: u8,
+}
 
 /// Hubble's `l4` one-of.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -411,8 +415,8 @@ impl View {
             }),
             17 => L4::Udp(Ports { source_port: ev.sport(), destination_port: ev.dport() }),
             132 => L4::Sctp(Ports { source_port: ev.sport(), destination_port: ev.dport() }),
-            1 => L4::Icmpv4(Icmp {}),
-            58 => L4::Icmpv6(Icmp {}),
+            1 => L4::Icmpv4(Icmp { icmp_type: ev.icmp_type, code: ev.icmp_code }),
+            58 => L4::Icmpv6(Icmp { icmp_type: ev.icmp_type, code: ev.icmp_code }),
             other => L4::Other { protocol: other },
         };
         let mut flow = Flow {
@@ -580,7 +584,9 @@ spec:
             peer_cidr_identity: 2,
             rule_id,
             tcp_flags: 0x02,
-            _pad: [0; 7],
+            icmp_type: 0,
+            icmp_code: 0,
+            _pad: [0; 5],
         }
     }
 
@@ -669,6 +675,19 @@ spec:
         assert_eq!(json["destination"]["pod_name"], "db");
         assert_eq!(json["trace_reason"], "NEW");
         assert_eq!(serde_json::from_value::<Flow>(json).expect("decode"), f);
+    }
+
+    #[test]
+    fn icmp_records_carry_type_and_code_as_hubble_names_them() {
+        let v = view();
+        let mut ev = event("10.1.0.1", "10.1.0.2", Direction::Ingress, Reason::PolicyDenied, 0);
+        (ev.proto, ev.icmp_type, ev.icmp_code, ev.sport_be, ev.dport_be) = (1, 3, 13, [0; 2], [0; 2]);
+        let json = serde_json::to_value(v.enrich(&ev, FlowTime(0), "u".into())).expect("encode");
+        assert_eq!(json["l4"], serde_json::json!({"ICMPv4": {"type": 3, "code": 13}}));
+        ev.proto = 58;
+        (ev.icmp_type, ev.icmp_code) = (128, 0);
+        let json = serde_json::to_value(v.enrich(&ev, FlowTime(0), "u".into())).expect("encode");
+        assert_eq!(json["l4"], serde_json::json!({"ICMPv6": {"type": 128, "code": 0}}));
     }
 
     #[test]
