@@ -10,16 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ward_lab::privileged::in_ci;
-use ward_lab::{Family, Labels, Node, NodeConfig, PodRef, PodSpec, Protocol, Serve, require_root};
-
-fn pod(name: &str) -> PodSpec {
-    PodSpec {
-        namespace: "shop".into(),
-        name: name.into(),
-        labels: [("app".to_owned(), name.to_owned())].into_iter().collect(),
-        serves: vec![Serve::new(5432, Protocol::Tcp, Some("pg"))],
-    }
-}
+use ward_lab::{Node, NodeConfig, flowscene, require_root};
 
 /// Runs `ward --socket <node's socket> <args>`, which must succeed; returns stdout.
 fn ward(node: &Node, args: &[&str]) -> String {
@@ -39,21 +30,7 @@ fn map_draws_every_observed_workload_and_edge_with_its_verdict() {
         return;
     }
     let config = NodeConfig { agent_args: vec!["--flow-events".into(), "all".into()], ..NodeConfig::default() };
-    let mut node = Node::start(config).unwrap_or_else(|e| panic!("lab node: {e}"));
-    node.set_namespace("shop", &Labels::new()).unwrap_or_else(|e| panic!("namespace: {e}"));
-    node.create_pods(&[pod("db"), pod("api"), pod("stranger")]).unwrap_or_else(|e| panic!("pods: {e}"));
-    let policy: serde_yaml::Value = serde_yaml::from_str(
-        "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: db-from-api, namespace: shop}, \
-         spec: {podSelector: {matchLabels: {app: db}}, ingress: [{from: [{podSelector: {matchLabels: {app: api}}}], \
-         ports: [{port: pg}]}]}}",
-    )
-    .expect("policy YAML");
-    node.apply(&[policy]).unwrap_or_else(|e| panic!("policy: {e}"));
-    let (api, db, stranger) = (PodRef::new("shop", "api"), PodRef::new("shop", "db"), PodRef::new("shop", "stranger"));
-    let ok = node.probe(&api, &db, 5432, Protocol::Tcp, Family::IPv4).unwrap_or_else(|e| panic!("{e}"));
-    assert!(ok.connected(), "api reaches db: {ok}");
-    let denied = node.probe(&stranger, &db, 5432, Protocol::Tcp, Family::IPv4).unwrap_or_else(|e| panic!("{e}"));
-    assert!(!denied.connected(), "stranger is denied: {denied}");
+    let node = flowscene::allowed_and_denied(config).unwrap_or_else(|e| panic!("{e}"));
 
     // The flow task drains the ring buffer asynchronously: redraw until both edges are there.
     let page = node.dir().join("map.html");
