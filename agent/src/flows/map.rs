@@ -191,8 +191,12 @@ impl Graph {
     }
 }
 
-/// A connection: what tells one connection's records apart from another's.
-type ConnKey = (IpAddr, u16, IpAddr, u16, &'static str);
+/// An edge: from, to, destination port, protocol.
+type EdgeKey = (NodeId, NodeId, u16, &'static str);
+
+/// A connection on an edge: its edge (records to one multicast address can reach different
+/// pods) and its source and destination addresses and source port.
+type ConnKey = (EdgeKey, IpAddr, u16, IpAddr);
 
 /// Verdicts a connection can end with, worst last: a connection one end's policy dropped is
 /// dropped even if the other end's let it out.
@@ -209,8 +213,8 @@ fn rank(v: FlowVerdict) -> u8 {
 /// their request opened, drawn from its client); the egress and ingress records of one
 /// connection, and its retransmissions, count as one connection with the worst verdict.
 pub fn build(flows: &[Flow]) -> Graph {
-    let mut edges: BTreeMap<(NodeId, NodeId, u16, &'static str), Edge> = BTreeMap::new();
-    let mut conns: BTreeMap<ConnKey, ((NodeId, NodeId, u16, &'static str), FlowVerdict)> = BTreeMap::new();
+    let mut edges: BTreeMap<EdgeKey, Edge> = BTreeMap::new();
+    let mut conns: BTreeMap<ConnKey, FlowVerdict> = BTreeMap::new();
     let mut nodes = BTreeSet::new();
     for f in flows.iter().filter(|f| !f.is_reply) {
         let (proto, sport, dport) = f.l4.parts();
@@ -239,13 +243,12 @@ pub fn build(flows: &[Flow]) -> Graph {
             direction: f.traffic_direction,
             reason: f.reason.clone(),
         });
-        let conn = (f.ip.source, sport, f.ip.destination, dport, proto);
-        let seen = conns.entry(conn).or_insert((key, f.verdict));
-        if rank(f.verdict) > rank(seen.1) {
-            seen.1 = f.verdict;
+        let seen = conns.entry((key, f.ip.source, sport, f.ip.destination)).or_insert(f.verdict);
+        if rank(f.verdict) > rank(*seen) {
+            *seen = f.verdict;
         }
     }
-    for (key, verdict) in conns.into_values() {
+    for ((key, ..), verdict) in conns {
         if let Some(e) = edges.get_mut(&key) {
             *e.connections.entry(verdict).or_insert(0) += 1;
         }
@@ -344,6 +347,22 @@ pub(crate) mod tests {
         assert!(web.denied_by.is_empty() && web.allowed_by.is_empty());
         let groups: Vec<(&str, usize)> = g.groups().iter().map(|(ns, m)| (*ns, m.len())).collect();
         assert_eq!(groups, [("billing", 1), ("shop", 4), ("", 1)]);
+    }
+
+    #[test]
+    fn one_address_reaching_two_pods_counts_on_both_edges() {
+        // Neighbour discovery to a multicast address: one source address, one destination
+        // address, delivered to two pods.
+        let mut to_db = flow("fe80::1", "shop/db", 0, Forwarded, Ingress);
+        to_db.source.identity = ID_WORLD;
+        to_db.l4 = crate::flows::record::L4::Icmpv6(Default::default());
+        to_db.ip.source = "fe80::1".parse().expect("address");
+        to_db.ip.destination = "ff02::1".parse().expect("address");
+        let mut to_api = to_db.clone();
+        to_api.destination.pod_name = "api".into();
+        let g = build(&[to_db, to_api]);
+        let got: Vec<(String, u64)> = g.edges.iter().map(|e| (e.to.label(), e.total())).collect();
+        assert_eq!(got, [("shop/api".to_owned(), 1), ("shop/db".to_owned(), 1)]);
     }
 
     #[test]
