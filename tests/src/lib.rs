@@ -23,6 +23,7 @@ pub mod cni;
 pub mod conformance;
 pub mod dnslab;
 pub mod echo;
+pub mod flowscene;
 pub mod http;
 pub mod labdir;
 pub mod manifest;

@@ -6,16 +6,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use ward_lab::{Family, Labels, Node, NodeConfig, PodRef, PodSpec, Protocol, Serve, require_root};
-
-fn pod(name: &str) -> PodSpec {
-    PodSpec {
-        namespace: "shop".into(),
-        name: name.into(),
-        labels: [("app".to_owned(), name.to_owned())].into_iter().collect(),
-        serves: vec![Serve::new(5432, Protocol::Tcp, Some("pg"))],
-    }
-}
+use ward_lab::{Family, Node, NodeConfig, PodRef, Protocol, flowscene, require_root};
 
 /// Runs `ward --socket <node's socket> <args>`; returns (success, stdout, stderr).
 fn ward(node: &Node, args: &[&str]) -> (bool, String, String) {
@@ -62,22 +53,8 @@ fn observe_reports_allowed_and_denied_flows_with_their_deciding_policies() {
         ],
         ..NodeConfig::default()
     };
-    let mut node = Node::start(config).unwrap_or_else(|e| panic!("lab node: {e}"));
-    node.set_namespace("shop", &Labels::new()).unwrap_or_else(|e| panic!("namespace: {e}"));
-    node.create_pods(&[pod("db"), pod("api"), pod("stranger")]).unwrap_or_else(|e| panic!("pods: {e}"));
-    let policy: serde_yaml::Value = serde_yaml::from_str(
-        "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: db-from-api, namespace: shop}, \
-         spec: {podSelector: {matchLabels: {app: db}}, ingress: [{from: [{podSelector: {matchLabels: {app: api}}}], \
-         ports: [{port: pg}]}]}}",
-    )
-    .expect("policy YAML");
-    node.apply(&[policy]).unwrap_or_else(|e| panic!("policy: {e}"));
-
-    let (api, db, stranger) = (PodRef::new("shop", "api"), PodRef::new("shop", "db"), PodRef::new("shop", "stranger"));
-    let ok = node.probe(&api, &db, 5432, Protocol::Tcp, Family::IPv4).unwrap_or_else(|e| panic!("{e}"));
-    assert!(ok.connected(), "api reaches db: {ok}");
-    let denied = node.probe(&stranger, &db, 5432, Protocol::Tcp, Family::IPv4).unwrap_or_else(|e| panic!("{e}"));
-    assert!(!denied.connected(), "stranger is denied: {denied}");
+    let node = flowscene::allowed_and_denied(config).unwrap_or_else(|e| panic!("{e}"));
+    let (db, stranger) = (PodRef::new("shop", "db"), PodRef::new("shop", "stranger"));
 
     // The flow task drains the ring buffer asynchronously: poll with a deadline.
     let deadline = Instant::now() + Duration::from_secs(15);

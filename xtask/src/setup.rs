@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use crate::run;
 
 /// Debian packages, each with a program that proves it present when it has one.
-const APT_PACKAGES: [(&str, Option<&str>); 20] = [
+const APT_PACKAGES: [(&str, Option<&str>); 21] = [
     ("llvm-22-dev", None),
     ("libpolly-22-dev", None),
     ("clang-22", Some("clang-22")),
@@ -40,6 +40,9 @@ const APT_PACKAGES: [(&str, Option<&str>); 20] = [
     // The real Prometheus server that scrapes the agent in tests/tests/metrics.rs (the
     // binary only, run by the test with its own config; the system service is not used).
     ("prometheus", Some("prometheus")),
+    // Headless Chromium renders `ward map`'s HTML page to a screenshot and a DOM dump in
+    // tests/tests/map.rs (run by the test, network off, a fresh profile each time).
+    ("chromium", Some("chromium")),
 ];
 
 /// What `cargo xtask bench` needs beyond building and testing: the load generators, and perf

@@ -45,6 +45,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<String>,
     },
+    /// The observed workload graph as SVG, Graphviz DOT or an HTML page (`ward map --help`).
+    #[command(disable_help_flag = true)]
+    Map {
+        /// Options and filters as `ward observe`'s, plus -o svg|dot|html and --output FILE.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,6 +82,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let req = match &args.cmd {
         Cmd::Observe { args: observe } => return cli::observe::run(&args.socket, observe),
+        Cmd::Map { args: map } => return cli::map::run(&args.socket, map),
         Cmd::Status { .. } => Request::Status,
         Cmd::Endpoints { .. } => Request::Endpoints,
         Cmd::Policy { cmd: PolicyCmd::Explain { from, to, protocol, port, http_method, http_path } } => {

@@ -89,87 +89,116 @@ pub fn parse_time(value: &str, now: FlowTime) -> Result<FlowTime, String> {
     Ok(FlowTime(now.0 - n * scale))
 }
 
+/// The query flags `ward observe` and `ward map` share: `--last`, `--since`, `--until`,
+/// `--follow`, `--input-file`, `--help` and the filters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryArgs {
+    pub query: Query,
+    pub follow: bool,
+    pub input_file: Option<PathBuf>,
+    pub help: bool,
+}
+
+/// Reads the shared flags of `args` in order (`--not` applies to the filter after it).
+/// `extra(flag, value)` gets each other flag first and says whether it took it (`value`
+/// reads the flag's value); `default_last` is `--last` when neither `--last`, `--since` nor
+/// `--follow` is given.
+pub fn parse_query_args(
+    args: &[String],
+    now: FlowTime,
+    default_last: Option<usize>,
+    mut extra: impl FnMut(&str, &mut dyn FnMut() -> Result<String, ObserveError>) -> Result<bool, ObserveError>,
+) -> Result<QueryArgs, ObserveError> {
+    let mut out = QueryArgs { query: Query::default(), follow: false, input_file: None, help: false };
+    let mut negate = false;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let terms_before = out.query.filter.terms.len();
+        // `--flag=value` and `--flag value` alike.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || -> Result<String, ObserveError> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => it.next().cloned().ok_or_else(|| ObserveError::MissingValue { flag: flag.to_owned() }),
+            }
+        };
+        let bad =
+            |value: &str, why: String| ObserveError::BadValue { flag: flag.to_owned(), value: value.to_owned(), why };
+        match flag {
+            "-h" | "--help" => out.help = true,
+            "-f" | "--follow" => out.follow = true,
+            "--not" => {
+                negate = true;
+                continue;
+            }
+            "--last" => {
+                let v = value()?;
+                out.query.last = Some(v.parse().map_err(|_| bad(&v, "expected a number".into()))?);
+            }
+            "--since" | "--until" => {
+                let v = value()?;
+                let t = parse_time(&v, now).map_err(|why| bad(&v, why))?;
+                if flag == "--since" {
+                    out.query.since = Some(t);
+                } else {
+                    out.query.until = Some(t);
+                }
+            }
+            "--input-file" => out.input_file = Some(PathBuf::from(value()?)),
+            f => {
+                if extra(f, &mut value)? {
+                } else if let Some(kind) = f.strip_prefix("--") {
+                    let v = value()?;
+                    out.query.filter.push(Cond::from_flag(kind, &v)?, negate);
+                } else {
+                    return Err(ObserveError::Unexpected(arg.clone()));
+                }
+            }
+        }
+        if negate && out.query.filter.terms.len() == terms_before {
+            return Err(ObserveError::DanglingNot);
+        }
+        negate = false;
+    }
+    if negate {
+        return Err(ObserveError::DanglingNot);
+    }
+    if out.query.last.is_none() && out.query.since.is_none() && !out.follow {
+        out.query.last = default_last;
+    }
+    // Following without --last shows only what happens from now on.
+    if out.follow && out.query.last.is_none() && out.query.since.is_none() {
+        out.query.last = Some(0);
+    }
+    Ok(out)
+}
+
 impl ObserveArgs {
     /// Reads `ward observe`'s arguments, in order (`--not` applies to the filter after it).
     pub fn parse(args: &[String], now: FlowTime) -> Result<ObserveArgs, ObserveError> {
-        let mut out = ObserveArgs {
-            query: Query::default(),
-            follow: false,
-            output: Output::Compact,
-            input_file: None,
-            help: false,
-        };
-        let mut negate = false;
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let terms_before = out.query.filter.terms.len();
-            // `--flag=value` and `--flag value` alike.
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
-                _ => (arg.as_str(), None),
-            };
-            let mut value = || -> Result<String, ObserveError> {
-                match &inline {
-                    Some(v) => Ok(v.clone()),
-                    None => it.next().cloned().ok_or_else(|| ObserveError::MissingValue { flag: flag.to_owned() }),
-                }
-            };
-            let bad = |value: &str, why: String| ObserveError::BadValue {
-                flag: flag.to_owned(),
-                value: value.to_owned(),
-                why,
-            };
-            match flag {
-                "-h" | "--help" => out.help = true,
-                "-f" | "--follow" => out.follow = true,
-                "--not" => {
-                    negate = true;
-                    continue;
-                }
-                "--last" => {
-                    let v = value()?;
-                    out.query.last = Some(v.parse().map_err(|_| bad(&v, "expected a number".into()))?);
-                }
-                "--since" | "--until" => {
-                    let v = value()?;
-                    let t = parse_time(&v, now).map_err(|why| bad(&v, why))?;
-                    if flag == "--since" {
-                        out.query.since = Some(t);
-                    } else {
-                        out.query.until = Some(t);
-                    }
-                }
-                "-o" | "--output" => {
-                    let v = value()?;
-                    out.output = match v.as_str() {
-                        "compact" => Output::Compact,
-                        "json" | "jsonpb" => Output::Json,
-                        _ => return Err(bad(&v, "expected compact or json".into())),
-                    };
-                }
-                "--input-file" => out.input_file = Some(PathBuf::from(value()?)),
-                f if f.starts_with("--") => {
-                    let v = value()?;
-                    out.query.filter.push(Cond::from_flag(&f[2..], &v)?, negate);
-                }
-                _ => return Err(ObserveError::Unexpected(arg.clone())),
+        let mut output = Output::Compact;
+        let q = parse_query_args(args, now, Some(DEFAULT_LAST), |flag, value| {
+            if !matches!(flag, "-o" | "--output") {
+                return Ok(false);
             }
-            if negate && out.query.filter.terms.len() == terms_before {
-                return Err(ObserveError::DanglingNot);
-            }
-            negate = false;
-        }
-        if negate {
-            return Err(ObserveError::DanglingNot);
-        }
-        if out.query.last.is_none() && out.query.since.is_none() && !out.follow {
-            out.query.last = Some(DEFAULT_LAST);
-        }
-        // Following without --last shows only what happens from now on.
-        if out.follow && out.query.last.is_none() && out.query.since.is_none() {
-            out.query.last = Some(0);
-        }
-        Ok(out)
+            let v = value()?;
+            output = match v.as_str() {
+                "compact" => Output::Compact,
+                "json" | "jsonpb" => Output::Json,
+                _ => {
+                    return Err(ObserveError::BadValue {
+                        flag: flag.to_owned(),
+                        value: v,
+                        why: "expected compact or json".into(),
+                    });
+                }
+            };
+            Ok(true)
+        })?;
+        Ok(ObserveArgs { query: q.query, follow: q.follow, output, input_file: q.input_file, help: q.help })
     }
 }
 
@@ -268,6 +297,47 @@ fn print(out: &mut impl Write, f: &Flow, output: Output) -> std::io::Result<()> 
     }
 }
 
+/// Tells the operator, on stderr, what a history answer could not include.
+fn warn_unseen(cmd: &str, lost_events: u64, not_seen: u64) {
+    if lost_events > 0 {
+        eprintln!(
+            "ward {cmd}: the kernel could not deliver {lost_events} flow events since the agent started (ring buffer \
+             full)"
+        );
+    }
+    if not_seen > 0 {
+        eprintln!(
+            "ward {cmd}: {not_seen} older flows had already left this node's history and could not be searched (the \
+             agent's --flow-history bounds it)"
+        );
+    }
+}
+
+/// The flows `q` wants, once (no following): from the JSON-lines file `input_file`, or from
+/// the agent's history at `socket`. Losses are told on stderr, prefixed with `ward {cmd}`.
+/// Errors are the message to print.
+pub fn fetch(socket: &Path, q: &Query, input_file: Option<&Path>, cmd: &str) -> Result<Vec<Flow>, String> {
+    if let Some(path) = input_file {
+        let (flows, lost) = read_input(path, q).map_err(|e| format!("ward {cmd}: {e}"))?;
+        if lost > 0 {
+            eprintln!("ward {cmd}: the file's writer missed {lost} flows (lost_events lines)");
+        }
+        return Ok(flows);
+    }
+    let req = Request::Flows { last: q.last, follow: false, since: q.since, until: q.until, filter: q.filter.clone() };
+    let mut stream = Responses::open(socket, &req, Duration::from_secs(10)).map_err(|e| format!("ward: {e}"))?;
+    match stream.next_response() {
+        Ok(Some(Response::Flows { flows, not_seen, lost_events })) => {
+            warn_unseen(cmd, lost_events, not_seen);
+            Ok(flows)
+        }
+        Ok(Some(Response::Error { message })) => Err(format!("ward: {message}")),
+        Ok(Some(other)) => Err(format!("ward: unexpected answer {other:?}")),
+        Ok(None) => Err("ward: the agent closed the connection without answering".to_owned()),
+        Err(e) => Err(format!("ward: {e}")),
+    }
+}
+
 /// Runs `ward observe` against the agent at `socket` (or the input file).
 pub fn run(socket: &Path, raw: &[String]) -> ExitCode {
     let args = match ObserveArgs::parse(raw, FlowTime::now()) {
@@ -283,27 +353,23 @@ pub fn run(socket: &Path, raw: &[String]) -> ExitCode {
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    if let Some(path) = &args.input_file {
-        return match read_input(path, &args.query) {
-            Ok((flows, lost)) => {
-                if lost > 0 {
-                    eprintln!("ward observe: the file's writer missed {lost} flows (lost_events lines)");
-                }
-                for f in &flows {
-                    if print(&mut out, f, args.output).is_err() {
-                        return ExitCode::FAILURE;
-                    }
-                }
+    if args.input_file.is_some() || !args.follow {
+        return match fetch(socket, &args.query, args.input_file.as_deref(), "observe") {
+            Ok(flows) => {
+                // A closed pipe (`| head`) ends the command quietly.
+                let _ = flows.iter().try_for_each(|f| print(&mut out, f, args.output)).and_then(|()| out.flush());
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("ward observe: {e}");
-                ExitCode::FAILURE
+                eprintln!("{e}");
+                // A file that cannot be read is the command's failure; an agent that cannot
+                // be reached is the usage-level failure it always was.
+                if args.input_file.is_some() { ExitCode::FAILURE } else { ExitCode::from(2) }
             }
         };
     }
     let q = args.query;
-    let req = Request::Flows { last: q.last, follow: args.follow, since: q.since, until: q.until, filter: q.filter };
+    let req = Request::Flows { last: q.last, follow: true, since: q.since, until: q.until, filter: q.filter };
     let mut stream = match Responses::open(socket, &req, Duration::from_secs(10)) {
         Ok(s) => s,
         Err(e) => {
@@ -327,18 +393,7 @@ pub fn run(socket: &Path, raw: &[String]) -> ExitCode {
         };
         let written = match resp {
             Response::Flows { flows, not_seen, lost_events } => {
-                if lost_events > 0 {
-                    eprintln!(
-                        "ward observe: the kernel could not deliver {lost_events} flow events since the agent started \
-                         (ring buffer full)"
-                    );
-                }
-                if not_seen > 0 {
-                    eprintln!(
-                        "ward observe: {not_seen} older flows had already left this node's history and could not be \
-                         searched (the agent's --flow-history bounds it)"
-                    );
-                }
+                warn_unseen("observe", lost_events, not_seen);
                 flows.iter().try_for_each(|f| print(&mut out, f, args.output))
             }
             Response::Flow { flow } => print(&mut out, &flow, args.output),
@@ -364,9 +419,6 @@ pub fn run(socket: &Path, raw: &[String]) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         if first {
-            if !args.follow {
-                return ExitCode::SUCCESS;
-            }
             if let Err(e) = stream.wait_forever() {
                 eprintln!("ward: {e}");
                 return ExitCode::from(2);

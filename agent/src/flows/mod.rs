@@ -8,6 +8,7 @@
 pub mod export;
 pub mod filter;
 pub mod history;
+pub mod map;
 pub mod record;
 
 use std::sync::Arc;
