@@ -2,6 +2,7 @@
 //! responses themselves).
 
 pub mod observe;
+pub mod suggest;
 
 use std::fmt::Write as _;
 

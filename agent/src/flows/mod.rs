@@ -9,6 +9,7 @@ pub mod export;
 pub mod filter;
 pub mod history;
 pub mod record;
+pub mod suggest;
 
 use std::sync::Arc;
 
