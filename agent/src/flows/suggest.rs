@@ -138,19 +138,18 @@ pub fn suggest<'a>(flows: impl IntoIterator<Item = &'a Flow>, namespace: &str, o
         else {
             continue;
         };
-        if let PeerKey::Pod(ns, labels) = &dst_peer
-            && ns == namespace
+        // The destination's ingress and the source's egress, for the ends in the namespace.
+        for (subject, pod, peer, ingress) in
+            [(&dst_peer, &dst.pod_name, &src_peer, true), (&src_peer, &src.pod_name, &dst_peer, false)]
         {
-            let w = workloads.entry(labels.clone()).or_default();
-            w.pods.insert(dst.pod_name.clone());
-            w.ingress.entry(src_peer.clone()).or_default().insert(port);
-        }
-        if let PeerKey::Pod(ns, labels) = &src_peer
-            && ns == namespace
-        {
-            let w = workloads.entry(labels.clone()).or_default();
-            w.pods.insert(src.pod_name.clone());
-            w.egress.entry(dst_peer).or_default().insert(port);
+            if let PeerKey::Pod(ns, labels) = subject
+                && ns == namespace
+            {
+                let w = workloads.entry(labels.clone()).or_default();
+                w.pods.insert(pod.clone());
+                let side = if ingress { &mut w.ingress } else { &mut w.egress };
+                side.entry(peer.clone()).or_default().insert(port);
+            }
         }
     }
     let mut names = BTreeSet::new();
@@ -163,22 +162,8 @@ pub fn suggest<'a>(flows: impl IntoIterator<Item = &'a Flow>, namespace: &str, o
                 obs.pods.iter().cloned().collect::<Vec<_>>().join(", ")
             ));
         }
-        let ingress = obs
-            .ingress
-            .iter()
-            .map(|(peer, ports)| NetworkPolicyIngressRule {
-                from: Some(vec![peer_spec(peer, namespace)]),
-                ports: Some(ports_spec(ports)),
-            })
-            .collect();
-        let egress = obs
-            .egress
-            .iter()
-            .map(|(peer, ports)| NetworkPolicyEgressRule {
-                to: Some(vec![peer_spec(peer, namespace)]),
-                ports: Some(ports_spec(ports)),
-            })
-            .collect();
+        let ingress = rules(&obs.ingress, namespace, |from, ports| NetworkPolicyIngressRule { from, ports });
+        let egress = rules(&obs.egress, namespace, |to, ports| NetworkPolicyEgressRule { to, ports });
         policies.push(NetworkPolicy {
             metadata: ObjectMeta {
                 name,
@@ -196,6 +181,15 @@ pub fn suggest<'a>(flows: impl IntoIterator<Item = &'a Flow>, namespace: &str, o
     }
     policies.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     Suggestion { policies, notes: notes.into_iter().collect() }
+}
+
+/// One rule per observed peer, allowing its observed ports; `make` builds the direction's type.
+fn rules<R>(
+    observed: &BTreeMap<PeerKey, BTreeSet<PortKey>>,
+    namespace: &str,
+    make: impl Fn(Option<Vec<NetworkPolicyPeer>>, Option<Vec<NetworkPolicyPort>>) -> R,
+) -> Vec<R> {
+    observed.iter().map(|(peer, ports)| make(Some(vec![peer_spec(peer, namespace)]), Some(ports_spec(ports)))).collect()
 }
 
 fn peer_spec(peer: &PeerKey, namespace: &str) -> NetworkPolicyPeer {
