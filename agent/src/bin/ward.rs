@@ -76,6 +76,24 @@ enum PolicyCmd {
         #[arg(long, requires = "http_method")]
         http_path: Option<String>,
     },
+    /// NetworkPolicy YAML allowing exactly the observed flows of a namespace (by workload
+    /// labels), from the agent's flow history or an exported file.
+    Suggest {
+        #[arg(long)]
+        namespace: String,
+        /// Read flows from a JSON-lines file (`ward observe -o json`, the exporter) instead of the agent.
+        #[arg(long)]
+        input_file: Option<PathBuf>,
+        /// Only the N most recent matching flows (default: all of the history).
+        #[arg(long)]
+        last: Option<usize>,
+        /// DROPPED flows count as observed too, not only FORWARDED ones.
+        #[arg(long)]
+        include_dropped: bool,
+        /// Write the YAML to this file instead of stdout.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +101,16 @@ fn main() -> ExitCode {
     let req = match &args.cmd {
         Cmd::Observe { args: observe } => return cli::observe::run(&args.socket, observe),
         Cmd::Map { args: map } => return cli::map::run(&args.socket, map),
+        Cmd::Policy { cmd: PolicyCmd::Suggest { namespace, input_file, last, include_dropped, output } } => {
+            let a = cli::suggest::SuggestArgs {
+                namespace: namespace.clone(),
+                input_file: input_file.clone(),
+                last: *last,
+                include_dropped: *include_dropped,
+                output: output.clone(),
+            };
+            return cli::suggest::run(&args.socket, &a);
+        }
         Cmd::Status { .. } => Request::Status,
         Cmd::Endpoints { .. } => Request::Endpoints,
         Cmd::Policy { cmd: PolicyCmd::Explain { from, to, protocol, port, http_method, http_path } } => {

@@ -3,6 +3,7 @@
 
 pub mod map;
 pub mod observe;
+pub mod suggest;
 
 use std::fmt::Write as _;
 

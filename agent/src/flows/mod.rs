@@ -10,6 +10,7 @@ pub mod filter;
 pub mod history;
 pub mod map;
 pub mod record;
+pub mod suggest;
 
 use std::sync::Arc;
 
