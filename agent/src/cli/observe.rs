@@ -287,35 +287,6 @@ pub fn read_input(path: &Path, q: &Query) -> Result<(Vec<Flow>, u64), InputError
     Ok((out, lost))
 }
 
-/// The flows `q` wants, once (no `--follow`): from the input file when given, else from the
-/// agent at `socket`. What the source says it missed is reported on stderr, prefixed `who`.
-/// For commands that read flows and do something else with them (`ward policy suggest`).
-pub fn collect(socket: &Path, input_file: Option<&Path>, q: &Query, who: &str) -> Result<Vec<Flow>, String> {
-    if let Some(path) = input_file {
-        let (flows, lost) = read_input(path, q).map_err(|e| e.to_string())?;
-        if lost > 0 {
-            eprintln!("{who}: the file's writer missed {lost} flows (lost_events lines)");
-        }
-        return Ok(flows);
-    }
-    let req = Request::Flows { last: q.last, follow: false, since: q.since, until: q.until, filter: q.filter.clone() };
-    let mut stream = Responses::open(socket, &req, Duration::from_secs(10)).map_err(|e| e.to_string())?;
-    match stream.next_response().map_err(|e| e.to_string())? {
-        Some(Response::Flows { flows, not_seen, lost_events }) => {
-            if lost_events > 0 {
-                eprintln!("{who}: the kernel could not deliver {lost_events} flow events since the agent started");
-            }
-            if not_seen > 0 {
-                eprintln!("{who}: {not_seen} older flows had already left this node's history");
-            }
-            Ok(flows)
-        }
-        Some(Response::Error { message }) => Err(message),
-        Some(other) => Err(format!("unexpected answer {other:?}")),
-        None => Err("the agent closed the connection without answering".to_owned()),
-    }
-}
-
 fn print(out: &mut impl Write, f: &Flow, output: Output) -> std::io::Result<()> {
     match output {
         Output::Compact => writeln!(out, "{}", compact(f)),

@@ -1,6 +1,6 @@
 //! `ward policy suggest`: NetworkPolicy YAML allowing exactly the observed flows of one
 //! namespace (`crate::flows::suggest`), from the agent's history or an exported file. The
-//! flows are read as `ward observe` reads them (`observe::collect`), with its filters.
+//! flows are read as `ward observe` reads them (`observe::fetch`), with its filters.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,10 +44,10 @@ pub fn run(socket: &Path, args: &SuggestArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let flows = match observe::collect(socket, args.input_file.as_deref(), &q, "ward policy suggest") {
+    let flows = match observe::fetch(socket, &q, args.input_file.as_deref(), "policy suggest") {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("ward policy suggest: {e}");
+            eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
