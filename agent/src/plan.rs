@@ -242,7 +242,13 @@ mod tests {
         for (name, labels) in namespaces.iter_mut() {
             labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
         }
-        Cluster { namespaces, pods, policies: snap.policies.clone(), host_addrs: host_addrs.to_vec() }
+        Cluster {
+            namespaces,
+            pods,
+            policies: snap.policies.clone(),
+            host_addrs: host_addrs.to_vec(),
+            service_cidrs: vec![],
+        }
     }
 
     fn pod(app: &str, ip: &str) -> PodInfo {

@@ -14,6 +14,9 @@ pub const ID_WORLD: u32 = 1;
 pub const ID_HOST: u32 = 2;
 /// Label identity for a pod whose labels are not known yet; no selector matches it.
 pub const ID_UNKNOWN_POD: u32 = 3;
+/// Label identity of a Service address (`--service-cidr`): egress to it is decided after
+/// kube-proxy's translation, on the backend (`crate::service`).
+pub const ID_SERVICE: u32 = 4;
 /// First dynamically allocated label identity.
 pub const FIRST_LABEL_ID: u32 = 256;
 /// CIDR identities have this bit set, so the two spaces never meet.

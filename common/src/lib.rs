@@ -19,6 +19,7 @@ pub mod lookup;
 pub mod maps;
 pub mod ports;
 pub mod reason;
+pub mod service;
 
 pub use addr::Addr16;
 pub use reason::{Direction, Reason, Verdict};

@@ -10,6 +10,8 @@
 //!    (`FromHost`). A packet forwarded from elsewhere with a node address as its source is
 //!    not the node's traffic and goes on to policy like any other.
 //! 3. The endpoint is not isolated in `dir`: allowed (`NotIsolated`).
+//! 3a. Egress to a Service address (`ID_SERVICE`): deferred to the translated backend
+//!    (`ServicePending`, see `crate::service`), where this same function decides it.
 //! 4. Policy LPM lookups, full key, peer = label identity, then CIDR identity, then `ID_ANY`:
 //!    the first plain hit allows (`PolicyAllow`, with the entry's rule id). A hit on an HTTP
 //!    entry (`http::rules::POLICY_HTTP`) admits the connection only for the requests its rule
@@ -26,7 +28,7 @@
 use crate::addr::Addr16;
 use crate::fqdn::{EP_DNS_PROXY, LearnedKey, LearnedValue, decide_learned};
 use crate::http::rules::policy_http_set;
-use crate::identity::{ID_ANY, ID_HOST, ID_WORLD};
+use crate::identity::{ID_ANY, ID_HOST, ID_SERVICE, ID_WORLD};
 use crate::maps::{EndpointInfo, IpcacheValue, PolicyKey, PolicyValue};
 use crate::reason::{Direction, Reason};
 
@@ -119,6 +121,11 @@ pub fn decide_new_flow<T: Tables>(tables: &T, ep: &EndpointInfo, dir: Direction,
     }
     if !ep.isolated(dir) {
         return Decision { reason: Reason::NotIsolated, rule_id: 0, peer, http: [0; 3] };
+    }
+    // The backend behind a Service address is known only after kube-proxy's translation:
+    // decided there (`crate::service`), never on the Service address itself.
+    if matches!(dir, Direction::Egress) && peer.identity == ID_SERVICE {
+        return Decision { reason: Reason::ServicePending, rule_id: 0, peer, http: [0; 3] };
     }
     let mut http = [0u32; 3];
     let mut http_rule = 0;

@@ -88,6 +88,9 @@ pub enum Reason {
     NotPoliced = 7,
     /// A later fragment of a datagram whose first fragment was allowed here.
     TrackedFragment = 8,
+    /// A new flow to a Service address from an egress-isolated pod: passed on to kube-proxy's
+    /// translation and decided on the backend where it leaves routing (`crate::service`).
+    ServicePending = 9,
 
     /// The pod is isolated in this direction and no rule allows the peer/port (default deny).
     PolicyDenied = 64,
@@ -115,6 +118,9 @@ pub enum Reason {
     /// A packet entering a pod for an address that is not the pod's, from anyone but the
     /// node's own stack: nothing routes such packets to a pod.
     NotForPod = 75,
+    /// A packet deferred to Service translation whose pending entry is gone, stale or not
+    /// its own, or whose deferral found no free slot: dropped, never passed undecided.
+    ServiceUnresolved = 76,
 }
 
 impl Reason {
@@ -123,7 +129,7 @@ impl Reason {
     /// Upper bound (exclusive) of reason codes; sizes the per-reason counter array.
     pub const COUNT: u32 = 128;
 
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 22] = [
         Reason::PolicyAllow,
         Reason::Established,
         Reason::Reply,
@@ -132,6 +138,7 @@ impl Reason {
         Reason::Related,
         Reason::NotPoliced,
         Reason::TrackedFragment,
+        Reason::ServicePending,
         Reason::PolicyDenied,
         Reason::PolicyRevoked,
         Reason::UnknownEndpoint,
@@ -144,6 +151,7 @@ impl Reason {
         Reason::FqdnExpired,
         Reason::DnsProxyDown,
         Reason::NotForPod,
+        Reason::ServiceUnresolved,
     ];
 
     pub const fn verdict(self) -> Verdict {
@@ -173,6 +181,8 @@ impl Reason {
             Reason::FqdnExpired => "fqdn_expired",
             Reason::DnsProxyDown => "dns_proxy_down",
             Reason::NotForPod => "not_for_pod",
+            Reason::ServicePending => "service_pending",
+            Reason::ServiceUnresolved => "service_unresolved",
         }
     }
 }
@@ -217,18 +227,20 @@ mod tests {
                 Reason::Related => 5,
                 Reason::NotPoliced => 6,
                 Reason::TrackedFragment => 7,
-                Reason::PolicyDenied => 8,
-                Reason::PolicyRevoked => 9,
-                Reason::UnknownEndpoint => 10,
-                Reason::SpoofedSource => 11,
-                Reason::Malformed => 12,
-                Reason::Fragment => 13,
-                Reason::MapError => 14,
-                Reason::CtQuota => 15,
-                Reason::UnsupportedProtocol => 16,
-                Reason::FqdnExpired => 17,
-                Reason::DnsProxyDown => 18,
-                Reason::NotForPod => 19,
+                Reason::ServicePending => 8,
+                Reason::PolicyDenied => 9,
+                Reason::PolicyRevoked => 10,
+                Reason::UnknownEndpoint => 11,
+                Reason::SpoofedSource => 12,
+                Reason::Malformed => 13,
+                Reason::Fragment => 14,
+                Reason::MapError => 15,
+                Reason::CtQuota => 16,
+                Reason::UnsupportedProtocol => 17,
+                Reason::FqdnExpired => 18,
+                Reason::DnsProxyDown => 19,
+                Reason::NotForPod => 20,
+                Reason::ServiceUnresolved => 21,
             }
         }
         for (i, r) in Reason::ALL.iter().enumerate() {

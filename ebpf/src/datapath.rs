@@ -25,7 +25,7 @@
 //! follow (step 7).
 
 use aya_ebpf::{
-    bindings::TC_ACT_SHOT,
+    bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     maps::lpm_trie::Key,
     programs::TcContext,
@@ -49,6 +49,7 @@ use crate::frag;
 use crate::maps::{CONFIG, ENDPOINTS, FQDN, IPCACHE, POLICY, SCRATCH};
 use crate::nd;
 use crate::parse::{self, Kind, PROTO_TCP, Packet, Parsed, Tuple};
+use crate::service;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
@@ -60,6 +61,9 @@ const ETH_HLEN: u32 = 14;
 /// A conntrack state bit kept beside the protocol ones: the flow was started by the node's
 /// own stack (so a re-check after a policy change still sees the node, not its address).
 const CT_FROM_NODE: u8 = 0x80;
+/// A conntrack state bit: a pod reaching itself through its Service, whose packets kube-proxy
+/// gives a node source address; the peer policy sees is the pod itself.
+const CT_HAIRPIN: u8 = 0x40;
 
 /// `ward_common::lookup::Tables` over the BPF maps.
 pub(crate) struct KernelTables;
@@ -95,6 +99,8 @@ pub struct Scratch {
     fwd: CtKey,
     back: CtKey,
     o: Outcome,
+    /// The sender's view of a Service flow judged at its backend (`service::judge`).
+    alt: Tuple,
 }
 
 /// What the decision learned, for counters and the flow event.
@@ -123,6 +129,8 @@ struct Ctx {
     from_node_stack: bool,
     /// Bytes from the IP header on.
     len_l3: u32,
+    /// `to_pod` only: the pod reaching itself through its Service (`service::judge`).
+    hairpin: bool,
 }
 
 #[inline(always)]
@@ -150,17 +158,38 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
         icmp: [0; 2],
         new_flow: false,
     };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let parsed = parse::parse(ctx, &mut s.pkt);
+    // Entering a pod, a packet its sender's egress deferred to Service translation: that
+    // decision first, on the backend this is (accounted as the sender's).
+    let mut hairpin = false;
+    if matches!(dir, Direction::Ingress)
+        && let Some(slot) = service::pending_slot(ctx)
+    {
+        if !matches!(parsed, Parsed::Ip) {
+            event::count_reason(Reason::ServiceUnresolved, Direction::Egress, ctx.len());
+            return TC_ACT_SHOT;
+        }
+        match service::judge(ctx, slot, ifindex, &s.pkt, &mut s.back, &mut s.alt, now, &cfg) {
+            Ok(h) => hairpin = h,
+            Err(()) => return TC_ACT_SHOT,
+        }
+    }
     let c = Ctx {
         dir,
         rev: cfg.policy_rev,
         ct_quota: cfg.ct_quota,
-        // SAFETY: helper without preconditions.
-        now: unsafe { bpf_ktime_get_coarse_ns() },
+        now,
         from_node_stack: matches!(dir, Direction::Ingress) && ingress_ifindex == 0,
         len_l3: ctx.len().saturating_sub(ETH_HLEN),
+        hairpin,
     };
-    let mut reason = decide(ctx, &c, ifindex, s);
+    let mut reason = decide(&c, parsed, ifindex, s);
     if matches!(dir, Direction::Egress) {
+        if reason == Reason::ServicePending {
+            reason = service::defer(ctx, ifindex, &s.o.tuple, now);
+        }
         reason = dns::steer(ctx, &s.o, reason);
     }
     let o = &s.o;
@@ -199,9 +228,8 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
 }
 
 #[inline(always)]
-fn decide(ctx: &TcContext, c: &Ctx, ifindex: u32, s: &mut Scratch) -> Reason {
+fn decide(c: &Ctx, parsed: Parsed, ifindex: u32, s: &mut Scratch) -> Reason {
     let dir = c.dir;
-    let parsed = parse::parse(ctx, &mut s.pkt);
     let o = &mut s.o;
     // SAFETY: copied out at once.
     let ep = match unsafe { ENDPOINTS.get(&ifindex) } {
@@ -270,7 +298,10 @@ fn decide_ip(c: &Ctx, ep: &EndpointInfo, s: &mut Scratch) -> Reason {
     let pkt = &s.pkt;
     let o = &mut s.o;
     let t = &pkt.tuple;
-    let flow = Flow::of_packet(dir, &t.saddr, &t.daddr, t.proto, t.dport, c.from_node_stack);
+    // A pod reaching itself through its Service: its own address is the peer, whatever
+    // source kube-proxy gave the packet.
+    let saddr = if c.hairpin { &t.daddr } else { &t.saddr };
+    let flow = Flow::of_packet(dir, saddr, &t.daddr, t.proto, t.dport, c.from_node_stack);
     match pkt.kind {
         Kind::IcmpError => {
             if related(c, ep, pkt, &mut s.back) {
@@ -305,9 +336,13 @@ fn decide_ip(c: &Ctx, ep: &EndpointInfo, s: &mut Scratch) -> Reason {
     o.peer = d.peer;
     o.rule_id = d.rule_id;
     let starts_flow = pkt.kind != Kind::EchoReply && !(tcp && pkt.tcp_flags & TCP_RST != 0);
-    if matches!(d.reason.verdict(), Verdict::Allow) && starts_flow {
+    // A deferred flow is tracked by its judge (`service::judge`), under the tuple sent.
+    if matches!(d.reason.verdict(), Verdict::Allow) && starts_flow && d.reason != Reason::ServicePending {
         o.new_flow = true;
         let mut state = if d.reason == Reason::FromHost { CT_FROM_NODE } else { 0 };
+        if c.hairpin {
+            state |= CT_HAIRPIN;
+        }
         if tcp && pkt.tcp_flags & TCP_FIN != 0 {
             state |= CT_FIN_ORIG;
         }
@@ -386,6 +421,15 @@ fn recheck(
     }
     let d = redecide(ep, orig_dir, key, v.state);
     o.peer = d.peer;
+    if d.reason == Reason::ServicePending {
+        // A Service flow: its sender's packet is deferred again and decided on its backend
+        // under the current policy (`service::judge` brings the entry up to date or removes
+        // it); replies pass until then.
+        if matches!(c.dir, Direction::Egress) {
+            return Reason::ServicePending;
+        }
+        return ok;
+    }
     // An expired learned address still allows the flows started while it was live.
     if matches!(d.reason.verdict(), Verdict::Allow) || d.reason == Reason::FqdnExpired {
         o.rule_id = d.rule_id;
@@ -401,9 +445,10 @@ fn recheck(
 /// The current policy's decision for a tracked flow, from the direction it was first seen in.
 #[inline(always)]
 fn redecide(ep: &EndpointInfo, orig_dir: Direction, key: &CtKey, state: u8) -> ward_common::lookup::Decision {
+    let saddr = if state & CT_HAIRPIN != 0 { &key.daddr } else { &key.saddr };
     let flow = Flow::of_packet(
         orig_dir,
-        &key.saddr,
+        saddr,
         &key.daddr,
         key.proto,
         u16::from_be_bytes(key.dport_be),
@@ -463,4 +508,36 @@ fn is_node_address(a: &Addr16) -> bool {
 fn source_is_pod(ep: &EndpointInfo, saddr: &Addr16) -> bool {
     let own = if is_v4_mapped(saddr) { &ep.addr_v4 } else { &ep.addr_v6 };
     u128::from_ne_bytes(*own) != 0 && same(saddr, own)
+}
+
+/// `to_netdev` (TCX egress of an uplink): a packet leaving the node whose sender's egress was
+/// deferred to Service translation is decided here, on the backend; everything else passes
+/// untouched (one mark test).
+#[inline(always)]
+pub fn leave_node(ctx: &TcContext) -> i32 {
+    let Some(slot) = service::pending_slot(ctx) else {
+        return TCX_NEXT;
+    };
+    // SAFETY: `skb` is the context pointer the kernel handed us.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let cfg = match CONFIG.get(0) {
+        Some(c) => *c,
+        None => ConfigValue { layout_version: 0, policy_rev: 0, flags: 0, ct_quota: 0 },
+    };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        event::count_reason(Reason::MapError, Direction::Egress, ctx.len());
+        return TC_ACT_SHOT;
+    };
+    // SAFETY: as in `process`.
+    let s = unsafe { &mut *scratch };
+    if !matches!(parse::parse(ctx, &mut s.pkt), Parsed::Ip) {
+        event::count_reason(Reason::ServiceUnresolved, Direction::Egress, ctx.len());
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    match service::judge(ctx, slot, ifindex, &s.pkt, &mut s.back, &mut s.alt, now, &cfg) {
+        Ok(_) => TCX_NEXT,
+        Err(()) => TC_ACT_SHOT,
+    }
 }

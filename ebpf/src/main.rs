@@ -1,4 +1,5 @@
-//! Ward's datapath: two TC programs on the host side of every pod veth, attached with TCX.
+//! Ward's datapath: two TC programs on the host side of every pod veth, attached with TCX,
+//! and one on the node's uplinks (`to_netdev`: Service traffic leaving the node).
 //!
 //! `from_pod` (TCX ingress of the host veth) sees packets leaving the pod and applies the
 //! pod's egress policy; `to_pod` (TCX egress of the host veth) sees packets entering the pod
@@ -22,6 +23,7 @@ mod http;
 mod maps;
 mod nd;
 mod parse;
+mod service;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use ward_common::Direction;
@@ -34,6 +36,13 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
     datapath::process(&ctx, Direction::Ingress)
+}
+
+/// TCX egress of the node's uplinks: decides Service traffic whose backend is elsewhere
+/// (`datapath::leave_node`); passes everything else.
+#[classifier]
+pub fn to_netdev(ctx: TcContext) -> i32 {
+    datapath::leave_node(&ctx)
 }
 
 /// The HTTP request check, reached from `to_pod` by a tail call (`http::after_l4`).

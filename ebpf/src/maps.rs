@@ -14,6 +14,7 @@ use ward_common::{
         PolicyValue, REASON_DIR_MAX, RULE_CNT_MAX,
     },
     reason::Reason,
+    service::{Pending, SLOTS},
 };
 
 #[map(name = "WARD_ENDPOINTS")]
@@ -63,3 +64,8 @@ pub static FQDN: LpmTrie<LearnedKeyData, LearnedValue> = LpmTrie::pinned(FQDN_MA
 /// Where the DNS proxy listens (`ward_common::fqdn::DnsConfig`).
 #[map(name = "WARD_DNS_CFG")]
 pub static DNS_CFG: Array<DnsConfig> = Array::pinned(1, 0);
+
+/// Packets deferred to Service translation (`ward_common::service`). Not pinned: an entry
+/// lives for one packet's way through the node.
+#[map(name = "WARD_SVC_PEND")]
+pub static SVC_PEND: Array<Pending> = Array::with_max_entries(SLOTS, 0);

@@ -98,6 +98,9 @@ pub struct Cluster {
     pub policies: BTreeMap<PolicyRef, Policy>,
     /// The node's own addresses: traffic from them to a pod is always allowed.
     pub host_addrs: Vec<IpAddr>,
+    /// The cluster's Service ranges (`--service-cidr`): egress to them is decided on the
+    /// backend kube-proxy translates them to (`ward_common::service`).
+    pub service_cidrs: Vec<ipnet::IpNet>,
 }
 
 impl Cluster {

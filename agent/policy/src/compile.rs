@@ -36,7 +36,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use ward_common::Direction;
 use ward_common::addr::{V4_MAPPED_PREFIX_BITS, v4_mapped};
 use ward_common::http::rules::{EP_HTTP_INGRESS, HttpSet, SET_RULES_MAX, policy_http_flags, policy_http_set};
-use ward_common::identity::{FIRST_LABEL_ID, ID_ANY, ID_HOST, ID_UNKNOWN_POD, ID_WORLD};
+use ward_common::identity::{FIRST_LABEL_ID, ID_ANY, ID_HOST, ID_SERVICE, ID_UNKNOWN_POD, ID_WORLD};
 use ward_common::maps::{
     EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IpcacheKey, IpcacheValue, POLICY_ANY_PROTO_BITS, PolicyKey, PolicyValue,
 };
@@ -335,13 +335,29 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
     let withheld = |p: &IpNet| numberless.iter().any(|m| p.contains(m));
 
     // The ipcache: policy prefixes, then node addresses, then pod addresses over them.
+    // Service addresses are decided on their backends, never on themselves: a policy prefix
+    // inside a Service range keeps its label identity `ID_SERVICE`.
+    let in_service = |p: &IpNet| cluster.service_cidrs.iter().any(|svc| svc.contains(p));
     for prefix in &prefixes {
         if withheld(prefix) {
             continue;
         }
         if let Some(id) = cidr_ids.get(&CidrKey { prefix: *prefix, ports: vec![] }) {
-            out.ipcache.insert(ipcache_key(*prefix), IpcacheValue { identity: ID_WORLD, cidr_identity: *id });
+            let identity = if in_service(prefix) { ID_SERVICE } else { ID_WORLD };
+            out.ipcache.insert(ipcache_key(*prefix), IpcacheValue { identity, cidr_identity: *id });
         }
+    }
+    for svc in &cluster.service_cidrs {
+        // The CIDR identity of the longest policy prefix holding the whole range (what an
+        // ipBlock sees of a Service address a packet carries, a reply's, say).
+        let cidr_identity = prefixes
+            .iter()
+            .filter(|p| !withheld(p) && p.contains(svc))
+            .max_by_key(|p| p.prefix_len())
+            .and_then(|p| cidr_ids.get(&CidrKey { prefix: *p, ports: vec![] }))
+            .copied()
+            .unwrap_or(ID_WORLD);
+        out.ipcache.insert(ipcache_key(*svc), IpcacheValue { identity: ID_SERVICE, cidr_identity });
     }
     // An IPv6 prefix that contains ::ffff:0:0/96 (`::/0`, say) would otherwise also answer
     // for IPv4 addresses in the shared trie, where NetworkPolicy says it never matches

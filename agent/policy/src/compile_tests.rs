@@ -1360,3 +1360,39 @@ spec:
     assert_eq!(fp.query_allowed([ID_WORLD, ID_WORLD], 17, "api.bank.example"), QueryVerdict::Refused);
     let _ = c;
 }
+
+/// Service ranges resolve to `ID_SERVICE` in the ipcache, and so does every policy prefix
+/// inside one: egress to a Service address is decided on its backend, never on an ipBlock
+/// naming the address. Prefixes outside keep `ID_WORLD`; the range keeps the CIDR identity
+/// of the policy prefix holding it.
+#[test]
+fn service_ranges_and_the_prefixes_inside_them_resolve_to_the_service_identity() {
+    use ward_common::identity::ID_SERVICE;
+    let mut c = lab();
+    c.service_cidrs = vec!["10.96.0.0/16".parse().expect("range")];
+    apply(
+        &mut c,
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: blocks, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{ipBlock: {cidr: 10.0.0.0/8}}, {ipBlock: {cidr: 10.96.0.10/32}}]
+"#,
+    );
+    let compiled = compile_all(&c, &mut Identities::new());
+    let range = compiled.ipcache[&ipcache_key("10.96.0.0/16".parse().expect("prefix"))];
+    assert_eq!(range.identity, ID_SERVICE);
+    let wide = compiled.ipcache[&ipcache_key("10.0.0.0/8".parse().expect("prefix"))];
+    assert_eq!(wide.identity, ID_WORLD, "a prefix holding the range is not a Service address");
+    assert_eq!(range.cidr_identity, wide.cidr_identity, "the range carries the CIDR identity holding it");
+    let inside = compiled.ipcache[&ipcache_key("10.96.0.10/32".parse().expect("prefix"))];
+    assert_eq!(inside.identity, ID_SERVICE, "an ipBlock on a ClusterIP does not make it world");
+    assert!(is_cidr_identity(inside.cidr_identity));
+    // The kernel's own lookup: egress from x/a to the ClusterIP is deferred, not decided.
+    let d = datapath_decision(&compiled, Direction::Egress, &pod("x/a"), "10.96.0.10".parse().expect("ip"), TCP, 80);
+    assert_eq!(d.reason, ward_common::Reason::ServicePending);
+}

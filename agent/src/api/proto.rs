@@ -185,6 +185,9 @@ pub struct StatusReport {
     /// after kube-proxy's translation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_cidrs: Vec<String>,
+    /// The interfaces that decide Service traffic leaving the node (`to_netdev`).
+    #[serde(default)]
+    pub uplinks: Vec<String>,
     pub namespaces: usize,
     pub pods: usize,
     pub policies: usize,

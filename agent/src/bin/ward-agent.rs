@@ -61,6 +61,10 @@ struct RunArgs {
     /// after kube-proxy's translation.
     #[arg(long = "service-cidr", env = "WARD_SERVICE_CIDRS", value_delimiter = ',')]
     service_cidrs: Vec<ipnet::IpNet>,
+    /// An interface Service traffic leaves the node by (repeatable). Default with
+    /// --service-cidr: every interface but loopback and the pods' veths, at start.
+    #[arg(long = "uplink", env = "WARD_UPLINKS", value_delimiter = ',')]
+    uplinks: Vec<String>,
     /// Local API socket (root only).
     #[arg(long, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -233,6 +237,7 @@ fn main() -> anyhow::Result<()> {
         node_name: run.node_name.context("--node-name is required")?,
         datastore,
         service_cidrs: run.service_cidrs,
+        uplinks: run.uplinks,
         metrics_addr: run.metrics_addr,
         socket: run.socket,
         state_dir: run.state_dir,

@@ -74,6 +74,10 @@ pub struct Config {
     /// The cluster's Service ranges (`--service-cidr`): traffic to them is decided after
     /// kube-proxy's translation.
     pub service_cidrs: Vec<ipnet::IpNet>,
+    /// The node's uplinks (`--uplink`), which get `to_netdev` to decide Service traffic
+    /// leaving the node; empty with Service ranges: every interface but loopback and the
+    /// pods' veths.
+    pub uplinks: Vec<String>,
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
@@ -129,6 +133,8 @@ pub struct Agent {
     dns_error: Option<String>,
     /// Datastore change to maps written, per pass (`/metrics`).
     update_latency: crate::metrics::Histogram,
+    /// The interfaces `to_netdev` is attached to (`attach_uplinks`).
+    uplinks: Vec<String>,
     /// What the flow task names flows from, republished after each pass (`flows.rs`).
     flow_view: flows::ViewTx,
     /// The flow history, once started: its delivered and lost counts go to `/metrics`.
@@ -326,6 +332,7 @@ impl Agent {
             tracing::info!(seeded, reserved, "identity numbers taken over from the pinned maps");
         }
         let conflist = cfg.conflist.clone().map(plugin::Conflist::new);
+        let service_cidrs = cfg.service_cidrs.clone();
         let mut agent = Agent {
             cfg,
             store,
@@ -334,7 +341,7 @@ impl Agent {
             dp,
             mirror,
             compiled: None,
-            cluster: ward_policy::cluster::Cluster::default(),
+            cluster: ward_policy::cluster::Cluster { service_cidrs, ..ward_policy::cluster::Cluster::default() },
             ids_saved: None,
             applied: Revision::None,
             snapshot_saved: None,
@@ -343,6 +350,7 @@ impl Agent {
             dns,
             dns_error,
             update_latency: crate::metrics::Histogram::default(),
+            uplinks: Vec::new(),
             flow_view: flows::ViewTx::default(),
             flow_hub: None,
         };
@@ -363,6 +371,7 @@ impl Agent {
                 tracing::error!(endpoint = ep.ep_id, error = %e, "re-attaching");
             }
         }
+        agent.attach_uplinks();
         // Links of an older layout that no endpoint claimed get the new programs too (they
         // then drop everything as an unknown endpoint, as any unclaimed link does).
         agent.dp.finish_migration();
@@ -476,6 +485,45 @@ impl Agent {
         }
     }
 
+    /// Attaches `to_netdev` to the node's uplinks, so that a packet whose sender's egress was
+    /// deferred to Service translation is decided wherever it leaves (`ward_common::service`).
+    /// Only with Service ranges: nothing is deferred without them.
+    fn attach_uplinks(&mut self) {
+        if self.cfg.service_cidrs.is_empty() {
+            return;
+        }
+        let pods: std::collections::BTreeSet<u32> = self.registry.iter().map(|e| e.reg.host_ifindex).collect();
+        let links: Vec<(String, u32)> = match nix::net::if_::if_nameindex() {
+            Ok(list) => list.iter().map(|i| (i.name().to_string_lossy().into_owned(), i.index())).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "listing interfaces for the uplinks");
+                return;
+            }
+        };
+        for (name, ifindex) in links {
+            let wanted = if self.cfg.uplinks.is_empty() {
+                name != "lo" && !pods.contains(&ifindex)
+            } else {
+                self.cfg.uplinks.contains(&name)
+            };
+            if !wanted {
+                continue;
+            }
+            match self.dp.attach_uplink(&name, ifindex) {
+                Ok(()) => {
+                    tracing::info!(ifname = %name, ifindex, "uplink: Service traffic leaving the node is decided here");
+                    self.uplinks.push(name);
+                }
+                Err(e) => tracing::error!(ifname = %name, ifindex, error = %e, "attaching to an uplink"),
+            }
+        }
+        for name in &self.cfg.uplinks {
+            if !self.uplinks.contains(name) {
+                tracing::error!(ifname = %name, "an --uplink interface is missing: Service traffic through it would leave undecided");
+            }
+        }
+    }
+
     /// Forgets endpoints whose interface is gone (a DEL that never reached us) and the links
     /// pinned for interfaces that no longer exist. A link on an interface that still exists
     /// stays even when no endpoint claims it (a lost registry, say): its programs then drop
@@ -563,6 +611,7 @@ impl Agent {
             applied: self.applied.clone(),
             datastore_health,
             service_cidrs: self.cfg.service_cidrs.iter().map(ToString::to_string).collect(),
+            uplinks: self.uplinks.clone(),
             namespaces: snap.namespaces.len(),
             pods: snap.pods.len(),
             policies: snap.policies.len(),

@@ -4,6 +4,9 @@
 //! and `links/<ifindex>-to` (TCX egress: `to_pod`). A pinned link keeps its program attached
 //! while no agent runs. A new agent replaces the program inside the existing link atomically
 //! (no instant without a program), then pins it again.
+//!
+//! The node's uplinks get `to_netdev` (TCX egress), pinned as `links/<ifindex>-netdev`: it
+//! decides Service traffic whose backend is not on this node (`ward_common::service`).
 
 use std::path::Path;
 
@@ -18,11 +21,19 @@ use aya::{
 
 use super::DatapathError;
 
-const PROGRAMS: [(&str, TcAttachType, &str); 2] =
-    [("from_pod", TcAttachType::Ingress, "from"), ("to_pod", TcAttachType::Egress, "to")];
+type Program = (&'static str, TcAttachType, &'static str);
+
+/// A pod veth's programs: (program, TCX side, pin suffix).
+const PROGRAMS: [Program; 2] = [("from_pod", TcAttachType::Ingress, "from"), ("to_pod", TcAttachType::Egress, "to")];
+/// An uplink's program.
+const UPLINK: Program = ("to_netdev", TcAttachType::Egress, "netdev");
+
+fn every_program() -> impl Iterator<Item = Program> {
+    PROGRAMS.into_iter().chain([UPLINK])
+}
 
 pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
-    for (name, _, _) in PROGRAMS {
+    for (name, _, _) in every_program() {
         classifier(ebpf, name)?
             .load()
             .map_err(|source| DatapathError::Program { program: name, source: Box::new(source) })?;
@@ -38,31 +49,48 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Sche
     prog.try_into().map_err(|source| DatapathError::Program { program: name, source: Box::new(source) })
 }
 
+/// Attaches both pod programs to a pod veth's host side.
 pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
-    let fail = |message: String| DatapathError::Attach { ifname: ifname.to_owned(), ifindex, message };
-    for (name, attach_type, suffix) in PROGRAMS {
-        let pin = pin_dir.join("links").join(format!("{ifindex}-{suffix}"));
-        let prog = classifier(ebpf, name)?;
-        let adopted = match PinnedLink::from_pin(&pin) {
-            Ok(old) => {
-                let fd = old.unpin().map_err(|e| fail(format!("unpinning {}: {e}", pin.display())))?;
-                match SchedClassifierLink::try_from(fd) {
-                    Ok(link) => prog.attach_to_link(link).ok(),
-                    Err(_) => None,
-                }
-            }
-            Err(_) => None,
-        };
-        let id = match adopted {
-            Some(id) => id,
-            None => prog
-                .attach_with_options(ifname, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .map_err(|e| fail(format!("{name}: {e}")))?,
-        };
-        let link = prog.take_link(id).map_err(|e| fail(format!("{name}: {e}")))?;
-        let fd: FdLink = link.try_into().map_err(|e| fail(format!("{name} is not an fd link: {e}")))?;
-        fd.pin(&pin).map_err(|e| fail(format!("pinning {}: {e}", pin.display())))?;
+    for program in PROGRAMS {
+        attach_one(ebpf, pin_dir, ifname, ifindex, program)?;
     }
+    Ok(())
+}
+
+/// Attaches `to_netdev` to an uplink.
+pub fn attach_uplink(ebpf: &mut Ebpf, pin_dir: &Path, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+    attach_one(ebpf, pin_dir, ifname, ifindex, UPLINK)
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    pin_dir: &Path,
+    ifname: &str,
+    ifindex: u32,
+    (name, attach_type, suffix): Program,
+) -> Result<(), DatapathError> {
+    let fail = |message: String| DatapathError::Attach { ifname: ifname.to_owned(), ifindex, message };
+    let pin = pin_dir.join("links").join(format!("{ifindex}-{suffix}"));
+    let prog = classifier(ebpf, name)?;
+    let adopted = match PinnedLink::from_pin(&pin) {
+        Ok(old) => {
+            let fd = old.unpin().map_err(|e| fail(format!("unpinning {}: {e}", pin.display())))?;
+            match SchedClassifierLink::try_from(fd) {
+                Ok(link) => prog.attach_to_link(link).ok(),
+                Err(_) => None,
+            }
+        }
+        Err(_) => None,
+    };
+    let id = match adopted {
+        Some(id) => id,
+        None => prog
+            .attach_with_options(ifname, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(|e| fail(format!("{name}: {e}")))?,
+    };
+    let link = prog.take_link(id).map_err(|e| fail(format!("{name}: {e}")))?;
+    let fd: FdLink = link.try_into().map_err(|e| fail(format!("{name} is not an fd link: {e}")))?;
+    fd.pin(&pin).map_err(|e| fail(format!("pinning {}: {e}", pin.display())))?;
     Ok(())
 }
 
@@ -77,7 +105,7 @@ pub fn replace_all(ebpf: &mut Ebpf, pin_dir: &Path) -> usize {
     for entry in entries.filter_map(Result::ok) {
         let pin = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some((program, _, _)) = PROGRAMS.iter().find(|(_, _, suffix)| name.ends_with(&format!("-{suffix}"))) else {
+        let Some((program, _, _)) = every_program().find(|(_, _, suffix)| name.ends_with(&format!("-{suffix}"))) else {
             continue;
         };
         let Ok(prog) = classifier(ebpf, program) else { continue };
@@ -112,13 +140,19 @@ pub fn detach(pin_dir: &Path, ifindex: u32) {
     }
 }
 
+/// Ifindexes of pod veths with pinned links.
 pub fn pinned_ifindexes(pin_dir: &Path) -> Vec<u32> {
     let Ok(rd) = std::fs::read_dir(pin_dir.join("links")) else {
         return Vec::new();
     };
     let mut out: Vec<u32> = rd
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.split('-').next()).and_then(|i| i.parse().ok()))
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_owned();
+            let (ifindex, suffix) = name.split_once('-')?;
+            // Pod links only: an uplink's is not an endpoint's.
+            PROGRAMS.iter().any(|(_, _, s)| *s == suffix).then(|| ifindex.parse().ok()).flatten()
+        })
         .collect();
     out.sort_unstable();
     out.dedup();

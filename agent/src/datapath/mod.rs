@@ -128,6 +128,11 @@ impl Datapath {
         attach::attach(&mut self.ebpf, &self.pin_dir, ifname, ifindex)
     }
 
+    /// Attaches `to_netdev` to one of the node's uplinks (adopting a pinned link if present).
+    pub fn attach_uplink(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+        attach::attach_uplink(&mut self.ebpf, &self.pin_dir, ifname, ifindex)
+    }
+
     /// Detaches from an interface (idempotent; a vanished interface is fine).
     pub fn detach(&mut self, ifindex: u32) {
         attach::detach(&self.pin_dir, ifindex)
@@ -187,6 +192,19 @@ impl Datapath {
         ifindex: u32,
         ingress_ifindex: u32,
     ) -> Result<i32, DatapathError> {
+        self.run_program_marked(program, packet, ifindex, ingress_ifindex, 0).map(|(verdict, _)| verdict)
+    }
+
+    /// [`run_program_from`](Self::run_program_from) with `skb->mark` set to `mark` on the way
+    /// in; also returns the mark the program left (Service deferral, DNS steering).
+    pub fn run_program_marked(
+        &self,
+        program: &'static str,
+        packet: &[u8],
+        ifindex: u32,
+        ingress_ifindex: u32,
+        mark: u32,
+    ) -> Result<(i32, u32), DatapathError> {
         use aya::programs::{TestRun, TestRunOptions};
         let prog: &SchedClassifier = self
             .ebpf
@@ -197,17 +215,22 @@ impl Datapath {
             })?
             .try_into()
             .map_err(|source| DatapathError::Program { program, source: Box::new(source) })?;
-        // struct __sk_buff: `ingress_ifindex` is the u32 at byte 36 and `ifindex` the one at
-        // byte 40 (after len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci,
-        // vlan_proto, priority). The kernel accepts only a few fields of the context as input.
+        // struct __sk_buff: `mark` is the u32 at byte 8 (after len and pkt_type),
+        // `ingress_ifindex` the one at byte 36 and `ifindex` the one at byte 40 (after
+        // queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto, priority). The kernel
+        // accepts only a few fields of the context as input.
         let mut ctx = vec![0u8; SK_BUFF_SIZE];
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
         ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; SK_BUFF_SIZE];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.ctx_in = Some(&ctx);
+        opts.ctx_out = Some(&mut out);
         let r = prog.test_run(opts).map_err(|source| DatapathError::Program { program, source: Box::new(source) })?;
-        Ok(r.return_value as i32)
+        let mark_out = u32::from_ne_bytes([out[8], out[9], out[10], out[11]]);
+        Ok((r.return_value as i32, mark_out))
     }
 }
 
