@@ -87,6 +87,10 @@ enum Cmd {
         /// ginkgo's skip; the kernel here has no SCTP sockets.
         #[arg(long, default_value = e2e::DEFAULT_SKIP)]
         skip: String,
+        /// Run the default specs as one e2e.test, one after the other (about an hour with
+        /// Ward), instead of in three shards side by side.
+        #[arg(long)]
+        serial: bool,
         /// Where the JUnit report and e2e.log go [default: <target>/e2e-report].
         #[arg(long)]
         report_dir: Option<PathBuf>,
@@ -148,13 +152,20 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Bench { quick, only, out } => bench(quick, only, out)?,
-        Cmd::E2e { cni, nodes, focus, skip, report_dir } => {
+        Cmd::E2e { cni, nodes, focus, skip, serial, report_dir } => {
             if cni == e2e::CniChoice::Ward {
                 build()?;
             } else {
                 setup::setup()?;
             }
-            return e2e::e2e(e2e::E2eOptions { cni, nodes, focus, skip, report_dir });
+            // The default specs run in shards side by side; a focus or skip of one's own runs as
+            // one e2e.test.
+            let shards = if focus == e2e::DEFAULT_FOCUS && skip == e2e::DEFAULT_SKIP && !serial {
+                e2e::default_shards()
+            } else {
+                vec![(focus, skip)]
+            };
+            return e2e::e2e(e2e::E2eOptions { cni, nodes, shards, report_dir });
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -188,11 +199,31 @@ fn test(cases: Option<PathBuf>, fuzz_seconds: u64) -> anyhow::Result<ExitCode> {
         Ok(s) => format!("conformance {}", s.line()),
         Err(e) => format!("conformance did not run: {e:#}"),
     };
+    // The upstream e2e NetworkPolicy suite, on a lab cluster whose CNI is Ward.
+    let e2e_run = e2e::run(e2e::E2eOptions {
+        cni: e2e::CniChoice::Ward,
+        nodes: 1,
+        shards: e2e::default_shards(),
+        report_dir: None,
+    });
+    let (e2e_line, e2e_ok, e2e_passed, e2e_failed) = match &e2e_run {
+        Ok(o) => {
+            let s = o.summary.unwrap_or_default();
+            let failed = if o.ok { 0 } else { s.failed.max(1) };
+            (
+                format!("e2e NetworkPolicy {} passed, {} failed ({} s)", s.passed, s.failed, o.seconds),
+                o.ok,
+                s.passed,
+                failed,
+            )
+        }
+        Err(e) => (format!("e2e did not run: {e:#}"), false, 0, 1),
+    };
     // Every fuzz target, each for a bounded time; a finding fails the run.
     let fuzzed = fuzz::run_targets(fuzz::TARGETS, fuzz_seconds);
     let fuzz_failed = fuzzed.iter().filter(|(_, o)| matches!(o, fuzz::Outcome::Failed(_))).count() as u64;
     let fuzz_passed = fuzzed.iter().filter(|(_, o)| matches!(o, fuzz::Outcome::Passed)).count() as u64;
-    let ok = unit.is_ok() && conf.as_ref().is_ok_and(|s| s.failed() == 0) && fuzz_failed == 0;
+    let ok = unit.is_ok() && conf.as_ref().is_ok_and(|s| s.failed() == 0) && e2e_ok && fuzz_failed == 0;
     // Repeated at the end, where a long run's log is read first.
     for f in &counts.failures {
         let verdict = if flaky.contains(&f.name) { "FLAKY (failed, then passed on its rerun)" } else { "FAILED" };
@@ -202,7 +233,7 @@ fn test(cases: Option<PathBuf>, fuzz_seconds: u64) -> anyhow::Result<ExitCode> {
         }
     }
     println!(
-        "xtask test: {}: cargo test {} ({} passed, {} failed{}), {conf_line}, fuzz {fuzz_passed} passed, {fuzz_failed} failed ({fuzz_seconds} s each)",
+        "xtask test: {}: cargo test {} ({} passed, {} failed{}), {conf_line}, {e2e_line}, fuzz {fuzz_passed} passed, {fuzz_failed} failed ({fuzz_seconds} s each)",
         if ok { "PASSED" } else { "FAILED" },
         if unit.is_ok() { "passed" } else { "failed" },
         counts.passed,
@@ -217,8 +248,8 @@ fn test(cases: Option<PathBuf>, fuzz_seconds: u64) -> anyhow::Result<ExitCode> {
     let unit_failed = counts.failed + u64::from(unit.is_err() && counts.failed == 0);
     println!(
         "xtask: {} passed, {} failed",
-        counts.passed + conf_passed + fuzz_passed,
-        unit_failed + conf_failed + fuzz_failed
+        counts.passed + conf_passed + e2e_passed + fuzz_passed,
+        unit_failed + conf_failed + e2e_failed + fuzz_failed
     );
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

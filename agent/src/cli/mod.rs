@@ -113,6 +113,8 @@ fn status(s: &StatusReport) -> String {
     }
     if !s.service_cidrs.is_empty() {
         let _ = writeln!(o, "Service ranges:  {}", s.service_cidrs.join(", "));
+        let uplinks = if s.uplinks.is_empty() { "none".to_owned() } else { s.uplinks.join(", ") };
+        let _ = writeln!(o, "Uplinks:         {uplinks} (Service traffic leaving the node is decided there)");
     }
     let _ = writeln!(o, "Policy revision: {}", s.policy_revision);
     let _ = writeln!(o, "Objects:         {} namespaces, {} pods, {} policies", s.namespaces, s.pods, s.policies);
