@@ -198,44 +198,41 @@ fn a_deferred_packet_without_its_own_pending_entry_is_dropped() {
 }
 
 #[test]
-fn a_pod_reaching_itself_through_its_service_is_judged_as_itself() {
+fn a_pod_reaching_itself_through_its_service_is_its_loopback() {
     if !privileged() {
         return;
     }
-    let mut lab = Lab::new("svc-hairpin", BOTH);
+    // The sender may reach neither itself nor anything but PEER, and admits only PEER.
+    let lab = Lab::new("svc-hairpin", BOTH);
     // kube-proxy masquerades hairpin traffic: the pod sees a node source address.
-    let hairpin = |sport: u16| packet(NODE, POD, TCP, sport, 8080, SYN);
+    let hairpin = |sport: u16, flags: u8| packet(NODE, POD, TCP, sport, 8080, flags);
     lab.ns.run(|| {
-        // The sender's egress (SUBJECT is not PEER's identity) denies reaching itself.
         let mark = lab.defer(&packet(POD, SVC, TCP, 43000, 80, SYN));
-        let (v, _, c) = lab.run("to_pod", &hairpin(61000), LO, mark);
-        assert_eq!((v, c), (DROP, vec![(Reason::PolicyDenied, Direction::Egress)]));
-    });
-    // Allow the pod to reach itself both ways: egress to SUBJECT and ingress from SUBJECT.
-    let mut m = lab.t.mirror.clone();
-    allow(&mut m, Direction::Egress, SUBJECT, TCP, 8080, 8080, 72);
-    allow(&mut m, Direction::Ingress, SUBJECT, TCP, 8080, 8080, 73);
-    lab.t.apply(&m);
-    lab.ns.run(|| {
-        let mark = lab.defer(&packet(POD, SVC, TCP, 43001, 80, SYN));
-        let (v, _, c) = lab.run("to_pod", &hairpin(61001), LO, mark);
+        let (v, _, c) = lab.run("to_pod", &hairpin(61000, SYN), LO, mark);
         assert_eq!(
             (v, counts(&c)),
-            (
-                PASS,
-                BTreeMap::from([(Direction::Egress, Reason::PolicyAllow), (Direction::Ingress, Reason::PolicyAllow)])
-            ),
-            "judged as the pod reaching itself, not as the node"
+            (PASS, BTreeMap::from([(Direction::Egress, Reason::Loopback), (Direction::Ingress, Reason::Loopback)])),
+            "a pod reaching itself is its own loopback, whatever its policies"
         );
-        // The same masqueraded packet without the deferral is the node's address, forwarded:
-        // policed as such and denied.
-        let (v, _, c) = lab.run("to_pod", &hairpin(61002), LO, 0);
+        // Its reply, before kube-proxy translates it back, and the translated reply.
+        let (v, _, c) = lab.run("from_pod", &packet(POD, NODE, TCP, 8080, 61000, SYN | ACK), LO, 0);
+        assert_eq!((v, c), (PASS, vec![(Reason::Reply, Direction::Egress)]));
+        let (v, _, c) = lab.run("to_pod", &packet(SVC, POD, TCP, 80, 43000, SYN | ACK), LO, 0);
+        assert_eq!((v, c), (PASS, vec![(Reason::Reply, Direction::Ingress)]));
+        // The same masqueraded packet without the deferral is the node's address forwarded:
+        // policed as such, and denied.
+        let (v, _, c) = lab.run("to_pod", &hairpin(61002, SYN), LO, 0);
         assert_eq!((v, c), (DROP, vec![(Reason::PolicyDenied, Direction::Ingress)]));
+        // A deferral of another pod cannot pass for a hairpin here: its sender is not this pod.
+        let mark = lab.defer(&packet(POD, SVC, TCP, 43003, 80, SYN));
+        let (v, _, c) = lab.run("to_pod", &packet(NODE, PEER, TCP, 61003, 8080, SYN), lab.backend(), mark);
+        assert_eq!((v, c), (DROP, vec![(Reason::ServiceUnresolved, Direction::Egress)]));
     });
-    // The hairpin flow survives a policy revision (re-decided as the pod itself).
+    // The hairpin flow survives a policy revision (re-checked as the loopback it is).
+    let mut lab = lab;
     lab.t.dp.maps.bump_revision().expect("bump");
     lab.ns.run(|| {
-        let (v, _, c) = lab.run("to_pod", &packet(NODE, POD, TCP, 61001, 8080, ACK), LO, 0);
+        let (v, _, c) = lab.run("to_pod", &hairpin(61000, ACK), LO, 0);
         assert_eq!((v, c), (PASS, vec![(Reason::Established, Direction::Ingress)]));
     });
 }

@@ -91,6 +91,9 @@ pub enum Reason {
     /// A new flow to a Service address from an egress-isolated pod: passed on to kube-proxy's
     /// translation and decided on the backend where it leaves routing (`crate::service`).
     ServicePending = 9,
+    /// A pod reaching itself through its own Service (kube-proxy's hairpin, which gives the
+    /// packet a node source address): like the pod's own loopback, never policed.
+    Loopback = 10,
 
     /// The pod is isolated in this direction and no rule allows the peer/port (default deny).
     PolicyDenied = 64,
@@ -129,7 +132,7 @@ impl Reason {
     /// Upper bound (exclusive) of reason codes; sizes the per-reason counter array.
     pub const COUNT: u32 = 128;
 
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::PolicyAllow,
         Reason::Established,
         Reason::Reply,
@@ -139,6 +142,7 @@ impl Reason {
         Reason::NotPoliced,
         Reason::TrackedFragment,
         Reason::ServicePending,
+        Reason::Loopback,
         Reason::PolicyDenied,
         Reason::PolicyRevoked,
         Reason::UnknownEndpoint,
@@ -182,6 +186,7 @@ impl Reason {
             Reason::DnsProxyDown => "dns_proxy_down",
             Reason::NotForPod => "not_for_pod",
             Reason::ServicePending => "service_pending",
+            Reason::Loopback => "loopback",
             Reason::ServiceUnresolved => "service_unresolved",
         }
     }
@@ -228,19 +233,20 @@ mod tests {
                 Reason::NotPoliced => 6,
                 Reason::TrackedFragment => 7,
                 Reason::ServicePending => 8,
-                Reason::PolicyDenied => 9,
-                Reason::PolicyRevoked => 10,
-                Reason::UnknownEndpoint => 11,
-                Reason::SpoofedSource => 12,
-                Reason::Malformed => 13,
-                Reason::Fragment => 14,
-                Reason::MapError => 15,
-                Reason::CtQuota => 16,
-                Reason::UnsupportedProtocol => 17,
-                Reason::FqdnExpired => 18,
-                Reason::DnsProxyDown => 19,
-                Reason::NotForPod => 20,
-                Reason::ServiceUnresolved => 21,
+                Reason::Loopback => 9,
+                Reason::PolicyDenied => 10,
+                Reason::PolicyRevoked => 11,
+                Reason::UnknownEndpoint => 12,
+                Reason::SpoofedSource => 13,
+                Reason::Malformed => 14,
+                Reason::Fragment => 15,
+                Reason::MapError => 16,
+                Reason::CtQuota => 17,
+                Reason::UnsupportedProtocol => 18,
+                Reason::FqdnExpired => 19,
+                Reason::DnsProxyDown => 20,
+                Reason::NotForPod => 21,
+                Reason::ServiceUnresolved => 22,
             }
         }
         for (i, r) in Reason::ALL.iter().enumerate() {

@@ -62,7 +62,7 @@ const ETH_HLEN: u32 = 14;
 /// own stack (so a re-check after a policy change still sees the node, not its address).
 const CT_FROM_NODE: u8 = 0x80;
 /// A conntrack state bit: a pod reaching itself through its Service, whose packets kube-proxy
-/// gives a node source address; the peer policy sees is the pod itself.
+/// gives a node source address (`Reason::Loopback`, also when re-checked).
 const CT_HAIRPIN: u8 = 0x40;
 
 /// `ward_common::lookup::Tables` over the BPF maps.
@@ -298,10 +298,7 @@ fn decide_ip(c: &Ctx, ep: &EndpointInfo, s: &mut Scratch) -> Reason {
     let pkt = &s.pkt;
     let o = &mut s.o;
     let t = &pkt.tuple;
-    // A pod reaching itself through its Service: its own address is the peer, whatever
-    // source kube-proxy gave the packet.
-    let saddr = if c.hairpin { &t.daddr } else { &t.saddr };
-    let flow = Flow::of_packet(dir, saddr, &t.daddr, t.proto, t.dport, c.from_node_stack);
+    let flow = Flow::of_packet(dir, &t.saddr, &t.daddr, t.proto, t.dport, c.from_node_stack);
     match pkt.kind {
         Kind::IcmpError => {
             if related(c, ep, pkt, &mut s.back) {
@@ -332,7 +329,7 @@ fn decide_ip(c: &Ctx, ep: &EndpointInfo, s: &mut Scratch) -> Reason {
         return r;
     }
 
-    let d = decide_new_flow(&KernelTables, ep, dir, &flow);
+    let d = if c.hairpin { loopback(ep) } else { decide_new_flow(&KernelTables, ep, dir, &flow) };
     o.peer = d.peer;
     o.rule_id = d.rule_id;
     let starts_flow = pkt.kind != Kind::EchoReply && !(tcp && pkt.tcp_flags & TCP_RST != 0);
@@ -445,16 +442,30 @@ fn recheck(
 /// The current policy's decision for a tracked flow, from the direction it was first seen in.
 #[inline(always)]
 fn redecide(ep: &EndpointInfo, orig_dir: Direction, key: &CtKey, state: u8) -> ward_common::lookup::Decision {
-    let saddr = if state & CT_HAIRPIN != 0 { &key.daddr } else { &key.saddr };
+    if state & CT_HAIRPIN != 0 {
+        return loopback(ep);
+    }
     let flow = Flow::of_packet(
         orig_dir,
-        saddr,
+        &key.saddr,
         &key.daddr,
         key.proto,
         u16::from_be_bytes(key.dport_be),
         state & CT_FROM_NODE != 0,
     );
     decide_new_flow(&KernelTables, ep, orig_dir, &flow)
+}
+
+/// A pod reaching itself through its Service: what its loopback would be, never policed
+/// (the peer is the pod itself).
+#[inline(always)]
+pub(crate) fn loopback(ep: &EndpointInfo) -> ward_common::lookup::Decision {
+    ward_common::lookup::Decision {
+        reason: Reason::Loopback,
+        rule_id: 0,
+        peer: IpcacheValue { identity: ep.identity, cidr_identity: ID_WORLD },
+        http: [0; 3],
+    }
 }
 
 /// An ICMP error is related, as Linux conntrack means it, when it quotes a packet of a live

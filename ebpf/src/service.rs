@@ -76,8 +76,8 @@ pub fn defer(ctx: &TcContext, ifindex: u32, t: &Tuple, now: u64) -> Reason {
 /// `ifindex` is its host veth; `to_netdev`: an uplink): the deferred sender's egress policy,
 /// decided on the backend address and port, counted and reported as the sender's. `Ok`
 /// passes the packet on, with `true` when it is a pod reaching itself through its Service
-/// (kube-proxy then rewrites the source to a node address: the receiver's ingress policy must
-/// see the pod). `Err`: drop, already accounted.
+/// (kube-proxy then rewrites the source to a node address): that is the pod's loopback,
+/// allowed both ways (`Reason::Loopback`). `Err`: drop, already accounted.
 #[inline(always)]
 pub fn judge(
     ctx: &TcContext,
@@ -136,8 +136,12 @@ pub fn judge(
         // A retransmission of a packet already judged under this policy.
         return Ok(hairpin);
     }
-    let flow = Flow::of_packet(Direction::Egress, &alt.saddr, &alt.daddr, alt.proto, alt.dport, false);
-    let d = decide_new_flow(&KernelTables, &ep, Direction::Egress, &flow);
+    let d = if hairpin {
+        crate::datapath::loopback(&ep)
+    } else {
+        let flow = Flow::of_packet(Direction::Egress, &alt.saddr, &alt.daddr, alt.proto, alt.dport, false);
+        decide_new_flow(&KernelTables, &ep, Direction::Egress, &flow)
+    };
     let mut reason = d.reason;
     if reason == Reason::ServicePending {
         // Translated to another Service address: no backend to decide on.
