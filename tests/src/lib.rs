@@ -35,6 +35,7 @@ pub mod probe;
 pub mod prometheus;
 pub mod rawframe;
 pub mod serve;
+pub mod services;
 pub mod spec;
 
 pub use cmd::CmdError;

@@ -112,6 +112,9 @@ pub struct NodeConfig {
     pub via_conflist: bool,
     /// More `ward-agent` arguments (e.g. `--dns-min-ttl 0`).
     pub agent_args: Vec<String>,
+    /// Give every pod a Service address translated to it by netfilter as kube-proxy does
+    /// (`crate::services`), and probe pods through those addresses.
+    pub services: bool,
 }
 
 impl Default for NodeConfig {
@@ -127,6 +130,7 @@ impl Default for NodeConfig {
             cni_chain: Vec::new(),
             via_conflist: false,
             agent_args: Vec::new(),
+            services: false,
         }
     }
 }
@@ -219,6 +223,8 @@ pub struct Node {
     pods: BTreeMap<PodRef, Pod>,
     /// Capability arguments (`portMappings`, `bandwidth`, ...) for pods not created yet.
     caps: BTreeMap<PodRef, serde_json::Value>,
+    /// The pods' Service addresses (`NodeConfig::services`).
+    services: Option<crate::services::ServiceFront>,
     keep: bool,
     // Dropped last, in this order, after `Drop::drop` has stopped the agent.
     netns: NetNs,
@@ -283,6 +289,7 @@ impl Node {
             namespaces: BTreeMap::new(),
             pods: BTreeMap::new(),
             caps: BTreeMap::new(),
+            services: None,
             keep: false,
             netns,
             dir,
@@ -419,6 +426,11 @@ impl Node {
             .arg(self.config.mtu.to_string());
         for c in self.config.pod_cidrs() {
             cmd.arg("--pod-cidr").arg(c.to_string());
+        }
+        if self.config.services {
+            for c in crate::services::cidrs(self.config.index) {
+                cmd.arg("--service-cidr").arg(c.to_string());
+            }
         }
         for plugin in &self.config.cni_chain {
             cmd.arg("--cni-chain").arg(plugin.to_string());
@@ -719,6 +731,14 @@ impl Node {
         self.sync()?;
         for spec in specs {
             let pod = self.wire_pod(spec)?;
+            if self.config.services {
+                let front = self
+                    .services
+                    .get_or_insert_with(|| crate::services::ServiceFront::new(self.netns.name(), self.config.index));
+                front
+                    .expose(&spec.pod_ref(), &pod.ips)
+                    .map_err(|e| io_err(&self.name, "a pod's Service address", std::io::Error::other(e)))?;
+            }
             self.pods.insert(spec.pod_ref(), pod);
         }
         Ok(())
@@ -788,6 +808,9 @@ impl Node {
         }
         let del = self.cni_del(&p);
         drop(p);
+        if let Some(front) = self.services.as_mut() {
+            front.withdraw(pod).map_err(|e| io_err(&self.name, "a pod's Service address", std::io::Error::other(e)))?;
+        }
         self.remove_manifest(&manifest::pod_file(&pod.namespace, &pod.name))?;
         del?;
         self.sync()
@@ -833,6 +856,8 @@ impl Node {
         family: Family,
     ) -> Result<Probe, NodeError> {
         let ip = self.pod_ip(to, family)?;
+        // Through the pod's Service address, when the node gives pods one.
+        let ip = self.services.as_ref().and_then(|f| f.address(to, family)).unwrap_or(ip);
         let from = self.pod(from)?;
         Ok(Probe {
             from_netns: from.netns.name().to_owned(),

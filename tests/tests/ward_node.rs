@@ -108,3 +108,38 @@ fn dropping_a_node_removes_its_namespaces_pins_and_files() {
         assert!(!Path::new(&p).exists(), "{} survived teardown", p.display());
     }
 }
+
+/// `NodeConfig::services`: probes go to each pod's Service address, netfilter translates
+/// them as kube-proxy would, and the agent decides egress on the pod they reach: the lab's
+/// `--services` mode does probe through Services, and its verdicts are the direct ones.
+#[test]
+fn the_services_mode_probes_through_translated_service_addresses() {
+    if !require_root("the_services_mode_probes_through_translated_service_addresses") {
+        return;
+    }
+    let mut node =
+        Node::start(NodeConfig { services: true, ..NodeConfig::default() }).unwrap_or_else(|e| panic!("lab node: {e}"));
+    node.set_namespace("n", &Labels::new()).unwrap_or_else(|e| panic!("namespace: {e}"));
+    node.create_pods(&[pod("n", "a"), pod("n", "b")]).unwrap_or_else(|e| panic!("pods: {e}"));
+    let (a, b): (PodRef, PodRef) = ("n/a".parse().expect("ref"), "n/b".parse().expect("ref"));
+    let spec = node.probe_spec(&a, &b, 80, Protocol::Tcp, Family::IPv4).unwrap_or_else(|e| panic!("{e}"));
+    let range: ipnet::IpNet = ward_lab::services::cidrs(1)[0];
+    assert!(range.contains(&spec.to.ip()), "the probe goes to b's Service address, not {}", spec.to);
+    // a may send only to b's TCP 80 (its egress decided on b, behind the Service address).
+    let egress: Value = serde_yaml::from_str(
+        "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: a-out, namespace: n}, \
+         spec: {podSelector: {matchLabels: {app: a}}, policyTypes: [Egress], \
+         egress: [{to: [{podSelector: {matchLabels: {app: b}}}], ports: [{port: 80, protocol: TCP}]}]}}",
+    )
+    .expect("policy YAML");
+    node.apply(&[egress]).unwrap_or_else(|e| panic!("applying the policy: {e}"));
+    assert_eq!(connects(&node, "n/a", "n/b", 80, Protocol::Tcp), Outcome::Connected("b".into()));
+    assert!(!connects(&node, "n/a", "n/b", 53, Protocol::Udp).connected(), "UDP/53 is not in the rule");
+    assert_eq!(connects(&node, "n/b", "n/a", 80, Protocol::Tcp), Outcome::Connected("a".into()), "b is not isolated");
+    // A pod reaching itself through its own Service address is its loopback.
+    assert_eq!(connects(&node, "n/a", "n/a", 80, Protocol::Tcp), Outcome::Connected("a".into()));
+    let status = node.status().unwrap_or_else(|e| panic!("status: {e}"));
+    let counted = |r: &str| status.raw["reason_counters"][r].as_u64().unwrap_or(0);
+    assert!(counted("service_pending") >= 2, "a's connections were deferred to translation: {}", status.raw);
+    assert!(counted("loopback") >= 1, "the hairpin was seen as such: {}", status.raw);
+}

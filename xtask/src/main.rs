@@ -56,6 +56,10 @@ enum Cmd {
         /// Only cases whose path contains this text.
         #[arg(long)]
         filter: Option<String>,
+        /// Probe through Services: every pod gets a Service address that netfilter translates
+        /// to it as kube-proxy does, and the agent is given the Service range.
+        #[arg(long)]
+        services: bool,
         /// Use the binaries already built.
         #[arg(long)]
         no_build: bool,
@@ -133,11 +137,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
             println!("xtask fuzz: {} passed, {failed} failed", outcomes.len() - failed);
             return Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        Cmd::Conformance { cases, filter, no_build } => {
+        Cmd::Conformance { cases, filter, services, no_build } => {
             if !no_build {
                 build()?;
             }
-            let summary = run_conformance(cases, filter)?;
+            let summary = run_conformance(cases, filter, services)?;
             return Ok(if summary.failed() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
         Cmd::Demo { keep, no_build } => {
@@ -194,10 +198,13 @@ fn test(cases: Option<PathBuf>, fuzz_seconds: u64) -> anyhow::Result<ExitCode> {
         eprintln!("error: {e:#}");
     }
     let flaky = rerun_failed(&mut counts, &mut unit);
-    let conf = run_conformance(cases, None);
-    let conf_line = match &conf {
-        Ok(s) => format!("conformance {}", s.line()),
-        Err(e) => format!("conformance did not run: {e:#}"),
+    let conf = run_conformance(cases.clone(), None, false);
+    // The same cases probed through Services (kube-proxy's translation, Ward's deferral).
+    let conf_services = run_conformance(cases, None, true);
+    let conf_line = match (&conf, &conf_services) {
+        (Ok(s), Ok(v)) => format!("conformance {}, through Services {}", s.line(), v.line()),
+        (Err(e), _) => format!("conformance did not run: {e:#}"),
+        (_, Err(e)) => format!("conformance through Services did not run: {e:#}"),
     };
     // The upstream e2e NetworkPolicy suite, on a lab cluster whose CNI is Ward.
     let e2e_run = e2e::run(e2e::E2eOptions {
@@ -223,7 +230,8 @@ fn test(cases: Option<PathBuf>, fuzz_seconds: u64) -> anyhow::Result<ExitCode> {
     let fuzzed = fuzz::run_targets(fuzz::TARGETS, fuzz_seconds);
     let fuzz_failed = fuzzed.iter().filter(|(_, o)| matches!(o, fuzz::Outcome::Failed(_))).count() as u64;
     let fuzz_passed = fuzzed.iter().filter(|(_, o)| matches!(o, fuzz::Outcome::Passed)).count() as u64;
-    let ok = unit.is_ok() && conf.as_ref().is_ok_and(|s| s.failed() == 0) && e2e_ok && fuzz_failed == 0;
+    let conf_ok = |c: &anyhow::Result<conformance::Summary>| c.as_ref().is_ok_and(|s| s.failed() == 0);
+    let ok = unit.is_ok() && conf_ok(&conf) && conf_ok(&conf_services) && e2e_ok && fuzz_failed == 0;
     // Repeated at the end, where a long run's log is read first.
     for f in &counts.failures {
         let verdict = if flaky.contains(&f.name) { "FLAKY (failed, then passed on its rerun)" } else { "FAILED" };
@@ -241,10 +249,12 @@ fn test(cases: Option<PathBuf>, fuzz_seconds: u64) -> anyhow::Result<ExitCode> {
         if flaky.is_empty() { String::new() } else { format!(", {} of them flaky: {}", flaky.len(), flaky.join(", ")) },
     );
     // The closing line: every test, conformance case and fuzz target, in the plain form.
-    let (conf_passed, conf_failed) = match &conf {
+    let counted = |c: &anyhow::Result<conformance::Summary>| match c {
         Ok(s) => (s.passed() as u64, s.failed() as u64),
         Err(_) => (0, 1),
     };
+    let (direct, through) = (counted(&conf), counted(&conf_services));
+    let (conf_passed, conf_failed) = (direct.0 + through.0, direct.1 + through.1);
     let unit_failed = counts.failed + u64::from(unit.is_err() && counts.failed == 0);
     println!(
         "xtask: {} passed, {} failed",
@@ -317,7 +327,11 @@ fn bench(quick: bool, only: Option<String>, out: Option<PathBuf>) -> anyhow::Res
 
 /// Runs the cases in `cases`, or by default the shared suite (`../shared/conformance`) and
 /// the project's own cases (`tests/cases`), as one suite.
-fn run_conformance(cases: Option<PathBuf>, filter: Option<String>) -> anyhow::Result<conformance::Summary> {
+fn run_conformance(
+    cases: Option<PathBuf>,
+    filter: Option<String>,
+    services: bool,
+) -> anyhow::Result<conformance::Summary> {
     if !ward_lab::privileged::is_root() {
         bail!("the conformance suite needs root (network namespaces, eBPF)");
     }
@@ -343,7 +357,11 @@ fn run_conformance(cases: Option<PathBuf>, filter: Option<String>) -> anyhow::Re
     for d in &canonical {
         println!("conformance: cases from {}", d.display());
     }
-    let opts = RunOptions { filter, ..RunOptions::default() };
+    let mut opts = RunOptions { filter, ..RunOptions::default() };
+    opts.node.services = services;
+    if services {
+        println!("conformance: probing through Services (each pod behind a translated Service address)");
+    }
     conformance::run_dirs(&canonical, &opts).context("reading the cases")
 }
 
