@@ -80,7 +80,7 @@ enum Cmd {
     /// Kubernetes cluster (root). Exits non-zero when specs fail.
     E2e {
         /// The cluster's pod network.
-        #[arg(long, value_enum, default_value = "bridge")]
+        #[arg(long, value_enum, default_value = "ward")]
         cni: e2e::CniChoice,
         /// How many nodes.
         #[arg(long, default_value_t = 1)]
