@@ -170,29 +170,12 @@ spec:
 
 /// Waits until pod `ns/name` is Running with an IP; returns the IP.
 fn running_pod_ip(k: &Kubectl, ns: &str, name: &str) -> Ipv4Addr {
-    k.wait_for(&format!("pod {ns}/{name} Running"), POD_TIMEOUT, |k| {
-        let pod = k.get_json(&["-n", ns, "pod", name])?;
-        let phase = pod["status"]["phase"].as_str().unwrap_or("");
-        match pod["status"]["podIP"].as_str().and_then(|ip| ip.parse().ok()) {
-            Some(ip) if phase == "Running" => Ok(Ok(ip)),
-            _ => Ok(Err(format!("phase {phase:?}, status {}", pod["status"]))),
-        }
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
+    k.running_pod_ip(ns, name, POD_TIMEOUT).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `kubectl exec` of `/agnhost connect` from `pod` to `to`: true when it connected.
 fn connects(k: &Kubectl, ns: &str, pod: &str, to: &str) -> bool {
-    let timeout = format!("--timeout={}s", CONNECT_TIMEOUT.as_secs());
-    let (code, out) = k
-        .run_status(&["-n", ns, "exec", pod, "--", "/agnhost", "connect", to, &timeout])
-        .unwrap_or_else(|e| panic!("kubectl exec {pod}: {e}"));
-    // Anything but the probe's own verdict (exec itself failing) must not pass for "blocked".
-    assert!(
-        code == 0 || out.contains("REFUSED") || out.contains("TIMEOUT") || out.contains("OTHER"),
-        "exec failed: {out}"
-    );
-    code == 0
+    k.agnhost_connects(ns, pod, to, CONNECT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Retries `connects` until it succeeds within [`SERVICE_TIMEOUT`].

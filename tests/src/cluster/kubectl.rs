@@ -27,6 +27,8 @@ pub enum KubectlError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("waiting for {what}: not within {after:?}; last: {last}")]
     Timeout { what: String, after: Duration, last: String },
+    #[error("{what}: the exec failed without the probe's verdict: {output}")]
+    Exec { what: String, output: String },
 }
 
 impl From<CmdError> for KubectlError {
@@ -109,6 +111,37 @@ impl Kubectl {
         full.extend(["-o", "json"]);
         let out = self.run(&full)?;
         serde_json::from_str(&out).map_err(|source| KubectlError::Json { args: full.join(" "), source })
+    }
+
+    /// Waits until pod `ns/name` is Running with an IPv4 address; returns it.
+    pub fn running_pod_ip(&self, ns: &str, name: &str, timeout: Duration) -> Result<std::net::Ipv4Addr, KubectlError> {
+        self.wait_for(&format!("pod {ns}/{name} Running"), timeout, |k| {
+            let pod = k.get_json(&["-n", ns, "pod", name])?;
+            let phase = pod["status"]["phase"].as_str().unwrap_or("");
+            match pod["status"]["podIP"].as_str().and_then(|ip| ip.parse().ok()) {
+                Some(ip) if phase == "Running" => Ok(Ok(ip)),
+                _ => Ok(Err(format!("phase {phase:?}, status {}", pod["status"]))),
+            }
+        })
+    }
+
+    /// `kubectl exec` of agnhost's `connect` from `pod` to `to` (`ip:port`): whether it
+    /// connected. An exec that fails for any other reason than the probe's own verdict
+    /// (REFUSED, TIMEOUT, OTHER) is an error, never "blocked".
+    pub fn agnhost_connects(&self, ns: &str, pod: &str, to: &str, timeout: Duration) -> Result<bool, KubectlError> {
+        let timeout = format!("--timeout={}s", timeout.as_secs().max(1));
+        let (code, out) = self.run_status(&["-n", ns, "exec", pod, "--", "/agnhost", "connect", to, &timeout])?;
+        if code == 0 {
+            return Ok(true);
+        }
+        if out.contains("REFUSED") || out.contains("TIMEOUT") || out.contains("OTHER") {
+            return Ok(false);
+        }
+        Err(KubectlError::Timeout {
+            what: format!("kubectl exec {ns}/{pod} connect {to}"),
+            after: Duration::ZERO,
+            last: out,
+        })
     }
 
     /// Polls `check` until it returns `Some`, or fails after `timeout` with the last thing it
