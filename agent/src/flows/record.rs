@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use ward_common::maps::FlowEvent;
+use ward_common::maps::{FlowEvent, PolicyKey, PolicyValue};
 use ward_common::{Direction, Reason};
 use ward_policy::cluster::{Cluster, PodKey, PolicyRef};
-use ward_policy::compile::{Compiled, RuleInfo};
+use ward_policy::compile::RuleInfo;
 use ward_policy::explain::miss::{Matched, MissIndex, miss_text};
 
 /// A point in time, nanoseconds since the Unix epoch; RFC 3339 (UTC) in JSON.
@@ -356,15 +356,10 @@ impl View {
     pub fn build<'a>(
         node_name: &str,
         cluster: &Cluster,
-        compiled: &Compiled,
+        rules: &BTreeMap<u32, RuleInfo>,
         local: impl IntoIterator<Item = LocalPod<'a>>,
     ) -> View {
-        let mut view = View {
-            node_name: node_name.to_owned(),
-            rules: compiled.rules.clone(),
-            misses: MissIndex::build(&compiled.policy),
-            ..View::default()
-        };
+        let mut view = View { node_name: node_name.to_owned(), rules: rules.clone(), ..View::default() };
         let facts = |key: &PodKey| {
             let labels = cluster
                 .pods
@@ -531,6 +526,13 @@ impl View {
 }
 
 impl View {
+    /// The view with the closest-miss index of `policy`: the `WARD_POLICY` entries of the
+    /// compile whose `rules` it was built with (without it, drops name no closest miss).
+    pub fn with_misses(mut self, policy: &BTreeMap<PolicyKey, PolicyValue>) -> View {
+        self.misses = MissIndex::build(policy);
+        self
+    }
+
     /// The closest miss of a default-deny drop, from the entries of the compile this view
     /// was published with: the identities and port the kernel looked up, as the event
     /// carries them.
@@ -617,14 +619,16 @@ spec:
         view_and_compile().0
     }
 
-    fn view_and_compile() -> (View, Compiled) {
+    fn view_and_compile() -> (View, ward_policy::Compiled) {
         let objects: Vec<Object> = parse_documents(CLUSTER, "t").into_iter().flatten().collect();
         let (cluster, errors) = Cluster::from_objects(&objects, "t");
         assert!(errors.is_empty(), "{errors:?}");
         let db = PodKey::new("shop", "db");
         let compiled = ward_policy::compile::compile(&cluster, &BTreeSet::from([db.clone()]), &mut Identities::new());
         let ips = ["10.1.0.2".parse().expect("ip")];
-        (View::build("n1", &cluster, &compiled, [LocalPod { ep_id: 3, key: db, ips: &ips }]), compiled)
+        let v = View::build("n1", &cluster, &compiled.rules, [LocalPod { ep_id: 3, key: db, ips: &ips }])
+            .with_misses(&compiled.policy);
+        (v, compiled)
     }
 
     fn event(src: &str, dst: &str, dir: Direction, reason: Reason, rule_id: u32) -> FlowEvent {
