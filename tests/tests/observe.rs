@@ -91,6 +91,14 @@ fn observe_reports_allowed_and_denied_flows_with_their_deciding_policies() {
     for field in ["ingress_allowed_by", "egress_allowed_by", "rule_id"] {
         assert!(dropped.get(field).is_none(), "a drop has no {field}: {dropped:#}");
     }
+    // The closest miss: db-from-api's rule opens 5432 (pg) to api only.
+    let miss = &dropped["ingress_closest_miss"];
+    assert_eq!(
+        (miss["name"].as_str(), miss["rule_index"].as_u64(), miss["matched"].as_str()),
+        (Some("db-from-api"), Some(0), Some("PORT")),
+        "{dropped:#}"
+    );
+    assert_eq!(miss["allows"], serde_json::json!(["5432/TCP"]), "{dropped:#}");
 
     // A filter: only drops, and the stranger's among them.
     let drops = observe(&node, &["--last", "1000", "--verdict", "DROPPED"]);
@@ -111,8 +119,60 @@ fn observe_reports_allowed_and_denied_flows_with_their_deciding_policies() {
     assert!(ok, "{err}");
     assert!(
         text.lines().any(|l| l.contains("shop/stranger:")
-            && l.contains("-> shop/db:5432 TCP DROPPED INGRESS default deny (isolated by shop/db-from-api)")),
+            && l.contains(
+                "-> shop/db:5432 TCP DROPPED INGRESS default deny (isolated by shop/db-from-api; closest: \
+                 shop/db-from-api rule 0 allows port 5432/TCP but not this peer)"
+            )),
         "{text}"
+    );
+    // Into a pipe: never coloured, unless forced.
+    assert!(!text.contains('\x1b'), "colour in a pipe: {text:?}");
+    let (ok, forced, err) =
+        ward(&node, &["observe", "--last", "1000", "--color", "always", "--from-pod", "shop/stranger"]);
+    assert!(ok, "{err}");
+    assert!(forced.contains("\x1b[31mDROPPED\x1b[0m"), "{forced:?}");
+
+    // A table: a header, then the same flows in aligned columns.
+    let (ok, table, err) = ward(&node, &["observe", "--last", "1000", "-o", "table", "--to-pod", "shop/db"]);
+    assert!(ok, "{err}");
+    let mut rows = table.lines();
+    let header = rows.next().unwrap_or_default();
+    assert!(header.starts_with("TIME ") && header.ends_with("SUMMARY"), "{table}");
+    let column = |name: &str| header.find(name).unwrap_or_else(|| panic!("no {name} column: {table}"));
+    let (verdict_at, summary_at) = (column("VERDICT"), column("SUMMARY"));
+    let rows: Vec<&str> = rows.collect();
+    assert!(!rows.is_empty(), "{table}");
+    for r in &rows {
+        let verdict = r.get(verdict_at..).unwrap_or_default();
+        assert!(verdict.starts_with("FORWARDED ") || verdict.starts_with("DROPPED "), "misaligned: {r}\n{table}");
+    }
+    assert!(
+        rows.iter().any(|r| r.contains("shop/stranger:")
+            && r.get(summary_at..)
+                .is_some_and(|s| s.starts_with("default deny (isolated by shop/db-from-api; closest"))),
+        "{table}"
+    );
+
+    // --type: drop and policy-verdict, as hubble's types fall out of Ward's records.
+    let drops_by_type = observe(&node, &["--last", "1000", "--type", "drop"]);
+    assert_eq!(drops_by_type, observe(&node, &["--last", "1000", "--verdict", "DROPPED"]), "drop = DROPPED");
+    let verdicts = observe(&node, &["--last", "1000", "--type", "policy-verdict", "--to-pod", "shop/db"]);
+    assert!(at_db(&verdicts, "shop/api").is_some() && at_db(&verdicts, "shop/stranger").is_some(), "{verdicts:#?}");
+    assert!(verdicts.iter().all(|f| f["trace_reason"] == "NEW"), "{verdicts:#?}");
+    let into_pods = observe(&node, &["--last", "1000", "--type", "trace:to-endpoint"]);
+    assert!(at_db(&into_pods, "shop/api").is_some() && at_db(&into_pods, "shop/stranger").is_none(), "{into_pods:#?}");
+    assert!(
+        into_pods.iter().all(|f| f["traffic_direction"] == "INGRESS" && f["verdict"] == "FORWARDED"),
+        "{into_pods:#?}"
+    );
+
+    // Explain names the same closest miss for the same connection.
+    let (ok, why, err) =
+        ward(&node, &["policy", "explain", "--from", "shop/stranger", "--to", "shop/db", "--port", "5432"]);
+    assert!(ok || why.contains("DENIED"), "{err}");
+    assert!(
+        why.contains("closest miss (ingress): shop/db-from-api ingress rule 0 allows port 5432/TCP but not this peer"),
+        "{why}"
     );
 
     // An exported file gives the same answers to the same filters.

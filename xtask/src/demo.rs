@@ -1,7 +1,9 @@
 //! `cargo xtask demo`: one lab node running the real agent, the sample app of `demo/app.yaml`
 //! wired through ward-cni, and `demo/policy.yaml` applied. Prints the reachability matrix
 //! measured by real connection attempts, before and after the policy, each cell marked
-//! against what the policy should allow.
+//! against what the policy should allow; then why (`ward policy explain` of a denied and an
+//! allowed path), what happened (`ward observe`, a default-deny drop with its isolating
+//! policy and closest miss), and the observed service map, written as an SVG file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +70,9 @@ pub fn demo(keep: bool) -> anyhow::Result<ExitCode> {
             .args(args)
             .output()
             .with_context(|| format!("running ward {args:?}"))?;
+        if !out.status.success() {
+            bail!("ward {args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
     println!(
@@ -95,6 +100,13 @@ What happened (ward observe --to-pod shop/db, newest last):"
             println!("  (no flow from {from} in the history)");
         }
     }
+    // The observed workload graph, kept after the lab is gone.
+    let map_dir = std::env::temp_dir().join("ward-demo");
+    std::fs::create_dir_all(&map_dir).with_context(|| format!("creating {}", map_dir.display()))?;
+    let map = map_dir.join("service-map.svg");
+    let map_arg = map.to_string_lossy().into_owned();
+    ward(&["map", "-o", "svg", "--output", &map_arg])?;
+    println!("\nThe service map (ward map -o svg): {}", map.display());
     println!(
         "
 What the datapath counted (ward status):"

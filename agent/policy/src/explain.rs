@@ -5,6 +5,15 @@
 //! deciding rule id is named through `Compiled::rules`. For any other pod it comes from the
 //! reference evaluator. Either way the policies that select the pod come from the cluster,
 //! and a disagreement between the datapath and the reference is shown, not hidden.
+//!
+//! A default-deny side of a local pod also names its closest miss ([`miss`]: the rule that
+//! matched the peer but not the port, or the port but not the peer, read from the compiled
+//! map, as flow records name it), and the explanation lists warnings about the policies
+//! that select either end ([`warnings`]: ipBlocks that cover pod or node addresses, rules
+//! another rule shadows).
+
+pub mod miss;
+pub mod warnings;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -18,6 +27,8 @@ use crate::compile::{Compiled, RuleInfo};
 use crate::reference::{self, Peer};
 use crate::tables::CompiledTables;
 use crate::validate::Protocol;
+use miss::{ClosestMiss, MissIndex};
+use warnings::Warning;
 
 /// The explanation of one connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +43,8 @@ pub struct Explanation {
     pub ingress: SideExplanation,
     /// What the HTTP rules at the destination say, when a port there has them for this peer.
     pub http: Option<HttpExplanation>,
+    /// Mistakes in the policies that select either end (see [`warnings`]).
+    pub warnings: Vec<Warning>,
 }
 
 /// The HTTP part of an explanation: which rules apply and, for a given request, the
@@ -78,6 +91,8 @@ pub struct SideExplanation {
     /// The datapath's verdict differs from the reference evaluator's: a compiler bug or
     /// stale maps. Shown in the text.
     pub reference_disagrees: bool,
+    /// For a default deny of a local pod: the rule that came closest to allowing.
+    pub closest_miss: Option<ClosestMiss>,
 }
 
 /// How a side's verdict was reached.
@@ -111,9 +126,18 @@ pub fn explain(
     proto: Protocol,
     port: u16,
 ) -> Explanation {
-    let egress = explain_side(cluster, compiled, Direction::Egress, &from, &to, proto, port);
-    let ingress = explain_side(cluster, compiled, Direction::Ingress, &from, &to, proto, port);
-    Explanation { from, to, protocol: proto, port, egress, ingress, http: None }
+    let misses = MissIndex::build(&compiled.policy);
+    let egress = explain_side(cluster, compiled, &misses, Direction::Egress, &from, &to, proto, port);
+    let ingress = explain_side(cluster, compiled, &misses, Direction::Ingress, &from, &to, proto, port);
+    let ends: Vec<PodKey> = [&from, &to]
+        .into_iter()
+        .filter_map(|p| match p {
+            Peer::Pod(k) => Some(k.clone()),
+            Peer::Host | Peer::External(_) => None,
+        })
+        .collect();
+    let warnings = warnings::for_pods(cluster, &ends);
+    Explanation { from, to, protocol: proto, port, egress, ingress, http: None, warnings }
 }
 
 /// [`explain`], and what the HTTP rules at the destination do with `METHOD target` (the
@@ -223,9 +247,11 @@ fn judge_request(compiled: &Compiled, sets: Option<&[u32; 3]>, method: &str, tar
     out
 }
 
+#[expect(clippy::too_many_arguments, reason = "one side of one connection, all of it needed")]
 fn explain_side(
     cluster: &Cluster,
     compiled: &Compiled,
+    misses: &MissIndex,
     dir: Direction,
     from: &Peer,
     to: &Peer,
@@ -243,6 +269,7 @@ fn explain_side(
         allowed: reference.allowed,
         why: Why::NotAPod,
         reference_disagrees: false,
+        closest_miss: None,
     };
     if out.subject.is_none() {
         return out;
@@ -254,6 +281,14 @@ fn explain_side(
             index: *index,
         })
     };
+    if let Some(d) = &datapath
+        && d.reason == Reason::PolicyDenied
+        && let Some(subject) = out.subject.as_ref().and_then(|k| compiled.pod_identity.get(k))
+    {
+        let peers = [d.peer.identity, d.peer.cidr_identity];
+        out.closest_miss = misses.closest_miss(&compiled.rules, *subject, dir, peers, proto.number(), port);
+    }
+    let datapath = datapath.map(|d| (d.reason, d.rule_id, d.http_only()));
     out.why = match datapath {
         Some((_, rule_id, true)) => {
             out.allowed = false;
@@ -299,7 +334,7 @@ fn datapath(
     to: &Peer,
     proto: Protocol,
     port: u16,
-) -> Option<(Reason, u32, bool)> {
+) -> Option<ward_common::lookup::Decision> {
     let (subject, peer) = match dir {
         Direction::Egress => (from, to),
         Direction::Ingress => (to, from),
@@ -307,8 +342,7 @@ fn datapath(
     let Peer::Pod(key) = subject else { return None };
     let subject_addrs = reference::addresses(cluster, subject);
     let peer_addr = pick_address(&reference::addresses(cluster, peer), subject_addrs.first())?;
-    let d = CompiledTables(compiled).decide_for(key, dir, peer_addr, proto, port, *peer == Peer::Host)?;
-    Some((d.reason, d.rule_id, d.http_only()))
+    CompiledTables(compiled).decide_for(key, dir, peer_addr, proto, port, *peer == Peer::Host)
 }
 
 /// The peer address a packet would carry: one of the subject's family if there is one.
@@ -323,6 +357,16 @@ impl fmt::Display for Explanation {
         writeln!(f, "{} {} -> {} port {}: {verdict}", self.protocol, self.from, self.to, self.port)?;
         writeln!(f, "  egress at {}: {}", self.from, self.egress)?;
         write!(f, "  ingress at {}: {}", self.to, self.ingress)?;
+        for side in [&self.egress, &self.ingress] {
+            if let Some(m) = &side.closest_miss {
+                write!(
+                    f,
+                    "\n  closest miss ({}): {}",
+                    side.direction.as_str(),
+                    m.text(self.protocol.number(), self.port)
+                )?;
+            }
+        }
         if let Some(h) = &self.http {
             write!(
                 f,
@@ -341,6 +385,9 @@ impl fmt::Display for Explanation {
                 }
                 write!(f, ": {}", r.why)?;
             }
+        }
+        for w in &self.warnings {
+            write!(f, "\n  WARNING: {w}")?;
         }
         Ok(())
     }
@@ -440,10 +487,28 @@ spec:
         assert_eq!(e.ingress.why, Why::DefaultDeny);
         assert_eq!(e.ingress.to_string(), "denied: default deny: selected by x/deny-all, x/web, no rule allows");
         assert!(!e.ingress.reference_disagrees);
+        // The closest miss: web's rule 1 admits namespace y, on port 80 only.
+        let miss = e.ingress.closest_miss.as_ref().expect("a closest miss");
+        assert_eq!(
+            (miss.rule.policy.to_string(), miss.rule.index, miss.matched),
+            ("x/web".into(), 1, miss::Matched::Peer)
+        );
+        assert!(
+            e.to_string().contains(
+                "\n  closest miss (ingress): x/web ingress rule 1 allows this peer but not port 81/TCP (only 80/TCP)"
+            ),
+            "{e}"
+        );
+        // x/a is neither c nor in y: both rules admit port 80, to others; the first is named.
+        let e = explain(&c, &compiled, Peer::Pod(pod("x/a")), Peer::Pod(pod("x/b")), Protocol::Tcp, 80);
+        let miss = e.ingress.closest_miss.as_ref().expect("a closest miss");
+        assert_eq!((miss.rule.index, miss.matched), (0, miss::Matched::Port), "{e}");
+        assert!(e.to_string().contains("x/web ingress rule 0 allows port 80/TCP but not this peer"), "{e}");
 
         let e = explain(&c, &compiled, Peer::Pod(pod("x/a")), Peer::Pod(pod("y/a")), Protocol::Udp, 53);
         assert!(!e.allowed());
         assert_eq!(e.egress.to_string(), "denied: default deny: selected by x/deny-all, no rule allows");
+        assert_eq!(e.egress.closest_miss, None, "deny-all has no rule to come close");
         assert_eq!(e.ingress.why, Why::NotIsolated);
     }
 

@@ -1,7 +1,9 @@
 //! `ward observe`: flow records of this node, recent (`--last`, `--since`, `--until`) or live
 //! (`--follow`), from the agent or from an exported JSON-lines file (`--input-file`), with
 //! hubble's filter flags. The filters are `crate::flows::filter`, the same code the agent
-//! runs on its history.
+//! runs on its history. Output is one compact line per flow, an aligned table, or JSON
+//! lines; verdicts are coloured only on a terminal (`--color auto`, the default), never in a
+//! pipe or a file, and never in JSON.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -13,7 +15,8 @@ use crate::api::proto::{Request, Response};
 use crate::flows::export::LostLine;
 use crate::flows::filter::{Cond, FilterError};
 use crate::flows::history::{LostSource, Query};
-use crate::flows::record::{Endpoint, Flow, FlowTime};
+use crate::flows::record::{Endpoint, Flow, FlowTime, FlowVerdict, L4};
+use ward_policy::explain::miss::flow_text;
 
 /// Flows shown when neither `--last`, `--since` nor `--follow` is given (as hubble).
 pub const DEFAULT_LAST: usize = 20;
@@ -27,7 +30,10 @@ Options:
   --last N               the N most recent matching flows (default 20 without --since/--follow)
   --follow, -f           keep printing matching flows as they happen
   --since T, --until T   an RFC 3339 time (2026-01-02T15:04:05Z) or an age (30s, 5m, 2h, 1d)
-  -o, --output FORMAT    compact (default) or json (one flow record per line)
+  -o, --output FORMAT    compact (default), table (aligned columns under a header) or json
+                         (one flow record per line)
+  --color WHEN           auto (default: colour verdicts only when stdout is a terminal and
+                         NO_COLOR is unset), always or never
   --input-file FILE      read flows from a JSON-lines file instead of the agent
 
 Filters (different kinds must all match; repeats of one kind are alternatives):
@@ -38,13 +44,40 @@ Filters (different kinds must all match; repeats of one kind are alternatives):
   --port N  --protocol tcp|udp|sctp|icmp|icmpv4|icmpv6
   --verdict FORWARDED|DROPPED|AUDIT|ERROR  --traffic-direction ingress|egress
   --policy NS/NAME|NAME
+  --type TYPE[:SUBTYPE]  drop (dropped, any reason), drop:REASON (one reason: drop:policy_denied),
+                         trace (passed: FORWARDED or AUDIT), trace:to-endpoint (passed into the
+                         pod, INGRESS), trace:from-endpoint (passed out of it, EGRESS),
+                         policy-verdict (a new flow the policy lookup decided: a rule allowed,
+                         default deny dropped, a learned DNS address expired, or AUDIT)
   --not                  the next filter excludes instead
 ";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Output {
     Compact,
+    Table,
     Json,
+}
+
+/// `--color`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to colour: `always` and `never` say so; `auto` colours a terminal only, and
+    /// not when `NO_COLOR` is set (no-color.org). JSON is never coloured: it is for programs.
+    pub fn decide(self, output: Output, stdout_is_terminal: bool, no_color_set: bool) -> bool {
+        output != Output::Json
+            && match self {
+                ColorChoice::Always => true,
+                ColorChoice::Never => false,
+                ColorChoice::Auto => stdout_is_terminal && !no_color_set,
+            }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +85,7 @@ pub struct ObserveArgs {
     pub query: Query,
     pub follow: bool,
     pub output: Output,
+    pub color: ColorChoice,
     pub input_file: Option<PathBuf>,
     pub help: bool,
 }
@@ -180,25 +214,34 @@ impl ObserveArgs {
     /// Reads `ward observe`'s arguments, in order (`--not` applies to the filter after it).
     pub fn parse(args: &[String], now: FlowTime) -> Result<ObserveArgs, ObserveError> {
         let mut output = Output::Compact;
+        let mut color = ColorChoice::Auto;
         let q = parse_query_args(args, now, Some(DEFAULT_LAST), |flag, value| {
-            if !matches!(flag, "-o" | "--output") {
-                return Ok(false);
-            }
-            let v = value()?;
-            output = match v.as_str() {
-                "compact" => Output::Compact,
-                "json" | "jsonpb" => Output::Json,
-                _ => {
-                    return Err(ObserveError::BadValue {
-                        flag: flag.to_owned(),
-                        value: v,
-                        why: "expected compact or json".into(),
-                    });
+            let bad =
+                |v: String, why: &str| ObserveError::BadValue { flag: flag.to_owned(), value: v, why: why.into() };
+            match flag {
+                "-o" | "--output" => {
+                    let v = value()?;
+                    output = match v.as_str() {
+                        "compact" => Output::Compact,
+                        "table" => Output::Table,
+                        "json" | "jsonpb" => Output::Json,
+                        _ => return Err(bad(v, "expected compact, table or json")),
+                    };
                 }
-            };
+                "--color" => {
+                    let v = value()?;
+                    color = match v.as_str() {
+                        "auto" => ColorChoice::Auto,
+                        "always" => ColorChoice::Always,
+                        "never" => ColorChoice::Never,
+                        _ => return Err(bad(v, "expected auto, always or never")),
+                    };
+                }
+                _ => return Ok(false),
+            }
             Ok(true)
         })?;
-        Ok(ObserveArgs { query: q.query, follow: q.follow, output, input_file: q.input_file, help: q.help })
+        Ok(ObserveArgs { query: q.query, follow: q.follow, output, color, input_file: q.input_file, help: q.help })
     }
 }
 
@@ -217,34 +260,157 @@ fn end(e: &Endpoint, ip: std::net::IpAddr, port: Option<u16>) -> String {
     }
 }
 
-/// One line per flow: time, source -> destination, protocol, verdict and direction, and
-/// what decided it.
-pub fn compact(f: &Flow) -> String {
-    let (proto, sport, dport) = f.l4.parts();
-    let has_ports = matches!(proto, "TCP" | "UDP" | "SCTP");
-    let (sport, dport) = if has_ports { (Some(sport), Some(dport)) } else { (None, None) };
+/// The flow's protocol and port as a closest miss names them (`port 5432/TCP`, `ICMPv4`).
+fn flow_port(f: &Flow) -> String {
+    let number = match &f.l4 {
+        L4::Tcp(_) => 6,
+        L4::Udp(_) => 17,
+        L4::Sctp(_) => 132,
+        L4::Icmpv4(_) => 1,
+        L4::Icmpv6(_) => 58,
+        L4::Other { protocol } => *protocol,
+    };
+    flow_text(number, f.l4.parts().2)
+}
+
+/// What decided the flow: the allowing policy and rule, or "default deny (isolated by …;
+/// closest: …)", or the reason.
+pub fn summary(f: &Flow) -> String {
     let allowed: Vec<String> =
         f.ingress_allowed_by.iter().chain(&f.egress_allowed_by).map(ToString::to_string).collect();
     let denied: Vec<String> = f.ingress_denied_by.iter().chain(&f.egress_denied_by).map(ToString::to_string).collect();
-    let why = if !allowed.is_empty() {
+    let miss = f.ingress_closest_miss.iter().chain(&f.egress_closest_miss).next();
+    if !allowed.is_empty() {
         format!("allowed by {}", allowed.join(", "))
     } else if f.reason == "policy_denied" && !denied.is_empty() {
-        format!("default deny (isolated by {})", denied.join(", "))
+        match miss {
+            Some(m) => format!("default deny (isolated by {}; closest: {})", denied.join(", "), m.text(&flow_port(f))),
+            None => format!("default deny (isolated by {})", denied.join(", ")),
+        }
     } else if !denied.is_empty() {
         format!("{} (isolated by {})", f.reason, denied.join(", "))
     } else {
         f.reason.clone()
-    };
+    }
+}
+
+/// The two ends as `compact` and `table` show them.
+fn ends(f: &Flow) -> (String, String) {
+    let (proto, sport, dport) = f.l4.parts();
+    let has_ports = matches!(proto, "TCP" | "UDP" | "SCTP");
+    let (sport, dport) = if has_ports { (Some(sport), Some(dport)) } else { (None, None) };
+    (end(&f.source, f.ip.source, sport), end(&f.destination, f.ip.destination, dport))
+}
+
+/// ANSI SGR colour of a verdict: green passed, red dropped, yellow audited, magenta error.
+fn verdict_color(v: FlowVerdict) -> &'static str {
+    match v {
+        FlowVerdict::Forwarded => "32",
+        FlowVerdict::Dropped => "31",
+        FlowVerdict::Audit => "33",
+        FlowVerdict::Error => "35",
+    }
+}
+
+/// `text` in the verdict's colour, or as it is.
+fn paint(text: &str, v: FlowVerdict, color: bool) -> String {
+    if color { format!("\x1b[{}m{text}\x1b[0m", verdict_color(v)) } else { text.to_owned() }
+}
+
+/// One line per flow: time, source -> destination, protocol, verdict and direction, and
+/// what decided it.
+pub fn compact(f: &Flow) -> String {
+    compact_colored(f, false)
+}
+
+/// [`compact`], the verdict coloured when `color`.
+pub fn compact_colored(f: &Flow, color: bool) -> String {
+    let (source, destination) = ends(f);
     format!(
         "{} {} -> {} {} {} {} {}",
         f.time,
-        end(&f.source, f.ip.source, sport),
-        end(&f.destination, f.ip.destination, dport),
-        proto,
-        f.verdict.as_str(),
+        source,
+        destination,
+        f.l4.parts().0,
+        paint(f.verdict.as_str(), f.verdict, color),
         f.traffic_direction.as_str(),
-        why
+        summary(f)
     )
+}
+
+/// The table's columns.
+const COLUMNS: [&str; 7] = ["TIME", "SOURCE", "DESTINATION", "PROTOCOL", "VERDICT", "DIRECTION", "SUMMARY"];
+
+/// Widths a followed table starts from (it cannot see the rows to come): an RFC 3339 time
+/// with nanoseconds, `namespace/pod:port` of common lengths, the longest fixed words.
+pub const FOLLOW_WIDTHS: [usize; 6] = [30, 28, 28, 8, 9, 9];
+
+/// A flow's table cells, in [`COLUMNS`] order.
+fn cells(f: &Flow) -> [String; 7] {
+    let (source, destination) = ends(f);
+    [
+        f.time.to_string(),
+        source,
+        destination,
+        f.l4.parts().0.to_owned(),
+        f.verdict.as_str().to_owned(),
+        f.traffic_direction.as_str().to_owned(),
+        summary(f),
+    ]
+}
+
+/// Aligned columns: every column but the last padded to `widths` (or to its cell, when
+/// longer), two spaces apart; the verdict coloured when `color`. Padding is counted on the
+/// plain text, so colour never shifts a column.
+pub struct Table {
+    widths: [usize; 6],
+    color: bool,
+}
+
+impl Table {
+    /// A table sized for `flows`: each column as wide as its header and widest cell.
+    pub fn fit(flows: &[Flow], color: bool) -> Table {
+        let mut widths = [0; 6];
+        for (w, h) in widths.iter_mut().zip(COLUMNS) {
+            *w = h.len();
+        }
+        for f in flows {
+            for (w, c) in widths.iter_mut().zip(cells(f)) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        Table { widths, color }
+    }
+
+    /// A table for a stream, from [`FOLLOW_WIDTHS`].
+    pub fn follow(color: bool) -> Table {
+        Table { widths: FOLLOW_WIDTHS, color }
+    }
+
+    pub fn header(&self) -> String {
+        self.line(COLUMNS.map(str::to_owned), None)
+    }
+
+    pub fn row(&self, f: &Flow) -> String {
+        self.line(cells(f), Some(f.verdict))
+    }
+
+    fn line(&self, cells: [String; 7], verdict: Option<FlowVerdict>) -> String {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let Some(width) = self.widths.get(i) else {
+                out.push_str(cell);
+                break;
+            };
+            let pad = " ".repeat(width.saturating_sub(cell.chars().count()) + 2);
+            match verdict {
+                Some(v) if i == 4 => out.push_str(&paint(cell, v, self.color)),
+                _ => out.push_str(cell),
+            }
+            out.push_str(&pad);
+        }
+        out
+    }
 }
 
 /// What went wrong reading an input file.
@@ -287,12 +453,29 @@ pub fn read_input(path: &Path, q: &Query) -> Result<(Vec<Flow>, u64), InputError
     Ok((out, lost))
 }
 
-fn print(out: &mut impl Write, f: &Flow, output: Output) -> std::io::Result<()> {
-    match output {
-        Output::Compact => writeln!(out, "{}", compact(f)),
-        Output::Json => {
-            let line = serde_json::to_string(f).map_err(std::io::Error::other)?;
-            writeln!(out, "{line}")
+/// How flows are written: the format, the colour decision, and for a table its columns.
+struct Printer {
+    output: Output,
+    color: bool,
+    table: Option<Table>,
+}
+
+impl Printer {
+    /// Writes the header once, before the first flow of a table.
+    fn header(&mut self, out: &mut impl Write, table: Table) -> std::io::Result<()> {
+        writeln!(out, "{}", table.header())?;
+        self.table = Some(table);
+        Ok(())
+    }
+
+    fn print(&self, out: &mut impl Write, f: &Flow) -> std::io::Result<()> {
+        match (self.output, &self.table) {
+            (Output::Table, Some(t)) => writeln!(out, "{}", t.row(f)),
+            (Output::Compact | Output::Table, _) => writeln!(out, "{}", compact_colored(f, self.color)),
+            (Output::Json, _) => {
+                let line = serde_json::to_string(f).map_err(std::io::Error::other)?;
+                writeln!(out, "{line}")
+            }
         }
     }
 }
@@ -352,12 +535,27 @@ pub fn run(socket: &Path, raw: &[String]) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let stdout = std::io::stdout();
+    let color = {
+        use std::io::IsTerminal;
+        args.color.decide(
+            args.output,
+            stdout.is_terminal(),
+            std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
+        )
+    };
+    let mut printer = Printer { output: args.output, color, table: None };
     let mut out = stdout.lock();
     if args.input_file.is_some() || !args.follow {
         return match fetch(socket, &args.query, args.input_file.as_deref(), "observe") {
             Ok(flows) => {
+                let header = match args.output {
+                    Output::Table => printer.header(&mut out, Table::fit(&flows, color)),
+                    Output::Compact | Output::Json => Ok(()),
+                };
                 // A closed pipe (`| head`) ends the command quietly.
-                let _ = flows.iter().try_for_each(|f| print(&mut out, f, args.output)).and_then(|()| out.flush());
+                let _ = header
+                    .and_then(|()| flows.iter().try_for_each(|f| printer.print(&mut out, f)))
+                    .and_then(|()| out.flush());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -377,6 +575,9 @@ pub fn run(socket: &Path, raw: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.output == Output::Table && printer.header(&mut out, Table::follow(color)).is_err() {
+        return ExitCode::SUCCESS;
+    }
     let mut first = true;
     loop {
         let resp = match stream.next_response() {
@@ -394,9 +595,9 @@ pub fn run(socket: &Path, raw: &[String]) -> ExitCode {
         let written = match resp {
             Response::Flows { flows, not_seen, lost_events } => {
                 warn_unseen("observe", lost_events, not_seen);
-                flows.iter().try_for_each(|f| print(&mut out, f, args.output))
+                flows.iter().try_for_each(|f| printer.print(&mut out, f))
             }
-            Response::Flow { flow } => print(&mut out, &flow, args.output),
+            Response::Flow { flow } => printer.print(&mut out, &flow),
             Response::FlowsLost { missed, source: LostSource::Reader } => {
                 eprintln!("ward observe: fell behind the live stream; {missed} flows missed");
                 Ok(())
@@ -477,6 +678,112 @@ mod tests {
             "2023-11-14T22:13:20Z shop/web:40000 -> 192.0.2.7:443 TCP DROPPED EGRESS default deny (isolated by \
              shop/lockdown (WardNetworkPolicy))"
         );
+    }
+
+    #[test]
+    fn a_default_deny_line_names_its_closest_miss() {
+        use crate::flows::record::MissAttribution;
+        use ward_policy::explain::miss::Matched;
+        let mut drop = flow("shop/stranger", "shop/db", 5432, FlowVerdict::Dropped, TrafficDirection::Ingress);
+        drop.reason = "policy_denied".into();
+        drop.ingress_denied_by.push(attribution("shop", "db", "NetworkPolicy", None));
+        drop.ingress_closest_miss = Some(MissAttribution {
+            policy: attribution("shop", "db", "NetworkPolicy", Some(0)),
+            matched: Matched::Port,
+            allows: vec!["5432/TCP".into()],
+        });
+        assert!(
+            compact(&drop).ends_with(
+                "DROPPED INGRESS default deny (isolated by shop/db; closest: shop/db rule 0 allows port 5432/TCP but not \
+                 this peer)"
+            ),
+            "{}",
+            compact(&drop)
+        );
+        let mut wrong_port = flow("shop/api", "shop/db", 80, FlowVerdict::Dropped, TrafficDirection::Ingress);
+        wrong_port.reason = "policy_denied".into();
+        wrong_port.ingress_denied_by.push(attribution("shop", "db", "NetworkPolicy", None));
+        wrong_port.ingress_closest_miss = Some(MissAttribution {
+            policy: attribution("shop", "db", "NetworkPolicy", Some(0)),
+            matched: Matched::Peer,
+            allows: vec!["5432/TCP".into()],
+        });
+        assert!(
+            summary(&wrong_port)
+                == "default deny (isolated by shop/db; closest: shop/db rule 0 allows this peer but not port 80/TCP \
+                    (only 5432/TCP))",
+            "{}",
+            summary(&wrong_port)
+        );
+    }
+
+    #[test]
+    fn a_table_aligns_its_columns_under_a_header_and_colours_only_the_verdict() {
+        let mut ok = flow("shop/api", "shop/db", 5432, FlowVerdict::Forwarded, TrafficDirection::Ingress);
+        ok.ingress_allowed_by.push(attribution("shop", "db-from-api", "NetworkPolicy", Some(0)));
+        let mut drop =
+            flow("shop/a-much-longer-name", "192.0.2.7", 443, FlowVerdict::Dropped, TrafficDirection::Egress);
+        drop.reason = "spoofed_source".into();
+        let flows = [ok, drop];
+        let t = Table::fit(&flows, false);
+        let lines = [t.header(), t.row(&flows[0]), t.row(&flows[1])];
+        // Every column starts at the same offset on every line.
+        let starts = |line: &str| -> Vec<usize> {
+            let mut v = vec![0];
+            let b = line.as_bytes();
+            for i in 2..b.len() {
+                if b[i - 2] == b' ' && b[i - 1] == b' ' && b[i] != b' ' {
+                    v.push(i);
+                }
+            }
+            v
+        };
+        assert_eq!(starts(&lines[0]).len(), 7, "{lines:#?}");
+        assert!(lines.iter().all(|l| starts(l) == starts(&lines[0])), "{lines:#?}");
+        assert!(lines[0].starts_with("TIME  ") && lines[0].ends_with("SUMMARY"), "{lines:#?}");
+        assert!(lines[1].contains("shop/api:40000") && lines[1].ends_with("allowed by shop/db-from-api rule 0"));
+        assert!(lines[2].contains("shop/a-much-longer-name:40000  ") && lines[2].ends_with("spoofed_source"));
+        assert!(lines.iter().all(|l| !l.contains('\x1b')), "no colour unless asked");
+        // Coloured: the same columns once the escape codes are taken out, the verdict painted.
+        let c = Table::fit(&flows, true);
+        let painted = c.row(&flows[1]);
+        assert!(painted.contains("\x1b[31mDROPPED\x1b[0m"), "{painted:?}");
+        assert_eq!(painted.replace("\x1b[31m", "").replace("\x1b[0m", ""), lines[2]);
+        assert!(compact_colored(&flows[0], true).contains(" \x1b[32mFORWARDED\x1b[0m "));
+        // A followed table starts from fixed widths; a longer cell pushes, never truncates.
+        let f = Table::follow(false);
+        assert_eq!(f.header().find("SOURCE"), Some(FOLLOW_WIDTHS[0] + 2));
+        assert!(f.row(&flows[1]).contains("shop/a-much-longer-name:40000"));
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_unless_forced_and_never_in_json() {
+        use ColorChoice::*;
+        // (choice, output, terminal, NO_COLOR) -> colour
+        let cases = [
+            (Auto, Output::Compact, true, false, true),
+            (Auto, Output::Compact, false, false, false),
+            (Auto, Output::Table, true, true, false),
+            (Auto, Output::Table, true, false, true),
+            (Always, Output::Compact, false, true, true),
+            (Always, Output::Json, true, false, false),
+            (Never, Output::Table, true, false, false),
+            (Auto, Output::Json, true, false, false),
+        ];
+        for (choice, output, tty, no_color, want) in cases {
+            assert_eq!(
+                choice.decide(output, tty, no_color),
+                want,
+                "{choice:?} {output:?} tty={tty} NO_COLOR={no_color}"
+            );
+        }
+        assert_eq!(args("--color never -o table").map(|a| (a.color, a.output)), Ok((Never, Output::Table)));
+        assert_eq!(args("--color=always").map(|a| a.color), Ok(Always));
+        assert_eq!(args("").map(|a| a.color), Ok(Auto));
+        assert!(matches!(args("--color sometimes"), Err(ObserveError::BadValue { .. })));
+        assert!(matches!(args("-o wide"), Err(ObserveError::BadValue { .. })));
+        let t = args("--type drop --not --type trace:from-endpoint").expect("parses");
+        assert!(t.query.filter.terms[1].negated, "{:?}", t.query.filter);
     }
 
     #[test]

@@ -52,7 +52,8 @@ impl Agent {
             key: pod_key(&e.reg.pod_namespace, &e.reg.pod_name),
             ips: &e.reg.ips,
         });
-        let view = View::build(&self.cfg.node_name, &self.cluster, &compiled.rules, local);
+        let view =
+            View::build(&self.cfg.node_name, &self.cluster, &compiled.rules, local).with_misses(&compiled.policy);
         self.flow_view.0.send_if_modified(|old| {
             if **old == view {
                 return false;

@@ -2,13 +2,25 @@
 //! stream and `ward observe --input-file` applies to an exported file. Semantics follow
 //! `hubble observe`: filters of different kinds must all match (AND), repeats of one kind
 //! are alternatives (OR), and `--not` turns the filter after it into an exclusion.
+//!
+//! `--type` takes hubble's event types, as they fall out of Ward's records (every record is
+//! taken at the pod's host-side interface, by the TC program there):
+//! * `drop`: a packet the datapath dropped (verdict DROPPED, any reason); Ward adds
+//!   `drop:REASON` for one reason (`drop:policy_denied`, `drop:spoofed_source`, ...).
+//! * `trace`: a packet the datapath passed (FORWARDED, or AUDIT: passed although an audited
+//!   policy would deny it). `trace:to-endpoint` is one on its way into the pod (INGRESS),
+//!   `trace:from-endpoint` one leaving it (EGRESS), as hubble names those observation points.
+//! * `policy-verdict`: the first packet of a flow whose verdict the policy lookup took: a
+//!   rule allowed it (`policy_allow`), default deny dropped it (`policy_denied`), a learned
+//!   DNS address had expired (`fqdn_expired`), or an audited policy would have denied it
+//!   (AUDIT). Not a pod no policy isolates, not traffic from the node, not tracked flows.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{Endpoint, Flow, FlowVerdict, TrafficDirection};
+use super::record::{Endpoint, Flow, FlowVerdict, TraceReason, TrafficDirection};
 
 /// Which end of a flow a filter looks at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -61,6 +73,77 @@ pub enum Cond {
         namespace: Option<String>,
         name: String,
     },
+    /// An event type, as `--type` names it (see the module's documentation).
+    Type {
+        event: EventType,
+    },
+}
+
+/// `--type` values.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum EventType {
+    /// Dropped; `reason` (snake_case, as the record's `reason`) narrows it to one reason.
+    Drop {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Passed; `direction` narrows it to one observation point.
+    Trace {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        direction: Option<TrafficDirection>,
+    },
+    PolicyVerdict,
+}
+
+/// Reasons whose record is a verdict of the policy lookup (`--type policy-verdict`).
+const POLICY_VERDICT_REASONS: [&str; 3] = ["policy_allow", "policy_denied", "fqdn_expired"];
+
+impl EventType {
+    /// Reads `TYPE[:SUBTYPE]`.
+    fn parse(value: &str) -> Result<EventType, &'static str> {
+        let v = value.to_ascii_lowercase();
+        let (ty, sub) = match v.split_once(':') {
+            Some((t, s)) => (t, Some(s)),
+            None => (v.as_str(), None),
+        };
+        Ok(match (ty, sub) {
+            ("drop", None) => EventType::Drop { reason: None },
+            ("drop", Some(r)) => {
+                let known = ward_common::Reason::ALL
+                    .iter()
+                    .any(|x| x.verdict() == ward_common::Verdict::Drop && x.as_str() == r);
+                if !known {
+                    return Err(
+                        "expected drop:REASON with a drop reason (drop:policy_denied, drop:spoofed_source, ...)",
+                    );
+                }
+                EventType::Drop { reason: Some(r.to_owned()) }
+            }
+            ("trace", None) => EventType::Trace { direction: None },
+            ("trace", Some("to-endpoint")) => EventType::Trace { direction: Some(TrafficDirection::Ingress) },
+            ("trace", Some("from-endpoint")) => EventType::Trace { direction: Some(TrafficDirection::Egress) },
+            ("trace", Some(_)) => return Err("expected trace, trace:to-endpoint or trace:from-endpoint"),
+            ("policy-verdict", None) => EventType::PolicyVerdict,
+            _ => return Err("expected drop[:REASON], trace[:to-endpoint|:from-endpoint] or policy-verdict"),
+        })
+    }
+
+    fn matches(&self, f: &Flow) -> bool {
+        match self {
+            EventType::Drop { reason } => {
+                f.verdict == FlowVerdict::Dropped && reason.as_ref().is_none_or(|r| f.reason == *r)
+            }
+            EventType::Trace { direction } => {
+                matches!(f.verdict, FlowVerdict::Forwarded | FlowVerdict::Audit)
+                    && direction.is_none_or(|d| f.traffic_direction == d)
+            }
+            EventType::PolicyVerdict => {
+                f.trace_reason == TraceReason::New
+                    && (f.verdict == FlowVerdict::Audit || POLICY_VERDICT_REASONS.contains(&f.reason.as_str()))
+            }
+        }
+    }
 }
 
 /// A filter as written, with `--not` applied to it or not.
@@ -151,6 +234,7 @@ impl Cond {
                 None if !value.is_empty() => Cond::Policy { namespace: None, name: value.to_owned() },
                 _ => return Err(bad("expected namespace/name or name")),
             },
+            "type" if side == Side::Either => Cond::Type { event: EventType::parse(value).map_err(bad)? },
             _ => return Err(FilterError::UnknownFlag(flag.to_owned())),
         })
     }
@@ -167,6 +251,7 @@ impl Cond {
             Cond::Verdict { .. } => ("verdict", Side::Either),
             Cond::TrafficDirection { .. } => ("traffic-direction", Side::Either),
             Cond::Policy { .. } => ("policy", Side::Either),
+            Cond::Type { .. } => ("type", Side::Either),
         }
     }
 
@@ -203,6 +288,7 @@ impl Cond {
             Cond::Policy { namespace, name } => {
                 f.policies().any(|p| p.name == *name && namespace.as_ref().is_none_or(|ns| p.namespace == *ns))
             }
+            Cond::Type { event } => event.matches(f),
         }
     }
 }
@@ -270,6 +356,8 @@ pub(crate) mod tests {
             egress_allowed_by: vec![],
             ingress_denied_by: vec![],
             egress_denied_by: vec![],
+            ingress_closest_miss: None,
+            egress_closest_miss: None,
         }
     }
 
@@ -348,8 +436,57 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn type_filters_select_drops_traces_by_observation_point_and_policy_verdicts() {
+        use FlowVerdict::*;
+        use TrafficDirection::*;
+        let mut denied = flow("shop/web", "shop/db", 5432, Dropped, Ingress);
+        denied.reason = "policy_denied".into();
+        let mut spoofed = flow("shop/web", "192.0.2.1", 80, Dropped, Egress);
+        spoofed.reason = "spoofed_source".into();
+        let allowed_new = flow("shop/api", "shop/db", 5432, Forwarded, Ingress);
+        let mut reply = flow("shop/db", "shop/api", 40000, Forwarded, Egress);
+        (reply.reason, reply.trace_reason, reply.is_reply) = ("reply".into(), TraceReason::Reply, true);
+        let mut open = flow("shop/api", "shop/cache", 6379, Forwarded, Egress);
+        open.reason = "not_isolated".into();
+        let mut audited = flow("shop/web", "shop/cache", 6379, Audit, Ingress);
+        audited.reason = "policy_denied".into();
+        let mut unknown = flow("shop/web", "shop/cache", 1, Error, Ingress);
+        unknown.reason = "unknown_127".into();
+        let all = [&denied, &spoofed, &allowed_new, &reply, &open, &audited, &unknown];
+        let names = ["denied", "spoofed", "allowed_new", "reply", "open", "audited", "unknown"];
+        let pick = |args: &[(&str, &str, bool)]| -> Vec<&str> {
+            let f = filter(args);
+            all.iter().zip(names).filter(|(x, _)| f.matches(x)).map(|(_, n)| n).collect()
+        };
+        assert_eq!(pick(&[("type", "drop", false)]), ["denied", "spoofed"]);
+        assert_eq!(pick(&[("type", "drop:policy_denied", false)]), ["denied"]);
+        assert_eq!(pick(&[("type", "trace", false)]), ["allowed_new", "reply", "open", "audited"]);
+        assert_eq!(pick(&[("type", "trace:to-endpoint", false)]), ["allowed_new", "audited"]);
+        assert_eq!(pick(&[("type", "trace:from-endpoint", false)]), ["reply", "open"]);
+        assert_eq!(pick(&[("type", "policy-verdict", false)]), ["denied", "allowed_new", "audited"]);
+        // Repeats are alternatives, --not excludes, other kinds AND.
+        assert_eq!(
+            pick(&[("type", "drop", false), ("type", "policy-verdict", false)]),
+            ["denied", "spoofed", "allowed_new", "audited"]
+        );
+        assert_eq!(pick(&[("type", "trace", true), ("to-pod", "shop/cache", false)]), ["unknown"]);
+        assert_eq!(pick(&[("type", "Policy-Verdict", false), ("verdict", "FORWARDED", false)]), ["allowed_new"]);
+        for bad in ["l7", "drop:policy_allow", "drop:nonsense", "trace:to-stack", "policy-verdict:x", ""] {
+            assert!(matches!(Cond::from_flag("type", bad), Err(FilterError::BadValue { .. })), "{bad:?}");
+        }
+        assert_eq!(Cond::from_flag("from-type", "drop"), Err(FilterError::UnknownFlag("from-type".into())));
+    }
+
+    #[test]
     fn a_filter_travels_as_json_unchanged() {
-        let f = filter(&[("from-pod", "shop/api", false), ("verdict", "DROPPED", true), ("policy", "shop/p", false)]);
+        let f = filter(&[
+            ("from-pod", "shop/api", false),
+            ("verdict", "DROPPED", true),
+            ("policy", "shop/p", false),
+            ("type", "drop:policy_denied", false),
+            ("type", "trace:from-endpoint", true),
+            ("type", "policy-verdict", false),
+        ]);
         let json = serde_json::to_string(&f).expect("encode");
         assert_eq!(serde_json::from_str::<Filter>(&json).expect("decode"), f);
     }

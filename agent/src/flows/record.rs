@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use ward_common::maps::FlowEvent;
+use ward_common::maps::{FlowEvent, PolicyKey, PolicyValue};
 use ward_common::{Direction, Reason};
 use ward_policy::cluster::{Cluster, PodKey, PolicyRef};
 use ward_policy::compile::RuleInfo;
+use ward_policy::explain::miss::{Matched, MissIndex, miss_text};
 
 /// A point in time, nanoseconds since the Unix epoch; RFC 3339 (UTC) in JSON.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -246,6 +247,25 @@ impl fmt::Display for PolicyAttribution {
     }
 }
 
+/// The closest miss of a default-deny drop: the rule of an isolating policy that matched
+/// the peer but not the port (`matched: PEER`), or the port but not the peer (`PORT`), with
+/// what that rule allows (for PEER, this peer's ports; for PORT, every port it opens).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissAttribution {
+    #[serde(flatten)]
+    pub policy: PolicyAttribution,
+    pub matched: Matched,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allows: Vec<String>,
+}
+
+impl MissAttribution {
+    /// The sentence `ward observe` shows, for a flow of `proto`/`port` (port 0: none).
+    pub fn text(&self, flow: &str) -> String {
+        miss_text(&self.policy.to_string(), self.matched, &self.allows, flow)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interface {
     pub index: u32,
@@ -283,6 +303,11 @@ pub struct Flow {
     pub ingress_denied_by: Vec<PolicyAttribution>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress_denied_by: Vec<PolicyAttribution>,
+    /// For a default-deny drop, the rule that came closest to allowing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_closest_miss: Option<MissAttribution>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_closest_miss: Option<MissAttribution>,
 }
 
 impl Flow {
@@ -316,6 +341,8 @@ pub struct View {
     pub addresses: HashMap<IpAddr, Arc<PodFacts>>,
     /// Local pods: the policies that isolate each, per direction (ingress, egress).
     pub isolated_by: BTreeMap<PodKey, (Vec<PolicyRef>, Vec<PolicyRef>)>,
+    /// The compile's policy entries per subject, for the closest miss of a default deny.
+    pub misses: MissIndex,
 }
 
 /// A local endpoint as the registry knows it.
@@ -454,6 +481,8 @@ impl View {
             egress_allowed_by: Vec::new(),
             ingress_denied_by: Vec::new(),
             egress_denied_by: Vec::new(),
+            ingress_closest_miss: None,
+            egress_closest_miss: None,
         };
         let (Ok(reason), Ok(dir)) = (reason, dir) else { return flow };
         if verdict == FlowVerdict::Dropped {
@@ -482,10 +511,40 @@ impl View {
                     };
                     out.extend(list.iter().map(|p| PolicyAttribution::of(p, None)));
                 }
+                if reason == Reason::PolicyDenied {
+                    let miss = self.closest_miss(ev, dir);
+                    match dir {
+                        Direction::Ingress => flow.ingress_closest_miss = miss,
+                        Direction::Egress => flow.egress_closest_miss = miss,
+                    }
+                }
             }
             _ => {}
         }
         flow
+    }
+}
+
+impl View {
+    /// The view with the closest-miss index of `policy`: the `WARD_POLICY` entries of the
+    /// compile whose `rules` it was built with (without it, drops name no closest miss).
+    pub fn with_misses(mut self, policy: &BTreeMap<PolicyKey, PolicyValue>) -> View {
+        self.misses = MissIndex::build(policy);
+        self
+    }
+
+    /// The closest miss of a default-deny drop, from the entries of the compile this view
+    /// was published with: the identities and port the kernel looked up, as the event
+    /// carries them.
+    fn closest_miss(&self, ev: &FlowEvent, dir: Direction) -> Option<MissAttribution> {
+        let port = ward_common::lookup::Flow::of_packet(dir, &ev.saddr, &ev.daddr, ev.proto, ev.dport(), false).port;
+        let peers = [ev.peer_identity, ev.peer_cidr_identity];
+        let m = self.misses.closest_miss(&self.rules, ev.subject_identity, dir, peers, ev.proto, port)?;
+        Some(MissAttribution {
+            policy: PolicyAttribution::of(&m.rule.policy, Some(m.rule.index)),
+            matched: m.matched,
+            allows: m.allows.iter().map(ToString::to_string).collect(),
+        })
     }
 }
 
@@ -557,13 +616,19 @@ spec:
 ";
 
     fn view() -> View {
+        view_and_compile().0
+    }
+
+    fn view_and_compile() -> (View, ward_policy::Compiled) {
         let objects: Vec<Object> = parse_documents(CLUSTER, "t").into_iter().flatten().collect();
         let (cluster, errors) = Cluster::from_objects(&objects, "t");
         assert!(errors.is_empty(), "{errors:?}");
         let db = PodKey::new("shop", "db");
         let compiled = ward_policy::compile::compile(&cluster, &BTreeSet::from([db.clone()]), &mut Identities::new());
         let ips = ["10.1.0.2".parse().expect("ip")];
-        View::build("n1", &cluster, &compiled.rules, [LocalPod { ep_id: 3, key: db, ips: &ips }])
+        let v = View::build("n1", &cluster, &compiled.rules, [LocalPod { ep_id: 3, key: db, ips: &ips }])
+            .with_misses(&compiled.policy);
+        (v, compiled)
     }
 
     fn event(src: &str, dst: &str, dir: Direction, reason: Reason, rule_id: u32) -> FlowEvent {
@@ -655,6 +720,47 @@ spec:
         let odd = v.enrich(&odd, FlowTime(4), "x".into());
         assert_eq!((odd.verdict, odd.reason.as_str()), (FlowVerdict::Error, "unknown_127"));
         assert!(odd.ingress_allowed_by.is_empty());
+    }
+
+    #[test]
+    fn a_default_deny_names_its_closest_miss_from_the_compiled_entries() {
+        let (v, compiled) = view_and_compile();
+        let id = |name: &str| *compiled.pod_identity.get(&PodKey::new("shop", name)).expect("an identity");
+        let at_db = |src: &str, peer_identity: u32, port: u16| {
+            let mut ev = event(src, "10.1.0.2", Direction::Ingress, Reason::PolicyDenied, 0);
+            (ev.subject_identity, ev.peer_identity, ev.peer_cidr_identity) =
+                (id("db"), peer_identity, ward_common::identity::ID_WORLD);
+            ev.dport_be = port.to_be_bytes();
+            v.enrich(&ev, FlowTime(1), "u".into())
+        };
+        // From outside, on the right port: the rule opens 5432 to api only.
+        let outside = at_db("192.0.2.1", ward_common::identity::ID_WORLD, 5432);
+        let miss = outside.ingress_closest_miss.as_ref().expect("a closest miss");
+        assert_eq!((miss.policy.to_string(), miss.matched), ("shop/db-from-api rule 0".into(), Matched::Port));
+        assert_eq!(miss.text("port 5432/TCP"), "shop/db-from-api rule 0 allows port 5432/TCP but not this peer");
+        assert!(outside.egress_closest_miss.is_none());
+        // From api, on the wrong port: the rule admits api on 5432 only.
+        let wrong_port = at_db("10.1.0.1", id("api"), 80);
+        let miss = wrong_port.ingress_closest_miss.as_ref().expect("a closest miss");
+        assert_eq!((miss.matched, miss.allows.as_slice()), (Matched::Peer, &["5432/TCP".to_owned()][..]));
+        let json = serde_json::to_value(&wrong_port).expect("encode");
+        assert_eq!(
+            json["ingress_closest_miss"],
+            serde_json::json!({"namespace": "shop", "name": "db-from-api", "kind": "NetworkPolicy", "rule_index": 0,
+                "matched": "PEER", "allows": ["5432/TCP"]})
+        );
+        assert_eq!(serde_json::from_value::<Flow>(json).expect("decode"), wrong_port);
+        // Egress of db: isolated by a policy with no rules, nothing comes close.
+        let mut ev = event("10.1.0.2", "10.1.0.1", Direction::Egress, Reason::PolicyDenied, 0);
+        (ev.subject_identity, ev.peer_identity) = (id("db"), id("api"));
+        let out = v.enrich(&ev, FlowTime(1), "u".into());
+        assert_eq!(names(&out.egress_denied_by), ["shop/db-no-egress"]);
+        assert!(out.egress_closest_miss.is_none() && out.ingress_closest_miss.is_none());
+        // An allow has no miss, even with the same ends.
+        let rule_id = *v.rules.keys().next().expect("a rule");
+        let mut ok = event("10.1.0.1", "10.1.0.2", Direction::Ingress, Reason::PolicyAllow, rule_id);
+        (ok.subject_identity, ok.peer_identity) = (id("db"), id("api"));
+        assert!(v.enrich(&ok, FlowTime(1), "u".into()).ingress_closest_miss.is_none());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod case;
 pub mod dns;
+pub mod explain;
 pub mod matrix;
 pub mod model;
 pub mod placeholder;

@@ -33,6 +33,9 @@ pub struct RunOptions {
     pub retry_every: Duration,
     /// Only files whose path contains this.
     pub filter: Option<String>,
+    /// After each step's probes pass, ask `ward policy explain` about every probed pod pair
+    /// too: a verdict that differs from the probe fails the case.
+    pub explain: bool,
 }
 
 impl Default for RunOptions {
@@ -43,6 +46,7 @@ impl Default for RunOptions {
             budget: Duration::from_secs(10),
             retry_every: Duration::from_secs(1),
             filter: None,
+            explain: false,
         }
     }
 }
@@ -327,6 +331,9 @@ fn run_steps(node: &mut Node, ext: &mut Extension, case: &Case, opts: &RunOption
                 message.push_str(&format!("\n  the agent rejected: {}", rejected.join("; ")));
             }
             return Err(message);
+        }
+        if opts.explain {
+            super::explain::agrees(node, &checks).map_err(|m| format!("{label}: {m}"))?;
         }
     }
     Ok(())
