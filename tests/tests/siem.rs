@@ -145,6 +145,11 @@ fn rsyslog_ships_every_exported_flow_intact_across_rotations() {
             _ => {}
         }
     }
+    eprintln!(
+        "{} lines in {} files shipped intact: {forwarded} forwarded, {dropped} dropped",
+        lines.len(),
+        rotations + 1
+    );
     assert!(forwarded > 0 && dropped > 0, "both kinds shipped: {forwarded} forwarded, {dropped} dropped");
     // Lines from before and after a rotation both arrived (the rotated file and the current one).
     let first_file = std::fs::read_to_string(rotated(&export, rotations)).unwrap_or_default();
