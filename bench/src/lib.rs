@@ -5,6 +5,7 @@
 pub mod control;
 pub mod datapath;
 pub mod dns;
+pub mod events;
 pub mod http;
 pub mod lab;
 pub mod later;

@@ -16,7 +16,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use ward_bench::report::{Report, Section};
-use ward_bench::{Ctx, PartResult, control, datapath, dns, http, lab, later, machine};
+use ward_bench::{Ctx, PartResult, control, datapath, dns, events, http, lab, later, machine};
 
 #[derive(Parser)]
 #[command(about = "Ward's benchmark suite (run it through `cargo xtask bench`)")]
@@ -59,6 +59,7 @@ enum Part {
     Lab,
     Dns,
     Http,
+    Events,
     Later,
 }
 
@@ -101,12 +102,13 @@ fn run(ctx: &Ctx, only: &[Part], out: &std::path::Path) -> anyhow::Result<()> {
     };
     let wanted = |p: Part| only.is_empty() || only.contains(&p);
     type PartFn = fn(&Ctx) -> anyhow::Result<PartResult>;
-    let parts: [(Part, &str, PartFn); 6] = [
+    let parts: [(Part, &str, PartFn); 7] = [
         (Part::Datapath, "datapath", datapath::run),
         (Part::Control, "control plane", control::run),
         (Part::Lab, "lab (enforcement latency, CNI, agent memory)", lab::run),
         (Part::Dns, "DNS proxy", dns::run),
         (Part::Http, "HTTP rules", http::run),
+        (Part::Events, "flow events", events::run),
         (Part::Later, "later parts", later::run),
     ];
     let mut failures = Vec::new();
@@ -135,7 +137,7 @@ fn run(ctx: &Ctx, only: &[Part], out: &std::path::Path) -> anyhow::Result<()> {
         eprintln!("ward-bench: {name} took {:.0} s", t.elapsed().as_secs_f64());
     }
     report.duration_secs = started.elapsed().as_secs_f64();
-    report.write(out).with_context(|| format!("writing the report into {}", out.display()))?;
+    report.write(out, !only.is_empty()).with_context(|| format!("writing the report into {}", out.display()))?;
     eprintln!("ward-bench: wrote {}", out.join("RESULTS.md").display());
     if !failures.is_empty() {
         anyhow::bail!("parts failed: {}", failures.join(", "));

@@ -34,6 +34,7 @@ pub mod privileged;
 pub mod probe;
 pub mod prometheus;
 pub mod rawframe;
+pub mod rsyslog;
 pub mod serve;
 pub mod services;
 pub mod spec;

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use crate::run;
 
 /// Debian packages, each with a program that proves it present when it has one.
-const APT_PACKAGES: [(&str, Option<&str>); 21] = [
+const APT_PACKAGES: [(&str, Option<&str>); 22] = [
     ("llvm-22-dev", None),
     ("libpolly-22-dev", None),
     ("clang-22", Some("clang-22")),
@@ -43,6 +43,9 @@ const APT_PACKAGES: [(&str, Option<&str>); 21] = [
     // Headless Chromium renders `ward map`'s HTML page to a screenshot and a DOM dump in
     // tests/tests/map.rs (run by the test, network off, a fresh profile each time).
     ("chromium", Some("chromium")),
+    // The real log shipper of tests/tests/siem.rs: rsyslogd run by the test with its own
+    // config, pid file and work dir (imfile -> omfwd -> imtcp); the system service is not used.
+    ("rsyslog", Some("rsyslogd")),
 ];
 
 /// What `cargo xtask bench` needs beyond building and testing: the load generators, and perf

@@ -58,7 +58,7 @@ pub struct PlainPod {
 
 impl PlainPod {
     /// Creates the pod namespace and its veth, host side `host_if` in `node`.
-    fn create(node: &NetNs, tag: &str, host_if: &str, ip: Ipv4Addr) -> anyhow::Result<PlainPod> {
+    pub fn create(node: &NetNs, tag: &str, host_if: &str, ip: Ipv4Addr) -> anyhow::Result<PlainPod> {
         let netns = NetNs::create_unique(tag)?;
         let mtu = MTU.to_string();
         node.ip(&[
@@ -100,12 +100,12 @@ fn link_mac(ns: &NetNs, ifname: &str) -> anyhow::Result<String> {
 }
 
 /// The servers of one server pod: sockperf, iperf3 and the connection server.
-struct ServerSet {
+pub struct ServerSet {
     _daemons: Vec<Daemon>,
     _conn: ConnServer,
 }
 
-fn start_servers(ns: &NetNs, ip: Ipv4Addr) -> anyhow::Result<ServerSet> {
+pub fn start_servers(ns: &NetNs, ip: Ipv4Addr) -> anyhow::Result<ServerSet> {
     let mut daemons = vec![
         Daemon::spawn(ns.name(), &tools::sockperf_server(ip, PORT_SOCKPERF))?,
         Daemon::spawn(ns.name(), &tools::iperf3_server(ip, PORT_IPERF))?,
