@@ -19,6 +19,7 @@ pub mod lookup;
 pub mod maps;
 pub mod ports;
 pub mod reason;
+pub mod trace;
 
 pub use addr::Addr16;
 pub use reason::{Direction, Reason, Verdict};

@@ -22,6 +22,7 @@ mod http;
 mod maps;
 mod nd;
 mod parse;
+mod trace;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use ward_common::Direction;
@@ -39,7 +40,9 @@ pub fn to_pod(ctx: TcContext) -> i32 {
 /// The HTTP request check, reached from `to_pod` by a tail call (`http::after_l4`).
 #[classifier]
 pub fn ward_http(ctx: TcContext) -> i32 {
-    http::judge(&ctx)
+    let verdict = http::judge(&ctx);
+    trace::after_http(&ctx, verdict);
+    verdict
 }
 
 #[cfg(not(test))]
