@@ -302,7 +302,7 @@ async fn trace(tracer: &SharedTracer, plan: &TracePlan, view: &watch::Receiver<A
     };
     let steps = {
         t.set(&cfg)?;
-        let armed = Armed(&mut t);
+        let armed = Armed(&mut *t);
         send_probe(plan, &cfg).await?;
         collect(&mut *armed.0, id, plan).await
     };
@@ -503,7 +503,7 @@ mod tests {
             ts_ns,
             trace_id: 5,
             program: program as u8,
-            dir: if program == TraceProgram::FromPod { Direction::Egress } else { Direction::Ingress } as u8,
+            dir: (if program == TraceProgram::FromPod { Direction::Egress } else { Direction::Ingress }) as u8,
             verdict: reason.verdict() as u8,
             reason: reason as u8,
             ifindex,
