@@ -123,7 +123,8 @@ fn write(step: TraceStep) {
 }
 
 /// `from_pod`/`to_pod`, once the verdict is known: the probe's step, from the same outcome the
-/// flow event is made of.
+/// flow event is made of. Inlined: a call of its own would add its frame to `process`'s 424
+/// bytes, past the 512-byte stack; inlined, its locals share that frame's dead slots.
 #[inline(always)]
 pub fn after_decision(ctx: &TcContext, dir: Direction, ifindex: u32, reason: Reason, o: &Outcome) {
     let Some(cfg) = probe_of(ctx) else { return };
@@ -157,7 +158,9 @@ pub fn after_decision(ctx: &TcContext, dir: Direction, ifindex: u32, reason: Rea
 }
 
 /// `ward_http`, once it judged the packet (`verdict` is its return value): the probe's step.
-#[inline(always)]
+/// Verifier: not inlined, so its locals stay out of `ward_http`'s main frame, whose parser
+/// call chain below it already takes 424 of the 512 stack bytes.
+#[inline(never)]
 pub fn after_http(ctx: &TcContext, verdict: i32) {
     let Some(cfg) = probe_of(ctx) else { return };
     // SAFETY: `skb` is the context pointer the kernel handed us.
