@@ -18,7 +18,7 @@ fn pod(name: &str, serves: Vec<Serve>) -> PodSpec {
     }
 }
 
-fn policy(yaml: &str) -> Value {
+fn policy(yaml: &str) -> serde_yaml::Value {
     serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("policy YAML: {e}: {yaml}"))
 }
 
@@ -178,6 +178,7 @@ fn trace_reports_each_programs_decision_on_one_probe_and_agrees_with_real_probes
     // The text form names the same steps as `ward observe` lines.
     let text = node.ward(&["trace", "--from", "shop/stranger", "--to", "shop/db", "--port", "5432/TCP"]);
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    eprintln!("{text}");
     assert!(text.contains("1. from_pod") && text.contains("2. to_pod"), "{text}");
     assert!(text.contains("-> shop/db:5432 TCP DROPPED INGRESS default deny (isolated by shop/db-from-api)"), "{text}");
     assert!(text.contains("verdict: DROPPED"), "{text}");
