@@ -124,7 +124,10 @@ fn only_the_armed_probe_gets_a_step_with_its_programs_decision() {
     tr.arm(&denied);
     assert_eq!(t.run("to_pod", &frame(&denied)), DROP);
     let s = tr.steps();
-    assert_eq!(s.iter().map(|s| (s.reason(), s.verdict())).collect::<Vec<_>>(), [(Ok(Reason::PolicyDenied), Ok(Verdict::Drop))]);
+    assert_eq!(
+        s.iter().map(|s| (s.reason(), s.verdict())).collect::<Vec<_>>(),
+        [(Ok(Reason::PolicyDenied), Ok(Verdict::Drop))]
+    );
 
     // from_pod and UDP: a pod not isolated for egress.
     let out = probe(45, pod, peer, 61003, 53, UDP, false);
@@ -157,7 +160,10 @@ fn an_ipv6_probe_is_matched_by_its_flow_label_and_egress_denial_is_recorded() {
     assert_eq!(t.run("from_pod", &frame(&cfg)), DROP);
     let s = tr.steps();
     assert_eq!(s.len(), 1, "{s:?}");
-    assert_eq!((s[0].program(), s[0].reason(), s[0].dir), (Ok(TraceProgram::FromPod), Ok(Reason::PolicyDenied), Direction::Egress as u8));
+    assert_eq!(
+        (s[0].program(), s[0].reason(), s[0].dir),
+        (Ok(TraceProgram::FromPod), Ok(Reason::PolicyDenied), Direction::Egress as u8)
+    );
     assert_eq!((s[0].saddr, s[0].daddr), (cfg.saddr, cfg.daddr));
     // The same five-tuple with another flow label is not the probe.
     let other = TraceConfig { id: cfg.id + 1, ..cfg };

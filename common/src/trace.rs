@@ -532,9 +532,8 @@ mod tests {
             _pad: [0],
         };
         // SAFETY: a repr(C) value without padding bytes (asserted by the size), read as bytes.
-        let bytes = unsafe {
-            core::slice::from_raw_parts((&step as *const TraceStep).cast::<u8>(), size_of::<TraceStep>())
-        };
+        let bytes =
+            unsafe { core::slice::from_raw_parts((&step as *const TraceStep).cast::<u8>(), size_of::<TraceStep>()) };
         let back = TraceStep::from_bytes(bytes).expect("decodes");
         assert_eq!(back, step);
         assert_eq!(back.program(), Ok(TraceProgram::ToPod));

@@ -66,7 +66,10 @@ fn trace(node: &Node, from: &str, to: &str, port: &str) -> Value {
 }
 
 fn programs(r: &Value) -> Vec<String> {
-    r["steps"].as_array().map(|s| s.iter().map(|s| s["program"].as_str().unwrap_or("?").to_owned()).collect()).unwrap_or_default()
+    r["steps"]
+        .as_array()
+        .map(|s| s.iter().map(|s| s["program"].as_str().unwrap_or("?").to_owned()).collect())
+        .unwrap_or_default()
 }
 
 fn step<'a>(r: &'a Value, program: &str) -> &'a Value {
@@ -124,7 +127,10 @@ fn trace_reports_each_programs_decision_on_one_probe_and_agrees_with_real_probes
     assert_eq!(out["flow"]["reason"], "policy_allow", "{out:#}");
     assert_eq!(out["flow"]["traffic_direction"], "EGRESS", "{out:#}");
     assert_eq!(names(&out["flow"]["egress_allowed_by"]), ["shop/api-egress rule 0"], "{out:#}");
-    assert_eq!((pod_of(&out["flow"]["source"]), pod_of(&out["flow"]["destination"])), ("shop/api".into(), "shop/db".into()));
+    assert_eq!(
+        (pod_of(&out["flow"]["source"]), pod_of(&out["flow"]["destination"])),
+        ("shop/api".into(), "shop/db".into())
+    );
     let into = step(&ok, "to_pod");
     assert_eq!(into["flow"]["reason"], "policy_allow", "{into:#}");
     assert_eq!(into["flow"]["traffic_direction"], "INGRESS", "{into:#}");
@@ -142,10 +148,13 @@ fn trace_reports_each_programs_decision_on_one_probe_and_agrees_with_real_probes
     assert_eq!(denied["verdict"], "DROPPED", "{denied:#}");
     assert_eq!(step(&denied, "from_pod")["flow"]["reason"], "not_isolated", "{denied:#}");
     let at_db = step(&denied, "to_pod");
-    assert_eq!((at_db["stage"].as_str(), at_db["flow"]["reason"].as_str()), (Some("policy_lookup"), Some("policy_denied")));
+    assert_eq!(
+        (at_db["stage"].as_str(), at_db["flow"]["reason"].as_str()),
+        (Some("policy_lookup"), Some("policy_denied"))
+    );
     assert_eq!(at_db["flow"]["verdict"], "DROPPED", "{at_db:#}");
     assert_eq!(names(&at_db["flow"]["ingress_denied_by"]), ["shop/db-from-api"], "{at_db:#}");
-    assert!(denied["summary"].as_str().is_some_and(|s| s.contains("to_pod") && s.contains("policy_denied")), "{denied:#}");
+    assert_eq!(denied["summary"], "dropped by to_pod at shop/db (ingress): policy_denied", "{denied:#}");
     records_match(&denied);
     assert!(!connects(&node, "shop/stranger", "shop/db", 5432, Protocol::Tcp), "a real connection agrees: denied");
 
@@ -156,6 +165,7 @@ fn trace_reports_each_programs_decision_on_one_probe_and_agrees_with_real_probes
     let at_src = step(&locked, "from_pod");
     assert_eq!(at_src["flow"]["reason"], "policy_denied", "{at_src:#}");
     assert_eq!(names(&at_src["flow"]["egress_denied_by"]), ["shop/locked-no-egress"], "{at_src:#}");
+    assert_eq!(locked["summary"], "dropped by from_pod at shop/locked (egress): policy_denied", "{locked:#}");
     records_match(&locked);
     assert!(!connects(&node, "shop/locked", "shop/db", 5432, Protocol::Tcp), "a real connection agrees: denied");
 
@@ -185,7 +195,10 @@ fn trace_reports_each_programs_decision_on_one_probe_and_agrees_with_real_probes
 
     // Bad requests are refused with the field named.
     let bad = node.ward(&["trace", "--from", "shop/nobody", "--to", "shop/db", "--port", "5432/TCP"]);
-    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("from: shop/nobody is not a pod of this node"));
+    assert!(
+        !bad.status.success()
+            && String::from_utf8_lossy(&bad.stderr).contains("from: shop/nobody is not a pod of this node")
+    );
 
     // No trace armed: other traffic, the probes' very pairs and ports included, records nothing.
     let last = trace(&node, "shop/api", "shop/db", "5432/TCP");

@@ -92,7 +92,8 @@ impl Tracer {
 
     /// Step records the programs wrote (or lost), summed over CPUs.
     fn records(&self) -> Result<u64, TraceError> {
-        let per_cpu = self.count.get(&0, 0).map_err(|e| TraceError::Map { map: MAP_TRACE_COUNT, source: Box::new(e) })?;
+        let per_cpu =
+            self.count.get(&0, 0).map_err(|e| TraceError::Map { map: MAP_TRACE_COUNT, source: Box::new(e) })?;
         Ok(per_cpu.iter().sum())
     }
 
@@ -105,7 +106,7 @@ impl Tracer {
     fn next_probe(&mut self) -> (u32, u16) {
         let (id, port) = (self.next_id, self.next_port);
         self.next_id = if id >= 0xFFFF { 1 } else { id + 1 };
-        self.next_port = if port >= PROBE_PORT_LAST { PROBE_PORT_FIRST } else { port + 1 };
+        self.next_port = if port == PROBE_PORT_LAST { PROBE_PORT_FIRST } else { port + 1 };
         (id, port)
     }
 
@@ -244,7 +245,9 @@ impl Agent {
             return Err(format!("from: expected namespace/pod of a pod on this node, got {from:?}"));
         };
         let Some(src) = self.registry.iter().find(|e| e.reg.pod_namespace == ns && e.reg.pod_name == name) else {
-            return Err(format!("from: {from} is not a pod of this node (the probe is sent from inside the source pod)"));
+            return Err(format!(
+                "from: {from} is not a pod of this node (the probe is sent from inside the source pod)"
+            ));
         };
         let (to_ips, local_dst): (Vec<IpAddr>, Option<&super::registry::LocalEndpoint>) =
             if let Ok(ip) = to.parse::<IpAddr>() {
@@ -284,7 +287,11 @@ impl Agent {
 }
 
 /// One trace, start to end (one at a time: the map holds one marker).
-async fn trace(tracer: &SharedTracer, plan: &TracePlan, view: &watch::Receiver<Arc<View>>) -> Result<TraceReport, TraceError> {
+async fn trace(
+    tracer: &SharedTracer,
+    plan: &TracePlan,
+    view: &watch::Receiver<Arc<View>>,
+) -> Result<TraceReport, TraceError> {
     let mut t = tracer.lock().await;
     let kernel_records_before = t.records()?;
     // Steps an earlier, timed-out trace left behind are not this one's.
@@ -302,7 +309,7 @@ async fn trace(tracer: &SharedTracer, plan: &TracePlan, view: &watch::Receiver<A
     };
     let steps = {
         t.set(&cfg)?;
-        let armed = Armed(&mut *t);
+        let armed = Armed(&mut t);
         send_probe(plan, &cfg).await?;
         collect(&mut *armed.0, id, plan).await
     };
@@ -310,9 +317,12 @@ async fn trace(tracer: &SharedTracer, plan: &TracePlan, view: &watch::Receiver<A
     drop(t);
     let view = view.borrow().clone();
     let offset = crate::flows::monotonic_offset();
-    let mut named: Vec<TraceStepReport> = steps.iter().enumerate().map(|(i, s)| name_step(&view, s, offset, id, i)).collect();
-    named.sort_by_key(|s| s.flow.time);
-    let (verdict, summary) = conclude(&steps, plan.local_destination);
+    let mut named: Vec<(TraceStep, TraceStepReport)> =
+        steps.iter().enumerate().map(|(i, s)| (*s, name_step(&view, s, offset, id, i))).collect();
+    named.sort_by_key(|(s, _)| s.ts_ns);
+    let at: Vec<(TraceStep, String)> = named.iter().map(|(s, r)| (*s, where_(r))).collect();
+    let (verdict, summary) = conclude(&at, plan.local_destination);
+    let named = named.into_iter().map(|(_, r)| r).collect();
     Ok(TraceReport {
         trace_id: id,
         from: plan.from.clone(),
@@ -414,19 +424,38 @@ fn path_ended(steps: &[TraceStep], local_destination: Option<u32>) -> bool {
     })
 }
 
-/// The trace's verdict and its summary, from the steps in the order they were written.
-fn conclude(steps: &[TraceStep], local_destination: Option<u32>) -> (TraceVerdict, String) {
-    let mut ordered: Vec<&TraceStep> = steps.iter().collect();
-    ordered.sort_by_key(|s| s.ts_ns);
+/// Where a step was taken, in words: the pod whose veth it is, and the direction.
+fn where_(r: &TraceStepReport) -> String {
+    use crate::flows::record::TrafficDirection;
+    let f = &r.flow;
+    let (pod, dir) = match f.traffic_direction {
+        TrafficDirection::Egress => (&f.source, "egress"),
+        _ => (&f.destination, "ingress"),
+    };
+    let at = if pod.is_pod() {
+        format!("{}/{}", pod.namespace, pod.pod_name)
+    } else {
+        format!("ifindex {}", f.interface.index)
+    };
+    format!("{at} ({dir})")
+}
+
+/// The trace's verdict and its summary, from the steps in the order they were written, each
+/// with where it was taken.
+fn conclude(steps: &[(TraceStep, String)], local_destination: Option<u32>) -> (TraceVerdict, String) {
+    let mut ordered: Vec<&(TraceStep, String)> = steps.iter().collect();
+    ordered.sort_by_key(|(s, _)| s.ts_ns);
+    let ordered: Vec<(&TraceStep, &str)> = ordered.into_iter().map(|(s, at)| (s, at.as_str())).collect();
     let program = |s: &TraceStep| s.program().map(TraceProgram::as_str).unwrap_or("an unknown program");
-    if let Some(d) = ordered.iter().find(|s| s.verdict != Verdict::Allow as u8) {
+    if let Some((d, at)) = ordered.iter().find(|(s, _)| s.verdict != Verdict::Allow as u8) {
         let why = match (d.program(), d.reason()) {
             (Ok(TraceProgram::Http), _) => "the HTTP program refused the connection".to_owned(),
             (_, Ok(r)) => r.as_str().to_owned(),
             (_, Err(code)) => format!("unknown reason {code}"),
         };
-        return (TraceVerdict::Dropped, format!("dropped by {} (ifindex {}): {why}", program(d), d.ifindex));
+        return (TraceVerdict::Dropped, format!("dropped by {} at {at}: {why}", program(d)));
     }
+    let ordered: Vec<&TraceStep> = ordered.into_iter().map(|(s, _)| s).collect();
     let Some(last) = ordered.last() else {
         return (
             TraceVerdict::Incomplete,
@@ -517,29 +546,40 @@ mod tests {
         }
     }
 
+    /// Steps with where they were taken (the ifindex stands in for the pod's name).
+    fn at(steps: &[TraceStep]) -> Vec<(TraceStep, String)> {
+        steps.iter().map(|s| (*s, format!("if{}", s.ifindex))).collect()
+    }
+
     #[test]
     fn the_verdict_is_the_first_drop_else_delivery_at_the_destination() {
         let out = step(TraceProgram::FromPod, Reason::PolicyAllow, 11, 1);
         let at_db = step(TraceProgram::ToPod, Reason::PolicyAllow, 12, 2);
         let denied = step(TraceProgram::ToPod, Reason::PolicyDenied, 12, 2);
-        assert_eq!(conclude(&[at_db, out], Some(12)).0, TraceVerdict::Forwarded);
-        let (v, why) = conclude(&[out, denied], Some(12));
+        assert_eq!(conclude(&at(&[at_db, out]), Some(12)).0, TraceVerdict::Forwarded);
+        let (v, why) = conclude(&at(&[out, denied]), Some(12));
         assert_eq!(v, TraceVerdict::Dropped);
-        assert_eq!(why, "dropped by to_pod (ifindex 12): policy_denied");
+        assert_eq!(why, "dropped by to_pod at if12: policy_denied");
         let spoof = step(TraceProgram::FromPod, Reason::SpoofedSource, 11, 1);
-        assert!(conclude(&[spoof], Some(12)).1.contains("from_pod (ifindex 11): spoofed_source"));
+        assert!(conclude(&at(&[spoof]), Some(12)).1.contains("from_pod at if11: spoofed_source"));
         // Allowed out but never seen at the destination's veth: not a delivery.
-        assert_eq!(conclude(&[out], Some(12)).0, TraceVerdict::Incomplete);
+        assert_eq!(conclude(&at(&[out]), Some(12)).0, TraceVerdict::Incomplete);
         // Another pod's to_pod is not the destination's.
-        assert_eq!(conclude(&[out, step(TraceProgram::ToPod, Reason::PolicyAllow, 99, 2)], Some(12)).0, TraceVerdict::Incomplete);
-        assert_eq!(conclude(&[], Some(12)).0, TraceVerdict::Incomplete);
+        assert_eq!(
+            conclude(&at(&[out, step(TraceProgram::ToPod, Reason::PolicyAllow, 99, 2)]), Some(12)).0,
+            TraceVerdict::Incomplete
+        );
+        assert_eq!(conclude(&at(&[]), Some(12)).0, TraceVerdict::Incomplete);
         // Leaving for an address no local pod holds: through from_pod is as far as Ward sees.
-        assert_eq!(conclude(&[out], None).0, TraceVerdict::Forwarded);
+        assert_eq!(conclude(&at(&[out]), None).0, TraceVerdict::Forwarded);
         let mut http = step(TraceProgram::Http, Reason::PolicyAllow, 12, 3);
         http.reason = 0;
         http.verdict = Verdict::Drop as u8;
-        let (v, why) = conclude(&[out, at_db, http], Some(12));
-        assert_eq!((v, why.as_str()), (TraceVerdict::Dropped, "dropped by ward_http (ifindex 12): the HTTP program refused the connection"));
+        let (v, why) = conclude(&at(&[out, at_db, http]), Some(12));
+        assert_eq!(
+            (v, why.as_str()),
+            (TraceVerdict::Dropped, "dropped by ward_http at if12: the HTTP program refused the connection")
+        );
     }
 
     #[test]
@@ -566,6 +606,9 @@ mod tests {
         let mut http = step(TraceProgram::Http, Reason::PolicyAllow, 12, 3);
         (http.reason, http.flags) = (0, STEP_HTTP_POLICED);
         let r = name_step(&view, &http, 0, 5, 2);
-        assert_eq!((r.program.as_str(), r.http_policed, r.flow.reason.as_str()), ("ward_http", Some(true), "http_requests_judged"));
+        assert_eq!(
+            (r.program.as_str(), r.http_policed, r.flow.reason.as_str()),
+            ("ward_http", Some(true), "http_requests_judged")
+        );
     }
 }
