@@ -35,6 +35,7 @@ fn scene() -> Node {
         pod("stranger", pg()),
         pod("locked", pg()),
         pod("echo", vec![Serve::new(7777, Protocol::Udp, None)]),
+        pod("web", vec![Serve::http(8080, None)]),
     ])
     .unwrap_or_else(|e| panic!("pods: {e}"));
     node.apply(&[
@@ -51,6 +52,12 @@ fn scene() -> Node {
         policy(
             "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: locked-no-egress, namespace: shop}, \
              spec: {podSelector: {matchLabels: {app: locked}}, policyTypes: [Egress]}}",
+        ),
+        policy(
+            "{apiVersion: policy.ward.dev/v1alpha1, kind: WardNetworkPolicy, metadata: {name: web-http, namespace: shop}, \
+             spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Ingress], \
+             ingress: [{from: [{podSelector: {matchLabels: {app: stranger}}}], \
+             ports: [{port: 8080, protocol: TCP, http: [{path: /healthz}]}]}]}}",
         ),
     ])
     .unwrap_or_else(|e| panic!("policies: {e}"));
@@ -179,6 +186,18 @@ fn trace_reports_each_programs_decision_on_one_probe_and_agrees_with_real_probes
     assert_eq!(at_echo["flow"]["l4"]["UDP"]["destination_port"], 7777, "{at_echo:#}");
     records_match(&udp);
     assert!(connects(&node, "shop/stranger", "shop/echo", 7777, Protocol::Udp), "a real datagram agrees: allowed");
+
+    // A port with HTTP rules: to_pod admits the connection for the HTTP program, which notes
+    // that each request will be judged.
+    let web = trace(&node, "shop/stranger", "shop/web", "8080/TCP");
+    assert_eq!(programs(&web), ["from_pod", "to_pod", "ward_http"], "{web:#}");
+    assert_eq!(web["verdict"], "FORWARDED", "{web:#}");
+    assert_eq!(names(&step(&web, "to_pod")["flow"]["ingress_allowed_by"]), ["shop/web-http rule 0"]);
+    let http = step(&web, "ward_http");
+    assert_eq!((http["stage"].as_str(), http["http_policed"].as_bool()), (Some("http"), Some(true)), "{http:#}");
+    assert_eq!(http["flow"]["reason"], "http_requests_judged", "{http:#}");
+    assert_eq!(names(&http["flow"]["ingress_allowed_by"]), ["shop/web-http rule 0"], "{http:#}");
+    records_match(&web);
 
     // An address no pod holds (the node's own): from_pod is as far as Ward's programs see.
     let host = node.config().host_addrs().into_iter().find(IpAddr::is_ipv4).expect("an IPv4 node address");
