@@ -187,6 +187,28 @@ fn trace_reports_each_programs_decision_on_one_probe_and_agrees_with_real_probes
     records_match(&udp);
     assert!(connects(&node, "shop/stranger", "shop/echo", 7777, Protocol::Udp), "a real datagram agrees: allowed");
 
+    // IPv6, to db's IPv6 address: the same decisions (the marker is the flow label).
+    let db6 = node.pod_ip(&PodRef::new("shop", "db"), Family::IPv6).unwrap_or_else(|e| panic!("{e}"));
+    let ok6 = trace(&node, "shop/api", &db6.to_string(), "5432/TCP");
+    assert_eq!(
+        (programs(&ok6), ok6["verdict"].as_str()),
+        (vec!["from_pod".to_owned(), "to_pod".to_owned()], Some("FORWARDED")),
+        "{ok6:#}"
+    );
+    assert!(ok6["source"].as_str().is_some_and(|s| s.contains(':')), "an IPv6 probe: {ok6:#}");
+    assert_eq!(names(&step(&ok6, "to_pod")["flow"]["ingress_allowed_by"]), ["shop/db-from-api rule 0"], "{ok6:#}");
+    let denied6 = trace(&node, "shop/stranger", &db6.to_string(), "5432/TCP");
+    assert_eq!(denied6["summary"], "dropped by to_pod at shop/db (ingress): policy_denied", "{denied6:#}");
+    records_match(&ok6);
+    records_match(&denied6);
+    let v6 = |from: &str| {
+        let (ns, name) = from.split_once('/').expect("ns/pod");
+        node.probe(&PodRef::new(ns, name), &PodRef::new("shop", "db"), 5432, Protocol::Tcp, Family::IPv6)
+            .unwrap_or_else(|e| panic!("probe: {e}"))
+            .connected()
+    };
+    assert!(v6("shop/api") && !v6("shop/stranger"), "real IPv6 connections agree");
+
     // A port with HTTP rules: to_pod admits the connection for the HTTP program, which notes
     // that each request will be judged.
     let web = trace(&node, "shop/stranger", "shop/web", "8080/TCP");
