@@ -132,6 +132,83 @@ fn serde_plain<T: serde::Serialize>(v: &T) -> String {
 mod tests {
     use super::*;
 
+    use crate::daemon::trace::TraceVerdict;
+    use crate::flows::record::{FlowTime, View};
+    use ward_common::addr::v4_mapped;
+    use ward_common::maps::FlowEvent;
+    use ward_common::{Direction, Reason};
+
+    fn step(
+        program: &str,
+        stage: &str,
+        dir: Direction,
+        reason: Reason,
+        rule_id: u32,
+        new_flow: bool,
+    ) -> TraceStepReport {
+        let ev = FlowEvent {
+            ts_ns: 0,
+            ifindex: 4,
+            ep_id: 1,
+            peer_cidr_identity: 2,
+            tcp_flags: 0x02,
+            icmp_type: 0,
+            icmp_code: 0,
+            _pad: [0; 5],
+            saddr: v4_mapped([10, 1, 0, 2]),
+            daddr: v4_mapped([10, 1, 0, 3]),
+            sport_be: 61000u16.to_be_bytes(),
+            dport_be: 5432u16.to_be_bytes(),
+            proto: 6,
+            dir: dir as u8,
+            verdict: reason.verdict() as u8,
+            reason: reason as u8,
+            subject_identity: if dir == Direction::Egress { 300 } else { 301 },
+            peer_identity: if dir == Direction::Egress { 301 } else { 300 },
+            rule_id,
+        };
+        TraceStepReport {
+            program: program.into(),
+            stage: stage.into(),
+            new_flow,
+            http_policed: None,
+            flow: View::default().enrich(&ev, FlowTime(0), "u".into()),
+        }
+    }
+
+    #[test]
+    fn the_text_form_shows_each_step_as_an_observe_line_with_its_stage_and_the_verdict() {
+        let report = TraceReport {
+            trace_id: 9,
+            from: "shop/api".into(),
+            to: "shop/db".into(),
+            protocol: "TCP".into(),
+            source: "10.1.0.2".parse().expect("ip"),
+            source_port: 61000,
+            destination: "10.1.0.3".parse().expect("ip"),
+            destination_port: 5432,
+            steps: vec![
+                step("from_pod", "policy_lookup", Direction::Egress, Reason::PolicyAllow, 7, true),
+                step("to_pod", "policy_lookup", Direction::Ingress, Reason::PolicyDenied, 0, false),
+            ],
+            verdict: TraceVerdict::Dropped,
+            summary: "dropped by to_pod at shop/db (ingress): policy_denied".into(),
+            kernel_records_before: 0,
+            kernel_records_after: 2,
+        };
+        let text = render(&report);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "trace 9: shop/api -> shop/db 5432/TCP (probe 10.1.0.2 port 61000 -> 10.1.0.3)");
+        assert_eq!(
+            lines[1],
+            "  1. from_pod  [policy_lookup: identity 300 -> peer identity 301, rule id 7; new flow tracked]"
+        );
+        assert!(lines[2].ends_with("10.1.0.2:61000 -> 10.1.0.3:5432 TCP FORWARDED EGRESS policy_allow"), "{text}");
+        assert_eq!(lines[3], "  2. to_pod    [policy_lookup: identity 301 -> peer identity 300]");
+        assert!(lines[4].ends_with("TCP DROPPED INGRESS policy_denied"), "{text}");
+        assert_eq!(lines[5], "verdict: DROPPED (dropped by to_pod at shop/db (ingress): policy_denied)");
+    }
+
     #[test]
     fn ports_name_their_protocol_or_default_to_tcp_and_bad_ones_are_refused() {
         assert_eq!(parse_port("80/TCP"), Ok(("TCP".into(), 80)));
