@@ -20,6 +20,7 @@ pub mod maps;
 pub mod ports;
 pub mod reason;
 pub mod service;
+pub mod trace;
 
 pub use addr::Addr16;
 pub use reason::{Direction, Reason, Verdict};

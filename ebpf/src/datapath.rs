@@ -108,14 +108,14 @@ pub struct Outcome {
     pub ep_id: u32,
     /// The endpoint's `EndpointInfo.flags` (DNS steering reads `EP_DNS_PROXY`).
     pub ep_flags: u32,
-    subject: u32,
-    peer: IpcacheValue,
-    rule_id: u32,
+    pub subject: u32,
+    pub peer: IpcacheValue,
+    pub rule_id: u32,
     pub tuple: Tuple,
     pub tcp_flags: u8,
     /// ICMP/ICMPv6 type and code (0 for other protocols), for the flow record.
     icmp: [u8; 2],
-    new_flow: bool,
+    pub new_flow: bool,
 }
 
 /// What one packet's decision needs besides the packet.
@@ -217,6 +217,8 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
             },
         );
     }
+    // `ward trace`: the armed probe's step (one array read for any other packet).
+    crate::trace::after_decision(ctx, dir, ifindex, reason, o);
     if dropped {
         return TC_ACT_SHOT;
     }

@@ -124,6 +124,14 @@ pub fn after_l4(ctx: &TcContext, dir: Direction, reason: Reason, ep_flags: u32, 
     TC_ACT_SHOT as i32
 }
 
+/// What the program decided about the connection of the segment it just judged, for
+/// `ward trace`: (only HTTP rules admit it, the admitting rule, the peer's identity).
+#[inline(always)]
+pub fn last_connection() -> Option<(bool, u32, u32)> {
+    let w = WORK.get(0)?;
+    Some((w.conn.mode == MODE_POLICED, w.dec.rule_id, w.dec.peer.identity))
+}
+
 /// The headers of one client segment.
 #[derive(Clone, Copy)]
 struct Seg {

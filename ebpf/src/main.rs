@@ -24,6 +24,7 @@ mod maps;
 mod nd;
 mod parse;
 mod service;
+mod trace;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use ward_common::Direction;
@@ -48,7 +49,9 @@ pub fn to_netdev(ctx: TcContext) -> i32 {
 /// The HTTP request check, reached from `to_pod` by a tail call (`http::after_l4`).
 #[classifier]
 pub fn ward_http(ctx: TcContext) -> i32 {
-    http::judge(&ctx)
+    let verdict = http::judge(&ctx);
+    trace::after_http(&ctx, verdict);
+    verdict
 }
 
 #[cfg(not(test))]

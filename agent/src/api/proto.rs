@@ -46,6 +46,15 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         http_path: Option<String>,
     },
+    /// `ward trace`: sends one real probe from `from` (`namespace/pod`, a pod of this node) to
+    /// `to` (`namespace/pod` or an IP address) on `protocol` (TCP or UDP) `port`, and reports
+    /// what each program did to it (`Response::Trace`).
+    Trace {
+        from: String,
+        to: String,
+        protocol: String,
+        port: u16,
+    },
     /// The DNS proxy's latest flow records.
     DnsFlows,
     /// The datastore's objects as the agent holds them (validated), for checking that it
@@ -149,6 +158,8 @@ pub enum Response {
         message: String,
     },
     Metrics(Box<crate::metrics::Report>),
+    /// What each program did to a traced probe (`Request::Trace`).
+    Trace(Box<crate::daemon::trace::TraceReport>),
 }
 
 /// Whether the agent can protect new pods: it is up (it answered) and its datastore has

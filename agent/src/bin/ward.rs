@@ -45,6 +45,21 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<String>,
     },
+    /// Sends one real probe from a pod of this node and shows what each program did to it.
+    Trace {
+        /// `namespace/pod`: a pod of this node (the probe leaves from inside it).
+        #[arg(long)]
+        from: String,
+        /// `namespace/pod`, or an IP address.
+        #[arg(long)]
+        to: String,
+        /// `PORT/PROTOCOL` (TCP or UDP; a bare port is TCP).
+        #[arg(long)]
+        port: String,
+        /// `json` prints the whole report as one JSON object.
+        #[arg(long, short = 'o', default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
     /// The observed workload graph as SVG, Graphviz DOT or an HTML page (`ward map --help`).
     #[command(disable_help_flag = true)]
     Map {
@@ -101,6 +116,15 @@ fn main() -> ExitCode {
     let req = match &args.cmd {
         Cmd::Observe { args: observe } => return cli::observe::run(&args.socket, observe),
         Cmd::Map { args: map } => return cli::map::run(&args.socket, map),
+        Cmd::Trace { from, to, port, output } => {
+            let a = cli::trace::TraceArgs {
+                from: from.clone(),
+                to: to.clone(),
+                port: port.clone(),
+                json: output == "json",
+            };
+            return cli::trace::run(&args.socket, &a);
+        }
         Cmd::Policy { cmd: PolicyCmd::Suggest { namespace, input_file, last, include_dropped, output } } => {
             let a = cli::suggest::SuggestArgs {
                 namespace: namespace.clone(),

@@ -4,6 +4,7 @@
 pub mod map;
 pub mod observe;
 pub mod suggest;
+pub mod trace;
 
 use std::fmt::Write as _;
 
@@ -37,6 +38,7 @@ pub fn render(resp: &Response) -> String {
         Response::FlowsLost { missed, source } => format!("... {missed} flows lost ({})\n", source.as_str()),
         Response::Error { message } => format!("error: {message}\n"),
         Response::Metrics(r) => crate::metrics::text::render(r),
+        Response::Trace(r) => trace::render(r),
     }
 }
 

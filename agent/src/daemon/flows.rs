@@ -21,6 +21,13 @@ impl Default for ViewTx {
     }
 }
 
+impl ViewTx {
+    /// A receiver of the views published from now on (the trace task names its steps by it).
+    pub(super) fn subscribe(&self) -> watch::Receiver<Arc<View>> {
+        self.0.subscribe()
+    }
+}
+
 impl Agent {
     /// Starts the flow task (once): the hub the API serves `ward observe` from. Without the
     /// ring buffer (taken already) the hub stays empty and says so in the log.

@@ -12,6 +12,7 @@ mod plugin;
 pub mod reconcile;
 pub mod registry;
 pub mod state;
+pub mod trace;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -139,6 +140,9 @@ pub struct Agent {
     flow_view: flows::ViewTx,
     /// The flow history, once started: its delivered and lost counts go to `/metrics`.
     flow_hub: Option<std::sync::Arc<crate::flows::history::Hub>>,
+    /// `ward trace`'s maps (`None`, and why, when they could not be taken).
+    tracer: Option<trace::SharedTracer>,
+    tracer_error: Option<String>,
 }
 
 pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
@@ -168,10 +172,14 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     agent.publish_conflist();
     loop {
         tokio::select! {
-            Some((req, reply)) = calls.recv() => {
-                let resp = agent.handle(req);
-                let _ = reply.send(resp);
-            }
+            Some((req, reply)) = calls.recv() => match req {
+                // Answered by a task of its own: a trace waits for its probe's records.
+                Request::Trace { from, to, protocol, port } => agent.start_trace(&from, &to, &protocol, port, reply),
+                req => {
+                    let resp = agent.handle(req);
+                    let _ = reply.send(resp);
+                }
+            },
             Some(event) = events.recv() => {
                 let received = std::time::Instant::now();
                 let mut changed = agent.store.apply(event);
@@ -278,6 +286,13 @@ impl Agent {
             dns_started = Some(start_dns(&cfg, &pins).await);
         }
         let mut dp = Datapath::open(&cfg.bpffs, &cfg.node_name)?;
+        let (tracer, tracer_error) = match trace::Tracer::take(&mut dp) {
+            Ok(t) => (Some(t), None),
+            Err(e) => {
+                tracing::error!(error = %e, "ward trace unavailable");
+                (None, Some(e.to_string()))
+            }
+        };
         dp.maps.set_event_flags(cfg.flow_events.flags())?;
         dp.maps.set_ct_quota(cfg.ct_quota)?;
         let (dns, dns_error) = if cfg.dns.port == 0 {
@@ -353,6 +368,8 @@ impl Agent {
             uplinks: Vec::new(),
             flow_view: flows::ViewTx::default(),
             flow_hub: None,
+            tracer,
+            tracer_error,
         };
         tracing::info!(
             endpoints = agent.registry.len(),
@@ -398,6 +415,8 @@ impl Agent {
                 self.dp.http.drain_events();
                 Response::Metrics(Box::new(self.metrics()))
             }
+            // The event loop hands traces to `start_trace`.
+            Request::Trace { .. } => Response::Error { message: "traces are answered by the trace task".into() },
             // The API server answers these from the flow hub, without the owner task.
             Request::Flows { .. } => Response::Error { message: "flows are served by the API server".into() },
             Request::DnsFlows => {

@@ -123,6 +123,12 @@ impl Datapath {
         &self.pin_dir
     }
 
+    /// Takes one of the object's maps out (once): how a task of its own comes to own a map
+    /// that `Maps` does not hold (the trace maps, `daemon::trace`).
+    pub fn take_map(&mut self, name: &str) -> Option<aya::maps::Map> {
+        self.ebpf.take_map(name)
+    }
+
     /// Attaches both programs to a pod veth's host side (adopting pinned links if present).
     pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
         attach::attach(&mut self.ebpf, &self.pin_dir, ifname, ifindex)

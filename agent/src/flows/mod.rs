@@ -35,7 +35,7 @@ pub enum FlowError {
 
 /// Nanoseconds to add to a kernel timestamp (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) to get
 /// Unix time.
-fn monotonic_offset() -> i128 {
+pub(crate) fn monotonic_offset() -> i128 {
     let mono = match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
         Ok(ts) => i128::from(ts.tv_sec()) * 1_000_000_000 + i128::from(ts.tv_nsec()),
         Err(_) => 0,
