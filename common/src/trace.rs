@@ -171,6 +171,10 @@ pub enum Stage {
     ConntrackInsert,
     /// DNS of a pod behind the DNS proxy is steered to it.
     DnsSteering,
+    /// Egress to a Service address: deferred to the translated backend, a pod reaching itself
+    /// through its Service, or a deferred packet without its pending entry
+    /// (`crate::service`).
+    Service,
 }
 
 impl Stage {
@@ -191,6 +195,7 @@ impl Stage {
             | Reason::FqdnExpired => Stage::PolicyLookup,
             Reason::CtQuota => Stage::ConntrackInsert,
             Reason::DnsProxyDown => Stage::DnsSteering,
+            Reason::ServicePending | Reason::Loopback | Reason::ServiceUnresolved => Stage::Service,
         }
     }
 
@@ -207,6 +212,7 @@ impl Stage {
             Stage::PolicyLookup => "policy_lookup",
             Stage::ConntrackInsert => "conntrack_insert",
             Stage::DnsSteering => "dns_steering",
+            Stage::Service => "service",
         }
     }
 }
