@@ -261,6 +261,7 @@ mod tests {
             pod_selector: Selector { match_labels: Labels::from([("app".into(), app.into())]), requirements: vec![] },
             ingress: Some(vec![]),
             egress: None,
+            mode: Default::default(),
         }
     }
 

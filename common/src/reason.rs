@@ -88,6 +88,10 @@ pub enum Reason {
     NotPoliced = 7,
     /// A later fragment of a datagram whose first fragment was allowed here.
     TrackedFragment = 8,
+    /// A new flow the enforced policies allow (they do not isolate the pod in this
+    /// direction) but the audited policies would deny if they were enforced: it passes, and
+    /// its record has the verdict AUDIT with the audited policies isolating the pod.
+    Audit = 9,
 
     /// The pod is isolated in this direction and no rule allows the peer/port (default deny).
     PolicyDenied = 64,
@@ -123,7 +127,7 @@ impl Reason {
     /// Upper bound (exclusive) of reason codes; sizes the per-reason counter array.
     pub const COUNT: u32 = 128;
 
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::PolicyAllow,
         Reason::Established,
         Reason::Reply,
@@ -132,6 +136,7 @@ impl Reason {
         Reason::Related,
         Reason::NotPoliced,
         Reason::TrackedFragment,
+        Reason::Audit,
         Reason::PolicyDenied,
         Reason::PolicyRevoked,
         Reason::UnknownEndpoint,
@@ -161,6 +166,7 @@ impl Reason {
             Reason::Related => "related",
             Reason::NotPoliced => "not_policed",
             Reason::TrackedFragment => "tracked_fragment",
+            Reason::Audit => "audit",
             Reason::PolicyDenied => "policy_denied",
             Reason::PolicyRevoked => "policy_revoked",
             Reason::UnknownEndpoint => "unknown_endpoint",
@@ -217,18 +223,19 @@ mod tests {
                 Reason::Related => 5,
                 Reason::NotPoliced => 6,
                 Reason::TrackedFragment => 7,
-                Reason::PolicyDenied => 8,
-                Reason::PolicyRevoked => 9,
-                Reason::UnknownEndpoint => 10,
-                Reason::SpoofedSource => 11,
-                Reason::Malformed => 12,
-                Reason::Fragment => 13,
-                Reason::MapError => 14,
-                Reason::CtQuota => 15,
-                Reason::UnsupportedProtocol => 16,
-                Reason::FqdnExpired => 17,
-                Reason::DnsProxyDown => 18,
-                Reason::NotForPod => 19,
+                Reason::Audit => 8,
+                Reason::PolicyDenied => 9,
+                Reason::PolicyRevoked => 10,
+                Reason::UnknownEndpoint => 11,
+                Reason::SpoofedSource => 12,
+                Reason::Malformed => 13,
+                Reason::Fragment => 14,
+                Reason::MapError => 15,
+                Reason::CtQuota => 16,
+                Reason::UnsupportedProtocol => 17,
+                Reason::FqdnExpired => 18,
+                Reason::DnsProxyDown => 19,
+                Reason::NotForPod => 20,
             }
         }
         for (i, r) in Reason::ALL.iter().enumerate() {
