@@ -18,7 +18,7 @@ fn pod(name: &str) -> PodSpec {
     }
 }
 
-fn yaml(text: &str) -> Value {
+fn yaml(text: &str) -> serde_yaml::Value {
     serde_yaml::from_str(text).unwrap_or_else(|e| panic!("fixture YAML: {e}"))
 }
 
@@ -29,7 +29,7 @@ const DB_FROM_API: &str = "{apiVersion: networking.k8s.io/v1, kind: NetworkPolic
 
 /// On the same pod, `db`: no egress but to `stranger` (so `db` -> `api` would be denied), in
 /// the mode given.
-fn db_egress(mode: &str) -> Value {
+fn db_egress(mode: &str) -> serde_yaml::Value {
     yaml(&format!(
         "{{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {{name: db-egress, namespace: shop, \
          annotations: {{policy.ward.dev/mode: {mode}}}}}, spec: {{podSelector: {{matchLabels: {{app: db}}}}, \
@@ -72,7 +72,11 @@ fn db_to_api(node: &Node, verdict: &str) -> Value {
         }) {
             return f.clone();
         }
-        assert!(Instant::now() < deadline, "no {verdict} db -> api record within 15 s: {flows:#?}\n{}", node.agent_log_tail());
+        assert!(
+            Instant::now() < deadline,
+            "no {verdict} db -> api record within 15 s: {flows:#?}\n{}",
+            node.agent_log_tail()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -182,7 +186,8 @@ fn a_namespace_annotation_audits_every_policy_in_it() {
     if !require_root("a_namespace_annotation_audits_every_policy_in_it") {
         return;
     }
-    let mut node = Node::start(NodeConfig { index: 2, ..NodeConfig::default() }).unwrap_or_else(|e| panic!("lab node: {e}"));
+    let mut node =
+        Node::start(NodeConfig { index: 2, ..NodeConfig::default() }).unwrap_or_else(|e| panic!("lab node: {e}"));
     node.set_namespace("shop", &Labels::new()).unwrap_or_else(|e| panic!("{e}"));
     node.create_pods(&[pod("db"), pod("stranger")]).unwrap_or_else(|e| panic!("{e}"));
     // The namespace's own manifest file, rewritten with the annotation (one declaration).
@@ -205,7 +210,9 @@ fn a_namespace_annotation_audits_every_policy_in_it() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let flows = observe(&node, &["--last", "1000", "--verdict", "AUDIT", "--to-pod", "shop/db"]);
-        if let Some(f) = flows.iter().find(|f| f["traffic_direction"] == "INGRESS" && pod_of(&f["source"]) == "shop/stranger") {
+        if let Some(f) =
+            flows.iter().find(|f| f["traffic_direction"] == "INGRESS" && pod_of(&f["source"]) == "shop/stranger")
+        {
             assert_eq!(names(&f["ingress_denied_by"]), ["deny-all"], "{f:#}");
             break;
         }

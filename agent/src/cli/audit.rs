@@ -130,12 +130,7 @@ pub fn render(reports: &[PolicyReport]) -> String {
     for r in reports {
         let total: u64 = r.flows.iter().map(|f| f.count).sum();
         let kind = if r.kind == "NetworkPolicy" { String::new() } else { format!(" ({})", r.kind) };
-        let _ = writeln!(
-            o,
-            "{}{kind}: would deny {} distinct flows ({total} records)",
-            r.policy,
-            r.flows.len()
-        );
+        let _ = writeln!(o, "{}{kind}: would deny {} distinct flows ({total} records)", r.policy, r.flows.len());
         for f in &r.flows {
             let port = if f.port == 0 { String::new() } else { format!(":{}", f.port) };
             let _ = writeln!(
@@ -195,7 +190,12 @@ mod tests {
         f.time = FlowTime(t);
         let by = by.iter().map(|p| {
             let (namespace, name) = p.split_once('/').expect("ns/name");
-            PolicyAttribution { namespace: namespace.into(), name: name.into(), kind: "NetworkPolicy".into(), rule_index: None }
+            PolicyAttribution {
+                namespace: namespace.into(),
+                name: name.into(),
+                kind: "NetworkPolicy".into(),
+                rule_index: None,
+            }
         });
         match dir {
             TrafficDirection::Ingress => f.ingress_denied_by.extend(by),

@@ -372,7 +372,8 @@ impl View {
             if !audited.0.is_empty() || !audited.1.is_empty() {
                 view.audited_by.insert(l.key.clone(), audited);
             }
-            view.isolated_by.insert(l.key, by(cluster.policies_selecting(&l.key)));
+            let isolated = by(cluster.policies_selecting(&l.key));
+            view.isolated_by.insert(l.key, isolated);
         }
         view
     }
@@ -693,7 +694,10 @@ spec:
   policyTypes: [Ingress, Egress]
 "
         )
-        .replace("name: db-no-egress", "name: db-no-egress\n  annotations: {policy.ward.dev/mode: audit}");
+        .replace(
+            "metadata: {name: db-no-egress, namespace: shop}",
+            "metadata: {name: db-no-egress, namespace: shop, annotations: {policy.ward.dev/mode: audit}}",
+        );
         let objects: Vec<Object> = parse_documents(&audited, "t").into_iter().flatten().collect();
         let (cluster, errors) = Cluster::from_objects(&objects, "t");
         assert!(errors.is_empty(), "{errors:?}");
@@ -702,7 +706,8 @@ spec:
         let ips = ["10.1.0.2".parse().expect("ip")];
         let v = View::build("n1", &cluster, &compiled.rules, [LocalPod { ep_id: 3, key: db, ips: &ips }]);
 
-        let out = v.enrich(&event("10.1.0.2", "10.1.0.1", Direction::Egress, Reason::Audit, 0), FlowTime(1), "a".into());
+        let out =
+            v.enrich(&event("10.1.0.2", "10.1.0.1", Direction::Egress, Reason::Audit, 0), FlowTime(1), "a".into());
         assert_eq!(out.verdict, FlowVerdict::Audit);
         assert_eq!(out.reason, "audit");
         assert!(out.drop_reason_desc.is_none(), "it passed");
@@ -712,7 +717,11 @@ spec:
         assert_eq!(json["verdict"], "AUDIT");
 
         // Ingress stays enforced by db-from-api: its drops name it, not the audited policy.
-        let no = v.enrich(&event("192.0.2.1", "10.1.0.2", Direction::Ingress, Reason::PolicyDenied, 0), FlowTime(2), "b".into());
+        let no = v.enrich(
+            &event("192.0.2.1", "10.1.0.2", Direction::Ingress, Reason::PolicyDenied, 0),
+            FlowTime(2),
+            "b".into(),
+        );
         assert_eq!(no.verdict, FlowVerdict::Dropped);
         assert_eq!(names(&no.ingress_denied_by), ["shop/db-from-api"]);
     }
