@@ -665,6 +665,7 @@ impl RuleCtx<'_, '_> {
 
     /// Writes the entries of one audited rule for one subject identity, flagged
     /// `POLICY_AUDIT`; a port with HTTP rules counts as its L4 keys (audit is judged at L4).
+    #[expect(clippy::too_many_arguments, reason = "the arguments of `emit` but its HTTP map")]
     fn emit_audit(
         &self,
         map: &mut BTreeMap<PolicyKey, PolicyValue>,

@@ -514,6 +514,49 @@ mod tests {
         assert!(s.rejected.is_empty());
     }
 
+    /// Audit mode through the API: annotations reach the store; a wrong value is a notice in
+    /// the checkpoint naming object and field, and the policy is sent (enforced).
+    #[test]
+    fn modes_reach_the_store_and_a_wrong_one_is_a_notice_and_enforced() {
+        let mut s = Source::default();
+        let mut out = Vec::new();
+        let policy = |mode: &str| {
+            dynamic(serde_json::json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "p", "namespace": "shop", "resourceVersion": "7",
+                    "annotations": {"policy.ward.dev/mode": mode}},
+                "spec": {"podSelector": {}}
+            }))
+        };
+        let namespace = dynamic(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "resourceVersion": "3", "annotations": {"policy.ward.dev/mode": "audit"}}
+        }));
+        s.handle(KIND_NAMESPACE, Ok(watcher::Event::Apply(namespace)), &mut out);
+        s.handle(KIND_POLICY, Ok(watcher::Event::Apply(policy("audit"))), &mut out);
+        s.handle(KIND_POLICY, Ok(watcher::Event::Apply(policy("dry-run"))), &mut out);
+        assert!(matches!(&out[0], Event::Apply(_, Valid::Namespace(_, ward_policy::validate::Mode::Audit))), "{out:?}");
+        let mode_of = |e: &Event| match e {
+            Event::Apply(_, Valid::Policy(p)) => p.mode,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(mode_of(&out[1]), ward_policy::validate::Mode::Audit);
+        assert_eq!(mode_of(&out[2]), ward_policy::validate::Mode::Enforce, "a wrong value enforces");
+        let notices = match s.checkpoint() {
+            Event::Checkpoint(c) => c.notices,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert_eq!(notices[0].object, "NetworkPolicy shop/p");
+        assert_eq!(notices[0].field, "metadata.annotations[policy.ward.dev/mode]");
+        // Corrected: the notice goes.
+        s.handle(KIND_POLICY, Ok(watcher::Event::Apply(policy("enforce"))), &mut out);
+        match s.checkpoint() {
+            Event::Checkpoint(c) => assert!(c.notices.is_empty(), "{:?}", c.notices),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn nodes_give_their_pod_cidrs_and_ip_addresses() {
         let n = NodeObject::deserialize(serde_json::json!({
