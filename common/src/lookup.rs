@@ -15,9 +15,9 @@
 //!    policy therefore never changes what passes; and for a pod an enforced policy isolates,
 //!    audited ones could only add allows, so they have nothing to report there.
 //! 4. Policy LPM lookups, full key, peer = label identity, then CIDR identity, then `ID_ANY`:
-//!    the first plain hit allows (an audit entry never does) (`PolicyAllow`, with the entry's rule id). A hit on an HTTP
-//!    entry (`http::rules::POLICY_HTTP`) admits the connection only for the requests its rule
-//!    set admits: its set is noted and the lookups go on, because a plain allow for the same
+//!    the first plain hit allows (`PolicyAllow`, with the entry's rule id; an audit entry
+//!    never allows). A hit on an HTTP entry (`http::rules::POLICY_HTTP`) admits the
+//!    connection only for the requests its rule set admits: its set is noted and the lookups go on, because a plain allow for the same
 //!    peer and port, under any of the three peer identities, moots the HTTP rules (the union
 //!    of NetworkPolicy rules). HTTP hits only: `PolicyAllow` with `Decision::http` set.
 //! 5. Egress of a pod behind the DNS proxy only: the learned-address entry of (endpoint, destination, protocol, port) that
