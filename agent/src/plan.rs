@@ -33,19 +33,31 @@ pub fn pod_key(namespace: &str, name: &str) -> PodKey {
 #[derive(Clone, Copy, Debug)]
 pub struct Source<'a> {
     pub namespaces: &'a BTreeMap<String, Labels>,
+    /// Namespaces whose policies are all audited.
+    pub audited_namespaces: &'a BTreeSet<String>,
     pub pods: &'a BTreeMap<PodKey, PodInfo>,
     pub policies: &'a BTreeMap<PolicyRef, Policy>,
 }
 
 impl<'a> From<&'a Snapshot> for Source<'a> {
     fn from(s: &'a Snapshot) -> Self {
-        Source { namespaces: &s.namespaces, pods: &s.pods, policies: &s.policies }
+        Source {
+            namespaces: &s.namespaces,
+            audited_namespaces: &s.audited_namespaces,
+            pods: &s.pods,
+            policies: &s.policies,
+        }
     }
 }
 
 impl<'a> From<&'a Cluster> for Source<'a> {
     fn from(c: &'a Cluster) -> Self {
-        Source { namespaces: &c.namespaces, pods: &c.pods, policies: &c.policies }
+        Source {
+            namespaces: &c.namespaces,
+            audited_namespaces: &c.audited_namespaces,
+            pods: &c.pods,
+            policies: &c.policies,
+        }
     }
 }
 
@@ -100,6 +112,9 @@ pub fn update_view(view: &mut Cluster, snap: Source<'_>, local: &[LocalEndpoint]
         if view.namespaces.get(name) != Some(&labels) {
             view.namespaces.insert(name.to_owned(), labels);
         }
+    }
+    if view.audited_namespaces != *snap.audited_namespaces {
+        view.audited_namespaces = snap.audited_namespaces.clone();
     }
     view.policies.retain(|k, _| snap.policies.contains_key(k));
     for (key, p) in snap.policies {
@@ -248,6 +263,7 @@ mod tests {
             policies: snap.policies.clone(),
             host_addrs: host_addrs.to_vec(),
             service_cidrs: vec![],
+            audited_namespaces: snap.audited_namespaces.clone(),
         }
     }
 
@@ -267,6 +283,7 @@ mod tests {
             pod_selector: Selector { match_labels: Labels::from([("app".into(), app.into())]), requirements: vec![] },
             ingress: Some(vec![]),
             egress: None,
+            mode: Default::default(),
         }
     }
 

@@ -333,3 +333,61 @@ fn every_verdict_counts_its_reason_and_a_drop_emits_a_flow_event() {
     let rules = t.dp.maps.rule_counters().expect("rule counters");
     assert_eq!(rules.get(&31).map(|c| c.packets), Some(1), "rule 31 allowed one new flow: {rules:?}");
 }
+
+/// Audit mode in the kernel: an endpoint no enforced policy isolates but audited ones would
+/// (`EP_AUDIT_INGRESS`) passes everything; a new flow the audited entries (`POLICY_AUDIT`) do
+/// not allow is `Audit` with a flow event (emitted with drops), one they allow is
+/// `NotIsolated` without one, and the flow is tracked like any allowed flow. An audit entry
+/// under an isolated endpoint never allows.
+#[test]
+fn audited_entries_never_allow_and_mark_what_they_would_deny() {
+    use ward_common::maps::{EP_AUDIT_INGRESS, POLICY_AUDIT};
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new("audit");
+    let mut m = base(EP_AUDIT_INGRESS);
+    m.policy.insert(
+        PolicyKey::port_block(
+            SUBJECT,
+            PEER_ID,
+            Direction::Ingress,
+            TCP,
+            ward_common::ports::PortBlock { base: 80, prefix_len: 16 },
+        ),
+        PolicyValue { rule_id: 41, flags: POLICY_AUDIT },
+    );
+    t.apply(&m);
+    while t.dp.maps.next_event().is_some() {}
+    assert_eq!(t.run_reason("to_pod", &packet(PEER, POD, TCP, 40600, 80, SYN)), (PASS, Reason::NotIsolated));
+    assert!(t.dp.maps.next_event().is_none(), "what the audited policies allow is not reported");
+    assert_eq!(t.run_reason("to_pod", &packet(OUTSIDE, POD, TCP, 40601, 80, SYN)), (PASS, Reason::Audit));
+    let ev = t.dp.maps.next_event().expect("a flow event for the audit");
+    assert_eq!((ev.reason, ev.verdict, ev.dir), (Reason::Audit as u8, Verdict::Allow as u8, Direction::Ingress as u8));
+    assert_eq!((ev.ep_id, ev.subject_identity, ev.rule_id), (7, SUBJECT, 0));
+    // Tracked: its next packet is established, its reply passes, neither reported again.
+    assert_eq!(t.run_reason("to_pod", &packet(OUTSIDE, POD, TCP, 40601, 80, ACK)), (PASS, Reason::Established));
+    assert_eq!(t.run_reason("from_pod", &packet(POD, OUTSIDE, TCP, 80, 40601, SYN | ACK)), (PASS, Reason::Reply));
+    assert!(t.dp.maps.next_event().is_none(), "one event per audited flow");
+    assert_eq!(
+        t.run_reason("to_pod", &packet(PEER, POD, TCP, 40602, 81, SYN)),
+        (PASS, Reason::Audit),
+        "port not in the audited rule"
+    );
+
+    // Enforce it (the compiler's switch: isolation bit, plain entry): the tracked flow is cut.
+    let mut enforced = base(EP_ISOLATED_INGRESS);
+    allow(&mut enforced, Direction::Ingress, PEER_ID, TCP, 80, 80, 41);
+    t.apply(&enforced);
+    assert_eq!(t.run_reason("to_pod", &packet(OUTSIDE, POD, TCP, 40601, 80, ACK)), (DROP, Reason::PolicyRevoked));
+    assert_eq!(t.run_reason("to_pod", &packet(PEER, POD, TCP, 40603, 80, SYN)), (PASS, Reason::PolicyAllow));
+
+    // An audit entry under an isolated endpoint is never an allow.
+    let mut wrong = base(EP_ISOLATED_INGRESS);
+    wrong.policy.insert(
+        PolicyKey::any_proto(SUBJECT, PEER_ID, Direction::Ingress),
+        PolicyValue { rule_id: 42, flags: POLICY_AUDIT },
+    );
+    t.apply(&wrong);
+    assert_eq!(t.run_reason("to_pod", &packet(PEER, POD, TCP, 40604, 80, SYN)), (DROP, Reason::PolicyDenied));
+}

@@ -9,13 +9,17 @@
 //! 2. Ingress from a node address (`ID_HOST`) that the node's own stack sent: allowed
 //!    (`FromHost`). A packet forwarded from elsewhere with a node address as its source is
 //!    not the node's traffic and goes on to policy like any other.
-//! 3. The endpoint is not isolated in `dir`: allowed (`NotIsolated`).
+//! 3. The endpoint is not isolated in `dir`: allowed (`NotIsolated`). When audited policies
+//!    would isolate it (`EP_AUDIT_*`), the same three peer lookups run over their entries
+//!    (`POLICY_AUDIT`): a miss is still allowed, as `Audit` (what they would deny). An audited
+//!    policy therefore never changes what passes; and for a pod an enforced policy isolates,
+//!    audited ones could only add allows, so they have nothing to report there.
 //! 3a. Egress to a Service address (`ID_SERVICE`): deferred to the translated backend
 //!    (`ServicePending`, see `crate::service`), where this same function decides it.
 //! 4. Policy LPM lookups, full key, peer = label identity, then CIDR identity, then `ID_ANY`:
-//!    the first plain hit allows (`PolicyAllow`, with the entry's rule id). A hit on an HTTP
-//!    entry (`http::rules::POLICY_HTTP`) admits the connection only for the requests its rule
-//!    set admits: its set is noted and the lookups go on, because a plain allow for the same
+//!    the first plain hit allows (`PolicyAllow`, with the entry's rule id; an audit entry
+//!    never allows). A hit on an HTTP entry (`http::rules::POLICY_HTTP`) admits the
+//!    connection only for the requests its rule set admits: its set is noted and the lookups go on, because a plain allow for the same
 //!    peer and port, under any of the three peer identities, moots the HTTP rules (the union
 //!    of NetworkPolicy rules). HTTP hits only: `PolicyAllow` with `Decision::http` set.
 //! 5. Egress of a pod behind the DNS proxy only: the learned-address entry of (endpoint, destination, protocol, port) that
@@ -29,7 +33,7 @@ use crate::addr::Addr16;
 use crate::fqdn::{EP_DNS_PROXY, LearnedKey, LearnedValue, decide_learned};
 use crate::http::rules::policy_http_set;
 use crate::identity::{ID_ANY, ID_HOST, ID_SERVICE, ID_WORLD};
-use crate::maps::{EndpointInfo, IpcacheValue, PolicyKey, PolicyValue};
+use crate::maps::{EndpointInfo, IpcacheValue, POLICY_AUDIT, PolicyKey, PolicyValue};
 use crate::reason::{Direction, Reason};
 
 /// The two lookups the decision needs; implemented over BPF maps in the kernel and over the
@@ -119,12 +123,22 @@ pub fn decide_new_flow<T: Tables>(tables: &T, ep: &EndpointInfo, dir: Direction,
     if matches!(dir, Direction::Ingress) && peer.identity == ID_HOST && flow.from_node_stack {
         return Decision { reason: Reason::FromHost, rule_id: 0, peer, http: [0; 3] };
     }
-    if !ep.isolated(dir) {
-        return Decision { reason: Reason::NotIsolated, rule_id: 0, peer, http: [0; 3] };
-    }
     // The backend behind a Service address is known only after kube-proxy's translation:
-    // decided there (`crate::service`), never on the Service address itself.
-    if matches!(dir, Direction::Egress) && peer.identity == ID_SERVICE {
+    // decided there (`crate::service`), never on the Service address itself. So is what
+    // audited policies would say of it.
+    let to_service = matches!(dir, Direction::Egress) && peer.identity == ID_SERVICE;
+    if !ep.isolated(dir) {
+        if to_service && ep.audited(dir) {
+            return Decision { reason: Reason::ServicePending, rule_id: 0, peer, http: [0; 3] };
+        }
+        let reason = if ep.audited(dir) && !audited_allow(tables, ep.identity, &peer, dir, proto, port) {
+            Reason::Audit
+        } else {
+            Reason::NotIsolated
+        };
+        return Decision { reason, rule_id: 0, peer, http: [0; 3] };
+    }
+    if to_service {
         return Decision { reason: Reason::ServicePending, rule_id: 0, peer, http: [0; 3] };
     }
     let mut http = [0u32; 3];
@@ -133,7 +147,10 @@ pub fn decide_new_flow<T: Tables>(tables: &T, ep: &EndpointInfo, dir: Direction,
     let mut i = 0;
     while i < peers.len() {
         let key = PolicyKey::lookup(ep.identity, peers[i], dir, proto, port);
-        if let Some(v) = tables.policy(&key) {
+        // An audit entry under an isolated subject would be a compiler bug: it never allows.
+        if let Some(v) = tables.policy(&key)
+            && v.flags & POLICY_AUDIT == 0
+        {
             match policy_http_set(v.flags) {
                 None => return Decision { reason: Reason::PolicyAllow, rule_id: v.rule_id, peer, http: [0; 3] },
                 Some(set) => {
@@ -157,4 +174,28 @@ pub fn decide_new_flow<T: Tables>(tables: &T, ep: &EndpointInfo, dir: Direction,
         }
     }
     Decision { reason: Reason::PolicyDenied, rule_id: 0, peer, http: [0; 3] }
+}
+
+/// Whether the audited policies' entries allow the flow (step 3): the same three lookups as
+/// step 4. Their HTTP rules count as admitting the connection (audit is judged at L4).
+#[inline(always)]
+fn audited_allow<T: Tables>(
+    tables: &T,
+    subject: u32,
+    peer: &IpcacheValue,
+    dir: Direction,
+    proto: u8,
+    port: u16,
+) -> bool {
+    let peers = [peer.identity, peer.cidr_identity, ID_ANY];
+    let mut i = 0;
+    while i < peers.len() {
+        if let Some(v) = tables.policy(&PolicyKey::lookup(subject, peers[i], dir, proto, port))
+            && v.flags & POLICY_AUDIT != 0
+        {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }

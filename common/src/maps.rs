@@ -102,12 +102,28 @@ pub struct EndpointInfo {
 pub const EP_ISOLATED_INGRESS: u32 = 1;
 /// A policy selects the pod for egress: default deny for traffic leaving it.
 pub const EP_ISOLATED_EGRESS: u32 = 2;
+/// Audit mode: no enforced policy isolates the pod for ingress, but an audited one would.
+/// Enforcement ignores the bit; the lookup uses it only to tell whether the audited
+/// policies' entries (`POLICY_AUDIT`) would allow a new flow (`Reason::Audit` when not).
+/// Spare bits of the existing value: programs that predate audit ignore them.
+pub const EP_AUDIT_INGRESS: u32 = 1 << 16;
+/// Audit mode for egress, as [`EP_AUDIT_INGRESS`].
+pub const EP_AUDIT_EGRESS: u32 = 1 << 17;
 
 impl EndpointInfo {
     pub const fn isolated(&self, dir: Direction) -> bool {
         let bit = match dir {
             Direction::Ingress => EP_ISOLATED_INGRESS,
             Direction::Egress => EP_ISOLATED_EGRESS,
+        };
+        self.flags & bit != 0
+    }
+
+    /// Audited policies would isolate the pod in `dir` (and no enforced one does).
+    pub const fn audited(&self, dir: Direction) -> bool {
+        let bit = match dir {
+            Direction::Ingress => EP_AUDIT_INGRESS,
+            Direction::Egress => EP_AUDIT_EGRESS,
         };
         self.flags & bit != 0
     }
@@ -266,9 +282,17 @@ pub struct PolicyKeyData {
 pub struct PolicyValue {
     /// The rule that allows this entry (agent-assigned; `ward policy explain` names it).
     pub rule_id: u32,
-    /// Reserved for L7 (HTTP rule set) bits; zero for plain L3/L4 allows.
+    /// Reserved for L7 (HTTP rule set) bits; zero for plain L3/L4 allows. [`POLICY_AUDIT`]
+    /// marks an entry of an audited policy.
     pub flags: u32,
 }
+
+/// `PolicyValue::flags`: the entry is an audited policy's. It never allows anything: the
+/// lookup reads it only for an endpoint with `EP_AUDIT_*` in that direction (one no enforced
+/// policy isolates), to tell whether the audited policies would allow the flow. The compiler
+/// writes audit entries only for such (subject, direction) pairs, so an LPM answer never has
+/// to choose between an audit entry and an enforced one (the key holds subject and direction).
+pub const POLICY_AUDIT: u32 = 1 << 30;
 
 /// `WARD_CT` key: one tracked flow, as first seen, per endpoint and direction. The endpoint
 /// and direction are part of the key so that the sender's egress decision never stands in

@@ -94,6 +94,10 @@ pub enum Reason {
     /// A pod reaching itself through its own Service (kube-proxy's hairpin, which gives the
     /// packet a node source address): like the pod's own loopback, never policed.
     Loopback = 10,
+    /// A new flow the enforced policies allow (they do not isolate the pod in this
+    /// direction) but the audited policies would deny if they were enforced: it passes, and
+    /// its record has the verdict AUDIT with the audited policies isolating the pod.
+    Audit = 11,
 
     /// The pod is isolated in this direction and no rule allows the peer/port (default deny).
     PolicyDenied = 64,
@@ -132,7 +136,7 @@ impl Reason {
     /// Upper bound (exclusive) of reason codes; sizes the per-reason counter array.
     pub const COUNT: u32 = 128;
 
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::PolicyAllow,
         Reason::Established,
         Reason::Reply,
@@ -143,6 +147,7 @@ impl Reason {
         Reason::TrackedFragment,
         Reason::ServicePending,
         Reason::Loopback,
+        Reason::Audit,
         Reason::PolicyDenied,
         Reason::PolicyRevoked,
         Reason::UnknownEndpoint,
@@ -173,6 +178,7 @@ impl Reason {
             Reason::Related => "related",
             Reason::NotPoliced => "not_policed",
             Reason::TrackedFragment => "tracked_fragment",
+            Reason::Audit => "audit",
             Reason::PolicyDenied => "policy_denied",
             Reason::PolicyRevoked => "policy_revoked",
             Reason::UnknownEndpoint => "unknown_endpoint",
@@ -234,19 +240,20 @@ mod tests {
                 Reason::TrackedFragment => 7,
                 Reason::ServicePending => 8,
                 Reason::Loopback => 9,
-                Reason::PolicyDenied => 10,
-                Reason::PolicyRevoked => 11,
-                Reason::UnknownEndpoint => 12,
-                Reason::SpoofedSource => 13,
-                Reason::Malformed => 14,
-                Reason::Fragment => 15,
-                Reason::MapError => 16,
-                Reason::CtQuota => 17,
-                Reason::UnsupportedProtocol => 18,
-                Reason::FqdnExpired => 19,
-                Reason::DnsProxyDown => 20,
-                Reason::NotForPod => 21,
-                Reason::ServiceUnresolved => 22,
+                Reason::Audit => 10,
+                Reason::PolicyDenied => 11,
+                Reason::PolicyRevoked => 12,
+                Reason::UnknownEndpoint => 13,
+                Reason::SpoofedSource => 14,
+                Reason::Malformed => 15,
+                Reason::Fragment => 16,
+                Reason::MapError => 17,
+                Reason::CtQuota => 18,
+                Reason::UnsupportedProtocol => 19,
+                Reason::FqdnExpired => 20,
+                Reason::DnsProxyDown => 21,
+                Reason::NotForPod => 22,
+                Reason::ServiceUnresolved => 23,
             }
         }
         for (i, r) in Reason::ALL.iter().enumerate() {

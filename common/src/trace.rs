@@ -190,6 +190,7 @@ impl Stage {
             Reason::Established | Reason::Reply | Reason::PolicyRevoked => Stage::Conntrack,
             Reason::FromHost
             | Reason::NotIsolated
+            | Reason::Audit
             | Reason::PolicyAllow
             | Reason::PolicyDenied
             | Reason::FqdnExpired => Stage::PolicyLookup,

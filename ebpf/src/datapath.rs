@@ -199,8 +199,10 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
         event::count_rule(o.rule_id, bytes);
     }
     let dropped = matches!(reason.verdict(), Verdict::Drop);
-    let wanted = if dropped { cfg.flags & CFG_EVENTS_DROPPED } else { cfg.flags & CFG_EVENTS_ALLOWED };
-    if wanted != 0 && (dropped || o.new_flow) {
+    // What audited policies would drop is recorded as drops are (it passes all the same).
+    let audit = reason == Reason::Audit;
+    let wanted = if dropped || audit { cfg.flags & CFG_EVENTS_DROPPED } else { cfg.flags & CFG_EVENTS_ALLOWED };
+    if wanted != 0 && (dropped || audit || o.new_flow) {
         event::emit(
             &o.tuple,
             &EventInfo {

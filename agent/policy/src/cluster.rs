@@ -5,7 +5,7 @@
 //! [`Cluster::apply`]; `compile`, `reference` and `explain` only read it.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Object;
 use crate::selector::Labels;
-use crate::validate::{self, NAMESPACE_NAME_LABEL, ObjectError, PodInfo, Policy};
+use crate::validate::{self, Mode, NAMESPACE_NAME_LABEL, ObjectError, PodInfo, Policy};
 
 /// A pod by namespace and name. Displays as `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -101,6 +101,9 @@ pub struct Cluster {
     /// The cluster's Service ranges (`--service-cidr`): egress to them is decided on the
     /// backend kube-proxy translates them to (`ward_common::service`).
     pub service_cidrs: Vec<ipnet::IpNet>,
+    /// Namespaces annotated `policy.ward.dev/mode: audit`: every policy in them is audited.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub audited_namespaces: BTreeSet<String>,
 }
 
 impl Cluster {
@@ -126,6 +129,11 @@ impl Cluster {
         match object {
             Object::Namespace(ns) => {
                 let (name, labels) = validate::namespace(ns, file)?;
+                // A wrong value is enforce (its error is the datastore's to report).
+                match validate::namespace_mode(ns, file).0 {
+                    Mode::Audit => self.audited_namespaces.insert(name.clone()),
+                    Mode::Enforce => self.audited_namespaces.remove(&name),
+                };
                 self.namespaces.insert(name, labels);
             }
             Object::Pod(p) => {
@@ -164,15 +172,48 @@ impl Cluster {
         }
     }
 
-    /// The policies whose `podSelector` selects the pod (policies of its own namespace only).
+    /// The enforced policies whose `podSelector` selects the pod (policies of its own
+    /// namespace only): what decides its traffic. Audited ones are
+    /// [`Cluster::audited_policies_selecting`].
     pub fn policies_selecting<'a>(&'a self, pod: &PodKey) -> Vec<(&'a PolicyRef, &'a Policy)> {
+        self.selecting(pod, Mode::Enforce)
+    }
+
+    /// The audited policies whose `podSelector` selects the pod.
+    pub fn audited_policies_selecting<'a>(&'a self, pod: &PodKey) -> Vec<(&'a PolicyRef, &'a Policy)> {
+        self.selecting(pod, Mode::Audit)
+    }
+
+    fn selecting<'a>(&'a self, pod: &PodKey, mode: Mode) -> Vec<(&'a PolicyRef, &'a Policy)> {
         let Some(info) = self.pods.get(pod) else {
             return Vec::new();
         };
         self.policies
             .iter()
-            .filter(|(r, p)| r.namespace == pod.namespace && p.pod_selector.matches(&info.labels))
+            .filter(|(r, p)| {
+                r.namespace == pod.namespace && self.mode(p) == mode && p.pod_selector.matches(&info.labels)
+            })
             .collect()
+    }
+
+    /// A policy's mode in force: audit when the policy says so or its namespace does.
+    pub fn mode(&self, p: &Policy) -> Mode {
+        if p.mode == Mode::Audit || self.audited_namespaces.contains(&p.namespace) {
+            Mode::Audit
+        } else {
+            Mode::Enforce
+        }
+    }
+
+    /// The cluster as if its audited policies were enforced: what switching every one of
+    /// them to enforce would give (the reference for what audit reports).
+    pub fn all_enforced(&self) -> Cluster {
+        let mut c = self.clone();
+        c.audited_namespaces.clear();
+        for p in c.policies.values_mut() {
+            p.mode = Mode::Enforce;
+        }
+        c
     }
 }
 

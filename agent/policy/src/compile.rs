@@ -25,6 +25,14 @@
 //!   ([`resolve_http`]: the union per key, mooted under a plain allow); its subject's
 //!   endpoint gets `EP_HTTP_INGRESS`.
 //!
+//! * Audit mode: an audited policy (`Cluster::mode`) gives nothing to enforcement. For a
+//!   subject and direction that no enforced policy isolates but an audited one would, the
+//!   audited rules' keys are written flagged `POLICY_AUDIT` (HTTP ports as plain L4 keys) and
+//!   the endpoint gets `EP_AUDIT_*`: the lookup then tells a flow they would deny (`Audit`)
+//!   from one they would allow, and lets both pass. Where an enforced policy isolates, the
+//!   audited ones could only add allows, so they write nothing there; their `fqdn` peers and
+//!   `dns` rules are not audited (no DNS proxy for them).
+//!
 //! Pure and deterministic: the same cluster, local set and identity state give the same
 //! maps. Identities are allocated in sorted key order.
 
@@ -38,7 +46,8 @@ use ward_common::addr::{V4_MAPPED_PREFIX_BITS, v4_mapped};
 use ward_common::http::rules::{EP_HTTP_INGRESS, HttpSet, SET_RULES_MAX, policy_http_flags, policy_http_set};
 use ward_common::identity::{FIRST_LABEL_ID, ID_ANY, ID_HOST, ID_SERVICE, ID_UNKNOWN_POD, ID_WORLD};
 use ward_common::maps::{
-    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IpcacheKey, IpcacheValue, POLICY_ANY_PROTO_BITS, PolicyKey, PolicyValue,
+    EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IpcacheKey, IpcacheValue,
+    POLICY_ANY_PROTO_BITS, POLICY_AUDIT, PolicyKey, PolicyValue,
 };
 use ward_common::ports::{MAX_BLOCKS, PortBlock, range_to_blocks};
 
@@ -47,14 +56,15 @@ use crate::fqdn_policy::{FqdnPolicy, FqdnPolicyBuilder};
 pub use crate::identity::RuleInfo;
 use crate::identity::{CidrKey, HttpSetKey, HttpSetRule, Identities, LabelKey, Live};
 use crate::selector::Labels;
-use crate::validate::{NamedPort, Peer, Policy, PortRef, PortSpec, Protocol, Rule};
+use crate::validate::{Mode, NamedPort, Peer, Policy, PortRef, PortSpec, Protocol, Rule};
 
 /// What the agent loads for one node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
     /// The label identity of every pod in the cluster (local or not).
     pub pod_identity: BTreeMap<PodKey, u32>,
-    /// `EP_ISOLATED_*` bits of every local subject identity (0 when no policy selects it).
+    /// `EP_ISOLATED_*` bits of every local subject identity (0 when no policy selects it),
+    /// and `EP_AUDIT_*` where only audited policies would isolate it.
     pub isolation: BTreeMap<u32, u32>,
     pub ipcache: BTreeMap<IpcacheKey, IpcacheValue>,
     pub policy: BTreeMap<PolicyKey, PolicyValue>,
@@ -453,17 +463,21 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
         }
     }
     let mut fqdn = FqdnPolicyBuilder::default();
+    let mut audit_entries: BTreeMap<PolicyKey, PolicyValue> = BTreeMap::new();
     for (subject, (key, ports, labels)) in subjects {
         let mut bits = 0;
         // Behind the DNS proxy: every egress rule then counts for its DNS rules (a plain
-        // NetworkPolicy's port-53 allow too).
-        let fqdn_subject = policies_by_namespace
-            .get(key.namespace.as_str())
-            .into_iter()
-            .flatten()
-            .any(|(_, p)| p.pod_selector.matches(labels) && crate::fqdn_policy::has_fqdn(p));
+        // NetworkPolicy's port-53 allow too). Enforced policies only: the proxy enforces.
+        let fqdn_subject = policies_by_namespace.get(key.namespace.as_str()).into_iter().flatten().any(|(_, p)| {
+            cluster.mode(p) == Mode::Enforce && p.pod_selector.matches(labels) && crate::fqdn_policy::has_fqdn(p)
+        });
+        let mut audited: Vec<(&PolicyRef, &Policy)> = Vec::new();
         for (pref, p) in policies_by_namespace.get(key.namespace.as_str()).into_iter().flatten() {
             if !p.pod_selector.matches(labels) {
+                continue;
+            }
+            if cluster.mode(p) == Mode::Audit {
+                audited.push((pref, p));
                 continue;
             }
             for (dir, bit, rules) in [
@@ -483,9 +497,35 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
                 }
             }
         }
+        for (dir, isolated, audit_bit) in [
+            (Direction::Ingress, EP_ISOLATED_INGRESS, EP_AUDIT_INGRESS),
+            (Direction::Egress, EP_ISOLATED_EGRESS, EP_AUDIT_EGRESS),
+        ] {
+            // Enforced policies isolate the subject here: the full set only adds allows.
+            if bits & isolated != 0 {
+                continue;
+            }
+            for (pref, p) in &audited {
+                let rules = match dir {
+                    Direction::Ingress => &p.ingress,
+                    Direction::Egress => &p.egress,
+                };
+                let Some(rules) = rules else { continue };
+                bits |= audit_bit;
+                for (index, rule) in rules.iter().enumerate() {
+                    if let Some(rule_id) = rule_ids.get(&(*pref, dir, index)) {
+                        let peers = peers_of_rule.entry(*rule_id).or_insert_with(|| ctx.peers(p, &rule.peers));
+                        ctx.emit_audit(&mut audit_entries, subject, ports, peers, dir, rule, *rule_id);
+                    }
+                }
+            }
+        }
         out.isolation.insert(subject, bits);
     }
     resolve_http(&mut out, &http, ids);
+    // After the HTTP entries: audit entries are for other (subject, direction) pairs and must
+    // not count as plain allows there.
+    out.policy.extend(audit_entries);
     out.fqdn = fqdn.finish();
     for subject in out.fqdn.keys() {
         if let Some(bits) = out.isolation.get_mut(subject) {
@@ -636,6 +676,36 @@ impl RuleCtx<'_, '_> {
                     }
                 }
             }
+        }
+    }
+
+    /// Writes the entries of one audited rule for one subject identity, flagged
+    /// `POLICY_AUDIT`; a port with HTTP rules counts as its L4 keys (audit is judged at L4).
+    #[expect(clippy::too_many_arguments, reason = "the arguments of `emit` but its HTTP map")]
+    fn emit_audit(
+        &self,
+        map: &mut BTreeMap<PolicyKey, PolicyValue>,
+        subject: u32,
+        subject_ports: &[NamedPort],
+        peers: &BTreeMap<u32, &[NamedPort]>,
+        dir: Direction,
+        rule: &Rule,
+        rule_id: u32,
+    ) {
+        let mut put = |key: PolicyKey| {
+            let v = map.entry(key).or_insert(PolicyValue { rule_id, flags: POLICY_AUDIT });
+            v.rule_id = v.rule_id.min(rule_id);
+        };
+        let Some(specs) = &rule.ports else {
+            for peer in peers.keys() {
+                put(PolicyKey::any_proto(subject, *peer, dir));
+            }
+            return;
+        };
+        for spec in specs {
+            let mut keys = Vec::new();
+            self.port_keys(&mut keys, subject, subject_ports, peers, dir, spec);
+            keys.into_iter().for_each(&mut put);
         }
     }
 
@@ -828,3 +898,7 @@ pub fn resolve<'p>(ports: &'p [NamedPort], name: &'p str, protocol: Protocol) ->
 #[cfg(test)]
 #[path = "compile_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "compile_audit_tests.rs"]
+mod audit_tests;

@@ -158,6 +158,12 @@ pub struct NetworkPolicySpec {
     pub ingress: Option<Vec<NetworkPolicyIngressRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<Vec<NetworkPolicyEgressRule>>,
+    /// `WardNetworkPolicy` only: `enforce` (the default) or `audit` (what the policy would
+    /// deny passes and is recorded with the verdict AUDIT). A NetworkPolicy says the same with
+    /// the `policy.ward.dev/mode` annotation (`validate::MODE_ANNOTATION`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(extend("enum" = ["enforce", "audit"])))]
+    pub mode: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

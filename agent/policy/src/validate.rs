@@ -229,6 +229,111 @@ pub struct Rule {
     pub ports: Option<Vec<PortSpec>>,
 }
 
+/// The annotation that puts a NetworkPolicy or WardNetworkPolicy in audit mode, or, on a
+/// Namespace, every policy of that namespace.
+pub const MODE_ANNOTATION: &str = "policy.ward.dev/mode";
+/// How errors name the annotation.
+pub const MODE_ANNOTATION_FIELD: &str = "metadata.annotations[policy.ward.dev/mode]";
+/// How errors name the WardNetworkPolicy field.
+pub const MODE_SPEC_FIELD: &str = "spec.mode";
+
+/// Whether a policy is enforced or only audited: an audited policy changes nothing that
+/// passes or drops; what it would deny passes and is recorded with the verdict AUDIT.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+impl Mode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+
+    pub fn is_enforce(&self) -> bool {
+        *self == Mode::Enforce
+    }
+}
+
+fn parse_mode(ctx: &Ctx, field: &str, value: &str) -> Result<Mode, ObjectError> {
+    match value {
+        "enforce" => Ok(Mode::Enforce),
+        "audit" => Ok(Mode::Audit),
+        other => Err(ctx.err(
+            field,
+            format!("unsupported value {other:?}: expected \"audit\" or \"enforce\"; the policy is enforced"),
+        )),
+    }
+}
+
+/// A policy's own mode (its annotation, and a WardNetworkPolicy's `spec.mode`), and the error
+/// when either is wrong. A wrong or contradictory value is an error and the policy is
+/// enforced: a typo never turns enforcement off. The object itself stays valid, so the error
+/// is reported beside it (`ward status` notices), not as a rejection, whose last valid
+/// version could be an audited one.
+pub fn policy_mode(
+    kind: PolicyKind,
+    meta: &model::ObjectMeta,
+    spec: &model::NetworkPolicySpec,
+    file: &str,
+) -> (Mode, Option<ObjectError>) {
+    let ctx = Ctx { file, object: model::describe(kind.as_str(), meta), kind };
+    let annotated = match meta.annotations.get(MODE_ANNOTATION) {
+        None => None,
+        Some(v) => match parse_mode(&ctx, MODE_ANNOTATION_FIELD, v) {
+            Ok(m) => Some(m),
+            Err(e) => return (Mode::Enforce, Some(e)),
+        },
+    };
+    let field = match (&spec.mode, kind) {
+        (None, _) => None,
+        (Some(_), PolicyKind::NetworkPolicy) => {
+            let e = ward_only(&ctx, MODE_SPEC_FIELD.into(), "mode");
+            let e = ObjectError {
+                message: format!("{} (use the {MODE_ANNOTATION} annotation); the policy is enforced", e.message),
+                ..e
+            };
+            return (Mode::Enforce, Some(e));
+        }
+        (Some(v), PolicyKind::WardNetworkPolicy) => match parse_mode(&ctx, MODE_SPEC_FIELD, v) {
+            Ok(m) => Some(m),
+            Err(e) => return (Mode::Enforce, Some(e)),
+        },
+    };
+    match (annotated, field) {
+        (Some(a), Some(f)) if a != f => (
+            Mode::Enforce,
+            Some(ctx.err(
+                MODE_SPEC_FIELD,
+                format!(
+                    "{:?} contradicts the {MODE_ANNOTATION} annotation ({:?}); the policy is enforced",
+                    f.as_str(),
+                    a.as_str()
+                ),
+            )),
+        ),
+        (a, f) => (a.or(f).unwrap_or_default(), None),
+    }
+}
+
+/// A Namespace's mode (its annotation; audit puts every policy of the namespace in audit
+/// mode), and the error when the value is wrong (then: enforced).
+pub fn namespace_mode(ns: &model::Namespace, file: &str) -> (Mode, Option<ObjectError>) {
+    let ctx = Ctx { file, object: model::describe("Namespace", &ns.metadata), kind: PolicyKind::NetworkPolicy };
+    match ns.metadata.annotations.get(MODE_ANNOTATION) {
+        None => (Mode::Enforce, None),
+        Some(v) => match parse_mode(&ctx, MODE_ANNOTATION_FIELD, v) {
+            Ok(m) => (m, None),
+            Err(e) => (Mode::Enforce, Some(e)),
+        },
+    }
+}
+
 /// A validated NetworkPolicy (or WardNetworkPolicy) with the API server's defaults applied.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Policy {
@@ -241,6 +346,10 @@ pub struct Policy {
     pub ingress: Option<Vec<Rule>>,
     /// `None`: not an egress policy. `Some([])`: deny all egress.
     pub egress: Option<Vec<Rule>>,
+    /// The policy's own mode ([`policy_mode`]); its namespace may audit it too
+    /// (`Cluster::mode`).
+    #[serde(default, skip_serializing_if = "Mode::is_enforce")]
+    pub mode: Mode,
 }
 
 impl Policy {
@@ -427,7 +536,8 @@ fn policy_of_kind(
         }
         egress = Some(rules);
     }
-    Ok(Policy { kind, namespace, name: meta.name.clone(), pod_selector, ingress, egress })
+    let (mode, _) = policy_mode(kind, meta, spec, file);
+    Ok(Policy { kind, namespace, name: meta.name.clone(), pod_selector, ingress, egress, mode })
 }
 
 fn rule(

@@ -240,7 +240,7 @@ fn policy(index: usize) -> impl Strategy<Value = model::NetworkPolicy> {
     (0..NAMESPACES.len(), selector(POD_KEYS, POD_VALUES), types, ingress, egress).prop_map(
         move |(ns, pod_selector, policy_types, ingress, egress)| model::NetworkPolicy {
             metadata: meta(&format!("np{index}"), Some(NAMESPACES[ns]), BTreeMap::new()),
-            spec: model::NetworkPolicySpec { pod_selector, policy_types, ingress, egress },
+            spec: model::NetworkPolicySpec { pod_selector, policy_types, ingress, egress, mode: None },
         },
     )
 }
@@ -265,6 +265,37 @@ fn cluster_objects() -> impl Strategy<Value = Vec<Object>> {
         out.extend(policies.into_iter().map(Object::NetworkPolicy));
         out
     })
+}
+
+/// Annotates the policies `audited` picks (in order) and perhaps one namespace (a Namespace
+/// object is added for it when there is none) with `policy.ward.dev/mode: audit`.
+fn with_audit(mut objects: Vec<Object>, audited: &[bool], namespace: Option<usize>) -> Vec<Object> {
+    let audit = |meta: &mut ObjectMeta| {
+        meta.annotations.insert(ward_policy::validate::MODE_ANNOTATION.into(), "audit".into());
+    };
+    let mut policies = 0;
+    let mut found = false;
+    for o in &mut objects {
+        match o {
+            Object::NetworkPolicy(np) => {
+                if audited.get(policies).copied().unwrap_or(false) {
+                    audit(&mut np.metadata);
+                }
+                policies += 1;
+            }
+            Object::Namespace(ns) if namespace.is_some_and(|i| ns.metadata.name == NAMESPACES[i]) => {
+                audit(&mut ns.metadata);
+                found = true;
+            }
+            _ => {}
+        }
+    }
+    if let (Some(i), false) = (namespace, found) {
+        let mut ns = model::Namespace { metadata: meta(NAMESPACES[i], None, BTreeMap::new()) };
+        audit(&mut ns.metadata);
+        objects.insert(0, Object::Namespace(ns));
+    }
+    objects
 }
 
 fn build(objects: &[Object]) -> Cluster {
@@ -345,6 +376,47 @@ proptest! {
                     prop_assert_eq!(datapath, spec, "{} -> {} {} {}", from, to, proto, port);
                     if from == Peer::Host {
                         prop_assert!(datapath, "the node must always reach {}", to);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Audit mode: with some policies (and perhaps a whole namespace) audited, every
+    /// connection is decided exactly as with those policies removed, and a side says `Audit`
+    /// exactly where enforcement allows it and the same cluster with every audited policy
+    /// enforced denies it.
+    #[test]
+    fn audited_policies_change_no_decision_and_audit_marks_what_they_would_deny(
+        objects in cluster_objects(),
+        audited in proptest::collection::vec(any::<bool>(), 6),
+        audited_namespace in proptest::option::of(0..NAMESPACES.len()),
+    ) {
+        let objects = with_audit(objects, &audited, audited_namespace);
+        let c = build(&objects);
+        let compiled = compile(&c, &all_local(&c), &mut Identities::new());
+        let mut without = c.clone();
+        without.policies.retain(|_, p| c.mode(p) == ward_policy::validate::Mode::Enforce);
+        let compiled_without = compile(&without, &all_local(&without), &mut Identities::new());
+        let all = c.all_enforced();
+        for (from, to) in pairs(&c) {
+            for proto in Protocol::ALL {
+                for port in PROBE_PORTS {
+                    let Some(with) = datapath_allows(&c, &compiled, &from, &to, proto, port) else { continue };
+                    let plain = datapath_allows(&without, &compiled_without, &from, &to, proto, port);
+                    prop_assert_eq!(Some(with), plain, "{} -> {} {} {}", from, to, proto, port);
+                    prop_assert_eq!(with, reference::allowed(&without, from.clone(), to.clone(), proto, port));
+                    let (Some(from_addr), Some(to_addr)) = (first_addr(&c, &from), first_addr(&c, &to)) else { continue };
+                    for (dir, subject, peer) in [(Direction::Egress, &from, to_addr), (Direction::Ingress, &to, from_addr)] {
+                        let Peer::Pod(k) = subject else { continue };
+                        let d = CompiledTables(&compiled).decide_for(k, dir, peer, proto, port, true).expect("local");
+                        let enforced = reference::side(&c, dir, &from, &to, proto, port).allowed;
+                        let full = reference::side(&all, dir, &from, &to, proto, port).allowed;
+                        prop_assert_eq!(
+                            d.reason == ward_common::Reason::Audit,
+                            enforced && !full,
+                            "{:?} {} -> {} {} {}: {:?}", dir, from, to, proto, port, d.reason
+                        );
                     }
                 }
             }

@@ -109,6 +109,25 @@ enum PolicyCmd {
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
     },
+    /// What the audited policies (policy.ward.dev/mode: audit) would deny if enforced: per
+    /// policy, the distinct flows recorded with the verdict AUDIT, with counts and newest time.
+    AuditReport {
+        /// From this time: RFC 3339 or an age (90s, 5m, 2h, 7d).
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Up to this time (RFC 3339 or an age).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this policy (`namespace/name` or `name`); repeat for more.
+        #[arg(long)]
+        policy: Vec<String>,
+        /// Read flows from a JSON-lines file (`ward observe -o json`, the exporter) instead of the agent.
+        #[arg(long)]
+        input_file: Option<PathBuf>,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -134,6 +153,24 @@ fn main() -> ExitCode {
                 output: output.clone(),
             };
             return cli::suggest::run(&args.socket, &a);
+        }
+        Cmd::Policy { cmd: PolicyCmd::AuditReport { since, until, policy, input_file, json } } => {
+            let now = ward_agent::flows::record::FlowTime::now();
+            let time = |flag: &str, v: &str| {
+                cli::observe::parse_time(v, now).map_err(|e| eprintln!("ward policy audit-report: --{flag} {v:?}: {e}"))
+            };
+            let (Ok(since), Ok(until)) = (time("since", since), until.as_deref().map(|u| time("until", u)).transpose())
+            else {
+                return ExitCode::from(2);
+            };
+            let a = cli::audit::AuditArgs {
+                since,
+                until,
+                policies: policy.clone(),
+                input_file: input_file.clone(),
+                json: *json,
+            };
+            return cli::audit::run(&args.socket, &a);
         }
         Cmd::Status { .. } => Request::Status,
         Cmd::Endpoints { .. } => Request::Endpoints,

@@ -1,6 +1,7 @@
 //! Human-readable rendering of API responses for the `ward` CLI (JSON output is the
 //! responses themselves).
 
+pub mod audit;
 pub mod map;
 pub mod observe;
 pub mod suggest;

@@ -28,8 +28,8 @@ use tokio::sync::mpsc;
 use ward_policy::model::{self, Object};
 
 use super::{
-    Checkpoint, Event, Health, KIND_NAMESPACE, KIND_NODE, KIND_POD, KIND_POLICY, KIND_WARD_POLICY, NodeInfo, ObjKey,
-    Rejection, Revision, Valid, validate,
+    Checkpoint, Event, Health, KIND_NAMESPACE, KIND_NODE, KIND_POD, KIND_POLICY, KIND_WARD_POLICY, NodeInfo, Notice,
+    ObjKey, Rejection, Revision, Valid, validate,
 };
 
 /// Every kind this source lists.
@@ -166,6 +166,7 @@ pub async fn run(settings: KubeSettings, tx: mpsc::Sender<Event>) {
 #[derive(Debug, Default)]
 struct Source {
     rejected: BTreeMap<ObjKey, Rejection>,
+    notices: BTreeMap<ObjKey, Vec<Notice>>,
     resource_versions: BTreeMap<&'static str, u64>,
     health: Health,
     sent_health: Health,
@@ -195,6 +196,7 @@ impl Source {
             watcher::Event::Init => {
                 *self.health.listings.entry(kind.to_owned()).or_default() += 1;
                 self.rejected.retain(|k, _| k.kind != kind);
+                self.notices.retain(|k, _| k.kind != kind);
                 out.push(Event::Init(vec![kind]));
             }
             watcher::Event::InitApply(obj) => {
@@ -218,6 +220,7 @@ impl Source {
                 self.seen(kind, &obj);
                 if let Some(key) = key_of(kind, &obj) {
                     self.rejected.remove(&key);
+                    self.notices.remove(&key);
                     out.push(Event::Delete(key));
                 }
             }
@@ -281,8 +284,22 @@ impl Source {
             Err(e) => return Err(self.reject(key, "", &e.to_string())),
         };
         match validate(&object, ORIGIN) {
-            Ok((key, valid, _)) => {
+            Ok((key, valid, defaulted)) => {
                 self.rejected.remove(&key);
+                // A wrong policy.ward.dev/mode: valid and enforced, said in the log and in
+                // `ward status` until the object changes.
+                let notices: Vec<Notice> = defaulted
+                    .into_iter()
+                    .map(|d| {
+                        tracing::warn!(object = %key, field = %d.field, "{}", d.message);
+                        Notice { file: ORIGIN.to_owned(), object: key.to_string(), field: d.field, message: d.message }
+                    })
+                    .collect();
+                if notices.is_empty() {
+                    self.notices.remove(&key);
+                } else {
+                    self.notices.insert(key.clone(), notices);
+                }
                 Ok((key, valid))
             }
             Err(invalid) => {
@@ -342,7 +359,7 @@ impl Source {
             },
             rejected: self.rejected.values().cloned().collect(),
             duplicates: Vec::new(),
-            notices: Vec::new(),
+            notices: self.notices.values().flatten().cloned().collect(),
             health: self.health.clone(),
         }))
     }
@@ -495,6 +512,49 @@ mod tests {
             "metadata": {"name": "p", "namespace": "shop", "resourceVersion": "9"}});
         s.handle(KIND_POLICY, Ok(watcher::Event::Delete(dynamic(gone))), &mut out);
         assert!(s.rejected.is_empty());
+    }
+
+    /// Audit mode through the API: annotations reach the store; a wrong value is a notice in
+    /// the checkpoint naming object and field, and the policy is sent (enforced).
+    #[test]
+    fn modes_reach_the_store_and_a_wrong_one_is_a_notice_and_enforced() {
+        let mut s = Source::default();
+        let mut out = Vec::new();
+        let policy = |mode: &str| {
+            dynamic(serde_json::json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "p", "namespace": "shop", "resourceVersion": "7",
+                    "annotations": {"policy.ward.dev/mode": mode}},
+                "spec": {"podSelector": {}}
+            }))
+        };
+        let namespace = dynamic(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "resourceVersion": "3", "annotations": {"policy.ward.dev/mode": "audit"}}
+        }));
+        s.handle(KIND_NAMESPACE, Ok(watcher::Event::Apply(namespace)), &mut out);
+        s.handle(KIND_POLICY, Ok(watcher::Event::Apply(policy("audit"))), &mut out);
+        s.handle(KIND_POLICY, Ok(watcher::Event::Apply(policy("dry-run"))), &mut out);
+        assert!(matches!(&out[0], Event::Apply(_, Valid::Namespace(_, ward_policy::validate::Mode::Audit))), "{out:?}");
+        let mode_of = |e: &Event| match e {
+            Event::Apply(_, Valid::Policy(p)) => p.mode,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(mode_of(&out[1]), ward_policy::validate::Mode::Audit);
+        assert_eq!(mode_of(&out[2]), ward_policy::validate::Mode::Enforce, "a wrong value enforces");
+        let notices = match s.checkpoint() {
+            Event::Checkpoint(c) => c.notices,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert_eq!(notices[0].object, "NetworkPolicy shop/p");
+        assert_eq!(notices[0].field, "metadata.annotations[policy.ward.dev/mode]");
+        // Corrected: the notice goes.
+        s.handle(KIND_POLICY, Ok(watcher::Event::Apply(policy("enforce"))), &mut out);
+        match s.checkpoint() {
+            Event::Checkpoint(c) => assert!(c.notices.is_empty(), "{:?}", c.notices),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -11,14 +11,14 @@ pub mod directory;
 pub mod kubernetes;
 pub mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use ward_policy::cluster::{PodKey, PolicyKind, PolicyRef};
 use ward_policy::model::{DEFAULT_NAMESPACE, Object, ObjectMeta};
-use ward_policy::validate::{self as v, ObjectError, PodInfo, Policy};
+use ward_policy::validate::{self as v, Mode, ObjectError, PodInfo, Policy};
 
 pub use store::Store;
 
@@ -46,7 +46,8 @@ impl std::fmt::Display for ObjKey {
 /// A validated object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Valid {
-    Namespace(Labels),
+    /// Labels, and the mode of every policy of the namespace (`policy.ward.dev/mode`).
+    Namespace(Labels, Mode),
     Pod(PodInfo),
     Policy(Policy),
     Node(NodeInfo),
@@ -64,6 +65,10 @@ pub struct NodeInfo {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub namespaces: BTreeMap<String, Labels>,
+    /// Namespaces annotated `policy.ward.dev/mode: audit` (absent in state written before
+    /// audit mode: none).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub audited_namespaces: BTreeSet<String>,
     #[serde(with = "as_pairs")]
     pub pods: BTreeMap<PodKey, PodInfo>,
     #[serde(with = "as_pairs")]
@@ -98,6 +103,7 @@ impl Snapshot {
         match key.kind {
             KIND_NAMESPACE => {
                 self.namespaces.remove(&key.name);
+                self.audited_namespaces.remove(&key.name);
             }
             KIND_POD => {
                 self.pods.remove(&PodKey { namespace: key.namespace.clone(), name: key.name.clone() });
@@ -138,7 +144,10 @@ impl Snapshot {
     /// The version of the object `key` names, if held.
     pub fn get(&self, key: &ObjKey) -> Option<Valid> {
         match key.kind {
-            KIND_NAMESPACE => self.namespaces.get(&key.name).cloned().map(Valid::Namespace),
+            KIND_NAMESPACE => self.namespaces.get(&key.name).cloned().map(|labels| {
+                let mode = if self.audited_namespaces.contains(&key.name) { Mode::Audit } else { Mode::Enforce };
+                Valid::Namespace(labels, mode)
+            }),
             KIND_POD => self.pods.get(&PodKey::new(&key.namespace, &key.name)).cloned().map(Valid::Pod),
             KIND_POLICY => self.policies.get(&PolicyRef::new(&key.namespace, &key.name)).cloned().map(Valid::Policy),
             KIND_WARD_POLICY => self
@@ -154,8 +163,12 @@ impl Snapshot {
     /// Puts (or replaces) the object `key` names.
     pub fn insert(&mut self, key: &ObjKey, valid: &Valid) {
         match valid {
-            Valid::Namespace(labels) => {
+            Valid::Namespace(labels, mode) => {
                 self.namespaces.insert(key.name.clone(), labels.clone());
+                match mode {
+                    Mode::Audit => self.audited_namespaces.insert(key.name.clone()),
+                    Mode::Enforce => self.audited_namespaces.remove(&key.name),
+                };
             }
             Valid::Pod(p) => {
                 self.pods.insert(PodKey { namespace: key.namespace.clone(), name: key.name.clone() }, p.clone());
@@ -253,7 +266,7 @@ pub const DIRECTORY_KINDS: [&str; 4] = [KIND_NAMESPACE, KIND_POD, KIND_POLICY, K
 /// What validation filled in that the object's manifest left out, for `ward status`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Defaulted {
-    pub field: &'static str,
+    pub field: String,
     pub message: String,
 }
 
@@ -266,7 +279,7 @@ pub fn validate(obj: &Object, file: &str) -> Result<(ObjKey, Valid, Vec<Defaulte
         let mut defaulted = Vec::new();
         if meta.namespace_defaulted() {
             defaulted.push(Defaulted {
-                field: "metadata.namespace",
+                field: "metadata.namespace".into(),
                 message: format!("not set: namespace defaulted to {DEFAULT_NAMESPACE} (as kubectl does)"),
             });
         }
@@ -275,8 +288,9 @@ pub fn validate(obj: &Object, file: &str) -> Result<(ObjKey, Valid, Vec<Defaulte
     match obj {
         Object::Namespace(ns) => {
             let k = ObjKey { kind: KIND_NAMESPACE, namespace: String::new(), name: ns.metadata.name.clone() };
+            let (mode, error) = v::namespace_mode(ns, file);
             v::namespace(ns, file)
-                .map(|(_, labels)| (k.clone(), Valid::Namespace(labels), Vec::new()))
+                .map(|(_, labels)| (k.clone(), Valid::Namespace(labels, mode), mode_error(error)))
                 .map_err(|e| invalid(Some(k), e))
         }
         Object::Pod(p) => {
@@ -284,11 +298,13 @@ pub fn validate(obj: &Object, file: &str) -> Result<(ObjKey, Valid, Vec<Defaulte
             v::pod(p, file).map(|(_, info)| (k.clone(), Valid::Pod(info), defaulted)).map_err(|e| invalid(Some(k), e))
         }
         Object::NetworkPolicy(np) => {
-            let (k, defaulted) = namespaced(KIND_POLICY, &np.metadata);
+            let (k, mut defaulted) = namespaced(KIND_POLICY, &np.metadata);
+            defaulted.extend(mode_error(v::policy_mode(PolicyKind::NetworkPolicy, &np.metadata, &np.spec, file).1));
             v::policy(np, file).map(|p| (k.clone(), Valid::Policy(p), defaulted)).map_err(|e| invalid(Some(k), e))
         }
         Object::WardNetworkPolicy(wp) => {
-            let (k, defaulted) = namespaced(KIND_WARD_POLICY, &wp.metadata);
+            let (k, mut defaulted) = namespaced(KIND_WARD_POLICY, &wp.metadata);
+            defaulted.extend(mode_error(v::policy_mode(PolicyKind::WardNetworkPolicy, &wp.metadata, &wp.spec, file).1));
             v::ward_policy(wp, file).map(|p| (k.clone(), Valid::Policy(p), defaulted)).map_err(|e| invalid(Some(k), e))
         }
         other => Err(invalid(
@@ -296,6 +312,13 @@ pub fn validate(obj: &Object, file: &str) -> Result<(ObjKey, Valid, Vec<Defaulte
             ObjectError::new(file, &other.describe(), "kind", &format!("{} is not supported yet", other.kind())),
         )),
     }
+}
+
+/// A wrong `policy.ward.dev/mode` (or `spec.mode`): the object is valid and enforced, the
+/// error is reported beside it, as a notice (a rejection would keep its last valid version in
+/// force, which may be an audited one).
+fn mode_error(error: Option<ObjectError>) -> Vec<Defaulted> {
+    error.into_iter().map(|e| Defaulted { field: e.field, message: e.message }).collect()
 }
 
 /// An object a source rejected (the local API reports them).

@@ -143,7 +143,7 @@ mod tests {
     fn ns(name: &str, team: &str) -> (ObjKey, Valid) {
         (
             ObjKey { kind: KIND_NAMESPACE, namespace: String::new(), name: name.into() },
-            Valid::Namespace(Labels::from([("team".into(), team.into())])),
+            Valid::Namespace(Labels::from([("team".into(), team.into())]), Default::default()),
         )
     }
 

@@ -60,8 +60,8 @@ impl<'de> Deserialize<'de> for FlowTime {
     }
 }
 
-/// Hubble's verdicts. Ward emits FORWARDED and DROPPED today; AUDIT is for audited
-/// policies, ERROR for a record whose codes this agent does not know.
+/// Hubble's verdicts: FORWARDED, DROPPED, AUDIT (passed, but audited policies would have
+/// denied it: `Reason::Audit`), ERROR for a record whose codes this agent does not know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum FlowVerdict {
@@ -343,6 +343,9 @@ pub struct View {
     pub isolated_by: BTreeMap<PodKey, (Vec<PolicyRef>, Vec<PolicyRef>)>,
     /// The compile's policy entries per subject, for the closest miss of a default deny.
     pub misses: MissIndex,
+    /// Local pods: the audited policies that would isolate each, per direction (what an
+    /// AUDIT record names as its would-be deniers).
+    pub audited_by: BTreeMap<PodKey, (Vec<PolicyRef>, Vec<PolicyRef>)>,
 }
 
 /// A local endpoint as the registry knows it.
@@ -380,16 +383,24 @@ impl View {
                 view.addresses.insert(ip.to_canonical(), f.clone());
             }
             view.endpoints.insert(l.ep_id, f);
-            let mut by = (Vec::new(), Vec::new());
-            for (pref, policy) in cluster.policies_selecting(&l.key) {
-                if policy.ingress.is_some() {
-                    by.0.push(pref.clone());
+            let by = |policies: Vec<(&PolicyRef, &ward_policy::validate::Policy)>| {
+                let mut by = (Vec::new(), Vec::new());
+                for (pref, policy) in policies {
+                    if policy.ingress.is_some() {
+                        by.0.push(pref.clone());
+                    }
+                    if policy.egress.is_some() {
+                        by.1.push(pref.clone());
+                    }
                 }
-                if policy.egress.is_some() {
-                    by.1.push(pref.clone());
-                }
+                by
+            };
+            let audited = by(cluster.audited_policies_selecting(&l.key));
+            if !audited.0.is_empty() || !audited.1.is_empty() {
+                view.audited_by.insert(l.key.clone(), audited);
             }
-            view.isolated_by.insert(l.key, by);
+            let isolated = by(cluster.policies_selecting(&l.key));
+            view.isolated_by.insert(l.key, isolated);
         }
         view
     }
@@ -412,6 +423,7 @@ impl View {
         let reason = ev.reason();
         let dir = ev.dir();
         let verdict = match (reason, dir) {
+            (Ok(Reason::Audit), Ok(_)) => FlowVerdict::Audit,
             (Ok(r), Ok(_)) if r.verdict() == ward_common::Verdict::Allow => FlowVerdict::Forwarded,
             (Ok(_), Ok(_)) => FlowVerdict::Dropped,
             _ => FlowVerdict::Error,
@@ -517,6 +529,16 @@ impl View {
                         Direction::Ingress => flow.ingress_closest_miss = miss,
                         Direction::Egress => flow.egress_closest_miss = miss,
                     }
+                }
+            }
+            // Passed; the audited policies isolating the pod here are what would deny it.
+            Reason::Audit => {
+                if let Some((ingress, egress)) = local.and_then(|p| self.audited_by.get(&p.key)) {
+                    let (list, out) = match dir {
+                        Direction::Ingress => (ingress, &mut flow.ingress_denied_by),
+                        Direction::Egress => (egress, &mut flow.egress_denied_by),
+                    };
+                    out.extend(list.iter().map(|p| PolicyAttribution::of(p, None)));
                 }
             }
             _ => {}
@@ -761,6 +783,53 @@ spec:
         let mut ok = event("10.1.0.1", "10.1.0.2", Direction::Ingress, Reason::PolicyAllow, rule_id);
         (ok.subject_identity, ok.peer_identity) = (id("db"), id("api"));
         assert!(v.enrich(&ok, FlowTime(1), "u".into()).ingress_closest_miss.is_none());
+    }
+
+    #[test]
+    fn an_audit_record_names_the_audited_policies_that_would_deny_and_no_enforced_one() {
+        let audited = format!(
+            "{CLUSTER}---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: db-audit-egress
+  namespace: shop
+  annotations: {{policy.ward.dev/mode: audit}}
+spec:
+  podSelector: {{matchLabels: {{app: db}}}}
+  policyTypes: [Ingress, Egress]
+"
+        )
+        .replace(
+            "metadata: {name: db-no-egress, namespace: shop}",
+            "metadata: {name: db-no-egress, namespace: shop, annotations: {policy.ward.dev/mode: audit}}",
+        );
+        let objects: Vec<Object> = parse_documents(&audited, "t").into_iter().flatten().collect();
+        let (cluster, errors) = Cluster::from_objects(&objects, "t");
+        assert!(errors.is_empty(), "{errors:?}");
+        let db = PodKey::new("shop", "db");
+        let compiled = ward_policy::compile::compile(&cluster, &BTreeSet::from([db.clone()]), &mut Identities::new());
+        let ips = ["10.1.0.2".parse().expect("ip")];
+        let v = View::build("n1", &cluster, &compiled.rules, [LocalPod { ep_id: 3, key: db, ips: &ips }]);
+
+        let out =
+            v.enrich(&event("10.1.0.2", "10.1.0.1", Direction::Egress, Reason::Audit, 0), FlowTime(1), "a".into());
+        assert_eq!(out.verdict, FlowVerdict::Audit);
+        assert_eq!(out.reason, "audit");
+        assert!(out.drop_reason_desc.is_none(), "it passed");
+        assert_eq!(names(&out.egress_denied_by), ["shop/db-audit-egress", "shop/db-no-egress"]);
+        assert!(out.ingress_denied_by.is_empty() && out.egress_allowed_by.is_empty());
+        let json = serde_json::to_value(&out).expect("encode");
+        assert_eq!(json["verdict"], "AUDIT");
+
+        // Ingress stays enforced by db-from-api: its drops name it, not the audited policy.
+        let no = v.enrich(
+            &event("192.0.2.1", "10.1.0.2", Direction::Ingress, Reason::PolicyDenied, 0),
+            FlowTime(2),
+            "b".into(),
+        );
+        assert_eq!(no.verdict, FlowVerdict::Dropped);
+        assert_eq!(names(&no.ingress_denied_by), ["shop/db-from-api"]);
     }
 
     #[test]

@@ -176,6 +176,7 @@ pub fn suggest<'a>(flows: impl IntoIterator<Item = &'a Flow>, namespace: &str, o
                 policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
                 ingress: Some(ingress),
                 egress: Some(egress),
+                mode: None,
             },
         });
     }

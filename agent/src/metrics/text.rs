@@ -39,11 +39,13 @@ impl Out {
     }
 }
 
-/// Hubble's verdict names, so dashboards written for it read these series.
-fn verdict_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Allow => "FORWARDED",
-        Verdict::Drop => "DROPPED",
+/// Hubble's verdict names, so dashboards written for it read these series. What passes only
+/// because the policies that would deny it are audited is AUDIT, not FORWARDED.
+fn verdict_name(r: Reason) -> &'static str {
+    match (r, r.verdict()) {
+        (Reason::Audit, _) => "AUDIT",
+        (_, Verdict::Allow) => "FORWARDED",
+        (_, Verdict::Drop) => "DROPPED",
     }
 }
 
@@ -57,6 +59,8 @@ pub fn policy_match(r: Reason) -> Option<(&'static str, &'static str)> {
         Reason::PolicyDenied => Some(("none", "denied")),
         Reason::PolicyRevoked => Some(("revoked", "denied")),
         Reason::FqdnExpired => Some(("fqdn_expired", "denied")),
+        // No audited rule matched: audited policies would deny it (it passed).
+        Reason::Audit => Some(("none", "audit")),
         _ => None,
     }
 }
@@ -109,12 +113,12 @@ pub fn render(r: &Report) -> String {
         "counter",
         "Packets the L3/L4 datapath judged, by verdict (exact, from the kernel's per-CPU counters).",
     );
-    for v in [Verdict::Allow, Verdict::Drop] {
-        let n: u64 = slots.iter().filter(|((x, _), _)| x.verdict() == v).map(|(_, n)| n).sum();
-        o.sample("ward_flows_processed_total", &[("type", "l3_l4"), ("verdict", verdict_name(v))], n);
+    for v in ["FORWARDED", "DROPPED", "AUDIT"] {
+        let n: u64 = slots.iter().filter(|((x, _), _)| verdict_name(*x) == v).map(|(_, n)| n).sum();
+        o.sample("ward_flows_processed_total", &[("type", "l3_l4"), ("verdict", v)], n);
     }
 
-    o.family("ward_policy_verdicts_total", "counter", "Policy decisions on new flows, by direction, what matched (rule, not_isolated, from_host, none, revoked, fqdn_expired) and action.");
+    o.family("ward_policy_verdicts_total", "counter", "Policy decisions on new flows, by direction, what matched (rule, not_isolated, from_host, none, revoked, fqdn_expired) and action (allowed, denied, audit: passed, audited policies would deny).");
     for reason in Reason::ALL {
         let Some((matched, action)) = policy_match(reason) else { continue };
         for d in dirs {
@@ -230,6 +234,7 @@ mod tests {
             VerdictCount::new(Reason::PolicyDenied, Direction::Egress, 1),
             VerdictCount::new(Reason::PolicyAllow, Direction::Egress, 4),
             VerdictCount::new(Reason::Established, Direction::Ingress, 10),
+            VerdictCount::new(Reason::Audit, Direction::Ingress, 3),
         ];
         r.rules = vec![
             RuleHits { policy: "n/allow".into(), direction: "ingress".into(), index: 0, flows: 4 },
@@ -266,6 +271,15 @@ mod tests {
         );
         has(&text, &format!("ward_flows_processed_total{{{NODE},type=\"l3_l4\",verdict=\"FORWARDED\"}} 14"));
         has(&text, &format!("ward_flows_processed_total{{{NODE},type=\"l3_l4\",verdict=\"DROPPED\"}} 8"));
+        has(&text, &format!("ward_flows_processed_total{{{NODE},type=\"l3_l4\",verdict=\"AUDIT\"}} 3"));
+        has(
+            &text,
+            &format!("ward_policy_verdicts_total{{{NODE},direction=\"ingress\",match=\"none\",action=\"audit\"}} 3"),
+        );
+        has(
+            &text,
+            &format!("ward_policy_verdicts_total{{{NODE},direction=\"egress\",match=\"none\",action=\"audit\"}} 0"),
+        );
         has(
             &text,
             &format!("ward_policy_verdicts_total{{{NODE},direction=\"egress\",match=\"rule\",action=\"allowed\"}} 4"),
