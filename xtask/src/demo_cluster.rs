@@ -59,9 +59,9 @@ const ALLOWED: [(&str, &str, &str); 3] = [
 const OBSERVED_DENIAL: (&str, &str) = ("attacker/intruder", "shop/db");
 
 /// The sample application (every container agnhost, the image setup builds into the cache
-/// and the node imports: never pulled): namespaces, Deployments, Services and the shop's NetworkPolicies
-/// (default deny in `shop`, then only what the shop needs). The intruder's namespace has no
-/// policy: its egress is open, and the shop's ingress rules alone decide.
+/// and the node imports: never pulled): namespaces, Deployments, Services and the shop's
+/// NetworkPolicies (default deny in `shop`, then only what the shop needs). The intruder's
+/// namespace has no policy: its egress is open, and the shop's ingress rules alone decide.
 const APP: &str = r#"apiVersion: v1
 kind: Namespace
 metadata: {name: shop, labels: {name: shop}}
@@ -234,7 +234,7 @@ fn run(cluster: &Cluster, cli: &std::path::Path) -> anyhow::Result<bool> {
             None => None,
         };
         println!(
-            "  pod {:<32} {:<14} {}",
+            "  pod {:<38} {:<12} {}",
             format!("{}/{}", w.namespace, p.name),
             p.ip,
             svc.as_ref().map_or(String::new(), |ip| format!("Service {}/{} {ip}", w.namespace, w.name))
@@ -262,44 +262,7 @@ fn run(cluster: &Cluster, cli: &std::path::Path) -> anyhow::Result<bool> {
     let ok = print_matrix(&cells, &got);
     println!("  measured in {:.0}s", measured_at.elapsed().as_secs_f64());
 
-    // What the intruder's denied attempt through db's Service looks like to the agent: the
-    // flow record is of the backend pod kube-proxy chose, naming the policy that isolates it.
-    let (from, to) = OBSERVED_DENIAL;
-    let (fi, ti) = (index_of(from)?, index_of(to)?);
-    let from_pod = format!("{}/{}", WORKLOADS[fi].namespace, pods[fi].name);
-    let to_pod = format!("{}/{}", WORKLOADS[ti].namespace, pods[ti].name);
-    let node_dir = cluster.nodes().first().context("the cluster has no node")?.dir().to_owned();
-    let mut observe = Command::new(cli);
-    observe.arg("--socket").arg(WardCni::socket(&node_dir)).args([
-        "observe",
-        "--from-pod",
-        &from_pod,
-        "--to-pod",
-        &to_pod,
-        "--verdict",
-        "DROPPED",
-        "--last",
-        "3",
-    ]);
-    let out = observe.output().context("running ward observe")?;
-    println!(
-        "\nThe denied path {from} -> Service {to} ({}:{}), seen by the node's agent:",
-        service_ips[ti].as_deref().unwrap_or("?"),
-        WORKLOADS[ti].port.unwrap_or(0)
-    );
-    println!(
-        "  $ ward --socket {} observe --from-pod {from_pod} --to-pod {to_pod} --verdict DROPPED --last 3",
-        WardCni::socket(&node_dir).display()
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        println!("  ward observe failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    } else if text.trim().is_empty() {
-        println!("  (no such flow record)");
-    }
-    for line in text.lines() {
-        println!("  {line}");
-    }
+    let observed = observe_denial(cluster, cli, &pods, &service_ips)?;
     println!(
         "\n{}",
         if ok {
@@ -308,7 +271,59 @@ fn run(cluster: &Cluster, cli: &std::path::Path) -> anyhow::Result<bool> {
             "demo: some paths did NOT behave as expected (✗)"
         }
     );
-    Ok(ok)
+    Ok(ok && observed)
+}
+
+/// Probes [`OBSERVED_DENIAL`] through the Service once more and prints the node agent's flow
+/// records of that one attempt: they name the backend pod kube-proxy translated the ClusterIP
+/// to, and the policies that isolate it. False if the agent recorded no drop of it.
+fn observe_denial(
+    cluster: &Cluster,
+    cli: &std::path::Path,
+    pods: &[RunningPod],
+    service_ips: &[Option<String>],
+) -> anyhow::Result<bool> {
+    let (from, to) = OBSERVED_DENIAL;
+    let (fi, ti) = (index_of(from)?, index_of(to)?);
+    let (src, dst) = (&WORKLOADS[fi], &WORKLOADS[ti]);
+    let from_pod = format!("{}/{}", src.namespace, pods[fi].name);
+    let to_pod = format!("{}/{}", dst.namespace, pods[ti].name);
+    let service = format!(
+        "{}:{}",
+        service_ips[ti].as_deref().context("the observed target has no Service")?,
+        dst.port.unwrap_or(0)
+    );
+    let node_dir = cluster.nodes().first().context("the cluster has no node")?.dir().to_owned();
+    let socket = WardCni::socket(&node_dir);
+    println!(
+        "
+The denied path {from} -> Service {to} ({service}), probed once more, seen by the node's agent:"
+    );
+    let probed_at = Instant::now();
+    let connected = connects(cluster.kubectl(), src.namespace, &pods[fi].name, &service)?;
+    // Only this probe's records: the age of its start (the CLI's clock reads a little later,
+    // and the first SYN leaves well after kubectl exec starts).
+    let since = format!("{}ms", probed_at.elapsed().as_millis());
+    let args = ["observe", "--since", &since, "--from-pod", &from_pod, "--to-pod", &to_pod, "--verdict", "DROPPED"];
+    println!("  $ ward --socket {} {}", socket.display(), args.join(" "));
+    let out = Command::new(cli).arg("--socket").arg(&socket).args(args).output().context("running ward observe")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        println!("  {line}");
+    }
+    if !out.status.success() {
+        println!("  ✗ ward observe failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        return Ok(false);
+    }
+    if connected {
+        println!("  ✗ {from} connected to {service}");
+        return Ok(false);
+    }
+    if text.trim().is_empty() {
+        println!("  ✗ the agent recorded no drop of this attempt");
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 fn index_of(id: &str) -> anyhow::Result<usize> {
