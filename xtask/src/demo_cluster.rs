@@ -395,17 +395,10 @@ fn cells(pods: &[RunningPod], service_ips: &[Option<String>]) -> Vec<Cell> {
     cells
 }
 
-/// `kubectl exec` of `/agnhost connect`: whether it connected. An answer other than
-/// connected, refused or timed out (exec itself failing) is an error, not a denial.
+/// `kubectl exec` of `/agnhost connect` (the lab's helper): whether it connected. An exec
+/// that fails for another reason than the probe's verdict is an error, not a denial.
 fn connects(k: &Kubectl, ns: &str, pod: &str, to: &str) -> anyhow::Result<bool> {
-    let timeout = format!("--timeout={}s", CONNECT_TIMEOUT.as_secs());
-    let (code, out) = k
-        .run_status(&["-n", ns, "exec", pod, "--", "/agnhost", "connect", to, &timeout])
-        .with_context(|| format!("kubectl exec {ns}/{pod}"))?;
-    if code != 0 && !(out.contains("REFUSED") || out.contains("TIMEOUT") || out.contains("OTHER")) {
-        bail!("kubectl exec {ns}/{pod} -- /agnhost connect {to}: exit {code}: {}", out.trim());
-    }
-    Ok(code == 0)
+    Ok(k.agnhost_connects(ns, pod, to, CONNECT_TIMEOUT)?)
 }
 
 /// Waits until every allowed cell connects (bounded by [`WARMUP_TIMEOUT`]); returns how long.
