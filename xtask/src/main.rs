@@ -2,6 +2,7 @@
 //! testing, fuzzing, the conformance suite and the demo (alias in .cargo/config.toml).
 
 mod demo;
+mod demo_cluster;
 mod e2e;
 mod fuzz;
 mod kubernetes;
@@ -69,6 +70,11 @@ enum Cmd {
         /// Leave the lab running and print how to inspect and remove it.
         #[arg(long)]
         keep: bool,
+        /// Instead: a lab Kubernetes cluster with Ward as its CNI, the shop applied with
+        /// kubectl (Deployments, Services, NetworkPolicies), probed directly and through
+        /// Services (root; a few minutes).
+        #[arg(long)]
+        cluster: bool,
         /// Use the binaries already built.
         #[arg(long)]
         no_build: bool,
@@ -144,9 +150,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let summary = run_conformance(cases, filter, services)?;
             return Ok(if summary.failed() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        Cmd::Demo { keep, no_build } => {
+        Cmd::Demo { keep, cluster, no_build } => {
             if !no_build {
                 build()?;
+            }
+            if cluster {
+                return demo_cluster::demo(keep);
             }
             return demo::demo(keep);
         }
