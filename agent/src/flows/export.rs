@@ -27,6 +27,9 @@ pub struct ExportSettings {
 }
 
 pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
+/// Bytes gathered before a write under load (the file is flushed whenever the exporter
+/// catches up, so a quiet stream is on disk at once; a busy one pays one write per this).
+const WRITE_BUFFER: usize = 256 << 10;
 pub const DEFAULT_KEEP: usize = 5;
 
 /// The line written in place of flows the exporter missed.
@@ -70,7 +73,7 @@ impl Rotating {
         }
         let file = OpenOptions::new().create(true).append(true).open(&settings.path).map_err(io)?;
         let size = file.metadata().map_err(io)?.len();
-        Ok(Rotating { file: BufWriter::new(file), size, settings })
+        Ok(Rotating { file: BufWriter::with_capacity(WRITE_BUFFER, file), size, settings })
     }
 
     fn err(&self, source: std::io::Error) -> ExportError {
@@ -114,15 +117,18 @@ impl Rotating {
             std::fs::rename(&path, rotated(&path, 1)).map_err(|e| self.err(e))?;
         }
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| self.err(e))?;
-        self.file = BufWriter::new(file);
+        self.file = BufWriter::with_capacity(WRITE_BUFFER, file);
         self.size = 0;
         Ok(())
     }
 }
 
-fn write_flow(out: &mut Rotating, f: &Flow) -> Result<(), ExportError> {
-    match serde_json::to_vec(f) {
-        Ok(line) => out.write_line(&line),
+/// Encodes `f` into `buf` (reused from line to line: no allocation per record once it has
+/// grown to the longest line) and writes it.
+fn write_flow(out: &mut Rotating, buf: &mut Vec<u8>, f: &Flow) -> Result<(), ExportError> {
+    buf.clear();
+    match serde_json::to_writer(&mut *buf, f) {
+        Ok(()) => out.write_line(buf),
         // A record that cannot be encoded is a bug, not a reason to stop exporting.
         Err(e) => {
             tracing::error!(error = %e, uuid = %f.uuid, "encoding a flow for export");
@@ -148,12 +154,13 @@ fn pump(
     skipped: Arc<AtomicU64>,
 ) {
     let mut lost_seen = *lost.borrow_and_update();
+    let mut buf = Vec::with_capacity(4096);
     loop {
         let first = live.blocking_recv();
         let mut next = Some(first);
         while let Some(got) = next.take() {
             let written = match got {
-                Ok(f) => write_flow(&mut out, &f),
+                Ok(f) => write_flow(&mut out, &mut buf, &f),
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "flow export fell behind");
                     skipped.fetch_add(missed, Ordering::Relaxed);
