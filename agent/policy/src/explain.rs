@@ -115,6 +115,11 @@ pub enum Why {
     },
     /// Isolated and no rule allows.
     DefaultDeny,
+    /// Not isolated by enforced policies; audited policies would deny it (`Reason::Audit`).
+    Audited,
+    /// Egress to a Service address: decided on the backend kube-proxy translates it to, not
+    /// here (`ward_common::service`): explain the backend pod instead.
+    ServiceBackend,
 }
 
 /// Explains a connection from `from` to `to` on `proto`/`port`.
@@ -302,6 +307,8 @@ fn explain_side(
             match reason {
                 Reason::FromHost => Why::FromHost,
                 Reason::NotIsolated => Why::NotIsolated,
+                Reason::Audit => Why::Audited,
+                Reason::ServicePending => Why::ServiceBackend,
                 Reason::PolicyAllow => match compiled.rules.get(&rule_id) {
                     Some(rule) => Why::AllowedBy { rule_id: Some(rule_id), rule: rule.clone() },
                     // A rule id the compiled state does not know: say what the policy says.
@@ -418,6 +425,14 @@ impl fmt::Display for SideExplanation {
                 selected()
             ),
             Why::DefaultDeny => write!(f, "{verdict}: default deny: selected by {}, no rule allows", selected()),
+            Why::Audited => write!(
+                f,
+                "{verdict}: not isolated for {dir} by enforced policies; AUDIT: audited policies would deny it"
+            ),
+            Why::ServiceBackend => write!(
+                f,
+                "decided on the backend: a Service address, translated by kube-proxy; explain the backend pod"
+            ),
         }?;
         if self.reference_disagrees {
             let spec = if self.allowed { "deny" } else { "allow" };
@@ -458,6 +473,25 @@ spec:
         apply(&mut c, POLICIES);
         let compiled = compile_all(&c, &mut Identities::new());
         (c, compiled)
+    }
+
+    /// Egress of an isolated pod to a Service address is not decided on the address: explain
+    /// says so and points at the backend.
+    #[test]
+    fn a_service_address_is_explained_as_decided_on_its_backend() {
+        let mut c = lab();
+        c.service_cidrs = vec!["10.96.0.0/16".parse().expect("range")];
+        apply(&mut c, POLICIES);
+        apply(
+            &mut c,
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: out, namespace: y}\n\
+             spec: {podSelector: {}, policyTypes: [Egress]}\n",
+        );
+        let compiled = compile_all(&c, &mut Identities::new());
+        let svc = Peer::External("10.96.0.10".parse().expect("ip"));
+        let e = explain(&c, &compiled, Peer::Pod(pod("y/a")), svc, Protocol::Tcp, 80);
+        assert_eq!(e.egress.why, Why::ServiceBackend);
+        assert!(e.egress.to_string().contains("decided on the backend"), "{}", e.egress);
     }
 
     #[test]
