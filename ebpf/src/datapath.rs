@@ -137,10 +137,7 @@ struct Ctx {
 pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
     // SAFETY: `skb` is the context pointer the kernel handed us.
     let (ifindex, ingress_ifindex) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
-    let cfg = match CONFIG.get(0) {
-        Some(c) => *c,
-        None => ConfigValue { layout_version: 0, policy_rev: 0, flags: 0, ct_quota: 0 },
-    };
+    let cfg = config();
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         event::count_reason(Reason::MapError, dir, ctx.len());
         return TC_ACT_SHOT;
@@ -525,6 +522,16 @@ fn source_is_pod(ep: &EndpointInfo, saddr: &Addr16) -> bool {
     u128::from_ne_bytes(*own) != 0 && same(saddr, own)
 }
 
+/// The agent's settings; all zero (no events, revision 0, the default quota) before it wrote
+/// them.
+#[inline(always)]
+fn config() -> ConfigValue {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => ConfigValue { layout_version: 0, policy_rev: 0, flags: 0, ct_quota: 0 },
+    }
+}
+
 /// `to_netdev` (TCX egress of an uplink): a packet leaving the node whose sender's egress was
 /// deferred to Service translation is decided here, on the backend; everything else passes
 /// untouched (one mark test).
@@ -535,10 +542,7 @@ pub fn leave_node(ctx: &TcContext) -> i32 {
     };
     // SAFETY: `skb` is the context pointer the kernel handed us.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let cfg = match CONFIG.get(0) {
-        Some(c) => *c,
-        None => ConfigValue { layout_version: 0, policy_rev: 0, flags: 0, ct_quota: 0 },
-    };
+    let cfg = config();
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         event::count_reason(Reason::MapError, Direction::Egress, ctx.len());
         return TC_ACT_SHOT;
