@@ -45,6 +45,10 @@ pub fn namespace_yaml(name: &str, labels: &Labels) -> String {
 /// A Pod with one container per served port (upstream's layout: `cont-<port>-<proto>`),
 /// scheduled on `node`.
 pub fn pod_yaml(pod: &PodSpec, node: &str) -> String {
+    to_yaml(&pod_object(pod, node))
+}
+
+fn pod_object(pod: &PodSpec, node: &str) -> serde_json::Value {
     let mut containers: Vec<serde_json::Value> = pod
         .serves
         .iter()
@@ -63,12 +67,26 @@ pub fn pod_yaml(pod: &PodSpec, node: &str) -> String {
     if containers.is_empty() {
         containers.push(json!({"name": "main", "image": "ward-lab/serve-hostname"}));
     }
-    to_yaml(&json!({
+    json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": pod.labels},
         "spec": {"nodeName": node, "containers": containers},
-    }))
+    })
+}
+
+/// [`pod_yaml`] with the pod's addresses in `status.podIP` and `status.podIPs`, as kubelet
+/// reports them once the sandbox is up (none: no status).
+pub fn pod_yaml_with_ips(pod: &PodSpec, node: &str, ips: &[std::net::IpAddr]) -> String {
+    let mut obj = pod_object(pod, node);
+    if ips.is_empty() {
+        return to_yaml(&obj);
+    }
+    obj["status"] = json!({
+        "podIP": ips[0].to_string(),
+        "podIPs": ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect::<Vec<_>>(),
+    });
+    to_yaml(&obj)
 }
 
 /// Identity of a namespaced API object given as YAML.

@@ -47,6 +47,8 @@ const LOG_TAIL_LINES: usize = 60;
 const HOST_IFACE: &str = "lo";
 /// The interface name inside each pod.
 const POD_IFNAME: &str = "eth0";
+/// A lab node's link to the underlay bridge, when the lab has several nodes.
+const UNDERLAY_IFNAME: &str = "ul0";
 /// Where Debian's containernetworking-plugins put the reference plugins.
 pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
@@ -115,6 +117,14 @@ pub struct NodeConfig {
     /// Give every pod a Service address translated to it by netfilter as kube-proxy does
     /// (`crate::services`), and probe pods through those addresses.
     pub services: bool,
+    /// How many nodes the lab has (1: this node alone). Each further node is a lab node of
+    /// its own (namespace, agent, manifests directory; index `index + i`) on an underlay
+    /// bridge with this one, routes to every other node's pod CIDRs through it (direct
+    /// routing) and its default route through this node (where the lab's outside hosts
+    /// are). Every manifest goes to every node, pods are spread over the nodes in turn, and
+    /// each Pod object carries the addresses its node's ADD gave it in `status.podIPs`, as
+    /// kubelet reports them: the other nodes' agents learn remote pods from it.
+    pub nodes: u8,
 }
 
 impl Default for NodeConfig {
@@ -131,6 +141,7 @@ impl Default for NodeConfig {
             via_conflist: false,
             agent_args: Vec::new(),
             services: false,
+            nodes: 1,
         }
     }
 }
@@ -225,6 +236,14 @@ pub struct Node {
     caps: BTreeMap<PodRef, serde_json::Value>,
     /// The pods' Service addresses (`NodeConfig::services`).
     services: Option<crate::services::ServiceFront>,
+    /// The lab's further nodes (`NodeConfig::nodes`), and which node each pod runs on (0:
+    /// this one, i: `peers[i - 1]`); `pods` holds every pod of the lab.
+    peers: Vec<Node>,
+    placement: BTreeMap<PodRef, usize>,
+    /// Where the next pod goes.
+    next_node: usize,
+    /// The underlay bridge's namespace, when the lab has further nodes.
+    underlay: Option<NetNs>,
     keep: bool,
     // Dropped last, in this order, after `Drop::drop` has stopped the agent.
     netns: NetNs,
@@ -290,12 +309,108 @@ impl Node {
             pods: BTreeMap::new(),
             caps: BTreeMap::new(),
             services: None,
+            peers: Vec::new(),
+            placement: BTreeMap::new(),
+            next_node: 0,
+            underlay: None,
             keep: false,
             netns,
             dir,
         };
         node.start_agent()?;
+        if node.config.nodes > 1 {
+            node.start_peers()?;
+        }
         Ok(node)
+    }
+
+    /// Starts the further nodes and wires the underlay (see [`NodeConfig::nodes`]).
+    fn start_peers(&mut self) -> Result<(), NodeError> {
+        if self.config.services {
+            // The Service addresses are one node's netfilter rules; a lab of several nodes
+            // would need each rule on every node.
+            return Err(io_err(&self.name, "a lab of several nodes", std::io::Error::other("has no Services mode")));
+        }
+        for i in 1..self.config.nodes {
+            let index = u8::try_from((u16::from(self.config.index) - 1 + u16::from(i)) % 200 + 1).unwrap_or(1);
+            let config = NodeConfig { index, nodes: 1, ..self.config.clone() };
+            self.peers.push(Node::start(config)?);
+        }
+        let underlay = NetNs::create(format!("{}-ul", self.name))?;
+        underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
+        underlay.ip(&["link", "set", "br0", "up"])?;
+        let all: Vec<(&NetNs, Vec<IpNet>, Vec<IpAddr>)> = std::iter::once(&*self)
+            .chain(self.peers.iter())
+            .map(|n| (&n.netns, n.config.pod_cidrs(), n.config.host_addrs()))
+            .collect();
+        for (p, (netns, _, _)) in all.iter().enumerate() {
+            let port = format!("n{p}");
+            underlay.ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                UNDERLAY_IFNAME,
+                "netns",
+                netns.name(),
+            ])?;
+            underlay.ip(&["link", "set", &port, "master", "br0", "up"])?;
+            let (v4, v6) = underlay_addrs(p);
+            // No duplicate address detection on the link (the bridge is the lab's alone):
+            // while its link-local address is tentative, the node's first IPv6 packets to
+            // another node wait for neighbour discovery longer than a probe does.
+            netns.sysctl(&format!("net/ipv6/conf/{UNDERLAY_IFNAME}/accept_dad"), "0")?;
+            netns.ip(&["addr", "add", &format!("{v4}/24"), "dev", UNDERLAY_IFNAME])?;
+            netns.ip(&["addr", "add", &format!("{v6}/64"), "dev", UNDERLAY_IFNAME, "nodad"])?;
+            netns.ip(&["link", "set", UNDERLAY_IFNAME, "up"])?;
+        }
+        for (p, (netns, _, _)) in all.iter().enumerate() {
+            for (q, (_, cidrs, hosts)) in all.iter().enumerate().filter(|(q, _)| *q != p) {
+                let (v4, v6) = underlay_addrs(q);
+                let dests = cidrs.iter().map(ToString::to_string).chain(hosts.iter().map(|h| match h {
+                    IpAddr::V4(a) => format!("{a}/32"),
+                    IpAddr::V6(a) => format!("{a}/128"),
+                }));
+                for dest in dests {
+                    let via = if dest.contains(':') { v6.to_string() } else { v4.to_string() };
+                    let family = if dest.contains(':') { "-6" } else { "-4" };
+                    netns.ip(&[family, "route", "add", &dest, "via", &via, "dev", UNDERLAY_IFNAME])?;
+                }
+            }
+            if p > 0 {
+                let (v4, v6) = underlay_addrs(0);
+                netns.ip(&["-4", "route", "add", "default", "via", &v4.to_string(), "dev", UNDERLAY_IFNAME])?;
+                netns.ip(&["-6", "route", "add", "default", "via", &v6.to_string(), "dev", UNDERLAY_IFNAME])?;
+            }
+        }
+        self.underlay = Some(underlay);
+        Ok(())
+    }
+
+    /// The lab's further nodes ([`NodeConfig::nodes`]).
+    pub fn peers(&self) -> &[Node] {
+        &self.peers
+    }
+
+    /// The name of the node `pod` runs on.
+    pub fn node_of(&self, pod: &PodRef) -> Result<&str, NodeError> {
+        self.pod(pod)?;
+        Ok(self.host(self.placement.get(pod).copied().unwrap_or(0)).name())
+    }
+
+    /// Node `i` of the lab (0: this one).
+    fn host(&self, i: usize) -> &Node {
+        i.checked_sub(1).and_then(|p| self.peers.get(p)).unwrap_or(self)
+    }
+
+    /// The Pod object of `spec` on node `owner`, with `ips` as its `status.podIPs` when the
+    /// lab has several nodes and the ADD has given them.
+    fn pod_manifest(&self, spec: &PodSpec, owner: usize, ips: &[IpAddr]) -> String {
+        let ips = if self.peers.is_empty() { &[][..] } else { ips };
+        manifest::pod_yaml_with_ips(spec, self.host(owner).name(), ips)
     }
 
     /// The node name given to the agent (`ward-<pid>-<n>`), unique on the machine.
@@ -564,6 +679,9 @@ impl Node {
         fs::rename(&staging, self.manifests_dir().join(file))
             .map_err(|source| io_err(&self.name, &format!("moving {file} into place"), source))?;
         self.written.insert(file.to_owned(), file_hash(content.as_bytes()));
+        for peer in &mut self.peers {
+            peer.write_manifest(file, content)?;
+        }
         Ok(())
     }
 
@@ -576,6 +694,9 @@ impl Node {
         }
         self.written.remove(file);
         self.objects.remove(file);
+        for peer in &mut self.peers {
+            peer.remove_manifest(file)?;
+        }
         Ok(())
     }
 
@@ -584,9 +705,17 @@ impl Node {
         &self.written
     }
 
-    /// Waits until the agent reports exactly the written manifests as applied (polling every
-    /// 20 ms, up to the configured sync timeout).
+    /// Waits until the agent (every node's, in a lab of several) reports exactly the written
+    /// manifests as applied (polling every 20 ms, up to the configured sync timeout).
     pub fn sync(&mut self) -> Result<(), NodeError> {
+        self.sync_own()?;
+        for peer in &mut self.peers {
+            peer.sync()?;
+        }
+        Ok(())
+    }
+
+    fn sync_own(&mut self) -> Result<(), NodeError> {
         let deadline = Instant::now() + self.config.sync_timeout;
         let socket = self.socket();
         loop {
@@ -722,15 +851,26 @@ impl Node {
                 return Err(NodeError::PodExists { node: self.name.clone(), pod: spec.pod_ref() });
             }
         }
+        let mut owners = Vec::new();
         for spec in specs {
-            self.write_manifest(
-                &manifest::pod_file(&spec.namespace, &spec.name),
-                &manifest::pod_yaml(spec, &self.name),
-            )?;
+            let owner = self.next_node % (self.peers.len() + 1);
+            self.next_node += 1;
+            let yaml = self.pod_manifest(spec, owner, &[]);
+            self.write_manifest(&manifest::pod_file(&spec.namespace, &spec.name), &yaml)?;
+            owners.push(owner);
         }
         self.sync()?;
-        for spec in specs {
-            let pod = self.wire_pod(spec)?;
+        for (spec, &owner) in specs.iter().zip(&owners) {
+            let pod = match owner.checked_sub(1) {
+                None => self.wire_pod(spec)?,
+                Some(p) => {
+                    if let Some(caps) = self.caps.remove(&spec.pod_ref()) {
+                        self.peers[p].caps.insert(spec.pod_ref(), caps);
+                    }
+                    self.peers[p].wire_pod(spec)?
+                }
+            };
+            self.placement.insert(spec.pod_ref(), owner);
             if self.config.services {
                 let front = self
                     .services
@@ -740,6 +880,14 @@ impl Node {
                     .map_err(|e| io_err(&self.name, "a pod's Service address", std::io::Error::other(e)))?;
             }
             self.pods.insert(spec.pod_ref(), pod);
+        }
+        if !self.peers.is_empty() {
+            // As kubelet reports the pod's addresses once its sandbox is up.
+            for (spec, &owner) in specs.iter().zip(&owners) {
+                let yaml = self.pod_manifest(spec, owner, self.pod(&spec.pod_ref())?.ips());
+                self.write_manifest(&manifest::pod_file(&spec.namespace, &spec.name), &yaml)?;
+            }
+            self.sync()?;
         }
         Ok(())
     }
@@ -766,6 +914,11 @@ impl Node {
         }
     }
 
+    /// CNI DEL of `pod` on the node it runs on.
+    fn cni_del_on_owner(&self, pod: &Pod) -> Result<(), CniError> {
+        self.host(self.placement.get(&pod.pod_ref()).copied().unwrap_or(0)).cni_del(pod)
+    }
+
     /// CNI DEL of `pod` (through the conflist if the node uses it).
     fn cni_del(&self, pod: &Pod) -> Result<(), CniError> {
         let attachment = self.attachment(&pod.spec, &pod.container_id, pod.netns.path());
@@ -785,7 +938,8 @@ impl Node {
     pub fn check_pod(&self, pod: &PodRef, skip: &[&str]) -> Result<(), NodeError> {
         let p = self.pod(pod)?;
         let attachment = self.attachment(&p.spec, &p.container_id, p.netns.path());
-        Ok(self.runtime()?.check(&attachment, &p.caps, &p.result, skip)?)
+        let owner = self.host(self.placement.get(pod).copied().unwrap_or(0));
+        Ok(owner.runtime()?.check(&attachment, &p.caps, &p.result, skip)?)
     }
 
     fn attachment(&self, spec: &PodSpec, container_id: &str, netns: &Path) -> Attachment {
@@ -806,7 +960,8 @@ impl Node {
         if let Some(s) = p.servers.take() {
             s.stop();
         }
-        let del = self.cni_del(&p);
+        let del = self.cni_del_on_owner(&p);
+        self.placement.remove(pod);
         drop(p);
         if let Some(front) = self.services.as_mut() {
             front.withdraw(pod).map_err(|e| io_err(&self.name, "a pod's Service address", std::io::Error::other(e)))?;
@@ -821,7 +976,9 @@ impl Node {
         let p =
             self.pods.get_mut(pod).ok_or_else(|| NodeError::NoSuchPod { node: self.name.clone(), pod: pod.clone() })?;
         p.spec.labels = labels.clone();
-        let (file, yaml) = (manifest::pod_file(&pod.namespace, &pod.name), manifest::pod_yaml(&p.spec, &self.name));
+        let owner = self.placement.get(pod).copied().unwrap_or(0);
+        let p = self.pod(pod)?;
+        let (file, yaml) = (manifest::pod_file(&pod.namespace, &pod.name), self.pod_manifest(&p.spec, owner, &p.ips));
         self.write_manifest(&file, &yaml)?;
         self.sync()
     }
@@ -887,6 +1044,13 @@ impl Node {
     /// running, each pod's servers are replaced by `socat` processes, and a script that
     /// removes everything is written. Returns the script's path.
     pub fn keep(mut self) -> Result<PathBuf, NodeError> {
+        if !self.peers.is_empty() {
+            return Err(io_err(
+                &self.name,
+                "keeping the lab",
+                std::io::Error::other("only a one-node lab can be kept"),
+            ));
+        }
         let mut script = String::new();
         let mut pids = Vec::new();
         for pod in self.pods.values_mut() {
@@ -963,6 +1127,13 @@ impl Drop for Node {
             let _ = fs::remove_dir(parent);
         }
     }
+}
+
+/// Node `p`'s underlay addresses (0: the lab's first node): `10.254.0.<p+1>` and
+/// `fd77:fe::<p+1>`, outside every pod CIDR and node address.
+fn underlay_addrs(p: usize) -> (Ipv4Addr, Ipv6Addr) {
+    let n = u8::try_from(p + 1).unwrap_or(u8::MAX);
+    (Ipv4Addr::new(10, 254, 0, n), Ipv6Addr::new(0xfd77, 0xfe, 0, 0, 0, 0, 0, n.into()))
 }
 
 fn io_err(node: &str, what: &str, source: std::io::Error) -> NodeError {

@@ -200,7 +200,11 @@ fn policy_holds_between_pods_on_different_nodes_in_both_directions_and_through_s
     let on_n2 = drops(&cli_bin, &n2_dir);
     let ingress = on_n2.iter().find(|f| is_flow(f, ns, "intruder", "db", "INGRESS"));
     let ingress = ingress.unwrap_or_else(|| panic!("n2 recorded no ingress drop intruder -> db: {on_n2:#?}"));
-    assert_eq!(ingress["source"]["labels"], serde_json::json!(["app=intruder"]), "the remote source's labels: {ingress}");
+    assert_eq!(
+        ingress["source"]["labels"],
+        serde_json::json!(["app=intruder"]),
+        "the remote source's labels: {ingress}"
+    );
     assert!(ingress["node_name"] == n2.name(), "{ingress}");
     let on_n1 = drops(&cli_bin, &n1_dir);
     let egress = on_n1.iter().find(|f| is_flow(f, ns, "web", "other", "EGRESS"));

@@ -143,3 +143,50 @@ fn the_services_mode_probes_through_translated_service_addresses() {
     assert!(counted("service_pending") >= 2, "a's connections were deferred to translation: {}", status.raw);
     assert!(counted("loopback") >= 1, "the hairpin was seen as such: {}", status.raw);
 }
+
+#[test]
+fn a_lab_of_two_nodes_spreads_pods_and_each_agent_knows_the_other_nodes_pods() {
+    if !require_root("a_lab_of_two_nodes_spreads_pods_and_each_agent_knows_the_other_nodes_pods") {
+        return;
+    }
+    let mut node =
+        Node::start(NodeConfig { nodes: 2, ..NodeConfig::default() }).unwrap_or_else(|e| panic!("lab nodes: {e}"));
+    node.set_namespace("n", &Labels::new()).unwrap_or_else(|e| panic!("namespace: {e}"));
+    node.create_pods(&[pod("n", "a"), pod("n", "b"), pod("n", "c")]).unwrap_or_else(|e| panic!("pods: {e}"));
+    let r = |s: &str| -> PodRef { s.parse().expect("ref") };
+    let (first, peer) = (node.name().to_owned(), node.peers()[0].name().to_owned());
+    let on = |p: &str| node.node_of(&r(p)).unwrap_or_else(|e| panic!("{e}")).to_owned();
+    assert_eq!((on("n/a"), on("n/b"), on("n/c")), (first.clone(), peer.clone(), first));
+    let b_ip = node.pod_ip(&r("n/b"), Family::IPv4).unwrap_or_else(|e| panic!("{e}"));
+    let peer_cidrs = node.peers()[0].config().pod_cidrs();
+    assert!(peer_cidrs.iter().any(|c| c.contains(&b_ip)), "b's address {b_ip} is from the peer's range");
+    assert_eq!(connects(&node, "n/a", "n/b", 80, Protocol::Tcp), Outcome::Connected("b".into()), "across nodes");
+    for family in [Family::IPv4, Family::IPv6] {
+        let o = probe_family(&node, "n/b", "n/c", family);
+        assert_eq!(o, Outcome::Connected("c".into()), "back across nodes over {family:?}");
+    }
+    // b (on the peer) admits only a (on the first node): the peer's agent must know a's
+    // identity from a's Pod object alone (its status.podIPs), and deny c.
+    let only_a: Value = serde_yaml::from_str(
+        "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: b-in, namespace: n}, \
+         spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress], \
+         ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}}",
+    )
+    .expect("policy YAML");
+    node.apply(&[only_a]).unwrap_or_else(|e| panic!("applying the policy: {e}"));
+    assert_eq!(connects(&node, "n/a", "n/b", 80, Protocol::Tcp), Outcome::Connected("b".into()), "a is admitted");
+    assert!(!connects(&node, "n/c", "n/b", 80, Protocol::Tcp).connected(), "c is not");
+    let denied =
+        |status: &ward_lab::agent::Status| status.raw["reason_counters"]["policy_denied"].as_u64().unwrap_or(0);
+    let on_peer = denied(&node.peers()[0].status().unwrap_or_else(|e| panic!("peer status: {e}")));
+    let on_first = denied(&node.status().unwrap_or_else(|e| panic!("status: {e}")));
+    assert!(
+        on_peer >= 1 && on_first == 0,
+        "b's node denied c's packets ({on_peer}), c's node let them out ({on_first})"
+    );
+}
+
+fn probe_family(node: &Node, from: &str, to: &str, family: Family) -> Outcome {
+    let (from, to): (PodRef, PodRef) = (from.parse().expect("ref"), to.parse().expect("ref"));
+    node.probe(&from, &to, 80, Protocol::Tcp, family).unwrap_or_else(|e| panic!("probe: {e}"))
+}

@@ -61,6 +61,10 @@ enum Cmd {
         /// to it as kube-proxy does, and the agent is given the Service range.
         #[arg(long)]
         services: bool,
+        /// Spread the pods over this many lab nodes, each with its own agent, routed to each
+        /// other over an underlay bridge (not with --services).
+        #[arg(long, default_value_t = 1)]
+        nodes: u8,
         /// Use the binaries already built.
         #[arg(long)]
         no_build: bool,
@@ -143,11 +147,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
             println!("xtask fuzz: {} passed, {failed} failed", outcomes.len() - failed);
             return Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        Cmd::Conformance { cases, filter, services, no_build } => {
+        Cmd::Conformance { cases, filter, services, nodes, no_build } => {
             if !no_build {
                 build()?;
             }
-            let summary = run_conformance(cases, filter, services)?;
+            let summary = run_conformance(cases, filter, Lab { services, nodes })?;
             return Ok(if summary.failed() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
         Cmd::Demo { keep, cluster, no_build } => {
@@ -207,14 +211,24 @@ fn test(cases: Option<PathBuf>, fuzz_seconds: u64) -> anyhow::Result<ExitCode> {
         eprintln!("error: {e:#}");
     }
     let flaky = rerun_failed(&mut counts, &mut unit);
-    let conf = run_conformance(cases.clone(), None, false);
-    // The same cases probed through Services (kube-proxy's translation, Ward's deferral).
-    let conf_services = run_conformance(cases, None, true);
-    let conf_line = match (&conf, &conf_services) {
-        (Ok(s), Ok(v)) => format!("conformance {}, through Services {}", s.line(), v.line()),
-        (Err(e), _) => format!("conformance did not run: {e:#}"),
-        (_, Err(e)) => format!("conformance through Services did not run: {e:#}"),
-    };
+    // The cases on one node, probed directly; the same probed through Services (kube-proxy's
+    // translation, Ward's deferral); and with the pods spread over two nodes, each with its
+    // own agent (cross-node policy, remote pods' identities).
+    let labs = [
+        ("conformance", Lab::DIRECT),
+        ("through Services", Lab { services: true, ..Lab::DIRECT }),
+        ("on two nodes", Lab { nodes: 2, ..Lab::DIRECT }),
+    ];
+    let confs: Vec<(&str, anyhow::Result<conformance::Summary>)> =
+        labs.iter().map(|(name, lab)| (*name, run_conformance(cases.clone(), None, *lab))).collect();
+    let conf_line = confs
+        .iter()
+        .map(|(name, c)| match c {
+            Ok(s) => format!("{name} {}", s.line()),
+            Err(e) => format!("{name} did not run: {e:#}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     // The upstream e2e NetworkPolicy suite, on a lab cluster whose CNI is Ward.
     let e2e_run = e2e::run(e2e::E2eOptions {
         cni: e2e::CniChoice::Ward,
@@ -240,7 +254,7 @@ fn test(cases: Option<PathBuf>, fuzz_seconds: u64) -> anyhow::Result<ExitCode> {
     let fuzz_failed = fuzzed.iter().filter(|(_, o)| matches!(o, fuzz::Outcome::Failed(_))).count() as u64;
     let fuzz_passed = fuzzed.iter().filter(|(_, o)| matches!(o, fuzz::Outcome::Passed)).count() as u64;
     let conf_ok = |c: &anyhow::Result<conformance::Summary>| c.as_ref().is_ok_and(|s| s.failed() == 0);
-    let ok = unit.is_ok() && conf_ok(&conf) && conf_ok(&conf_services) && e2e_ok && fuzz_failed == 0;
+    let ok = unit.is_ok() && confs.iter().all(|(_, c)| conf_ok(c)) && e2e_ok && fuzz_failed == 0;
     // Repeated at the end, where a long run's log is read first.
     for f in &counts.failures {
         let verdict = if flaky.contains(&f.name) { "FLAKY (failed, then passed on its rerun)" } else { "FAILED" };
@@ -262,8 +276,8 @@ fn test(cases: Option<PathBuf>, fuzz_seconds: u64) -> anyhow::Result<ExitCode> {
         Ok(s) => (s.passed() as u64, s.failed() as u64),
         Err(_) => (0, 1),
     };
-    let (direct, through) = (counted(&conf), counted(&conf_services));
-    let (conf_passed, conf_failed) = (direct.0 + through.0, direct.1 + through.1);
+    let (conf_passed, conf_failed) =
+        confs.iter().map(|(_, c)| counted(c)).fold((0, 0), |(p, f), (cp, cf)| (p + cp, f + cf));
     let unit_failed = counts.failed + u64::from(unit.is_err() && counts.failed == 0);
     println!(
         "xtask: {} passed, {} failed",
@@ -336,11 +350,27 @@ fn bench(quick: bool, only: Option<String>, out: Option<PathBuf>) -> anyhow::Res
 
 /// Runs the cases in `cases`, or by default the shared suite (`../shared/conformance`) and
 /// the project's own cases (`tests/cases`), as one suite.
-fn run_conformance(
-    cases: Option<PathBuf>,
-    filter: Option<String>,
+/// How the conformance lab is built.
+#[derive(Clone, Copy, Debug)]
+struct Lab {
+    /// Probe through translated Service addresses.
     services: bool,
-) -> anyhow::Result<conformance::Summary> {
+    /// Lab nodes the pods are spread over.
+    nodes: u8,
+}
+
+impl Lab {
+    const DIRECT: Lab = Lab { services: false, nodes: 1 };
+}
+
+fn run_conformance(cases: Option<PathBuf>, filter: Option<String>, lab: Lab) -> anyhow::Result<conformance::Summary> {
+    let Lab { services, nodes } = lab;
+    if services && nodes > 1 {
+        bail!("--services is for a one-node lab");
+    }
+    if nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
     if !ward_lab::privileged::is_root() {
         bail!("the conformance suite needs root (network namespaces, eBPF)");
     }
@@ -368,8 +398,12 @@ fn run_conformance(
     }
     let mut opts = RunOptions { filter, ..RunOptions::default() };
     opts.node.services = services;
+    opts.node.nodes = nodes;
     if services {
         println!("conformance: probing through Services (each pod behind a translated Service address)");
+    }
+    if nodes > 1 {
+        println!("conformance: pods spread over {nodes} lab nodes, each with its own agent");
     }
     conformance::run_dirs(&canonical, &opts).context("reading the cases")
 }
