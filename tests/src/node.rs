@@ -264,20 +264,7 @@ impl Node {
             fs::create_dir(dir.path().join(sub))
                 .map_err(|source| io_err(&name, &format!("creating {sub}/"), source))?;
         }
-        let netns = NetNs::create(format!("{name}-node"))?;
-        netns.sysctl("net/ipv4/ip_forward", "1")?;
-        netns.sysctl("net/ipv6/conf/all/forwarding", "1")?;
-        for addr in config.host_addrs() {
-            let cidr = match addr {
-                IpAddr::V4(a) => format!("{a}/32"),
-                IpAddr::V6(a) => format!("{a}/128"),
-            };
-            let mut args = vec!["addr", "add", cidr.as_str(), "dev", HOST_IFACE];
-            if addr.is_ipv6() {
-                args.push("nodad");
-            }
-            netns.ip(&args)?;
-        }
+        let netns = boot_netns(&name, &config)?;
 
         // The node's plugin directory: ward-cni and the chained reference plugins.
         let bin_dir = dir.path().join("cni-bin");
@@ -615,6 +602,37 @@ impl Node {
     /// SIGKILL, as a crash would.
     pub fn kill_agent(&mut self) -> Result<Option<ExitStatus>, NodeError> {
         self.signal_agent(Signal::SIGKILL, STOP_GRACE)
+    }
+
+    /// The node reboots. What a reboot loses goes: the agent dies with the machine (SIGKILL),
+    /// every pod's sandbox and the node's network namespace are gone (host veths, routes,
+    /// netfilter), and bpffs is empty again (the node's pins removed). What is on disk stays:
+    /// the agent's state directory, the plugin's data directory and the manifests (the
+    /// cluster's objects, pods included). Then the node boots: a fresh namespace of the same
+    /// name with its addresses, the agent starts and syncs, and the runtime re-creates every
+    /// pod (a new sandbox and CNI ADD each), as kubelet does after a reboot.
+    pub fn reboot(&mut self) -> Result<(), NodeError> {
+        if !self.peers.is_empty() {
+            return Err(io_err(&self.name, "rebooting", std::io::Error::other("only a one-node lab reboots")));
+        }
+        self.kill_agent()?;
+        crate::dnslab::stop_dns_keeper(&self.state_dir());
+        let pods = std::mem::take(&mut self.pods);
+        let specs: Vec<PodSpec> = pods.values().map(|p| p.spec.clone()).collect();
+        drop(pods);
+        self.services = None;
+        match fs::remove_dir_all(self.pin_dir()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(io_err(&self.name, "clearing the node's pins", source)),
+        }
+        // The namespace is deleted when its handle drops; hold a stand-in meanwhile.
+        let stand_in = NetNs::create(format!("{}-boot", self.name))?;
+        drop(std::mem::replace(&mut self.netns, stand_in));
+        self.netns = boot_netns(&self.name, &self.config)?;
+        self.start_agent()?;
+        self.sync()?;
+        self.create_pods(&specs)
     }
 
     /// Stops the agent cleanly, starts it again, and waits until it has re-applied every
@@ -1127,6 +1145,25 @@ impl Drop for Node {
             let _ = fs::remove_dir(parent);
         }
     }
+}
+
+/// The node's namespace, `<name>-node`, forwarding, with the node's addresses on its loopback.
+fn boot_netns(name: &str, config: &NodeConfig) -> Result<NetNs, NodeError> {
+    let netns = NetNs::create(format!("{name}-node"))?;
+    netns.sysctl("net/ipv4/ip_forward", "1")?;
+    netns.sysctl("net/ipv6/conf/all/forwarding", "1")?;
+    for addr in config.host_addrs() {
+        let cidr = match addr {
+            IpAddr::V4(a) => format!("{a}/32"),
+            IpAddr::V6(a) => format!("{a}/128"),
+        };
+        let mut args = vec!["addr", "add", cidr.as_str(), "dev", HOST_IFACE];
+        if addr.is_ipv6() {
+            args.push("nodad");
+        }
+        netns.ip(&args)?;
+    }
+    Ok(netns)
 }
 
 /// Node `p`'s underlay addresses (0: the lab's first node): `10.254.0.<p+1>` and

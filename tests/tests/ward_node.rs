@@ -190,3 +190,38 @@ fn probe_family(node: &Node, from: &str, to: &str, family: Family) -> Outcome {
     let (from, to): (PodRef, PodRef) = (from.parse().expect("ref"), to.parse().expect("ref"));
     node.probe(&from, &to, 80, Protocol::Tcp, family).unwrap_or_else(|e| panic!("probe: {e}"))
 }
+
+#[test]
+fn a_rebooted_node_protects_its_pods_from_their_first_packet() {
+    if !require_root("a_rebooted_node_protects_its_pods_from_their_first_packet") {
+        return;
+    }
+    let mut node = Node::start(NodeConfig::default()).unwrap_or_else(|e| panic!("lab node: {e}"));
+    node.set_namespace("n", &Labels::new()).unwrap_or_else(|e| panic!("namespace: {e}"));
+    node.create_pods(&[pod("n", "a"), pod("n", "b"), pod("n", "x")]).unwrap_or_else(|e| panic!("pods: {e}"));
+    let only_a: Value = serde_yaml::from_str(
+        "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: b-in, namespace: n}, \
+         spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress], \
+         ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}}",
+    )
+    .expect("policy YAML");
+    node.apply(&[only_a]).unwrap_or_else(|e| panic!("applying the policy: {e}"));
+    assert_eq!(connects(&node, "n/a", "n/b", 80, Protocol::Tcp), Outcome::Connected("b".into()));
+    assert!(!connects(&node, "n/x", "n/b", 80, Protocol::Tcp).connected(), "x is denied before the reboot");
+    let b: PodRef = "n/b".parse().expect("ref");
+    let before = node.pod(&b).map(|p| p.container_id().to_owned()).unwrap_or_else(|e| panic!("{e}"));
+
+    node.reboot().unwrap_or_else(|e| panic!("rebooting the node: {e}"));
+    let after = node.pod(&b).map(|p| p.container_id().to_owned()).unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(before, after, "b is a new sandbox");
+    // The first probes after the pods are back, with no wait and no retry: each pod's ADD
+    // returned only once it was enforced.
+    assert!(!connects(&node, "n/x", "n/b", 80, Protocol::Tcp).connected(), "x's first packets after the reboot");
+    assert_eq!(connects(&node, "n/a", "n/b", 80, Protocol::Tcp), Outcome::Connected("b".into()), "a's");
+    let status = node.status().unwrap_or_else(|e| panic!("status: {e}"));
+    // bpffs was empty at boot, so these counters are the new datapath's.
+    let counted = |r: &str| status.raw["reason_counters"][r].as_u64().unwrap_or(0);
+    assert!(counted("policy_denied") >= 1, "the rebooted datapath dropped x: {}", status.raw);
+    assert!(counted("policy_allow") >= 1, "and admitted a: {}", status.raw);
+    assert_eq!(status.raw["endpoints"], 3, "the three new sandboxes and none of the old: {}", status.raw);
+}
