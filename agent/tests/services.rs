@@ -44,7 +44,7 @@ impl Lab {
     fn new(tag: &str, sender_flags: u32) -> Lab {
         let ns = IfaceNs::new(tag, 3);
         let mut t = TestDatapath::new(tag);
-        t.dp.maps.set_event_flags(0).expect("no flow events needed");
+        t.dp.maps.set_flags(0).expect("no flow events needed");
         let mut m = base(sender_flags);
         allow(&mut m, Direction::Egress, PEER_ID, TCP, 8080, 8080, 70);
         allow(&mut m, Direction::Egress, API_CIDR_ID, TCP, 6443, 6443, 71);

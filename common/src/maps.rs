@@ -461,6 +461,17 @@ pub struct ConfigValue {
 pub const CFG_EVENTS_ALLOWED: u32 = 1;
 /// Emit a flow event for every dropped packet.
 pub const CFG_EVENTS_DROPPED: u32 = 2;
+/// Deliver same-node pod-to-pod packets by the datapath (`bpf_redirect_peer` from the
+/// sender's host veth into the receiver's namespace, after both decisions) instead of the
+/// node's routing (`--local-delivery peer`).
+pub const CFG_LOCAL_PEER: u32 = 4;
+
+/// The program that decides a same-node packet's ingress at its receiver and delivers it
+/// (reached from `from_pod` by a tail call through [`MAP_DELIVER_PROG`], slot 0).
+pub const DELIVER_PROGRAM: &str = "to_peer";
+/// The program array holding [`DELIVER_PROGRAM`]; pinned, so links left running while no
+/// agent runs keep delivering.
+pub const MAP_DELIVER_PROG: &str = "WARD_DELIVER";
 
 /// `WARD_REASON_DIR` (per-CPU array indexed by [`reason_slot`]) and `WARD_RULE_CNT` (per-CPU hash
 /// keyed by rule id) value.

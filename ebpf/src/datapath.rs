@@ -64,6 +64,11 @@ const CT_FROM_NODE: u8 = 0x80;
 /// A conntrack state bit: a pod reaching itself through its Service, whose packets kube-proxy
 /// gives a node source address (`Reason::Loopback`, also when re-checked).
 const CT_HAIRPIN: u8 = 0x40;
+/// A conntrack state bit: the flow's first packet went from pod to pod without the node's
+/// routing (`deliver`), so netfilter never saw the flow and cannot have translated it; only
+/// such flows' later packets and replies are delivered that way too. A flow that started on
+/// the routed path keeps it (kube-proxy's NAT of a NodePort or hostPort reply needs it).
+const CT_PEER: u8 = 0x20;
 
 /// `ward_common::lookup::Tables` over the BPF maps.
 pub(crate) struct KernelTables;
@@ -101,6 +106,8 @@ pub struct Scratch {
     o: Outcome,
     /// The sender's view of a Service flow judged at its backend (`service::judge`).
     alt: Tuple,
+    /// The FIB query of same-node delivery (`deliver::target`).
+    fib: aya_ebpf::bindings::bpf_fib_lookup,
 }
 
 /// What the decision learned, for counters and the flow event.
@@ -116,6 +123,8 @@ pub struct Outcome {
     /// ICMP/ICMPv6 type and code (0 for other protocols), for the flow record.
     icmp: [u8; 2],
     pub new_flow: bool,
+    /// The flow's first packet was delivered by the datapath (`CT_PEER`), so this one may be.
+    pub peer_path: bool,
 }
 
 /// What one packet's decision needs besides the packet.
@@ -131,12 +140,23 @@ struct Ctx {
     len_l3: u32,
     /// `to_pod` only: the pod reaching itself through its Service (`service::judge`).
     hairpin: bool,
+    /// The packet is delivered by the datapath (`deliver`): a flow it starts is marked so.
+    peer: bool,
 }
 
+/// `from_pod` and `to_pod`: the packet's endpoint is the device it is on.
 #[inline(always)]
 pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
     // SAFETY: `skb` is the context pointer the kernel handed us.
     let (ifindex, ingress_ifindex) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
+    decide_at(ctx, dir, ifindex, matches!(dir, Direction::Ingress) && ingress_ifindex == 0, false)
+}
+
+/// The pipeline for the endpoint whose host veth is `ifindex` (`to_peer` decides a
+/// same-node packet's ingress at its receiver while the packet is still on the sender's
+/// device); `from_node_stack` as in `Ctx`; `delivered`: `to_peer` delivers it.
+#[inline(always)]
+pub fn decide_at(ctx: &TcContext, dir: Direction, ifindex: u32, from_node_stack: bool, delivered: bool) -> i32 {
     let cfg = config();
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         event::count_reason(Reason::MapError, dir, ctx.len());
@@ -154,6 +174,7 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
         tcp_flags: 0,
         icmp: [0; 2],
         new_flow: false,
+        peer_path: false,
     };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -173,12 +194,20 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
             Err(()) => return TC_ACT_SHOT,
         }
     }
+    // Leaving a pod: would the datapath deliver it (asked before deciding, so that a flow
+    // it starts is marked from its first packet)?
+    let next = if matches!(dir, Direction::Egress) && matches!(parsed, Parsed::Ip) {
+        crate::deliver::target(ctx, &cfg, &s.pkt, ifindex, &mut s.fib)
+    } else {
+        None
+    };
     let c = Ctx {
+        peer: delivered || next.is_some(),
         dir,
         rev: cfg.policy_rev,
         ct_quota: cfg.ct_quota,
         now,
-        from_node_stack: matches!(dir, Direction::Ingress) && ingress_ifindex == 0,
+        from_node_stack,
         len_l3: ctx.len().saturating_sub(ETH_HLEN),
         hairpin,
     };
@@ -224,7 +253,15 @@ pub fn process(ctx: &TcContext, dir: Direction) -> i32 {
     // An allowed packet goes on to whatever runs after Ward (`TCX_NEXT`, which passes it when
     // nothing does): `TC_ACT_OK` would end the hook there and skip, for instance, the
     // bandwidth plugin's classic tc filter on the same device. Requests on ports with HTTP
-    // rules are judged first, by the HTTP program (it returns the same verdicts).
+    // rules are judged first, by the HTTP program (it returns the same verdicts). Leaving a
+    // pod for another pod of this node, it may instead be delivered by the datapath (no
+    // return if so).
+    if let Some(next) = &next
+        && s.o.peer_path
+    {
+        crate::deliver::hand_over(ctx, reason, next);
+    }
+    let o = &s.o;
     crate::http::after_l4(ctx, dir, reason, o.ep_flags, o.tuple.proto)
 }
 
@@ -319,12 +356,14 @@ fn decide_ip(c: &Ctx, ep: &EndpointInfo, s: &mut Scratch) -> Reason {
         && let Some(v) = ct::live(&s.fwd, c.now)
         && started_alike(c, v)
     {
+        o.peer_path = peer_path(v);
         let r = recheck(c, ep, dir, &s.fwd, v, Reason::Established, o);
         touch(v, c.now, tcp, pkt.tcp_flags, false);
         return r;
     }
     ct::fill_key(&mut s.back, ep.ep_id, dir.opposite() as u8, t, true);
     if let Some(v) = ct::live(&s.back, c.now) {
+        o.peer_path = peer_path(v);
         let r = recheck(c, ep, dir.opposite(), &s.back, v, Reason::Reply, o);
         touch(v, c.now, tcp, pkt.tcp_flags, true);
         return r;
@@ -341,6 +380,10 @@ fn decide_ip(c: &Ctx, ep: &EndpointInfo, s: &mut Scratch) -> Reason {
         if c.hairpin {
             state |= CT_HAIRPIN;
         }
+        if c.peer {
+            state |= CT_PEER;
+            o.peer_path = true;
+        }
         if tcp && pkt.tcp_flags & TCP_FIN != 0 {
             state |= CT_FIN_ORIG;
         }
@@ -352,6 +395,13 @@ fn decide_ip(c: &Ctx, ep: &EndpointInfo, s: &mut Scratch) -> Reason {
         }
     }
     d.reason
+}
+
+/// Whether a tracked flow is delivered by the datapath (`CT_PEER`).
+#[inline(always)]
+fn peer_path(v: *mut CtValue) -> bool {
+    // SAFETY: see `touch`; only read here.
+    unsafe { (*v).state & CT_PEER != 0 }
 }
 
 /// A flow the node's own stack started continues only with packets its stack sends: the same

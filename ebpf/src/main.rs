@@ -16,6 +16,7 @@
 
 mod ct;
 mod datapath;
+mod deliver;
 mod dns;
 mod event;
 mod frag;
@@ -44,6 +45,13 @@ pub fn to_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_netdev(ctx: TcContext) -> i32 {
     datapath::leave_node(&ctx)
+}
+
+/// A same-node packet's ingress decision at its receiver and its delivery into the
+/// receiver's namespace, reached from `from_pod` by a tail call (`deliver`).
+#[classifier]
+pub fn to_peer(ctx: TcContext) -> i32 {
+    deliver::to_receiver(&ctx)
 }
 
 /// The HTTP request check, reached from `to_pod` by a tail call (`http::after_l4`).

@@ -225,3 +225,70 @@ fn a_rebooted_node_protects_its_pods_from_their_first_packet() {
     assert!(counted("policy_allow") >= 1, "and admitted a: {}", status.raw);
     assert_eq!(status.raw["endpoints"], 3, "the three new sandboxes and none of the old: {}", status.raw);
 }
+
+/// Packets the node's netfilter forwarded to or from `b` (a counting rule in its FORWARD chain).
+fn forwarded_packets(node: &Node, b: std::net::IpAddr) -> u64 {
+    let list = std::process::Command::new("ip")
+        .args(["netns", "exec", node.netns().name(), "iptables", "-w", "-L", "FORWARD", "-v", "-x", "-n"])
+        .output()
+        .expect("iptables -L");
+    assert!(list.status.success(), "iptables -L: {}", String::from_utf8_lossy(&list.stderr));
+    String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|l| l.contains(&b.to_string()))
+        .filter_map(|l| l.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        .sum()
+}
+
+fn count_forwarded(node: &Node, ip: std::net::IpAddr) {
+    for dir in ["-s", "-d"] {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", node.netns().name(), "iptables", "-w", "-I", "FORWARD", dir])
+            .arg(format!("{ip}/32"))
+            .output()
+            .expect("iptables -I");
+        assert!(out.status.success(), "iptables -I: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn same_node_packets_skip_the_nodes_routing_and_netfilter_and_keep_every_decision() {
+    if !require_root("same_node_packets_skip_the_nodes_routing_and_netfilter_and_keep_every_decision") {
+        return;
+    }
+    let only_a: Value = serde_yaml::from_str(
+        "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: b-in, namespace: n}, \
+         spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress], \
+         ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}}",
+    )
+    .expect("policy YAML");
+    // (the agent's setting, whether the node's netfilter forwards b's packets)
+    for (delivery, routed) in [("peer", false), ("route", true)] {
+        let config =
+            NodeConfig { agent_args: vec!["--local-delivery".into(), delivery.into()], ..NodeConfig::default() };
+        let mut node = Node::start(config).unwrap_or_else(|e| panic!("lab node: {e}"));
+        node.set_namespace("n", &Labels::new()).unwrap_or_else(|e| panic!("namespace: {e}"));
+        node.create_pods(&[pod("n", "a"), pod("n", "b"), pod("n", "x")]).unwrap_or_else(|e| panic!("pods: {e}"));
+        node.apply(std::slice::from_ref(&only_a)).unwrap_or_else(|e| panic!("applying the policy: {e}"));
+        let b = node.pod_ip(&"n/b".parse().expect("ref"), Family::IPv4).unwrap_or_else(|e| panic!("{e}"));
+        count_forwarded(&node, b);
+        for _ in 0..3 {
+            assert_eq!(connects(&node, "n/a", "n/b", 80, Protocol::Tcp), Outcome::Connected("b".into()), "{delivery}");
+            assert_eq!(connects(&node, "n/a", "n/b", 53, Protocol::Udp), Outcome::Connected("b".into()), "{delivery}");
+            assert!(!connects(&node, "n/x", "n/b", 80, Protocol::Tcp).connected(), "{delivery}: x is denied");
+        }
+        for family in [Family::IPv4, Family::IPv6] {
+            let o = probe_family(&node, "n/b", "n/a", family);
+            assert_eq!(o, Outcome::Connected("a".into()), "{delivery}: b -> a over {family:?}");
+        }
+        let forwarded = forwarded_packets(&node, b);
+        assert_eq!(forwarded > 0, routed, "{delivery}: the node's netfilter forwarded {forwarded} of b's packets");
+        let status = node.status().unwrap_or_else(|e| panic!("status: {e}"));
+        assert_eq!(status.raw["local_delivery"], delivery, "ward status names the setting");
+        let counted = |r: &str| status.raw["reason_counters"][r].as_u64().unwrap_or(0);
+        // Three TCP and three UDP flows admitted by rule at b, three SYNs (and retries) denied.
+        assert!(counted("policy_allow") >= 6, "{delivery}: b's ingress decisions: {}", status.raw);
+        assert!(counted("policy_denied") >= 3, "{delivery}: {}", status.raw);
+        assert!(counted("reply") > 0 && counted("established") > 0, "{delivery}: tracked both ways: {}", status.raw);
+    }
+}

@@ -65,6 +65,10 @@ enum Cmd {
         /// other over an underlay bridge (not with --services).
         #[arg(long, default_value_t = 1)]
         nodes: u8,
+        /// Deliver same-node pod traffic by the node's routing (`--local-delivery route`)
+        /// instead of the datapath's default redirect into the receiver's namespace.
+        #[arg(long)]
+        routed: bool,
         /// Use the binaries already built.
         #[arg(long)]
         no_build: bool,
@@ -147,11 +151,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
             println!("xtask fuzz: {} passed, {failed} failed", outcomes.len() - failed);
             return Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        Cmd::Conformance { cases, filter, services, nodes, no_build } => {
+        Cmd::Conformance { cases, filter, services, nodes, routed, no_build } => {
             if !no_build {
                 build()?;
             }
-            let summary = run_conformance(cases, filter, Lab { services, nodes })?;
+            let summary = run_conformance(cases, filter, Lab { services, nodes, routed })?;
             return Ok(if summary.failed() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
         Cmd::Demo { keep, cluster, no_build } => {
@@ -212,12 +216,14 @@ fn test(cases: Option<PathBuf>, fuzz_seconds: u64) -> anyhow::Result<ExitCode> {
     }
     let flaky = rerun_failed(&mut counts, &mut unit);
     // The cases on one node, probed directly; the same probed through Services (kube-proxy's
-    // translation, Ward's deferral); and with the pods spread over two nodes, each with its
-    // own agent (cross-node policy, remote pods' identities).
+    // translation, Ward's deferral); with the pods spread over two nodes, each with its own
+    // agent (cross-node policy, remote pods' identities); and on one node with same-node
+    // traffic delivered by the node's routing instead of the datapath (both delivery paths).
     let labs = [
         ("conformance", Lab::DIRECT),
         ("through Services", Lab { services: true, ..Lab::DIRECT }),
         ("on two nodes", Lab { nodes: 2, ..Lab::DIRECT }),
+        ("routed", Lab { routed: true, ..Lab::DIRECT }),
     ];
     let confs: Vec<(&str, anyhow::Result<conformance::Summary>)> =
         labs.iter().map(|(name, lab)| (*name, run_conformance(cases.clone(), None, *lab))).collect();
@@ -229,10 +235,11 @@ fn test(cases: Option<PathBuf>, fuzz_seconds: u64) -> anyhow::Result<ExitCode> {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    // The upstream e2e NetworkPolicy suite, on a lab cluster whose CNI is Ward.
+    // The upstream e2e NetworkPolicy suite, on a two-node lab cluster whose CNI is Ward (the
+    // scheduler spreads the specs' pods over both nodes).
     let e2e_run = e2e::run(e2e::E2eOptions {
         cni: e2e::CniChoice::Ward,
-        nodes: 1,
+        nodes: 2,
         shards: e2e::default_shards(),
         report_dir: None,
     });
@@ -357,14 +364,16 @@ struct Lab {
     services: bool,
     /// Lab nodes the pods are spread over.
     nodes: u8,
+    /// Same-node traffic by the node's routing, not the datapath's redirect.
+    routed: bool,
 }
 
 impl Lab {
-    const DIRECT: Lab = Lab { services: false, nodes: 1 };
+    const DIRECT: Lab = Lab { services: false, nodes: 1, routed: false };
 }
 
 fn run_conformance(cases: Option<PathBuf>, filter: Option<String>, lab: Lab) -> anyhow::Result<conformance::Summary> {
-    let Lab { services, nodes } = lab;
+    let Lab { services, nodes, routed } = lab;
     if services && nodes > 1 {
         bail!("--services is for a one-node lab");
     }
@@ -404,6 +413,10 @@ fn run_conformance(cases: Option<PathBuf>, filter: Option<String>, lab: Lab) -> 
     }
     if nodes > 1 {
         println!("conformance: pods spread over {nodes} lab nodes, each with its own agent");
+    }
+    if routed {
+        opts.node.agent_args.extend(["--local-delivery".to_owned(), "route".to_owned()]);
+        println!("conformance: same-node traffic delivered by the node's routing (--local-delivery route)");
     }
     conformance::run_dirs(&canonical, &opts).context("reading the cases")
 }

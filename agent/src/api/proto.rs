@@ -199,6 +199,9 @@ pub struct StatusReport {
     /// The interfaces that decide Service traffic leaving the node (`to_netdev`).
     #[serde(default)]
     pub uplinks: Vec<String>,
+    /// How same-node pod traffic is delivered (`--local-delivery`: `peer` or `route`).
+    #[serde(default)]
+    pub local_delivery: String,
     pub namespaces: usize,
     pub pods: usize,
     pub policies: usize,

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use ward_agent::api::proto::DEFAULT_SOCKET;
 use ward_agent::cni::install::{self, ConflistSpec};
 use ward_agent::cni::netconf::DEFAULT_DATA_DIR;
-use ward_agent::daemon::{self, Config, Datastore, FlowEvents};
+use ward_agent::daemon::{self, Config, Datastore, FlowEvents, LocalDelivery};
 use ward_agent::datastore::kubernetes::KubeSettings;
 
 #[derive(Parser, Debug)]
@@ -83,6 +83,11 @@ struct RunArgs {
     /// Which verdicts emit flow events into the ring buffer.
     #[arg(long, env = "WARD_FLOW_EVENTS", value_enum, default_value_t = FlowEvents::Drops)]
     flow_events: FlowEvents,
+    /// How packets between two pods of this node are delivered once both decisions allowed
+    /// them: `peer` by the datapath straight into the receiver's namespace (skipping the
+    /// node's routing and netfilter), `route` by the node's routing.
+    #[arg(long, env = "WARD_LOCAL_DELIVERY", value_enum, default_value_t = LocalDelivery::Peer)]
+    local_delivery: LocalDelivery,
     /// Flow records kept in memory for `ward observe` (the oldest go first).
     #[arg(long, default_value_t = ward_agent::flows::history::DEFAULT_HISTORY)]
     flow_history: usize,
@@ -244,6 +249,7 @@ fn main() -> anyhow::Result<()> {
         bpffs: run.bpffs,
         host_addrs: run.host_addrs,
         flow_events: run.flow_events,
+        local_delivery: run.local_delivery,
         flow_history: run.flow_history,
         flow_export: run.flow_export_file.map(|path| ward_agent::flows::export::ExportSettings {
             path,

@@ -118,6 +118,12 @@ fn status(s: &StatusReport) -> String {
         let _ = writeln!(o, "Service ranges:  {}", s.service_cidrs.join(", "));
         let uplinks = if s.uplinks.is_empty() { "none".to_owned() } else { s.uplinks.join(", ") };
         let _ = writeln!(o, "Uplinks:         {uplinks} (Service traffic leaving the node is decided there)");
+        let delivery = match s.local_delivery.as_str() {
+            "peer" => "peer (the datapath puts it into the receiver's namespace; the node's netfilter does not see it)",
+            "route" => "route (the node's routing and netfilter)",
+            other => other,
+        };
+        let _ = writeln!(o, "Same-node pods:  {delivery}");
     }
     let _ = writeln!(o, "Policy revision: {}", s.policy_revision);
     let _ = writeln!(o, "Objects:         {} namespaces, {} pods, {} policies", s.namespaces, s.pods, s.policies);

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::mpsc;
-use ward_common::maps::{CFG_EVENTS_ALLOWED, CFG_EVENTS_DROPPED};
+use ward_common::maps::{CFG_EVENTS_ALLOWED, CFG_EVENTS_DROPPED, CFG_LOCAL_PEER};
 use ward_policy::identity::Identities;
 
 use crate::api::proto::{EndpointRegistration, EndpointStatus, Request, Response, RuleCounter, StatusReport};
@@ -68,6 +68,33 @@ impl FlowEvents {
     }
 }
 
+/// How a packet from one pod to another pod of this node gets there, once both decisions
+/// allowed it (`ebpf/src/deliver.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LocalDelivery {
+    /// The datapath puts it into the receiver's namespace (`bpf_redirect_peer`): the node's
+    /// routing and netfilter never see it.
+    Peer,
+    /// The node's routing delivers it, as for any other destination.
+    Route,
+}
+
+impl LocalDelivery {
+    pub fn name(self) -> &'static str {
+        match self {
+            LocalDelivery::Peer => "peer",
+            LocalDelivery::Route => "route",
+        }
+    }
+
+    fn flags(self) -> u32 {
+        match self {
+            LocalDelivery::Peer => CFG_LOCAL_PEER,
+            LocalDelivery::Route => 0,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub node_name: String,
@@ -84,6 +111,7 @@ pub struct Config {
     pub bpffs: PathBuf,
     pub host_addrs: Vec<IpAddr>,
     pub flow_events: FlowEvents,
+    pub local_delivery: LocalDelivery,
     /// Flow records kept for `ward observe` (`crate::flows::history::DEFAULT_HISTORY`).
     pub flow_history: usize,
     /// Where flow records are also written (`--flow-export-file`), if anywhere.
@@ -293,7 +321,7 @@ impl Agent {
                 (None, Some(e.to_string()))
             }
         };
-        dp.maps.set_event_flags(cfg.flow_events.flags())?;
+        dp.maps.set_flags(cfg.flow_events.flags() | cfg.local_delivery.flags())?;
         dp.maps.set_ct_quota(cfg.ct_quota)?;
         let (dns, dns_error) = if cfg.dns.port == 0 {
             (None, Some("disabled (--dns-proxy-port 0)".to_owned()))
@@ -631,6 +659,7 @@ impl Agent {
             datastore_health,
             service_cidrs: self.cfg.service_cidrs.iter().map(ToString::to_string).collect(),
             uplinks: self.uplinks.clone(),
+            local_delivery: self.cfg.local_delivery.name().to_owned(),
             namespaces: snap.namespaces.len(),
             pods: snap.pods.len(),
             policies: snap.policies.len(),

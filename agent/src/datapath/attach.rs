@@ -41,6 +41,20 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
     Ok(())
 }
 
+/// Loads `program` (a tail-call target, attached to nothing) and puts it into slot 0 of the
+/// program array `map`, replacing atomically what a previous agent left there: links still
+/// running that agent's programs jump into this one from then on.
+pub fn fill_tail_call_slot(ebpf: &mut Ebpf, program: &'static str, map: &'static str) -> Result<(), DatapathError> {
+    let prog = classifier(ebpf, program)?;
+    prog.load().map_err(|source| DatapathError::Program { program, source: Box::new(source) })?;
+    let fd =
+        prog.fd().map_err(|source| DatapathError::Program { program, source: Box::new(source) })?.try_clone().map_err(
+            |e| DatapathError::Program { program, source: Box::new(aya::programs::ProgramError::IOError(e)) },
+        )?;
+    let mut slots: aya::maps::ProgramArray<aya::maps::MapData> = super::maps::take(ebpf, map)?;
+    slots.set(0, &fd, 0).map_err(super::maps::map_err(map))
+}
+
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {
     let prog = ebpf.program_mut(name).ok_or(DatapathError::Program {
         program: name,

@@ -12,8 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::SchedClassifier,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
 };
 use ward_common::http::conn::{
     HTTP_PROGRAM, HttpEvent, HttpReason, MAP_HTTP_CNT, MAP_HTTP_CONN, MAP_HTTP_EVENTS, MAP_HTTP_PROG, MAP_HTTP_SETS,
@@ -41,26 +40,7 @@ impl HttpMaps {
     /// Loads `ward_http`, puts it in its tail-call slot (replacing the program a previous
     /// agent left there, atomically), and takes the HTTP maps.
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
-        let program = HTTP_PROGRAM;
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(program)
-            .ok_or(DatapathError::Program {
-                program,
-                source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-            })?
-            .try_into()
-            .map_err(|source| DatapathError::Program { program, source: Box::new(source) })?;
-        prog.load().map_err(|source| DatapathError::Program { program, source: Box::new(source) })?;
-        let fd = prog
-            .fd()
-            .map_err(|source| DatapathError::Program { program, source: Box::new(source) })?
-            .try_clone()
-            .map_err(|e| DatapathError::Program {
-                program,
-                source: Box::new(aya::programs::ProgramError::IOError(e)),
-            })?;
-        let mut slots: ProgramArray<MapData> = take(ebpf, MAP_HTTP_PROG)?;
-        slots.set(0, &fd, 0).map_err(map_err(MAP_HTTP_PROG))?;
+        super::attach::fill_tail_call_slot(ebpf, HTTP_PROGRAM, MAP_HTTP_PROG)?;
         let sets: HashMap<MapData, u32, HttpSet> = take(ebpf, MAP_HTTP_SETS)?;
         let mut loaded = BTreeMap::new();
         for kv in sets.iter() {

@@ -214,7 +214,8 @@ impl Maps {
     }
 
     /// Sets the `CFG_EVENTS_*` bits.
-    pub fn set_event_flags(&mut self, flags: u32) -> Result<(), DatapathError> {
+    /// Sets the programs' `CFG_*` switches (flow events, same-node delivery).
+    pub fn set_flags(&mut self, flags: u32) -> Result<(), DatapathError> {
         let c = self.config()?;
         self.set_config(ConfigValue { flags, ..c })
     }

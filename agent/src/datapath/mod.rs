@@ -94,6 +94,13 @@ impl Datapath {
             .load(OBJECT)
             .map_err(|source| DatapathError::Load { pin_dir: pin_dir.clone(), source: Box::new(source) })?;
         attach::load_programs(&mut ebpf)?;
+        // Before any map is taken out of the object: `to_peer` refers to most of them, and
+        // a map taken and dropped (the HTTP slot array) no longer has an fd to load against.
+        attach::fill_tail_call_slot(
+            &mut ebpf,
+            ward_common::maps::DELIVER_PROGRAM,
+            ward_common::maps::MAP_DELIVER_PROG,
+        )?;
         let mut maps = Maps::take(&mut ebpf)?;
         maps.check_layout(&pin_dir)?;
         remove_retired_pins(&pin_dir);
