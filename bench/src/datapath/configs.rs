@@ -44,8 +44,12 @@ pub enum Config {
     Plain,
     /// (b) Ward's pods, no policy selecting them.
     WardOpen,
-    /// (c) Ward, a policy selecting the server allows N ipBlock peers.
+    /// (c) Ward, a policy selecting the server allows N ipBlock peers; same-node packets
+    /// delivered by the datapath (`--local-delivery peer`, the default).
     Ward(usize),
+    /// (c') The same with same-node packets delivered by the node's routing
+    /// (`--local-delivery route`), side by side.
+    WardRouted(usize),
     /// (d) iptables, N peer rules on the plain pods.
     Iptables(usize),
     /// (e) nftables, N peers in a set on the plain pods.
@@ -57,6 +61,7 @@ impl Config {
     pub fn round(ns: &[usize]) -> Vec<Config> {
         let mut v = vec![Config::Plain, Config::WardOpen];
         v.extend(ns.iter().map(|&n| Config::Ward(n)));
+        v.extend(ns.iter().map(|&n| Config::WardRouted(n)));
         v.extend(ns.iter().map(|&n| Config::Iptables(n)));
         v.extend(ns.iter().map(|&n| Config::Nft(n)));
         v
@@ -67,6 +72,7 @@ impl Config {
             Config::Plain => "no program",
             Config::WardOpen => "Ward, no policy",
             Config::Ward(_) => "Ward",
+            Config::WardRouted(_) => "Ward, routed",
             Config::Iptables(_) => "iptables",
             Config::Nft(_) => "nftables",
         }
@@ -76,13 +82,13 @@ impl Config {
     pub fn n(self) -> Option<usize> {
         match self {
             Config::Plain | Config::WardOpen => None,
-            Config::Ward(n) | Config::Iptables(n) | Config::Nft(n) => Some(n),
+            Config::Ward(n) | Config::WardRouted(n) | Config::Iptables(n) | Config::Nft(n) => Some(n),
         }
     }
 
     /// Whether traffic goes between Ward's pods (else between the plain pods).
     pub fn on_ward_pods(self) -> bool {
-        matches!(self, Config::WardOpen | Config::Ward(_))
+        matches!(self, Config::WardOpen | Config::Ward(_) | Config::WardRouted(_))
     }
 
     /// Whether a source that is not a listed peer must be denied.
@@ -259,6 +265,8 @@ mod tests {
                 Config::WardOpen,
                 Config::Ward(10),
                 Config::Ward(1000),
+                Config::WardRouted(10),
+                Config::WardRouted(1000),
                 Config::Iptables(10),
                 Config::Iptables(1000),
                 Config::Nft(10),

@@ -173,9 +173,11 @@ struct WardSide {
 }
 
 impl WardSide {
-    fn start(bins: &Binaries, index: u8, server_label: Option<&str>) -> anyhow::Result<WardSide> {
+    /// `delivery`: the agent's `--local-delivery`.
+    fn start(bins: &Binaries, index: u8, server_label: Option<&str>, delivery: &str) -> anyhow::Result<WardSide> {
         let mut node = Node::start(NodeConfig {
             index,
+            agent_args: vec!["--local-delivery".into(), delivery.into()],
             bins: Some(bins.clone()),
             mtu: MTU,
             // A 100k-peer policy takes a while to compile and write into the maps.
@@ -224,6 +226,8 @@ pub struct Lab {
     plain_intruder: PlainPod,
     open: WardSide,
     by_n: BTreeMap<usize, WardSide>,
+    /// The same policies on nodes whose agents leave same-node delivery to routing.
+    routed_by_n: BTreeMap<usize, WardSide>,
     hooked: Hooked,
     /// Rule-set load times, in the order loaded.
     pub loads: Vec<Load>,
@@ -235,7 +239,7 @@ impl Lab {
     /// node of (c)), timing each load. `log` reports progress.
     pub fn build(bins: &Binaries, ns: &[usize], log: &dyn Fn(&str)) -> anyhow::Result<Lab> {
         log("starting the main lab node");
-        let open = WardSide::start(bins, 1, None).context("the main lab node")?;
+        let open = WardSide::start(bins, 1, None, "peer").context("the main lab node")?;
         let node_ns = open.node.netns();
         let plain = |tag: &str, host_if: &str, last: u8| {
             PlainPod::create(node_ns, tag, host_if, Ipv4Addr::new(10, 250, 0, last))
@@ -251,6 +255,7 @@ impl Lab {
             plain_intruder,
             open,
             by_n: BTreeMap::new(),
+            routed_by_n: BTreeMap::new(),
             hooked: Hooked::Nothing,
             loads: Vec::new(),
         };
@@ -259,25 +264,32 @@ impl Lab {
         lab.servers.push(start_servers(lab.open.netns(&lab.open.server)?, open_server)?);
 
         for (i, &n) in ns.iter().enumerate() {
-            let count = configs::count(n);
-            log(&format!("starting the lab node of Ward N={count}"));
-            let label = format!("n{n}");
-            let index = u8::try_from(2 + i).context("too many peer counts")?;
-            let mut side = WardSide::start(bins, index, Some(&label)).with_context(|| format!("node of N={count}"))?;
-            let server = side.ip(&side.server)?;
-            lab.servers.push(start_servers(side.netns(&side.server)?, server)?);
-            let peers = configs::peers(n, side.ip(&side.client)?);
-            let yaml = configs::ward_policy_yaml(&format!("allow-{label}"), K8S_NS, (SERVER_LABEL, &label), &peers);
-            log(&format!("loading Ward's policy with {count} peers"));
-            let t = Instant::now();
-            side.node.write_manifest(&format!("bench-policy-{label}.yaml"), &yaml)?;
-            side.node.sync().with_context(|| format!("Ward enforcing the policy of N={count}"))?;
-            lab.loaded(Config::Ward(n), t.elapsed(), log);
-            let rejected = side.node.rejections();
-            if !rejected.is_empty() {
-                bail!("Ward rejected the policy of N={count}: {}", rejected.join("; "));
+            for (delivery, config) in [("peer", Config::Ward(n)), ("route", Config::WardRouted(n))] {
+                let count = configs::count(n);
+                log(&format!("starting the lab node of {config}"));
+                let label = format!("n{n}");
+                let index =
+                    u8::try_from(2 + 2 * i + usize::from(delivery == "route")).context("too many peer counts")?;
+                let mut side = WardSide::start(bins, index, Some(&label), delivery)
+                    .with_context(|| format!("node of {config}"))?;
+                let server = side.ip(&side.server)?;
+                lab.servers.push(start_servers(side.netns(&side.server)?, server)?);
+                let peers = configs::peers(n, side.ip(&side.client)?);
+                let yaml = configs::ward_policy_yaml(&format!("allow-{label}"), K8S_NS, (SERVER_LABEL, &label), &peers);
+                log(&format!("loading Ward's policy with {count} peers ({delivery})"));
+                let t = Instant::now();
+                side.node.write_manifest(&format!("bench-policy-{label}.yaml"), &yaml)?;
+                side.node.sync().with_context(|| format!("Ward enforcing the policy of {config}"))?;
+                lab.loaded(config, t.elapsed(), log);
+                let rejected = side.node.rejections();
+                if !rejected.is_empty() {
+                    bail!("Ward rejected the policy of {config}: {}", rejected.join("; "));
+                }
+                match config {
+                    Config::Ward(_) => lab.by_n.insert(n, side),
+                    _ => lab.routed_by_n.insert(n, side),
+                };
             }
-            lab.by_n.insert(n, side);
         }
 
         for &n in ns {
@@ -361,7 +373,7 @@ impl Lab {
         let want = match config {
             Config::Iptables(n) => Hooked::Iptables(n),
             Config::Nft(n) => Hooked::Nft(n),
-            Config::Plain | Config::WardOpen | Config::Ward(_) => Hooked::Nothing,
+            Config::Plain | Config::WardOpen | Config::Ward(_) | Config::WardRouted(_) => Hooked::Nothing,
         };
         if want == self.hooked {
             return Ok(());
@@ -400,6 +412,9 @@ impl Lab {
             }),
             Config::WardOpen => ward(&self.open),
             Config::Ward(n) => ward(self.by_n.get(&n).with_context(|| format!("no Ward node for N={n}"))?),
+            Config::WardRouted(n) => {
+                ward(self.routed_by_n.get(&n).with_context(|| format!("no routed Ward node for N={n}"))?)
+            }
         }
     }
 
@@ -420,6 +435,11 @@ impl Lab {
         for (n, side) in &self.by_n {
             if let Some(p) = side.node.agent_pid() {
                 v.push((format!("N={}", configs::count(*n)), p));
+            }
+        }
+        for (n, side) in &self.routed_by_n {
+            if let Some(p) = side.node.agent_pid() {
+                v.push((format!("N={}, routed", configs::count(*n)), p));
             }
         }
         v
