@@ -216,13 +216,13 @@ fn test(cases: Option<PathBuf>, fuzz_seconds: u64) -> anyhow::Result<ExitCode> {
     }
     let flaky = rerun_failed(&mut counts, &mut unit);
     // The cases on one node, probed directly; the same probed through Services (kube-proxy's
-    // translation, Ward's deferral); with the pods spread over two nodes, each with its own
+    // translation, Ward's deferral); with the pods spread over three nodes, each with its own
     // agent (cross-node policy, remote pods' identities); and on one node with same-node
     // traffic delivered by the node's routing instead of the datapath (both delivery paths).
     let labs = [
         ("conformance", Lab::DIRECT),
         ("through Services", Lab { services: true, ..Lab::DIRECT }),
-        ("on two nodes", Lab { nodes: 2, ..Lab::DIRECT }),
+        ("on three nodes", Lab { nodes: 3, ..Lab::DIRECT }),
         ("routed", Lab { routed: true, ..Lab::DIRECT }),
     ];
     let confs: Vec<(&str, anyhow::Result<conformance::Summary>)> =
