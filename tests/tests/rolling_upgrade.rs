@@ -58,7 +58,7 @@ const DENIED_CONNECT_TIMEOUT: Duration = Duration::from_millis(900);
 const CONFLIST_SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// Traffic under the old agents before the first replacement, and under each new one before
 /// the next step: every kind of traffic then runs across each hand-off and after it.
-const TRAFFIC_WINDOW: Duration = Duration::from_secs(3);
+const TRAFFIC_WINDOW: Duration = Duration::from_secs(5);
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Every loop of the traffic threads ends by this, even if the test's own flow never stops
 /// them (a panic unwinding past the stop guard cannot hang the test).
