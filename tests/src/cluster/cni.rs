@@ -114,6 +114,13 @@ pub trait NodeCompanion: fmt::Debug + Send {
     fn diagnostics(&self) -> String {
         String::new()
     }
+    /// Replaces the companion's program as a DaemonSet rollout replaces its pod: stops the
+    /// running one (SIGTERM, then SIGKILL after a grace) and starts `program` with the same
+    /// arguments and environment, leaving what it keeps on the node (pinned maps, state) in
+    /// place. Returns once the new process runs; whether it is ready is the caller's to check.
+    fn replace(&mut self, program: &Path) -> Result<(), String> {
+        Err(format!("this CNI companion cannot be replaced (by {})", program.display()))
+    }
 }
 
 /// A pod network for the lab cluster.

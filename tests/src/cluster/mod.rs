@@ -327,6 +327,11 @@ impl Cluster {
         &self.nodes
     }
 
+    /// The nodes, to act on one (replace its CNI companion, say).
+    pub fn nodes_mut(&mut self) -> &mut [ClusterNode] {
+        &mut self.nodes
+    }
+
     /// The control plane (to restart the API server, act on etcd, ...).
     pub fn control_plane_mut(&mut self) -> Option<&mut ControlPlane> {
         self.control_plane.as_mut()

@@ -310,6 +310,15 @@ impl ClusterNode {
             .collect()
     }
 
+    /// Replaces the node's CNI companion with `program` (see [`NodeCompanion::replace`]):
+    /// an agent upgrade, one node of a rollout.
+    pub fn replace_companion(&mut self, program: &Path) -> Result<(), String> {
+        match self.companion.as_mut() {
+            Some(c) => c.replace(program).map_err(|e| format!("node {}: CNI companion: {e}", self.name)),
+            None => Err(format!("node {}: no CNI companion to replace", self.name)),
+        }
+    }
+
     pub fn companion_diagnostics(&self) -> String {
         self.companion.as_ref().map(|c| c.diagnostics()).unwrap_or_default()
     }

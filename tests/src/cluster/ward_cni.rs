@@ -6,6 +6,7 @@
 //! conflist into containerd's `conf_dir` once it has listed the API and the Node has its pod
 //! CIDR, which is what turns the node Ready.
 
+use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -142,12 +143,40 @@ impl Cni for WardCni {
 }
 
 /// A node's running agent; stopped (SIGTERM, then SIGKILL) and its pins removed on drop.
+/// [`NodeCompanion::replace`] swaps the program and keeps the pins: an upgrade.
 #[derive(Debug)]
 pub struct WardAgent {
     agent: Option<Component>,
+    /// What started it, kept to start a replacement the same way.
+    launch: Launch,
     log: PathBuf,
     pins: PathBuf,
     command: String,
+}
+
+/// An agent's command line and environment, and the namespace it runs in (a [`Command`]
+/// cannot be cloned or re-run).
+#[derive(Debug)]
+struct Launch {
+    component: String,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, Option<OsString>)>,
+    netns_name: String,
+    netns_path: PathBuf,
+}
+
+impl Launch {
+    fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(&self.args);
+        for (key, value) in &self.envs {
+            match value {
+                Some(v) => cmd.env(key, v),
+                None => cmd.env_remove(key),
+            };
+        }
+        cmd
+    }
 }
 
 impl WardAgent {
@@ -155,9 +184,16 @@ impl WardAgent {
     pub fn spawn(cmd: Command, node: &NodeContext<'_>) -> Result<Self, CniSetupError> {
         let log = WardCni::log(node.dir);
         let command = format!("{cmd:?}");
-        let agent = Component::spawn(&format!("ward-agent of {}", node.name), cmd, node.netns, &log)?;
+        let launch = Launch {
+            component: format!("ward-agent of {}", node.name),
+            args: cmd.get_args().map(ToOwned::to_owned).collect(),
+            envs: cmd.get_envs().map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned))).collect(),
+            netns_name: node.netns.name().to_owned(),
+            netns_path: node.netns.path().to_owned(),
+        };
+        let agent = Component::spawn(&launch.component, cmd, node.netns, &log)?;
         let pins = Path::new("/sys/fs/bpf").join(crate::node::layout_dir()).join(node.name);
-        Ok(WardAgent { agent: Some(agent), log, pins, command })
+        Ok(WardAgent { agent: Some(agent), launch, log, pins, command })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -186,6 +222,20 @@ impl NodeCompanion for WardAgent {
 
     fn diagnostics(&self) -> String {
         format!("{}\n{}", self.command, process::log_tail(&self.log, 30))
+    }
+
+    /// The old agent is gone (reaped) before the new one starts, as with the DaemonSet's
+    /// `maxSurge: 0`: never two agents writing one node's maps. The pins stay (only `Drop`
+    /// removes them), so the new agent adopts them; its output goes on in the same log.
+    fn replace(&mut self, program: &Path) -> Result<(), String> {
+        self.stop();
+        let cmd = self.launch.command(program);
+        self.command = format!("{cmd:?}");
+        let l = &self.launch;
+        let agent = Component::spawn_in(&l.component, cmd, &l.netns_name, &l.netns_path, &self.log)
+            .map_err(|e| e.to_string())?;
+        self.agent = Some(agent);
+        Ok(())
     }
 }
 
