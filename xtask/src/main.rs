@@ -235,11 +235,11 @@ fn test(cases: Option<PathBuf>, fuzz_seconds: u64) -> anyhow::Result<ExitCode> {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    // The upstream e2e NetworkPolicy suite, on a two-node lab cluster whose CNI is Ward (the
-    // scheduler spreads the specs' pods over both nodes).
+    // The upstream e2e NetworkPolicy suite, on a three-node lab cluster whose CNI is Ward (the
+    // scheduler spreads the specs' pods over the nodes).
     let e2e_run = e2e::run(e2e::E2eOptions {
         cni: e2e::CniChoice::Ward,
-        nodes: 2,
+        nodes: 3,
         shards: e2e::default_shards(),
         report_dir: None,
     });
