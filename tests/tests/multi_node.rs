@@ -9,12 +9,9 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ward_lab::bins::Binaries;
-use ward_lab::cluster::{Cluster, ClusterConfig, KubeCache, Kubectl, WardCni};
-use ward_lab::privileged::in_ci;
-use ward_lab::require_root;
+use ward_lab::cluster::{Cluster, ClusterConfig, Kubectl, WardCni, ward_cni};
 
 const AGNHOST: &str = "k8s.gcr.io/e2e-test-images/agnhost:2.21";
 const POD_TIMEOUT: Duration = Duration::from_secs(180);
@@ -22,25 +19,6 @@ const POD_TIMEOUT: Duration = Duration::from_secs(180);
 /// within a few seconds; a verdict is read once it has held.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const POLL_EVERY: Duration = Duration::from_millis(500);
-
-fn prerequisites(test: &str) -> Option<KubeCache> {
-    if !require_root(test) {
-        return None;
-    }
-    let found = KubeCache::locate().map_err(|e| e.to_string()).and_then(|c| {
-        Binaries::locate().map_err(|e| e.to_string())?;
-        Ok(c)
-    });
-    match found {
-        Ok(c) => Some(c),
-        Err(e) if !in_ci() => {
-            eprintln!("{test}: skipped: {e}");
-            None
-        }
-        Err(e) => panic!("{test}: {e}; CI=true, so this is a failure, not a skip"),
-    }
-}
 
 /// On n1: web (serves 8080) and intruder; on n2: db and other (serve 8080) and cli. Services
 /// for web and db.
@@ -99,28 +77,12 @@ fn running_pod_ip(k: &Kubectl, ns: &str, name: &str) -> Ipv4Addr {
 }
 
 fn cluster_ip(k: &Kubectl, ns: &str, name: &str) -> Ipv4Addr {
-    let svc = k.get_json(&["-n", ns, "service", name]).unwrap_or_else(|e| panic!("{e}"));
-    svc["spec"]["clusterIP"].as_str().and_then(|s| s.parse().ok()).expect("a ClusterIP")
+    k.cluster_ip(ns, name).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Polls until `kubectl exec … agnhost connect` answers `want` twice in a row (policy on
-/// both nodes, endpoints and kube-proxy settle), then returns true; false if it never does
-/// within [`SETTLE_TIMEOUT`].
+/// Whether `pod`'s connections to `to` settle to `want` (see `Kubectl::settles_to`).
 fn settles_to(k: &Kubectl, ns: &str, pod: &str, to: &str, want: bool) -> bool {
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    let mut streak = 0;
-    while Instant::now() < deadline {
-        if k.agnhost_connects(ns, pod, to, CONNECT_TIMEOUT).unwrap_or_else(|e| panic!("{e}")) == want {
-            streak += 1;
-            if streak == 2 {
-                return true;
-            }
-        } else {
-            streak = 0;
-            std::thread::sleep(POLL_EVERY);
-        }
-    }
-    false
+    k.settles_to(ns, pod, to, want, CONNECT_TIMEOUT, SETTLE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The dropped flows node `node_dir`'s agent recorded, as JSON records.
@@ -146,7 +108,7 @@ fn is_flow(f: &serde_json::Value, ns: &str, from: &str, to: &str, direction: &st
 #[test]
 fn policy_holds_between_pods_on_different_nodes_in_both_directions_and_through_services() {
     let test = "policy_holds_between_pods_on_different_nodes_in_both_directions_and_through_services";
-    let Some(cache) = prerequisites(test) else { return };
+    let Some(cache) = ward_cni::prerequisites(test) else { return };
     let ward = WardCni::locate().unwrap_or_else(|e| panic!("{e:?}"));
     let cli_bin = ward.bins.cli.clone();
     let cluster =

@@ -35,10 +35,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ward_common::maps::{CtKey, CtValue, MAP_CT};
-use ward_lab::bins::Binaries;
-use ward_lab::cluster::{Cluster, ClusterConfig, ClusterNode, KubeCache, Kubectl, WardCni, teardown};
-use ward_lab::privileged::in_ci;
-use ward_lab::require_root;
+use ward_lab::cluster::{Cluster, ClusterConfig, ClusterNode, Kubectl, WardCni, teardown, ward_cni};
 
 const AGNHOST: &str = "k8s.gcr.io/e2e-test-images/agnhost:2.21";
 const NS: &str = "roll";
@@ -63,24 +60,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Every loop of the traffic threads ends by this, even if the test's own flow never stops
 /// them (a panic unwinding past the stop guard cannot hang the test).
 const TRAFFIC_LIMIT: Duration = Duration::from_secs(300);
-
-fn prerequisites(test: &str) -> Option<KubeCache> {
-    if !require_root(test) {
-        return None;
-    }
-    let found = KubeCache::locate().map_err(|e| e.to_string()).and_then(|c| {
-        Binaries::locate().map_err(|e| e.to_string())?;
-        Ok(c)
-    });
-    match found {
-        Ok(c) => Some(c),
-        Err(e) if !in_ci() => {
-            eprintln!("{test}: skipped: {e}");
-            None
-        }
-        Err(e) => panic!("{test}: {e}; CI=true, so this is a failure, not a skip"),
-    }
-}
 
 /// srv-a (n1) admits cli-a (same node) and cli-b (across); srv-b (n2) admits cli-b (same
 /// node) only; cli-a may send only to srv-a. x-a (n1) is admitted nowhere.
@@ -415,7 +394,7 @@ fn running_pod_ip(k: &Kubectl, name: &str) -> Ipv4Addr {
 #[test]
 fn a_rolling_agent_upgrade_cuts_no_connection_and_lets_no_denied_one_through() {
     let test = "a_rolling_agent_upgrade_cuts_no_connection_and_lets_no_denied_one_through";
-    let Some(cache) = prerequisites(test) else { return };
+    let Some(cache) = ward_cni::prerequisites(test) else { return };
     let ward = WardCni::locate().unwrap_or_else(|e| panic!("{e:?}"));
     let built_agent = ward.bins.agent.clone();
     let mut cluster =

@@ -36,6 +36,16 @@ fn deny_ingress(ns: &str) -> Value {
     .expect("policy YAML")
 }
 
+/// In namespace `n`, b admits only a.
+fn b_admits_only_a() -> Value {
+    serde_yaml::from_str(
+        "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: b-in, namespace: n}, \
+         spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress], \
+         ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}}",
+    )
+    .expect("policy YAML")
+}
+
 fn connects(node: &Node, from: &str, to: &str, port: u16, protocol: Protocol) -> Outcome {
     let (from, to): (PodRef, PodRef) = (from.parse().expect("pod ref"), to.parse().expect("pod ref"));
     node.probe(&from, &to, port, protocol, Family::IPv4).unwrap_or_else(|e| panic!("probe: {e}"))
@@ -167,12 +177,7 @@ fn a_lab_of_two_nodes_spreads_pods_and_each_agent_knows_the_other_nodes_pods() {
     }
     // b (on the peer) admits only a (on the first node): the peer's agent must know a's
     // identity from a's Pod object alone (its status.podIPs), and deny c.
-    let only_a: Value = serde_yaml::from_str(
-        "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: b-in, namespace: n}, \
-         spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress], \
-         ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}}",
-    )
-    .expect("policy YAML");
+    let only_a = b_admits_only_a();
     node.apply(&[only_a]).unwrap_or_else(|e| panic!("applying the policy: {e}"));
     assert_eq!(connects(&node, "n/a", "n/b", 80, Protocol::Tcp), Outcome::Connected("b".into()), "a is admitted");
     assert!(!connects(&node, "n/c", "n/b", 80, Protocol::Tcp).connected(), "c is not");
@@ -199,12 +204,7 @@ fn a_rebooted_node_protects_its_pods_from_their_first_packet() {
     let mut node = Node::start(NodeConfig::default()).unwrap_or_else(|e| panic!("lab node: {e}"));
     node.set_namespace("n", &Labels::new()).unwrap_or_else(|e| panic!("namespace: {e}"));
     node.create_pods(&[pod("n", "a"), pod("n", "b"), pod("n", "x")]).unwrap_or_else(|e| panic!("pods: {e}"));
-    let only_a: Value = serde_yaml::from_str(
-        "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: b-in, namespace: n}, \
-         spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress], \
-         ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}}",
-    )
-    .expect("policy YAML");
+    let only_a = b_admits_only_a();
     node.apply(&[only_a]).unwrap_or_else(|e| panic!("applying the policy: {e}"));
     assert_eq!(connects(&node, "n/a", "n/b", 80, Protocol::Tcp), Outcome::Connected("b".into()));
     assert!(!connects(&node, "n/x", "n/b", 80, Protocol::Tcp).connected(), "x is denied before the reboot");
@@ -256,12 +256,7 @@ fn same_node_packets_skip_the_nodes_routing_and_netfilter_and_keep_every_decisio
     if !require_root("same_node_packets_skip_the_nodes_routing_and_netfilter_and_keep_every_decision") {
         return;
     }
-    let only_a: Value = serde_yaml::from_str(
-        "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: b-in, namespace: n}, \
-         spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress], \
-         ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}}",
-    )
-    .expect("policy YAML");
+    let only_a = b_admits_only_a();
     // (the agent's setting, whether the node's netfilter forwards b's packets)
     for (delivery, routed) in [("peer", false), ("route", true)] {
         let config =

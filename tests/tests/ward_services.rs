@@ -8,12 +8,9 @@
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ward_lab::bins::Binaries;
-use ward_lab::cluster::{Cluster, ClusterConfig, KubeCache, Kubectl, WardCni, network};
-use ward_lab::privileged::in_ci;
-use ward_lab::require_root;
+use ward_lab::cluster::{Cluster, ClusterConfig, Kubectl, WardCni, network, ward_cni};
 
 const AGNHOST: &str = "k8s.gcr.io/e2e-test-images/agnhost:2.21";
 const POD_TIMEOUT: Duration = Duration::from_secs(180);
@@ -21,25 +18,6 @@ const POD_TIMEOUT: Duration = Duration::from_secs(180);
 /// seconds; a verdict is read once it has held.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const POLL_EVERY: Duration = Duration::from_millis(500);
-
-fn prerequisites(test: &str) -> Option<KubeCache> {
-    if !require_root(test) {
-        return None;
-    }
-    let found = KubeCache::locate().map_err(|e| e.to_string()).and_then(|c| {
-        Binaries::locate().map_err(|e| e.to_string())?;
-        Ok(c)
-    });
-    match found {
-        Ok(c) => Some(c),
-        Err(e) if !in_ci() => {
-            eprintln!("{test}: skipped: {e}");
-            None
-        }
-        Err(e) => panic!("{test}: {e}; CI=true, so this is a failure, not a skip"),
-    }
-}
 
 fn workloads(ns: &str) -> String {
     let pod = |name: &str, args: &str| {
@@ -111,38 +89,18 @@ fn running_pod_ip(k: &Kubectl, ns: &str, name: &str) -> Ipv4Addr {
 }
 
 fn cluster_ip(k: &Kubectl, ns: &str, name: &str) -> Ipv4Addr {
-    let svc = k.get_json(&["-n", ns, "service", name]).unwrap_or_else(|e| panic!("{e}"));
-    svc["spec"]["clusterIP"].as_str().and_then(|s| s.parse().ok()).expect("a ClusterIP")
+    k.cluster_ip(ns, name).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// `kubectl exec` of `/agnhost connect`: true when it connected.
-fn connects(k: &Kubectl, ns: &str, pod: &str, to: &str) -> bool {
-    k.agnhost_connects(ns, pod, to, CONNECT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Polls until `connects` answers `want` twice in a row (policy, endpoints and kube-proxy
-/// settle), then returns true; false if it never does within [`SETTLE_TIMEOUT`].
+/// Whether `pod`'s connections to `to` settle to `want` (see `Kubectl::settles_to`).
 fn settles_to(k: &Kubectl, ns: &str, pod: &str, to: &str, want: bool) -> bool {
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    let mut streak = 0;
-    while Instant::now() < deadline {
-        if connects(k, ns, pod, to) == want {
-            streak += 1;
-            if streak == 2 {
-                return true;
-            }
-        } else {
-            streak = 0;
-            std::thread::sleep(POLL_EVERY);
-        }
-    }
-    false
+    k.settles_to(ns, pod, to, want, CONNECT_TIMEOUT, SETTLE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
 fn egress_policy_holds_through_services_on_the_backend_they_reach() {
     let test = "egress_policy_holds_through_services_on_the_backend_they_reach";
-    let Some(cache) = prerequisites(test) else { return };
+    let Some(cache) = ward_cni::prerequisites(test) else { return };
     let ward = WardCni::locate().unwrap_or_else(|e| panic!("{e:?}"));
     let cli_bin = ward.bins.cli.clone();
     let cluster = Cluster::start(ClusterConfig { cache: Some(cache), cni: Arc::new(ward), ..ClusterConfig::default() })

@@ -144,6 +144,44 @@ impl Kubectl {
         })
     }
 
+    /// The ClusterIP of Service `ns/name`.
+    pub fn cluster_ip(&self, ns: &str, name: &str) -> Result<std::net::Ipv4Addr, KubectlError> {
+        let svc = self.get_json(&["-n", ns, "service", name])?;
+        svc["spec"]["clusterIP"].as_str().and_then(|s| s.parse().ok()).ok_or_else(|| KubectlError::Timeout {
+            what: format!("service {ns}/{name} has a ClusterIP"),
+            after: Duration::ZERO,
+            last: svc["spec"].to_string(),
+        })
+    }
+
+    /// Polls [`agnhost_connects`](Self::agnhost_connects) until it answers `want` twice in a
+    /// row (policy, endpoints and kube-proxy settle): true; false if it never does within
+    /// `settle`.
+    pub fn settles_to(
+        &self,
+        ns: &str,
+        pod: &str,
+        to: &str,
+        want: bool,
+        connect: Duration,
+        settle: Duration,
+    ) -> Result<bool, KubectlError> {
+        let deadline = Instant::now() + settle;
+        let mut streak = 0;
+        while Instant::now() < deadline {
+            if self.agnhost_connects(ns, pod, to, connect)? == want {
+                streak += 1;
+                if streak == 2 {
+                    return Ok(true);
+                }
+            } else {
+                streak = 0;
+                thread::sleep(Duration::from_millis(500));
+            }
+        }
+        Ok(false)
+    }
+
     /// Polls `check` until it returns `Some`, or fails after `timeout` with the last thing it
     /// said (`Err` of a call counts as "not yet": the API may be starting).
     pub fn wait_for<T>(

@@ -27,6 +27,27 @@ pub const AGENT_METRICS_ADDR: &str = "127.0.0.1:9962";
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// What a test of a cluster with Ward needs: root, the Kubernetes cache and the workspace's
+/// binaries. `None` (skip, said on stderr) when one is missing outside CI; under CI=true a
+/// missing one is a failure.
+pub fn prerequisites(test: &str) -> Option<super::KubeCache> {
+    if !crate::require_root(test) {
+        return None;
+    }
+    let found = super::KubeCache::locate().map_err(|e| e.to_string()).and_then(|c| {
+        Binaries::locate().map_err(|e| e.to_string())?;
+        Ok(c)
+    });
+    match found {
+        Ok(c) => Some(c),
+        Err(e) if !crate::privileged::in_ci() => {
+            eprintln!("{test}: skipped: {e}");
+            None
+        }
+        Err(e) => panic!("{test}: {e}; CI=true, so this is a failure, not a skip"),
+    }
+}
+
 /// `ward-cni` plus a `ward-agent` per node.
 #[derive(Clone, Debug)]
 pub struct WardCni {
