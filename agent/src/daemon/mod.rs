@@ -75,6 +75,9 @@ pub struct Config {
     /// The cluster's Service ranges (`--service-cidr`): traffic to them is decided after
     /// kube-proxy's translation.
     pub service_cidrs: Vec<ipnet::IpNet>,
+    /// This node's pod ranges given on the command line (`--pod-cidr`); with every Node's
+    /// `spec.podCIDRs`, the cluster pod ranges (`Cluster::pod_cidrs`).
+    pub pod_cidrs: Vec<ipnet::IpNet>,
     /// The node's uplinks (`--uplink`), which get `to_netdev` to decide Service traffic
     /// leaving the node; empty with Service ranges: every interface but loopback and the
     /// pods' veths.
