@@ -633,6 +633,7 @@ impl Agent {
             applied: self.applied.clone(),
             datastore_health,
             service_cidrs: self.cfg.service_cidrs.iter().map(ToString::to_string).collect(),
+            pod_cidrs: self.cluster.pod_cidrs.iter().map(ToString::to_string).collect(),
             uplinks: self.uplinks.clone(),
             namespaces: snap.namespaces.len(),
             pods: snap.pods.len(),
