@@ -8,8 +8,8 @@
 //!
 //! * Every address resolves in the ipcache to a label identity (pods; `ID_HOST` for the
 //!   node; `ID_SERVICE` in a Service range; `ID_UNKNOWN_POD` elsewhere in a cluster pod
-//!   range, a pod not known yet; `ID_WORLD` otherwise) and a CIDR identity (the longest policy prefix containing
-//!   it, or `ID_WORLD`). Every policy prefix (each `cidr` and each `except`) is in the
+//!   range, a pod not known yet; `ID_WORLD` otherwise) and a CIDR identity (the longest
+//!   policy prefix containing it, or `ID_WORLD`). Every policy prefix (each `cidr` and each `except`) is in the
 //!   ipcache with its own CIDR identity; every pod and node address is there as a
 //!   full-length prefix carrying both identities.
 //! * Pod-selector peers become entries for each matching label identity; ipBlock peers
@@ -362,7 +362,8 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
         prefixes.iter().filter(|p| !cidr_ids.contains_key(&CidrKey { prefix: **p, ports: vec![] })).copied().collect();
     let withheld = |p: &IpNet| numberless.iter().any(|m| p.contains(m));
 
-    // The ipcache: policy prefixes, then node addresses, then pod addresses over them.
+    // The ipcache: policy prefixes, then pod ranges, then node addresses, then pod
+    // addresses over them.
     // Service addresses are decided on their backends, never on themselves: a policy prefix
     // inside a Service range keeps its label identity `ID_SERVICE`.
     // Likewise an address in a pod range that no known pod holds is a pod not known yet
