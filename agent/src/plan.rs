@@ -20,7 +20,7 @@ use ward_policy::validate::{NAMESPACE_NAME_LABEL, PodInfo, Policy};
 
 use crate::daemon::registry::LocalEndpoint;
 use crate::datapath::{MirrorContents, MirrorDelta};
-use crate::datastore::Snapshot;
+use crate::datastore::{NodeInfo, Snapshot};
 
 pub use ward_policy::compile::Compiled;
 
@@ -125,6 +125,14 @@ pub fn update_view(view: &mut Cluster, snap: Source<'_>, local: &[LocalEndpoint]
     if view.host_addrs != host_addrs {
         view.host_addrs = host_addrs.to_vec();
     }
+}
+
+/// The cluster pod ranges: every Node's `spec.podCIDRs` and this node's own (`--pod-cidr`),
+/// sorted, once each.
+pub fn pod_ranges(nodes: &BTreeMap<String, NodeInfo>, own: &[ipnet::IpNet]) -> Vec<ipnet::IpNet> {
+    let all: BTreeSet<ipnet::IpNet> =
+        nodes.values().flat_map(|n| n.pod_cidrs.iter()).chain(own).map(ipnet::IpNet::trunc).collect();
+    all.into_iter().collect()
 }
 
 fn addr_slots(ips: &[IpAddr]) -> ([u8; 16], [u8; 16]) {
@@ -263,6 +271,7 @@ mod tests {
             policies: snap.policies.clone(),
             host_addrs: host_addrs.to_vec(),
             service_cidrs: vec![],
+            pod_cidrs: vec![],
             audited_namespaces: snap.audited_namespaces.clone(),
         }
     }
@@ -336,5 +345,20 @@ mod tests {
         snap.pods.insert(pod_key("a", "p1"), pod("api", "10.0.0.1"));
         check(&mut view, &snap, &[], "a policy deleted and the local pod relabelled");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pod_ranges_join_every_node_and_this_one_once_each() {
+        let net = |s: &str| s.parse::<ipnet::IpNet>().expect("test prefix");
+        let node = |cidrs: &[&str]| NodeInfo { pod_cidrs: cidrs.iter().map(|c| net(c)).collect(), addresses: vec![] };
+        let nodes = BTreeMap::from([
+            ("n1".to_owned(), node(&["10.244.1.0/24", "fd00:244:1::/64"])),
+            ("n2".to_owned(), node(&["10.244.2.0/24"])),
+        ]);
+        let got = pod_ranges(&nodes, &[net("10.244.1.7/24"), net("10.244.9.0/24")]);
+        let want: Vec<ipnet::IpNet> =
+            ["10.244.1.0/24", "10.244.2.0/24", "10.244.9.0/24", "fd00:244:1::/64"].iter().map(|c| net(c)).collect();
+        assert_eq!(got, want, "host bits cleared, this node's own range not repeated");
+        assert!(pod_ranges(&BTreeMap::new(), &[]).is_empty());
     }
 }

@@ -25,14 +25,18 @@
 //! 5. Egress of a pod behind the DNS proxy only: the learned-address entry of (endpoint, destination, protocol, port) that
 //!    the DNS proxy wrote for an `fqdn` rule (`fqdn::decide_learned`): allowed while live,
 //!    `FqdnExpired` once expired.
-//! 6. Otherwise dropped (`PolicyDenied`): default deny.
+//! 6. Otherwise dropped (`PolicyDenied`): default deny. When the peer's label identity is
+//!    `ID_UNKNOWN_POD` (an address in a cluster pod range that no known pod holds: a pod
+//!    whose Pod object has not reached this node yet, see `ward_policy::compile`), the same
+//!    drop is named `IdentityUnknown`. Only the name differs: every allow above is reached
+//!    exactly as it would be for `ID_WORLD`, since no policy entry names `ID_UNKNOWN_POD`.
 //!
 //! Four lookups at most, whatever the number of rules, peers, port ranges or learned names.
 
 use crate::addr::Addr16;
 use crate::fqdn::{EP_DNS_PROXY, LearnedKey, LearnedValue, decide_learned};
 use crate::http::rules::policy_http_set;
-use crate::identity::{ID_ANY, ID_HOST, ID_SERVICE, ID_WORLD};
+use crate::identity::{ID_ANY, ID_HOST, ID_SERVICE, ID_UNKNOWN_POD, ID_WORLD};
 use crate::maps::{EndpointInfo, IpcacheValue, POLICY_AUDIT, PolicyKey, PolicyValue};
 use crate::reason::{Direction, Reason};
 
@@ -173,7 +177,10 @@ pub fn decide_new_flow<T: Tables>(tables: &T, ep: &EndpointInfo, dir: Direction,
             return Decision { reason, rule_id, peer, http: [0; 3] };
         }
     }
-    Decision { reason: Reason::PolicyDenied, rule_id: 0, peer, http: [0; 3] }
+    // The identity race: tell a peer not known yet from one policy denies (the drop is the
+    // same either way).
+    let reason = if peer.identity == ID_UNKNOWN_POD { Reason::IdentityUnknown } else { Reason::PolicyDenied };
+    Decision { reason, rule_id: 0, peer, http: [0; 3] }
 }
 
 /// Whether the audited policies' entries allow the flow (step 3): the same three lookups as
@@ -198,4 +205,74 @@ fn audited_allow<T: Tables>(
         i += 1;
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fqdn::LearnedValue;
+    use crate::identity::CIDR_ID_BIT;
+    use crate::maps::{EP_AUDIT_INGRESS, EP_ISOLATED_INGRESS};
+
+    const SUBJECT: u32 = 300;
+    const BLOCK: u32 = CIDR_ID_BIT | 7;
+
+    /// One peer address with a fixed ipcache answer, and policy entries keyed by exact peer
+    /// identity and port (`PolicyKey::lookup` keys: what the decision asks for).
+    struct One {
+        peer: IpcacheValue,
+        allow: [(u32, u16, u32, u32); 2],
+    }
+
+    impl Tables for One {
+        fn ipcache(&self, _addr: &Addr16) -> Option<IpcacheValue> {
+            Some(self.peer)
+        }
+        fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
+            self.allow
+                .iter()
+                .find(|(peer, port, _, _)| {
+                    *key == PolicyKey::lookup(SUBJECT, *peer, Direction::Ingress, PROTO_TCP, *port)
+                })
+                .map(|(_, _, rule_id, flags)| PolicyValue { rule_id: *rule_id, flags: *flags })
+        }
+        fn learned(&self, _key: &LearnedKey) -> Option<LearnedValue> {
+            None
+        }
+        fn now_ns(&self) -> u64 {
+            0
+        }
+    }
+
+    fn ep(flags: u32) -> EndpointInfo {
+        EndpointInfo { ep_id: 1, identity: SUBJECT, flags, _pad: 0, addr_v4: [0; 16], addr_v6: [0; 16] }
+    }
+
+    fn decide(peer: IpcacheValue, flags: u32, port: u16) -> Decision {
+        // Rule 5 allows the ipBlock `BLOCK` on port 80; rule 6 any peer on port 443.
+        let t = One { peer, allow: [(BLOCK, 80, 5, 0), (ID_ANY, 443, 6, 0)] };
+        let flow = Flow { peer: [0; 16], proto: PROTO_TCP, port, from_node_stack: false };
+        decide_new_flow(&t, &ep(flags), Direction::Ingress, &flow)
+    }
+
+    /// An unknown pod is denied as the world is, under its own name; whatever allows the
+    /// world (an ipBlock, an allow-all rule, not being isolated) allows it just the same.
+    #[test]
+    fn an_unknown_pod_is_denied_as_identity_unknown_and_allowed_as_before() {
+        let unknown = IpcacheValue { identity: ID_UNKNOWN_POD, cidr_identity: BLOCK };
+        let world = IpcacheValue { identity: ID_WORLD, cidr_identity: BLOCK };
+        let iso = EP_ISOLATED_INGRESS;
+        assert_eq!(decide(unknown, iso, 22).reason, Reason::IdentityUnknown);
+        assert_eq!(decide(world, iso, 22).reason, Reason::PolicyDenied, "a real deny keeps its name");
+        let known = IpcacheValue { identity: 400, cidr_identity: BLOCK };
+        assert_eq!(decide(known, iso, 22).reason, Reason::PolicyDenied, "so does a known pod's");
+        for port in [80, 443] {
+            let (u, w) = (decide(unknown, iso, port), decide(world, iso, port));
+            assert_eq!((u.reason, u.rule_id), (w.reason, w.rule_id), "port {port}");
+            assert_eq!(u.reason, Reason::PolicyAllow);
+        }
+        assert_eq!(decide(unknown, 0, 22).reason, Reason::NotIsolated);
+        assert_eq!(decide(unknown, EP_AUDIT_INGRESS, 22).reason, Reason::Audit, "audit judges it, and passes it");
+        assert_eq!(Reason::IdentityUnknown.verdict(), crate::reason::Verdict::Drop);
+    }
 }

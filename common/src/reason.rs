@@ -128,6 +128,11 @@ pub enum Reason {
     /// A packet deferred to Service translation whose pending entry is gone, stale or not
     /// its own, or whose deferral found no free slot: dropped, never passed undecided.
     ServiceUnresolved = 76,
+    /// The pod is isolated in this direction, no rule allows the peer, and the peer's address
+    /// lies in a cluster pod range (`spec.podCIDRs` of a Node) without a known pod: most
+    /// likely a new pod whose Pod object this node has not seen yet (the identity race).
+    /// Decided exactly as `PolicyDenied`; only the name differs.
+    IdentityUnknown = 77,
 }
 
 impl Reason {
@@ -136,7 +141,7 @@ impl Reason {
     /// Upper bound (exclusive) of reason codes; sizes the per-reason counter array.
     pub const COUNT: u32 = 128;
 
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Reason::PolicyAllow,
         Reason::Established,
         Reason::Reply,
@@ -161,6 +166,7 @@ impl Reason {
         Reason::DnsProxyDown,
         Reason::NotForPod,
         Reason::ServiceUnresolved,
+        Reason::IdentityUnknown,
     ];
 
     pub const fn verdict(self) -> Verdict {
@@ -194,6 +200,7 @@ impl Reason {
             Reason::ServicePending => "service_pending",
             Reason::Loopback => "loopback",
             Reason::ServiceUnresolved => "service_unresolved",
+            Reason::IdentityUnknown => "identity_unknown",
         }
     }
 }
@@ -254,6 +261,7 @@ mod tests {
                 Reason::DnsProxyDown => 21,
                 Reason::NotForPod => 22,
                 Reason::ServiceUnresolved => 23,
+                Reason::IdentityUnknown => 24,
             }
         }
         for (i, r) in Reason::ALL.iter().enumerate() {

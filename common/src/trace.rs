@@ -193,6 +193,7 @@ impl Stage {
             | Reason::Audit
             | Reason::PolicyAllow
             | Reason::PolicyDenied
+            | Reason::IdentityUnknown
             | Reason::FqdnExpired => Stage::PolicyLookup,
             Reason::CtQuota => Stage::ConntrackInsert,
             Reason::DnsProxyDown => Stage::DnsSteering,

@@ -160,7 +160,7 @@ pub fn judge(
         }
         Some(_) => {
             ct::remove(key);
-            if reason == Reason::PolicyDenied {
+            if matches!(reason, Reason::PolicyDenied | Reason::IdentityUnknown) {
                 reason = Reason::PolicyRevoked;
             }
         }

@@ -101,6 +101,10 @@ pub struct Cluster {
     /// The cluster's Service ranges (`--service-cidr`): egress to them is decided on the
     /// backend kube-proxy translates them to (`ward_common::service`).
     pub service_cidrs: Vec<ipnet::IpNet>,
+    /// The cluster's pod ranges (every Node's `spec.podCIDRs`, this node's own ranges): an
+    /// address in one that no known pod holds is a pod not known yet (`ID_UNKNOWN_POD`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_cidrs: Vec<ipnet::IpNet>,
     /// Namespaces annotated `policy.ward.dev/mode: audit`: every policy in them is audited.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub audited_namespaces: BTreeSet<String>,

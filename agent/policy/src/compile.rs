@@ -7,8 +7,9 @@
 //! that function first, the layout below exists to make its three lookups exact:
 //!
 //! * Every address resolves in the ipcache to a label identity (pods; `ID_HOST` for the
-//!   node; `ID_WORLD` otherwise) and a CIDR identity (the longest policy prefix containing
-//!   it, or `ID_WORLD`). Every policy prefix (each `cidr` and each `except`) is in the
+//!   node; `ID_SERVICE` in a Service range; `ID_UNKNOWN_POD` elsewhere in a cluster pod
+//!   range, a pod not known yet; `ID_WORLD` otherwise) and a CIDR identity (the longest
+//!   policy prefix containing it, or `ID_WORLD`). Every policy prefix (each `cidr` and each `except`) is in the
 //!   ipcache with its own CIDR identity; every pod and node address is there as a
 //!   full-length prefix carrying both identities.
 //! * Pod-selector peers become entries for each matching label identity; ipBlock peers
@@ -231,6 +232,23 @@ fn host_net(ip: IpAddr) -> IpNet {
     }
 }
 
+/// The cluster's pod ranges that get `ID_UNKNOWN_POD`, broadest first. Left out: a range
+/// inside a Service range (Service addresses stay decided on their backends), and an IPv6
+/// range holding the IPv4-mapped space (it would answer for IPv4 addresses).
+fn pod_ranges(cluster: &Cluster) -> Vec<IpNet> {
+    let v4_mapped_root = IpAddr::V6(Ipv4Addr::UNSPECIFIED.to_ipv6_mapped());
+    let mut ranges: Vec<IpNet> = cluster
+        .pod_cidrs
+        .iter()
+        .map(IpNet::trunc)
+        .filter(|r| !cluster.service_cidrs.iter().any(|svc| svc.contains(r)))
+        .filter(|r| !(matches!(r, IpNet::V6(_)) && r.contains(&v4_mapped_root)))
+        .collect();
+    ranges.sort_by_key(|r| (r.prefix_len(), *r));
+    ranges.dedup();
+    ranges
+}
+
 /// What the compiler knows about one label identity (from any pod that has it).
 struct LabelFacts<'a> {
     namespace: &'a str,
@@ -344,16 +362,28 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
         prefixes.iter().filter(|p| !cidr_ids.contains_key(&CidrKey { prefix: **p, ports: vec![] })).copied().collect();
     let withheld = |p: &IpNet| numberless.iter().any(|m| p.contains(m));
 
-    // The ipcache: policy prefixes, then node addresses, then pod addresses over them.
+    // The ipcache: policy prefixes, then pod ranges, then node addresses, then pod
+    // addresses over them.
     // Service addresses are decided on their backends, never on themselves: a policy prefix
     // inside a Service range keeps its label identity `ID_SERVICE`.
+    // Likewise an address in a pod range that no known pod holds is a pod not known yet
+    // (`ID_UNKNOWN_POD`), and so is a policy prefix inside a pod range; a Service range
+    // wins where the two overlap.
     let in_service = |p: &IpNet| cluster.service_cidrs.iter().any(|svc| svc.contains(p));
+    let pod_ranges = pod_ranges(cluster);
+    let in_pod_range = |p: &IpNet| pod_ranges.iter().any(|r| r.contains(p));
     for prefix in &prefixes {
         if withheld(prefix) {
             continue;
         }
         if let Some(id) = cidr_ids.get(&CidrKey { prefix: *prefix, ports: vec![] }) {
-            let identity = if in_service(prefix) { ID_SERVICE } else { ID_WORLD };
+            let identity = if in_service(prefix) {
+                ID_SERVICE
+            } else if in_pod_range(prefix) {
+                ID_UNKNOWN_POD
+            } else {
+                ID_WORLD
+            };
             out.ipcache.insert(ipcache_key(*prefix), IpcacheValue { identity, cidr_identity: *id });
         }
     }
@@ -377,6 +407,15 @@ pub fn compile(cluster: &Cluster, local: &BTreeSet<PodKey>, ids: &mut Identities
     if prefixes.iter().any(|p| matches!(p, IpNet::V6(_)) && p.prefix_len() <= 96 && p.contains(&v4_mapped_root)) {
         let cidr_identity = cidr_ids.get(&CidrKey { prefix: v4_root, ports: vec![] }).copied().unwrap_or(ID_WORLD);
         out.ipcache.entry(ipcache_key(v4_root)).or_insert(IpcacheValue { identity: ID_WORLD, cidr_identity });
+    }
+    // The pod ranges, broadest first, after every entry shorter than them: each carries the
+    // CIDR identity its addresses resolved to without it (the entry that covered the whole
+    // range), so ipBlocks decide them exactly as before. Longer entries (policy prefixes
+    // inside, pods, the node) keep answering for their own addresses.
+    for range in &pod_ranges {
+        let key = ipcache_key(*range);
+        let cidr_identity = crate::tables::ipcache_covering(&out.ipcache, &key).map_or(ID_WORLD, |v| v.cidr_identity);
+        out.ipcache.insert(key, IpcacheValue { identity: ID_UNKNOWN_POD, cidr_identity });
     }
     for ip in &cluster.host_addrs {
         let v = IpcacheValue { identity: ID_HOST, cidr_identity: cidr_of(*ip, vec![]) };

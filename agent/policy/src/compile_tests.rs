@@ -1396,3 +1396,78 @@ spec:
     let d = datapath_decision(&compiled, Direction::Egress, &pod("x/a"), "10.96.0.10".parse().expect("ip"), TCP, 80);
     assert_eq!(d.reason, ward_common::Reason::ServicePending);
 }
+
+/// The identity race: cluster pod ranges resolve to `ID_UNKNOWN_POD` where no known pod
+/// holds the address, and so does a policy prefix inside one; every address keeps the CIDR
+/// identity it had without the ranges, so ipBlocks decide as before, and a default deny of
+/// such an address is `IdentityUnknown` while a known pod's stays `PolicyDenied`. A range
+/// inside a Service range is left to the Service.
+#[test]
+fn pod_ranges_resolve_to_the_unknown_pod_identity_and_keep_every_cidr_identity() {
+    use ward_common::Reason;
+    use ward_common::identity::{ID_SERVICE, ID_UNKNOWN_POD};
+    use ward_common::lookup::Tables;
+    let mut c = lab();
+    c.service_cidrs = vec!["10.96.0.0/12".parse().expect("range")];
+    apply(
+        &mut c,
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: blocks, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{ipBlock: {cidr: 10.0.9.128/25, except: [10.0.9.192/26]}}]
+      ports: [{port: 80}]
+    - from: [{ipBlock: {cidr: 10.0.0.0/16}}]
+      ports: [{port: 81}]
+"#,
+    );
+    let without = compile_all(&c, &mut Identities::new());
+    // 10.0.3.0/24 holds namespace z's pods (another node's range); 10.0.9.0/24 no pod yet.
+    let ranges = ["10.0.3.0/24", "10.0.9.0/24", "10.96.1.0/24"];
+    c.pod_cidrs = ranges.iter().map(|r| r.parse().expect("range")).collect();
+    let compiled = compile_all(&c, &mut Identities::new());
+    let entry = |p: &str| compiled.ipcache[&ipcache_key(p.parse().expect("prefix"))];
+    let wide = entry("10.0.0.0/16");
+    assert_eq!(wide.identity, ID_WORLD, "a prefix holding a range is not a pod");
+    assert_eq!(entry("10.0.9.0/24"), IpcacheValue { identity: ID_UNKNOWN_POD, cidr_identity: wide.cidr_identity });
+    assert_eq!(entry("10.0.3.0/24"), IpcacheValue { identity: ID_UNKNOWN_POD, cidr_identity: wide.cidr_identity });
+    let inside = entry("10.0.9.128/25");
+    assert_eq!(inside.identity, ID_UNKNOWN_POD, "a policy prefix inside a pod range keeps that identity");
+    assert_ne!(inside.cidr_identity, wide.cidr_identity);
+    assert_eq!(entry("10.0.9.192/26").identity, ID_UNKNOWN_POD);
+    assert!(!compiled.ipcache.contains_key(&ipcache_key("10.96.1.0/24".parse().expect("prefix"))));
+    assert!(compiled.policy.keys().all(|k| k.peer() != ID_UNKNOWN_POD), "no rule names a pod not known yet");
+
+    // Address by address: the CIDR identity is the one without the ranges; the label
+    // identity changes only for addresses in a range that no pod holds.
+    let ranges: Vec<IpNet> = c.pod_cidrs.clone();
+    let (before, after) = (CompiledTables(&without), CompiledTables(&compiled));
+    for a in ["10.0.9.1", "10.0.9.130", "10.0.9.200", "10.0.3.3", "10.0.3.77", "10.0.4.1", "10.0.255.1", "10.96.1.5"]
+        .iter()
+        .chain(&["192.0.2.1", "10.1.0.1", "fd00::1"])
+    {
+        let ip: IpAddr = a.parse().expect("address");
+        let world = IpcacheValue { identity: ID_WORLD, cidr_identity: ID_WORLD };
+        let (b, n) = (before.ipcache(&addr16(ip)).unwrap_or(world), after.ipcache(&addr16(ip)).unwrap_or(world));
+        assert_eq!(n.cidr_identity, b.cidr_identity, "{a}: the CIDR identity is unchanged");
+        let pod_addr = c.pods.values().any(|p| p.ips.contains(&ip));
+        let unknown = ranges.iter().any(|r| r.contains(&ip)) && !pod_addr && !ip.to_string().starts_with("10.96.");
+        assert_eq!(n.identity == ID_UNKNOWN_POD, unknown, "{a}: {n:?}");
+    }
+    assert_eq!(after.ipcache(&addr16("10.96.1.5".parse().expect("ip"))).map(|v| v.identity), Some(ID_SERVICE));
+
+    // The kernel's lookup at x/a (isolated for ingress).
+    let at = |from: &str, port| {
+        datapath_decision(&compiled, Direction::Ingress, &pod("x/a"), from.parse().expect("ip"), TCP, port).reason
+    };
+    assert_eq!(at("10.0.9.1", 80), Reason::IdentityUnknown, "a pod not known yet, no rule allows it");
+    assert_eq!(at("10.0.9.200", 80), Reason::IdentityUnknown, "inside the except");
+    assert_eq!(at("10.0.9.130", 80), Reason::PolicyAllow, "the ipBlock inside the range still allows");
+    assert_eq!(at("10.0.9.1", 81), Reason::PolicyAllow, "and so does the one holding it");
+    assert_eq!(at(&lab_ip(2, 0).to_string(), 80), Reason::PolicyDenied, "z/a is known: a real deny");
+    assert_eq!(at("192.0.2.1", 80), Reason::PolicyDenied, "outside every pod range: the world");
+}

@@ -115,6 +115,9 @@ pub enum Why {
     },
     /// Isolated and no rule allows.
     DefaultDeny,
+    /// Isolated and no rule allows a peer whose address lies in a cluster pod range without
+    /// a known pod (`Reason::IdentityUnknown`): a pod not known to this node yet.
+    IdentityUnknown,
     /// Not isolated by enforced policies; audited policies would deny it (`Reason::Audit`).
     Audited,
     /// Egress to a Service address: decided on the backend kube-proxy translates it to, not
@@ -287,7 +290,7 @@ fn explain_side(
         })
     };
     if let Some(d) = &datapath
-        && d.reason == Reason::PolicyDenied
+        && matches!(d.reason, Reason::PolicyDenied | Reason::IdentityUnknown)
         && let Some(subject) = out.subject.as_ref().and_then(|k| compiled.pod_identity.get(k))
     {
         let peers = [d.peer.identity, d.peer.cidr_identity];
@@ -309,6 +312,7 @@ fn explain_side(
                 Reason::NotIsolated => Why::NotIsolated,
                 Reason::Audit => Why::Audited,
                 Reason::ServicePending => Why::ServiceBackend,
+                Reason::IdentityUnknown => Why::IdentityUnknown,
                 Reason::PolicyAllow => match compiled.rules.get(&rule_id) {
                     Some(rule) => Why::AllowedBy { rule_id: Some(rule_id), rule: rule.clone() },
                     // A rule id the compiled state does not know: say what the policy says.
@@ -425,6 +429,13 @@ impl fmt::Display for SideExplanation {
                 selected()
             ),
             Why::DefaultDeny => write!(f, "{verdict}: default deny: selected by {}, no rule allows", selected()),
+            Why::IdentityUnknown => write!(
+                f,
+                "{verdict}: default deny (identity_unknown): selected by {}, no rule allows; the peer's address is \
+                 in a cluster pod range but no known pod holds it (a pod this node does not know yet: no pod \
+                 selector can match it until its Pod object arrives)",
+                selected()
+            ),
             Why::Audited => write!(
                 f,
                 "{verdict}: not isolated for {dir} by enforced policies; AUDIT: audited policies would deny it"
@@ -492,6 +503,25 @@ spec:
         let e = explain(&c, &compiled, Peer::Pod(pod("y/a")), svc, Protocol::Tcp, 80);
         assert_eq!(e.egress.why, Why::ServiceBackend);
         assert!(e.egress.to_string().contains("decided on the backend"), "{}", e.egress);
+    }
+
+    /// An address in a pod range that no known pod holds is explained as the identity race;
+    /// a known pod or an address outside the ranges denied alike stays a plain default deny.
+    #[test]
+    fn an_unknown_address_in_a_pod_range_is_explained_as_identity_unknown() {
+        let mut c = lab();
+        c.pod_cidrs = vec!["10.0.3.0/24".parse().expect("range")];
+        apply(&mut c, POLICIES);
+        let compiled = compile_all(&c, &mut Identities::new());
+        let new_pod = Peer::External("10.0.3.99".parse().expect("ip"));
+        let e = explain(&c, &compiled, new_pod, Peer::Pod(pod("x/b")), Protocol::Tcp, 80);
+        assert!(!e.allowed() && !e.ingress.reference_disagrees, "{e}");
+        assert_eq!(e.ingress.why, Why::IdentityUnknown);
+        assert!(e.ingress.to_string().contains("identity_unknown"), "{}", e.ingress);
+        for from in [Peer::Pod(pod("z/a")), Peer::External("192.0.2.1".parse().expect("ip"))] {
+            let e = explain(&c, &compiled, from, Peer::Pod(pod("x/b")), Protocol::Tcp, 81);
+            assert_eq!(e.ingress.why, Why::DefaultDeny, "{e}");
+        }
     }
 
     #[test]

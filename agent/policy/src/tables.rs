@@ -82,6 +82,19 @@ fn lpm<K: Ord, V: Copy>(
     None
 }
 
+/// The longest entry of an ipcache map that covers the whole prefix `key` (the prefix
+/// itself included): what every address of `key` resolves to when no longer entry holds it.
+pub fn ipcache_covering(map: &BTreeMap<IpcacheKey, IpcacheValue>, key: &IpcacheKey) -> Option<IpcacheValue> {
+    let addr = key.addr;
+    lpm(
+        map,
+        key.prefixlen.min(128),
+        |len| IpcacheKey { prefixlen: len, addr: mask(addr, len) },
+        |k| k.prefixlen,
+        |len| IpcacheKey { prefixlen: len, addr: [0; 16] },
+    )
+}
+
 /// Lookups over a `Compiled` plus the learned addresses the DNS proxy wrote (as it writes
 /// them into `WARD_FQDN`), at the time `now_ns`.
 #[derive(Clone, Copy, Debug)]

@@ -360,8 +360,66 @@ fn all_local(c: &Cluster) -> BTreeSet<PodKey> {
     c.pods.keys().cloned().collect()
 }
 
+/// Cluster pod ranges for the identity-race property: equal to, inside and holding policy
+/// prefixes and pods, and holding some of the external addresses (pods not known yet).
+const POD_RANGES: &[&str] = &[
+    "10.0.1.0/24",
+    "10.0.2.0/25",
+    "10.0.5.0/24",
+    "10.0.0.0/12",
+    "10.0.1.2/31",
+    "192.168.1.0/24",
+    "fd00::5:0/112",
+    "fd00::/16",
+];
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+
+    /// The identity race: with cluster pod ranges, every side of every connection is decided
+    /// exactly as without them (same verdict, rule and CIDR identity); only a default deny of
+    /// a peer in a range that no known pod holds is renamed `IdentityUnknown`.
+    #[test]
+    fn pod_ranges_change_no_decision_only_the_name_of_a_deny(
+        objects in cluster_objects(),
+        ranges in proptest::sample::subsequence(POD_RANGES, 1..=4),
+    ) {
+        use ward_common::Reason;
+        use ward_common::identity::ID_UNKNOWN_POD;
+        let c = build(&objects);
+        let mut ranged = c.clone();
+        ranged.pod_cidrs = ranges.iter().map(|r| r.parse().expect("range")).collect();
+        let plain = compile(&c, &all_local(&c), &mut Identities::new());
+        let with = compile(&ranged, &all_local(&ranged), &mut Identities::new());
+        for (from, to) in pairs(&c) {
+            let (Some(from_addr), Some(to_addr)) = (first_addr(&c, &from), first_addr(&c, &to)) else { continue };
+            for proto in Protocol::ALL {
+                for port in PROBE_PORTS {
+                    for (dir, subject, peer) in [(Direction::Egress, &from, to_addr), (Direction::Ingress, &to, from_addr)] {
+                        let Peer::Pod(k) = subject else { continue };
+                        let decide = |m: &Compiled| CompiledTables(m).decide_for(k, dir, peer, proto, port, true).expect("local");
+                        let (a, b) = (decide(&plain), decide(&with));
+                        let what = format!("{dir:?} {from} -> {to} {proto} {port} ranges {ranges:?}: {a:?} / {b:?}");
+                        prop_assert_eq!(a.peer.cidr_identity, b.peer.cidr_identity, "{}", what);
+                        prop_assert_eq!((a.rule_id, a.http), (b.rule_id, b.http), "{}", what);
+                        let renamed = a.reason == Reason::PolicyDenied && b.peer.identity == ID_UNKNOWN_POD;
+                        let want = if renamed { Reason::IdentityUnknown } else { a.reason };
+                        prop_assert_eq!(b.reason, want, "{}", what);
+                        if b.peer.identity == ID_UNKNOWN_POD {
+                            let before = [ward_common::identity::ID_WORLD, ID_UNKNOWN_POD];
+                            prop_assert!(before.contains(&a.peer.identity), "{}", what);
+                        } else {
+                            prop_assert_eq!(a.peer.identity, b.peer.identity, "{}", what);
+                        }
+                    }
+                }
+            }
+        }
+        for (from, to) in pairs(&ranged) {
+            let e = ward_policy::explain(&ranged, &with, from.clone(), to.clone(), Protocol::Tcp, 80);
+            prop_assert!(!e.egress.reference_disagrees && !e.ingress.reference_disagrees, "{}", e);
+        }
+    }
 
     /// The central property: the compiled maps decide every connection as the spec does.
     #[test]

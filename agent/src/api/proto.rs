@@ -196,6 +196,10 @@ pub struct StatusReport {
     /// after kube-proxy's translation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_cidrs: Vec<String>,
+    /// The cluster pod ranges (every Node's `spec.podCIDRs`, `--pod-cidr`): an address in one
+    /// that no known pod holds is a pod not known yet, its drops `identity_unknown`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_cidrs: Vec<String>,
     /// The interfaces that decide Service traffic leaving the node (`to_netdev`).
     #[serde(default)]
     pub uplinks: Vec<String>,

@@ -120,9 +120,10 @@ struct RunArgs {
     /// The CNI network name.
     #[arg(long, default_value = "ward")]
     cni_network: String,
-    /// The node's pod CIDRs (at most one per family) for Ward's own IPAM.
+    /// The node's pod CIDRs (at most one per family) for Ward's own IPAM; also cluster pod
+    /// ranges for policy (an address in one without a known pod is `identity_unknown`).
     #[arg(long = "pod-cidr")]
-    pod_cidrs: Vec<String>,
+    pod_cidrs: Vec<ipnet::IpNet>,
     /// Delegate IPAM instead: the plugin's `ipam` object as JSON, e.g. '{"type":"host-local",...}'.
     #[arg(long)]
     cni_ipam: Option<String>,
@@ -171,7 +172,10 @@ impl RunArgs {
                 anyhow::bail!("--cni-conf-dir needs the pod CIDRs (--pod-cidr) or an IPAM plugin (--cni-ipam)")
             }
             (None, false) => {
-                ward.insert("podCIDRs".into(), Value::from(self.pod_cidrs.clone()));
+                ward.insert(
+                    "podCIDRs".into(),
+                    Value::from(self.pod_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>()),
+                );
             }
             (Some(ipam), true) => {
                 let ipam: Value = serde_json::from_str(ipam).context("--cni-ipam: not JSON")?;
@@ -242,6 +246,7 @@ fn main() -> anyhow::Result<()> {
         node_name: run.node_name.context("--node-name is required")?,
         datastore,
         service_cidrs: run.service_cidrs,
+        pod_cidrs: run.pod_cidrs,
         uplinks: run.uplinks,
         metrics_addr: run.metrics_addr,
         socket: run.socket,

@@ -125,6 +125,10 @@ fn status(s: &StatusReport) -> String {
         };
         let _ = writeln!(o, "Same-node pods:  {delivery}");
     }
+    if !s.pod_cidrs.is_empty() {
+        let _ =
+            writeln!(o, "Pod ranges:      {} (unknown addresses in them: identity_unknown)", s.pod_cidrs.join(", "));
+    }
     let _ = writeln!(o, "Policy revision: {}", s.policy_revision);
     let _ = writeln!(o, "Objects:         {} namespaces, {} pods, {} policies", s.namespaces, s.pods, s.policies);
     let _ = writeln!(o, "Endpoints:       {} local, {} identities", s.endpoints, s.identities);
@@ -276,6 +280,16 @@ mod tests {
         assert!(text.contains("unreachable:   since 2026-12-01 13:00:00 UTC"), "{text}");
         assert!(text.contains("connection refused"), "{text}");
         assert!(text.contains("listings:      Pod 2"), "{text}");
+        assert!(!text.contains("Pod ranges"), "none known, none shown: {text}");
+        let ranged =
+            StatusReport { pod_cidrs: vec!["10.244.1.0/24".into(), "10.244.2.0/24".into()], ..StatusReport::default() };
+        let text = render(&Response::Status(Box::new(ranged)));
+        assert!(
+            text.contains(
+                "Pod ranges:      10.244.1.0/24, 10.244.2.0/24 (unknown addresses in them: identity_unknown)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

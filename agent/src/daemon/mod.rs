@@ -102,6 +102,9 @@ pub struct Config {
     /// The cluster's Service ranges (`--service-cidr`): traffic to them is decided after
     /// kube-proxy's translation.
     pub service_cidrs: Vec<ipnet::IpNet>,
+    /// This node's pod ranges given on the command line (`--pod-cidr`); with every Node's
+    /// `spec.podCIDRs`, the cluster pod ranges (`Cluster::pod_cidrs`).
+    pub pod_cidrs: Vec<ipnet::IpNet>,
     /// The node's uplinks (`--uplink`), which get `to_netdev` to decide Service traffic
     /// leaving the node; empty with Service ranges: every interface but loopback and the
     /// pods' veths.
@@ -658,6 +661,7 @@ impl Agent {
             applied: self.applied.clone(),
             datastore_health,
             service_cidrs: self.cfg.service_cidrs.iter().map(ToString::to_string).collect(),
+            pod_cidrs: self.cluster.pod_cidrs.iter().map(ToString::to_string).collect(),
             uplinks: self.uplinks.clone(),
             local_delivery: self.cfg.local_delivery.name().to_owned(),
             namespaces: snap.namespaces.len(),

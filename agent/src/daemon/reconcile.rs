@@ -18,7 +18,7 @@ use super::registry::Registry;
 use super::state::settle_identities;
 use crate::api::proto::Response;
 use crate::datapath::MirrorContents;
-use crate::plan::{Source, host_prefix, plan, pod_key};
+use crate::plan::{Source, host_prefix, plan, pod_key, pod_ranges};
 
 pub use ward_policy::compile::Compiled;
 
@@ -147,6 +147,10 @@ impl Agent {
         let _g = span.enter();
         let started = Instant::now();
         let local = self.registry.to_vec();
+        let ranges = pod_ranges(&self.store.snapshot().nodes, &self.cfg.pod_cidrs);
+        if self.cluster.pod_cidrs != ranges {
+            self.cluster.pod_cidrs = ranges;
+        }
         let plan = plan(
             &mut self.cluster,
             self.store.snapshot().into(),

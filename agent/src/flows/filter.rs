@@ -11,7 +11,8 @@
 //!   policy would deny it). `trace:to-endpoint` is one on its way into the pod (INGRESS),
 //!   `trace:from-endpoint` one leaving it (EGRESS), as hubble names those observation points.
 //! * `policy-verdict`: the first packet of a flow whose verdict the policy lookup took: a
-//!   rule allowed it (`policy_allow`), default deny dropped it (`policy_denied`), a learned
+//!   rule allowed it (`policy_allow`), default deny dropped it (`policy_denied`, or
+//!   `identity_unknown` when the peer is a pod this node does not know yet), a learned
 //!   DNS address had expired (`fqdn_expired`), or an audited policy would have denied it
 //!   (AUDIT). Not a pod no policy isolates, not traffic from the node, not tracked flows.
 
@@ -97,7 +98,7 @@ pub enum EventType {
 }
 
 /// Reasons whose record is a verdict of the policy lookup (`--type policy-verdict`).
-const POLICY_VERDICT_REASONS: [&str; 3] = ["policy_allow", "policy_denied", "fqdn_expired"];
+const POLICY_VERDICT_REASONS: [&str; 4] = ["policy_allow", "policy_denied", "fqdn_expired", "identity_unknown"];
 
 impl EventType {
     /// Reads `TYPE[:SUBTYPE]`.
@@ -475,6 +476,19 @@ pub(crate) mod tests {
             assert!(matches!(Cond::from_flag("type", bad), Err(FilterError::BadValue { .. })), "{bad:?}");
         }
         assert_eq!(Cond::from_flag("from-type", "drop"), Err(FilterError::UnknownFlag("from-type".into())));
+    }
+
+    /// A peer not known yet is its own drop reason, and still a verdict of the policy lookup.
+    #[test]
+    fn identity_unknown_drops_have_their_own_type_and_are_policy_verdicts() {
+        let mut race = flow("10.244.2.9", "shop/db", 5432, FlowVerdict::Dropped, TrafficDirection::Ingress);
+        race.reason = "identity_unknown".into();
+        let mut denied = flow("shop/web", "shop/db", 5432, FlowVerdict::Dropped, TrafficDirection::Ingress);
+        denied.reason = "policy_denied".into();
+        let matches = |ty: &str, f: &Flow| filter(&[("type", ty, false)]).matches(f);
+        assert!(matches("drop:identity_unknown", &race) && !matches("drop:identity_unknown", &denied));
+        assert!(!matches("drop:policy_denied", &race));
+        assert!(matches("policy-verdict", &race) && matches("drop", &race));
     }
 
     #[test]

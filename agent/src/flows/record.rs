@@ -513,9 +513,10 @@ impl View {
                     }
                 }
             }
-            // Default deny, or a tracked flow whose allowing rule is gone: the policies that
-            // isolate the pod in this direction are what denies it.
-            Reason::PolicyDenied | Reason::PolicyRevoked => {
+            // Default deny (of a known peer or one not known yet), or a tracked flow whose
+            // allowing rule is gone: the policies that isolate the pod in this direction are
+            // what denies it.
+            Reason::PolicyDenied | Reason::IdentityUnknown | Reason::PolicyRevoked => {
                 if let Some((ingress, egress)) = local.and_then(|p| self.isolated_by.get(&p.key)) {
                     let (list, out) = match dir {
                         Direction::Ingress => (ingress, &mut flow.ingress_denied_by),
@@ -523,7 +524,7 @@ impl View {
                     };
                     out.extend(list.iter().map(|p| PolicyAttribution::of(p, None)));
                 }
-                if reason == Reason::PolicyDenied {
+                if reason != Reason::PolicyRevoked {
                     let miss = self.closest_miss(ev, dir);
                     match dir {
                         Direction::Ingress => flow.ingress_closest_miss = miss,
@@ -725,6 +726,16 @@ spec:
         assert!(no.ingress_allowed_by.is_empty() && no.egress_allowed_by.is_empty() && no.rule_id.is_none());
         let json = serde_json::to_value(&no).expect("encode");
         assert!(json.get("ingress_allowed_by").is_none() && json.get("egress_allowed_by").is_none(), "{json}");
+
+        // From a pod this node does not know yet: its own reason, the same isolator.
+        let race = v.enrich(
+            &event("10.1.0.9", "10.1.0.2", Direction::Ingress, Reason::IdentityUnknown, 0),
+            FlowTime(2),
+            "r".into(),
+        );
+        assert_eq!((race.verdict, race.reason.as_str()), (FlowVerdict::Dropped, "identity_unknown"));
+        assert_eq!(race.drop_reason_desc.as_deref(), Some("IDENTITY_UNKNOWN"));
+        assert_eq!(names(&race.ingress_denied_by), ["shop/db-from-api"]);
 
         // Egress from db: the egress isolator, with db as the source.
         let out = v.enrich(

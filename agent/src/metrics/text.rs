@@ -59,6 +59,8 @@ pub fn policy_match(r: Reason) -> Option<(&'static str, &'static str)> {
         Reason::PolicyDenied => Some(("none", "denied")),
         Reason::PolicyRevoked => Some(("revoked", "denied")),
         Reason::FqdnExpired => Some(("fqdn_expired", "denied")),
+        // No rule allows, and the peer is a pod this node does not know yet.
+        Reason::IdentityUnknown => Some(("identity_unknown", "denied")),
         // No audited rule matched: audited policies would deny it (it passed).
         Reason::Audit => Some(("none", "audit")),
         _ => None,
@@ -118,7 +120,7 @@ pub fn render(r: &Report) -> String {
         o.sample("ward_flows_processed_total", &[("type", "l3_l4"), ("verdict", v)], n);
     }
 
-    o.family("ward_policy_verdicts_total", "counter", "Policy decisions on new flows, by direction, what matched (rule, not_isolated, from_host, none, revoked, fqdn_expired) and action (allowed, denied, audit: passed, audited policies would deny).");
+    o.family("ward_policy_verdicts_total", "counter", "Policy decisions on new flows, by direction, what matched (rule, not_isolated, from_host, none, revoked, fqdn_expired, identity_unknown) and action (allowed, denied, audit: passed, audited policies would deny).");
     for reason in Reason::ALL {
         let Some((matched, action)) = policy_match(reason) else { continue };
         for d in dirs {
