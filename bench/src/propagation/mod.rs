@@ -311,9 +311,11 @@ impl Watch {
         let url = format!("{}/api/v1/namespaces/{NS}/pods?watch=1", api.server);
         let ca = api.ca_file.clone();
         let mut cmd = cluster.control_plane_command(std::path::Path::new("curl"))?;
-        cmd.args(["--silent", "--show-error", "--no-buffer", "--cacert"])
-            .arg(&ca)
-            .args(["-H", &format!("Authorization: Bearer {token}"), &url]);
+        cmd.args(["--silent", "--show-error", "--no-buffer", "--cacert"]).arg(&ca).args([
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &url,
+        ]);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
         let mut child = cmd.spawn().context("starting curl on the pod watch")?;
         let stdout = child.stdout.take().context("curl's stdout")?;
@@ -379,10 +381,13 @@ fn report(
         &["interval", "node", "p50", "p99", "min", "max", "n"],
     );
     t.command(ctx.command_line.clone());
-    t.command(format!("kubectl create -f - (pod pN, labels app=prop,pod=pN, spec.nodeName round-robin, agnhost pause) × {pods}"));
     t.command(format!(
-        "curl --no-buffer https://10.250.0.1:6443/api/v1/namespaces/{NS}/pods?watch=1 (the bench's own watch: \
-         address, Ready and DELETED stamped on arrival)"
+        "kubectl create -f - (pod pN, labels app=prop,pod=pN, spec.nodeName round-robin, agnhost pause) × {pods}"
+    ));
+    t.command(format!(
+        "curl --no-buffer {}/api/v1/namespaces/{NS}/pods?watch=1 (the bench's own watch: \
+         address, Ready and DELETED stamped on arrival)",
+        ward_lab::cluster::network::api_server_url()
     ));
     t.command(format!("kubectl delete pod pN -n {NS} --wait=false (one at a time, after all were created)"));
     t.command(format!(
@@ -403,11 +408,18 @@ fn report(
     t.row(row("delete request → DELETED event (kubelet and the API, for scale)", "–", &deleted.api));
     t.row(row("DELETED event → no longer a pod", "every node (the last)", &deleted.after_api));
 
-    let mut w = Table::new("Pod watch traffic per pod (what every agent receives)", &["phase", "events per pod", "bytes per event (compact JSON)", "bytes per pod"]);
+    let mut w = Table::new(
+        "Pod watch traffic per pod (what every agent receives)",
+        &["phase", "events per pod", "bytes per event (compact JSON)", "bytes per pod"],
+    );
     w.command(format!("curl --no-buffer .../api/v1/namespaces/{NS}/pods?watch=1 (each event as the API sent it)"));
     let per_pod = |(e, b): (usize, usize)| {
         let n = pods.max(1) as f64;
-        vec![format!("{:.1}", e as f64 / n), if e == 0 { "–".into() } else { bytes(b as f64 / e as f64) }, bytes(b as f64 / n)]
+        vec![
+            format!("{:.1}", e as f64 / n),
+            if e == 0 { "–".into() } else { bytes(b as f64 / e as f64) },
+            bytes(b as f64 / n),
+        ]
     };
     let deletion = (traffic.total.0 - traffic.created.0, traffic.total.1 - traffic.created.1);
     let mut r = vec!["create → Running and Ready".to_owned()];
