@@ -10,6 +10,7 @@ pub mod http;
 pub mod lab;
 pub mod later;
 pub mod machine;
+pub mod propagation;
 pub mod report;
 pub mod stats;
 pub mod svg;

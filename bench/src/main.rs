@@ -5,7 +5,8 @@
 //! Parts: the datapath against no program, iptables and nftables ([`datapath`]); policy
 //! compilation and incremental updates ([`control`]); policy-change-to-enforcement, CNI
 //! ADD/DEL and agent memory in a lab node ([`lab`]); HTTP rules against L4 and no policy
-//! with wrk and nginx ([`http`]); and places for parts whose features are still to come
+//! with wrk and nginx ([`http`]); identity propagation across a real lab cluster
+//! ([`propagation`]); and places for parts whose features are still to come
 //! ([`later`]). The parts live in the library (`lib.rs`) so tests reach them.
 
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use ward_bench::report::{Report, Section};
-use ward_bench::{Ctx, PartResult, control, datapath, dns, events, http, lab, later, machine};
+use ward_bench::{Ctx, PartResult, control, datapath, dns, events, http, lab, later, machine, propagation};
 
 #[derive(Parser)]
 #[command(about = "Ward's benchmark suite (run it through `cargo xtask bench`)")]
@@ -60,6 +61,7 @@ enum Part {
     Dns,
     Http,
     Events,
+    Propagation,
     Later,
 }
 
@@ -102,13 +104,14 @@ fn run(ctx: &Ctx, only: &[Part], out: &std::path::Path) -> anyhow::Result<()> {
     };
     let wanted = |p: Part| only.is_empty() || only.contains(&p);
     type PartFn = fn(&Ctx) -> anyhow::Result<PartResult>;
-    let parts: [(Part, &str, PartFn); 7] = [
+    let parts: [(Part, &str, PartFn); 8] = [
         (Part::Datapath, "datapath", datapath::run),
         (Part::Control, "control plane", control::run),
         (Part::Lab, "lab (enforcement latency, CNI, agent memory)", lab::run),
         (Part::Dns, "DNS proxy", dns::run),
         (Part::Http, "HTTP rules", http::run),
         (Part::Events, "flow events", events::run),
+        (Part::Propagation, "identity propagation", propagation::run),
         (Part::Later, "later parts", later::run),
     ];
     let mut failures = Vec::new();
