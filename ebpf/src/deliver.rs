@@ -128,6 +128,13 @@ pub fn hand_over(ctx: &TcContext, reason: Reason, next: &Next) {
     if !delivers(reason) {
         return;
     }
+    // Asked again after the decision: DNS steering marks (and assigns to the proxy's socket)
+    // a query the policy allowed, and a query to a resolver pod of this node must still reach
+    // the proxy, which enforces the pod's `dns` rules.
+    // SAFETY: `skb` is the context pointer the kernel handed us.
+    if unsafe { (*ctx.skb.skb).mark } != 0 {
+        return;
+    }
     next.store(ctx);
     // SAFETY: a tail call into a program of the same type; on success it does not return.
     let _ = unsafe { DELIVER_PROG.tail_call(ctx, 0) };

@@ -464,3 +464,74 @@ fn a_proxy_that_is_down_fails_closed() {
     assert!(status["reason_counters"]["dns_proxy_down"].as_u64() > Some(0), "{status}");
     assert_eq!(lab.resolve_connect("apps/client", "api.bank.example", 443), Ok(lab.hosts[0].ip(false)));
 }
+
+/// A resolver that is a pod of the same node: the client's queries to it still go through
+/// the DNS proxy (same-node delivery leaves steered DNS to the node), so its `dns` rules hold.
+#[test]
+fn dns_rules_hold_for_a_resolver_pod_on_the_same_node() {
+    if !require_root("dns_rules_hold_for_a_resolver_pod_on_the_same_node") {
+        return;
+    }
+    use hickory_proto::rr::RecordType;
+    let mut node = Node::start(NodeConfig::default()).unwrap_or_else(|e| panic!("starting a lab node: {e}"));
+    node.set_namespace("apps", &labels(&[("team", "apps")])).unwrap_or_else(|e| panic!("namespace: {e}"));
+    let pod = |name: &str| PodSpec {
+        namespace: "apps".into(),
+        name: name.into(),
+        labels: labels(&[("app", name)]),
+        serves: vec![],
+    };
+    node.create_pods(&[pod("client"), pod("resolver")]).unwrap_or_else(|e| panic!("pods: {e}"));
+    let resolver = node.pod(&pref("apps/resolver")).unwrap_or_else(|e| panic!("{e}"));
+    let resolver_ip = resolver.ip(ward_lab::Family::IPv4).expect("an IPv4 address");
+    let conf = node.dir().join("resolver-pod.dnsmasq.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "no-resolv\nno-hosts\nbind-interfaces\nlisten-address={resolver_ip}\n\
+             host-record=api.bank.example,10.200.0.1,60\nhost-record=tracker.ads.example,10.200.0.2,60\n"
+        ),
+    )
+    .expect("dnsmasq config");
+    let mut dnsmasq = std::process::Command::new("ip")
+        .args(["netns", "exec", resolver.netns().name(), "dnsmasq", "--keep-in-foreground", "--user=root"])
+        .arg(format!("--conf-file={}", conf.display()))
+        .arg("--pid-file=")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("dnsmasq (cargo xtask setup installs it)");
+    let policy = serde_yaml::from_str::<Value>(
+        "apiVersion: policy.ward.dev/v1alpha1\nkind: WardNetworkPolicy\nmetadata: {name: egress, namespace: apps}\n\
+         spec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress:\n  \
+         - {to: [{podSelector: {matchLabels: {app: resolver}}}], \
+            ports: [{protocol: UDP, port: 53, dns: [{matchPattern: '*.bank.example'}]}]}\n",
+    )
+    .expect("policy YAML");
+    node.apply(&[policy]).unwrap_or_else(|e| panic!("applying the policy: {e}"));
+    let (ns, path) = {
+        let c = node.pod(&pref("apps/client")).unwrap_or_else(|e| panic!("{e}"));
+        (c.netns().name().to_owned(), c.netns().path().to_owned())
+    };
+    let server = SocketAddr::new(resolver_ip, 53);
+    let ask = |name: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = dnslab::in_netns(&ns, &path, || {
+                dnslab::query(server, name, RecordType::A, false, Duration::from_secs(1))
+            });
+            match r {
+                Ok(Ok(reply)) => return reply,
+                other if Instant::now() > deadline => panic!("no answer for {name}: {other:?}"),
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    };
+    let allowed = ask("api.bank.example");
+    let refused = ask("tracker.ads.example");
+    let _ = dnsmasq.kill();
+    let _ = dnsmasq.wait();
+    assert_eq!(allowed.addrs, vec!["10.200.0.1".parse::<IpAddr>().expect("ip")], "{allowed:?}");
+    assert_eq!(refused.rcode, "Query Refused", "the proxy answered, not the resolver pod: {refused:?}");
+    assert!(refused.addrs.is_empty(), "{refused:?}");
+}
